@@ -1,0 +1,36 @@
+# The two commands of README.rst: `make demo` and `make test`.
+# Each creates the virtualenv and installs Consul (into .tools/) if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export CONSUL_BIN ?= $(shell scripts/install-consul 2>/dev/null)
+
+.PHONY: venv consul demo test test-all chaos lint typecheck docs bench bench-quick clean
+
+$(STAMP): setup.cfg setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,docs]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+consul:
+	@scripts/install-consul >/dev/null
+
+demo: venv consul
+	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/consul-leader demo
+
+test: venv consul
+	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check consul_leader tests
+	$(BIN)/mypy
+
+docs: venv
+	$(BIN)/sphinx-build -W -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) .tools docs/_build .pytest_cache .mypy_cache

@@ -1,0 +1,63 @@
+"""Leader election for ordinary synchronous Python code, on HashiCorp Consul.
+
+::
+
+    from consul_leader import Candidate, leader_only
+
+    Candidate("service/beat/leader").start()
+
+    @leader_only
+    def send_reports():
+        ...
+"""
+
+from .candidate import Candidate, LeadershipEvent, stop_on_signals
+from .client import ConsulConfig
+from .decorators import get_default, is_leader, leader_only, on_deposed, on_elected, set_default
+from .errors import (
+    ConfigurationError,
+    ConsulLeaderError,
+    ConsulTLSError,
+    ConsulUnavailable,
+    LockHeld,
+    NoClusterLeader,
+    NotLeader,
+    NotRunning,
+    PermissionDenied,
+    SessionLost,
+)
+from .follower import Follower, LeaderInfo
+from .session import Timing
+from .signals import deposed, elected, election_error, leader_changed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Candidate",
+    "ConfigurationError",
+    "ConsulConfig",
+    "ConsulLeaderError",
+    "ConsulTLSError",
+    "ConsulUnavailable",
+    "Follower",
+    "LeaderInfo",
+    "LeadershipEvent",
+    "LockHeld",
+    "NoClusterLeader",
+    "NotLeader",
+    "NotRunning",
+    "PermissionDenied",
+    "SessionLost",
+    "Timing",
+    "deposed",
+    "elected",
+    "election_error",
+    "get_default",
+    "is_leader",
+    "leader_changed",
+    "leader_only",
+    "on_deposed",
+    "on_elected",
+    "set_default",
+    "stop_on_signals",
+]

@@ -1,0 +1,678 @@
+"""The Candidate: runs for election on a Consul key in a background thread.
+
+The thread keeps a :class:`~consul_leader.session.Session` alive, takes the
+lock with ``?acquire=``, waits for a free lock with blocking queries, watches
+the lock while it leads, and publishes the signals of
+:mod:`consul_leader.signals`. See the "Safety" part of the docs for why
+:meth:`Candidate.is_leader` is a lease and not a flag.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, Union
+
+import tenacity
+
+from . import decorators, signals
+from .client import ConsulClient, ConsulConfig, KeyEntry
+from .errors import (
+    ConfigurationTypeError,
+    ConsulLeaderError,
+    LockHeld,
+    NotRunning,
+    PermissionDenied,
+    SessionLost,
+)
+from .follower import KeyWatch, LeaderInfo
+from .session import Session, Timing
+from .validation import check_identity, check_key, check_optional_seconds
+
+__all__ = ["Candidate", "LeadershipEvent", "stop_on_signals"]
+
+log = logging.getLogger("consul_leader")
+
+F = TypeVar("F", bound=Callable[..., Any])
+Job = Callable[[threading.Event], Any]
+
+#: Longest blocking query of a waiting candidate: long enough to keep an idle
+#: follower cheap, short enough that a stopped candidate's thread ends soon.
+_IDLE_WAIT = 5.0
+
+_live: "weakref.WeakSet[Candidate]" = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class LeadershipEvent:
+    """One change seen by :meth:`Candidate.events`.
+
+    :ivar kind: ``"elected"``, ``"deposed"`` or ``"error"``.
+    :ivar fencing_token: with ``"elected"``, the term's fencing token.
+    :ivar reason: with ``"deposed"``, why.
+    :ivar error: with ``"error"``, the exception.
+    """
+
+    kind: str
+    fencing_token: Optional[int] = None
+    reason: Optional[str] = None
+    error: Optional[BaseException] = None
+
+
+class _Term:
+    __slots__ = ("session", "fencing_token", "started", "reason", "job_stop")
+
+    def __init__(self, session: Session, fencing_token: int) -> None:
+        self.session = session
+        self.fencing_token = fencing_token
+        self.started = time.monotonic()
+        self.reason: Optional[str] = None
+        self.job_stop = threading.Event()
+
+
+class Candidate:
+    """Runs for leadership of *key* in a background thread.
+
+    :param key: the Consul KV key that is the lock, e.g. ``"service/beat/leader"``.
+    :param identity: what this candidate writes into the key; other
+        processes see it through :meth:`leader`. Default ``"<hostname>:<pid>"``.
+    :param consul: an existing ``consul.Consul`` whose settings (address,
+        token, TLS, datacenter) to use. consul-leader still opens its own
+        connections, one per thread, each request bounded by a timeout.
+    :param address: the agent, ``host:port`` or ``https://host:port``;
+        default ``CONSUL_HTTP_ADDR`` or ``127.0.0.1:8500``.
+    :param token: ACL token; default ``CONSUL_HTTP_TOKEN`` /
+        ``CONSUL_HTTP_TOKEN_FILE``. Never logged.
+    :param datacenter: the datacenter of the key and session.
+    :param verify: TLS verification: a CA bundle path, True or False; default
+        ``CONSUL_CACERT``.
+    :param cert: client certificate (path, or ``(cert, key)``); default
+        ``CONSUL_CLIENT_CERT`` / ``CONSUL_CLIENT_KEY``.
+    :param ttl: the one knob for failover speed, in seconds: the health
+        check's TTL. A crashed leader is replaced about ``2*ttl`` later.
+    :param lock_delay: Consul's lock-delay; default ``min(ttl, 60)``.
+    :param lease: how long leadership outlives the last good heartbeat;
+        default derived from *ttl* (see :class:`~consul_leader.session.Timing`).
+    :param heartbeat: seconds between heartbeats while leading; default ``ttl/3``.
+    :param session_ttl: the session's TTL (10 s..24 h), a backstop.
+    :param term_limit: resign after leading this many seconds, giving the
+        others a chance (seed 002's TermLimit); None for no limit.
+    :param wait: False to try once: if the lock is held, give up
+        (:meth:`wait_for_leadership` and :meth:`run` raise :class:`LockHeld`).
+    :param timeout: seconds allowed for any non-blocking request.
+    :raises ConfigurationError: (a :class:`ValueError`) an argument is invalid;
+        the message names it and what is allowed.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, key: str, *, identity: Optional[str] = None, consul: Any = None,
+                 address: Optional[str] = None, token: Optional[str] = None, datacenter: Optional[str] = None,
+                 verify: Union[None, bool, str] = None, cert: Union[None, str, Tuple[str, str]] = None,
+                 ttl: float = 3.0, lock_delay: Optional[float] = None, lease: Optional[float] = None,
+                 heartbeat: Optional[float] = None, session_ttl: Optional[float] = None,
+                 term_limit: Optional[float] = None, wait: bool = True, timeout: float = 5.0) -> None:
+        self.key = check_key(key)
+        self._default_identity = identity is None
+        self.identity = _default_identity() if identity is None else check_identity(identity)
+        self.timing = Timing.from_ttl(ttl, heartbeat=heartbeat, lease=lease, lock_delay=lock_delay,
+                                      session_ttl=session_ttl)
+        self.term_limit = check_optional_seconds("term_limit", term_limit)
+        if not isinstance(wait, bool):
+            raise ConfigurationTypeError(f"wait must be True or False, got {wait!r}")
+        self.wait = wait
+        if consul is not None and any(v is not None for v in (address, token, datacenter, verify, cert)):
+            raise ConfigurationTypeError("give either consul= or address/token/datacenter/verify/cert, not both")
+        config = (ConsulConfig.from_consul(consul, timeout=timeout) if consul is not None else
+                  ConsulConfig.from_args(address=address, token=token, datacenter=datacenter, verify=verify,
+                                         cert=cert, timeout=timeout))
+        self.client = ConsulClient(config)
+        self._job: Optional[Job] = None
+        self._reset()
+        _live.add(self)
+
+    def _reset(self) -> None:
+        self._state = "new"  # new -> running -> stopped
+        self._state_lock = threading.RLock()
+        self._changed = threading.Condition(self._state_lock)
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._job_thread: Optional[threading.Thread] = None
+        self._session: Optional[Session] = None
+        self._term: Optional[_Term] = None
+        self._leader: Optional[str] = None
+        self._sit_out_until = -math.inf
+        self._failure: Optional[ConsulLeaderError] = None
+        self._last_error: Optional[ConsulLeaderError] = None
+        self._subscribers: List["queue.Queue[Optional[LeadershipEvent]]"] = []
+
+    def __repr__(self) -> str:
+        role = "leader" if self.is_leader() else self._state
+        return f"<Candidate {self.key!r} identity={self.identity!r} {role}>"
+
+    def __enter__(self) -> "Candidate":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the public surface -------------------------------------------------
+
+    def start(self) -> "Candidate":
+        """Run for election in a background thread. Idempotent; the first
+        candidate started becomes the process's default (see
+        :func:`~consul_leader.set_default`).
+
+        :raises NotRunning: the candidate was stopped; make a new one."""
+        with self._state_lock:
+            if self._state == "running":
+                return self
+            if self._state == "stopped":
+                raise NotRunning(f"{self!r} was stopped; create a new Candidate to run again")
+            self._state = "running"
+            self._thread = threading.Thread(target=self._main, name=f"consul-leader {self.identity} {self.key}",
+                                            daemon=True)
+            self._thread.start()
+        decorators.offer_default(self)
+        log.info("consul_leader: %s runs for leadership of %r (ttl=%gs, lease=%gs, lock_delay=%gs)",
+                 self.identity, self.key, self.timing.check_ttl, self.timing.lease, self.timing.lock_delay)
+        return self
+
+    def is_leader(self) -> bool:
+        """True while this candidate holds the lock *and* its lease holds.
+
+        A cheap, thread-safe read: it compares the monotonic clock with the
+        lease's end, so a process resumed after a pause longer than the lease
+        answers False at once, before its threads have run again."""
+        term = self._term
+        return term is not None and time.monotonic() < term.session.lease_deadline
+
+    def leader(self) -> Optional[str]:
+        """The identity of the current leader as last observed (this
+        candidate's own while it leads), or None."""
+        if self.is_leader():
+            return self.identity
+        return self._leader
+
+    @property
+    def fencing_token(self) -> Optional[int]:
+        """While leading, the key's ModifyIndex at this term's acquisition: a
+        Raft index that every later term exceeds. Pass it to the systems you
+        write to, and have them refuse smaller ones. None when not leading."""
+        term = self._term
+        return term.fencing_token if term is not None and self.is_leader() else None
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop` (or giving up)."""
+        return self._state == "running" and not self._stopping.is_set()
+
+    def wait_for_leadership(self, timeout: Optional[float] = None) -> bool:
+        """Block until this candidate leads; False if *timeout* passed first.
+
+        :raises NotRunning: the candidate is not started, or stopped meanwhile.
+        :raises LockHeld: ``wait=False`` and another candidate holds the lock.
+        :raises PermissionDenied: the ACL token cannot run this election."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not self.is_leader():
+                self._raise_if_hopeless()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                # Short slices: the lease can start without a notify.
+                self._changed.wait(0.05 if remaining is None else min(remaining, 0.05))
+            return True
+
+    def resign(self) -> bool:
+        """Step down if leading: :meth:`is_leader` turns False, then the lock
+        is released so another candidate can win at once. This candidate
+        stays in the election and runs again after sitting out one check
+        TTL (or as soon as someone else has taken the lock).
+
+        :returns: True if it was leading."""
+        return self._step_down("resigned")
+
+    def stop(self) -> None:
+        """Leave the election: stop leading (releasing the lock first), stop
+        the job, destroy the session, deregister the check and end the
+        threads. Idempotent; safe from any thread, a signal handler or at exit."""
+        with self._state_lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._stopping.set()
+        was_leading = self._step_down("stopped")
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            # A leader's thread wakes at once (the release changes the key) and
+            # sends `deposed`. A waiting one may sit in a blocking query for up
+            # to _IDLE_WAIT; it holds nothing and ends when the query returns.
+            thread.join(self.client.config.timeout + self.timing.heartbeat + 1 if was_leading else 1.0)
+        session = self._session
+        if session is not None:
+            session.close()
+        with self._state_lock:
+            self._state = "stopped"
+            self._changed.notify_all()
+        self._publish(None)
+        log.info("consul_leader: %s left the election for %r", self.identity, self.key)
+
+    def run(self, job: Job, *, block: bool = True) -> None:
+        """Run ``job(stop_event)`` in a worker thread each time this candidate
+        is elected (seed 003's DoJob, seed 002's OnStartedLeading). When
+        leadership ends, ``stop_event`` is set and the job should return soon;
+        the next term starts only after it has. If the job returns (or
+        raises) while leading, the candidate resigns.
+
+        Starts the candidate if needed. With *block*, waits until the
+        candidate stops (:meth:`stop` from another thread or a signal).
+
+        :raises LockHeld: with ``wait=False``, when the lock is held elsewhere.
+        :raises PermissionDenied: when the ACL token cannot run the election."""
+        if not callable(job):
+            raise ConfigurationTypeError(f"job must be callable as job(stop_event), got {type(job).__name__}")
+        self._job = job
+        self.start()
+        if not block:
+            return
+        with self._changed:
+            while self._state == "running":
+                if isinstance(self._failure, LockHeld) or isinstance(self._last_error, PermissionDenied):
+                    self._raise_if_hopeless()
+                self._changed.wait(0.5)
+        if self._failure is not None:
+            raise self._failure
+
+    def events(self) -> Iterator[LeadershipEvent]:
+        """Yield a :class:`LeadershipEvent` for every change of this
+        candidate's leadership and every error (seed 001's ElectedCh, seed
+        004's Events), until the candidate stops."""
+        q: "queue.Queue[Optional[LeadershipEvent]]" = queue.Queue()
+        with self._state_lock:
+            self._subscribers.append(q)
+            if self._state == "stopped":
+                q.put(None)
+        try:
+            while True:
+                event = q.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            with self._state_lock:
+                self._subscribers.remove(q)
+
+    def leader_only(self, func: Optional[F] = None, *, raise_not_leader: bool = False) -> Any:
+        """Decorator: run the function only while this candidate leads; see
+        :func:`consul_leader.leader_only`."""
+        return decorators.leader_only(func, raise_not_leader=raise_not_leader, candidate=self)
+
+    def on_elected(self, func: F) -> F:
+        """Decorator: call ``func(candidate, fencing_token=...)`` when this
+        candidate is elected."""
+        return decorators.connect(signals.elected, func, lambda: self)
+
+    def on_deposed(self, func: F) -> F:
+        """Decorator: call ``func(candidate, reason=...)`` when this candidate
+        stops leading."""
+        return decorators.connect(signals.deposed, func, lambda: self)
+
+    # -- the election thread ------------------------------------------------
+
+    def _raise_if_hopeless(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if isinstance(self._last_error, PermissionDenied):
+            raise self._last_error
+        if self._state != "running" or self._stopping.is_set():
+            raise NotRunning(f"{self!r} is not running; call start() first")
+
+    def _main(self) -> None:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(ConsulLeaderError),
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=min(30.0, self.timing.check_ttl * 5)),
+            stop=tenacity.stop_when_event_set(self._stopping),
+            sleep=self._stopping.wait,
+            before_sleep=lambda state: self._report(state.outcome.exception()),  # type: ignore[union-attr]
+            reraise=True)
+        while not self._stopping.is_set():
+            try:
+                retrying(self._round)
+            except ConsulLeaderError:
+                pass  # stop was requested while retrying
+            except Exception:
+                # Never let the thread die silently: log, tell, and go on.
+                log.exception("consul_leader: unexpected error in the election for %r; retrying", self.key)
+                self._stopping.wait(self.timing.check_ttl)
+        if self._session is not None:
+            self._session.close()
+        if self._failure is not None:
+            with self._state_lock:
+                self._state = "stopped"
+        with self._changed:
+            self._changed.notify_all()
+
+    def _report(self, error: Optional[BaseException]) -> None:
+        if not isinstance(error, ConsulLeaderError):
+            return
+        self._last_error = error
+        if isinstance(error, PermissionDenied):
+            log.error("consul_leader: %s", error)
+        else:
+            log.warning("consul_leader: election for %r: %s; retrying", self.key, error)
+        signals.send(signals.election_error, self, error=error)
+        self._publish(LeadershipEvent("error", error=error))
+        with self._changed:
+            self._changed.notify_all()
+
+    def _round(self) -> None:
+        """One try: make sure of a session, take the lock or wait until it is
+        free. Raises to be retried with backoff; returns to go again at once."""
+        session = self._ensure_session()
+        self._last_error = None
+        if self._stopping.is_set():
+            return
+        if time.monotonic() < self._sit_out_until:
+            log.debug("consul_leader: %s sits out until someone else leads %r or %.1fs pass", self.identity,
+                      self.key, self._sit_out_until - time.monotonic())
+            self._wait(KeyWatch(self.client, self.key), hold_off_until=self._sit_out_until)
+            self._sit_out_until = -math.inf
+            return
+        assert session.id is not None
+        since_ms = int(time.time() * 1000)
+        try:
+            acquired = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms)
+        except SessionLost:
+            session.lost.set()
+            raise
+        if acquired:
+            self._lead(session)
+            return
+        watch = KeyWatch(self.client, self.key)
+        entry = watch.read()
+        self._observe(entry)
+        if entry is not None and entry.get("Session") == session.id:
+            # Ours already (a retry after a lost answer): lead.
+            self._lead(session)
+            return
+        if not self.wait:
+            held_by = LeaderInfo.from_entry(entry).identity
+            self._failure = LockHeld(f"{self.key!r} is held by {held_by!r} and this candidate was made with "
+                                     "wait=False")
+            log.info("consul_leader: %s", self._failure)
+            self._stopping.set()
+            return
+        if entry is None or not entry.get("Session"):
+            # Free, yet acquire said no: a lock-delay runs since the last
+            # holder's session was invalidated. It ends at most lock_delay
+            # from now; try again then rather than spinning.
+            log.debug("consul_leader: %s: %r is free but a lock-delay runs; trying again within %gs",
+                      self.identity, self.key, self.timing.lock_delay)
+            self._wait(watch, hold_off_until=time.monotonic() + self.timing.lock_delay)
+            return
+        self._wait(watch)
+
+    def _ensure_session(self) -> Session:
+        session = self._session
+        if session is not None and not session.lost.is_set():
+            return session
+        if session is not None:
+            session.close()
+        session = Session(self.client, self.timing, f"consul-leader {self.key} {self.identity}",
+                          on_error=self._report)
+        session.open()
+        self._session = session
+        return session
+
+    def _observe(self, entry: Optional[KeyEntry]) -> None:
+        identity = LeaderInfo.from_entry(entry).identity
+        if identity != self._leader:
+            self._leader = identity
+            log.info("consul_leader: leader of %r is now %r", self.key, identity)
+            signals.send(signals.leader_changed, self, leader=identity)
+
+    def _wait(self, watch: KeyWatch, hold_off_until: Optional[float] = None) -> None:
+        """Block on the key (blocking queries, never a sleep loop) until it is
+        free and no hold-off runs. While a hold-off runs (a lock-delay, a
+        sit-out after resigning), return as soon as another candidate takes
+        the lock, so that the next round waits for that one instead."""
+        entry = watch.entry if watch.index else watch.read()
+        self._observe(entry)
+        saw_holder = False
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if entry is not None and entry.get("Session"):
+                if hold_off_until is not None:
+                    return
+                saw_holder = True
+            else:
+                if entry is None and saw_holder:
+                    # Deleted, not released: Consul's lock-delay was bypassed,
+                    # so hold off here lest the old leader, not yet aware,
+                    # overlaps with us.
+                    hold_off_until, saw_holder = now + self.timing.lock_delay, False
+                if hold_off_until is None or now >= hold_off_until:
+                    return
+            wait = _IDLE_WAIT if hold_off_until is None else max(hold_off_until - now, 0.01)
+            entry = watch.read(wait)
+            self._observe(entry)
+            if self._session is None or self._session.lost.is_set():
+                return
+
+    def _lead(self, session: Session) -> None:
+        if session.lease_deadline - time.monotonic() < self.timing.lease / 2:
+            session.beat()  # start the term with a full lease
+        watch = KeyWatch(self.client, self.key)
+        entry = watch.read()
+        if entry is None or entry.get("Session") != session.id:
+            self._observe(entry)
+            return
+        term = _Term(session, int(entry["ModifyIndex"]))
+        with self._state_lock:
+            if self._stopping.is_set():
+                # stop() ran while we were acquiring: it found no term to end.
+                self.client.release(self.key, session.id)  # type: ignore[arg-type]
+                return
+            self._term = term
+        session.set_leading(True)
+        self._leader = self.identity
+        log.info("consul_leader: %s elected leader of %r (fencing token %d)", self.identity, self.key,
+                 term.fencing_token)
+        signals.send(signals.elected, self, fencing_token=term.fencing_token)
+        signals.send(signals.leader_changed, self, leader=self.identity)
+        self._publish(LeadershipEvent("elected", fencing_token=term.fencing_token))
+        with self._changed:
+            self._changed.notify_all()
+        self._start_job(term)
+        try:
+            reason = self._hold(session, term, watch)
+        finally:
+            self._end_term(session, term)
+        if reason is not None:
+            self._term_ended(term, reason)
+
+    def _hold(self, session: Session, term: _Term, watch: KeyWatch) -> Optional[str]:
+        """Watch the lock while leading; return why the term ended."""
+        end = None if self.term_limit is None else term.started + self.term_limit
+        while True:
+            if term.reason is not None:  # stepped down by resign(), stop() or the job
+                return term.reason
+            if not session.lease_valid():
+                return "lease expired"
+            if end is not None and time.monotonic() >= end:
+                self._step_down("term limit")
+                return "term limit"
+            wait = self.timing.heartbeat
+            if end is not None:
+                wait = max(0.01, min(wait, end - time.monotonic()))
+            try:
+                entry = watch.read(wait)
+            except ConsulLeaderError as exc:
+                # Not a lost lock by itself: the lease decides.
+                self._report(exc)
+                self._stopping.wait(min(self.timing.heartbeat / 2, max(session.lease_deadline - time.monotonic(),
+                                                                        0.01)))
+                continue
+            if term.reason is not None:
+                return term.reason
+            if entry is None or entry.get("Session") != session.id:
+                return "lock lost"
+            if entry.get("Value") != self.identity.encode("utf-8"):
+                return "key overwritten"
+
+    def _end_term(self, session: Session, term: _Term) -> None:
+        with self._state_lock:
+            if self._term is term:
+                self._term = None
+        session.set_leading(False)
+        term.job_stop.set()
+
+    def _term_ended(self, term: _Term, reason: str) -> None:
+        if reason in ("key overwritten", "lease expired"):
+            # We may still hold the lock: let it go so the next can win.
+            try:
+                assert term.session.id is not None
+                self.client.release(self.key, term.session.id)
+            except ConsulLeaderError as exc:
+                log.warning("consul_leader: could not release %r after %s: %s", self.key, reason, exc)
+        if reason in ("resigned", "term limit", "job finished", "job failed"):
+            self._sit_out_until = time.monotonic() + self.timing.check_ttl
+        log.warning("consul_leader: %s deposed as leader of %r: %s", self.identity, self.key, reason) \
+            if reason in ("lock lost", "lease expired", "key overwritten") else \
+            log.info("consul_leader: %s stepped down as leader of %r: %s", self.identity, self.key, reason)
+        self._join_job()
+        signals.send(signals.deposed, self, reason=reason)
+        self._publish(LeadershipEvent("deposed", reason=reason))
+        with self._changed:
+            self._changed.notify_all()
+
+    def _step_down(self, reason: str) -> bool:
+        with self._state_lock:
+            term = self._term
+            if term is None:
+                return False
+            term.reason = reason
+            self._term = None  # is_leader() is False before the lock is released
+        term.job_stop.set()
+        try:
+            assert term.session.id is not None
+            if not self.client.release(self.key, term.session.id):
+                log.warning("consul_leader: releasing %r after %s: Consul says session %s did not hold it",
+                            self.key, reason, term.session.id)
+        except ConsulLeaderError as exc:
+            log.warning("consul_leader: could not release %r (%s); Consul frees it when the session ends",
+                        self.key, exc)
+        return True
+
+    # -- the job ------------------------------------------------------------
+
+    def _start_job(self, term: _Term) -> None:
+        job = self._job
+        if job is None:
+            return
+
+        def work() -> None:
+            reason = "job finished"
+            try:
+                job(term.job_stop)
+            except Exception:
+                reason = "job failed"
+                log.exception("consul_leader: the job of %s raised; resigning", self.identity)
+            if not term.job_stop.is_set():
+                with self._state_lock:
+                    if self._term is term:
+                        self._step_down(reason)
+
+        self._job_thread = threading.Thread(target=work, name=f"consul-leader-job {self.key}", daemon=True)
+        self._job_thread.start()
+
+    def _join_job(self) -> None:
+        thread = self._job_thread
+        if thread is None or thread is threading.current_thread():
+            return
+        waited = 0.0
+        while thread.is_alive():
+            thread.join(5.0)
+            waited += 5.0
+            if thread.is_alive():
+                log.warning("consul_leader: the job of %s still runs %gs after leadership ended; the next term "
+                            "waits for it (it should return when stop_event is set)", self.identity, waited)
+        self._job_thread = None
+
+    def _publish(self, event: Optional[LeadershipEvent]) -> None:
+        with self._state_lock:
+            for q in self._subscribers:
+                q.put(event)
+
+    # -- process life -------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        # The threads did not survive fork(); the session and the lock are the
+        # parent's. Forget them without a request, so the child never believes
+        # it leads nor releases the parent's lock.
+        session = self._session
+        if session is not None:
+            session.abandon()
+        was_running = self._state == "running"
+        self._reset()
+        if self._default_identity:
+            self.identity = _default_identity()
+        self.client = ConsulClient(self.client.config)
+        if was_running:
+            log.debug("consul_leader: %r was running in the parent process; start() it again to run here", self)
+
+
+def _default_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _after_fork() -> None:
+    for candidate in list(_live):
+        candidate._after_fork_in_child()
+    decorators.forget_default_after_fork()
+
+
+def _stop_all() -> None:
+    for candidate in list(_live):
+        try:
+            candidate.stop()
+        except Exception:
+            log.exception("consul_leader: stopping %r at exit failed", candidate)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+# The threads are daemons so that a program that returns from main can exit;
+# this releases every lock before it does.
+atexit.register(_stop_all)
+
+
+def stop_on_signals(signums: Tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Install handlers that stop every running candidate (releasing its lock
+    at once, so a deploy hands over in milliseconds) and then do what the
+    previous handler did (by default: exit with ``128 + signum``).
+
+    Call it from the main thread. Opt-in, because signal handlers belong to
+    the application."""
+    for signum in signums:
+        previous = signal.getsignal(signum)
+
+        def handler(num: int, frame: Any, previous: Any = previous) -> None:
+            _stop_all()
+            if callable(previous):
+                previous(num, frame)
+            elif previous == signal.SIG_IGN:
+                return
+            else:
+                raise SystemExit(128 + num)
+
+        signal.signal(signum, handler)

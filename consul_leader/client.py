@@ -1,0 +1,356 @@
+"""The one module that talks HTTP to Consul.
+
+It builds a py-consul client from arguments or the consul CLI's environment
+variables, gives every thread (and every forked process) its own
+``requests.Session``, bounds every request by a timeout, and translates what
+goes wrong into the exceptions of :mod:`consul_leader.errors`. Everything
+else in the package speaks of sessions, checks and keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
+
+import consul
+import consul.std
+import requests
+
+from .errors import (
+    ConfigurationError,
+    ConfigurationTypeError,
+    ConsulLeaderError,
+    ConsulTLSError,
+    ConsulUnavailable,
+    NoClusterLeader,
+    PermissionDenied,
+    SessionLost,
+)
+
+log = logging.getLogger("consul_leader")
+
+T = TypeVar("T")
+KeyEntry = Dict[str, Any]
+
+#: What each operation needs from an ACL policy, named in PermissionDenied.
+_PERMISSION_HINTS = {
+    "register check": 'node "<this agent\'s node>" { policy = "write" }',
+    "pass check": 'node "<this agent\'s node>" { policy = "write" }',
+    "deregister check": 'node "<this agent\'s node>" { policy = "write" }',
+    "create session": 'session "<this agent\'s node>" { policy = "write" }',
+    "renew session": 'session "<this agent\'s node>" { policy = "write" }',
+    "destroy session": 'session "<this agent\'s node>" { policy = "write" }',
+    "acquire lock": 'key_prefix "<key>" { policy = "write" } and session write',
+    "release lock": 'key_prefix "<key>" { policy = "write" }',
+    "read key": 'key_prefix "<key>" { policy = "read" }',
+}
+
+
+class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
+    """py-consul's client shares one ``requests.Session`` between all threads
+    and across ``fork()``, where responses can get mixed up. This one keeps a
+    session per thread and per process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._local = threading.local()
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def session(self) -> requests.Session:
+        local = self._local
+        pid = os.getpid()
+        if getattr(local, "pid", None) != pid:
+            local.session = requests.Session()
+            local.pid = pid
+        return local.session  # type: ignore[no-any-return]
+
+    @session.setter
+    def session(self, value: requests.Session) -> None:
+        pass  # the base class assigns one shared session; ours are per thread
+
+
+class _Consul(consul.Consul):  # type: ignore[misc]
+    def http_connect(self, host: str, port: int, scheme: str, verify: Union[bool, str] = True,
+                     cert: Any = None) -> _PerThreadHTTPClient:
+        return _PerThreadHTTPClient(host, port, scheme, verify, cert,
+                                    connections_timeout=self.connections_timeout)
+
+
+@dataclass(frozen=True)
+class ConsulConfig:
+    """Where and how to reach the Consul agent.
+
+    Built by :meth:`from_args`, which fills what is not given from the
+    environment variables the ``consul`` CLI reads. The token is hidden from
+    ``repr()`` so that it never reaches a log.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8500
+    scheme: str = "http"
+    token: Optional[str] = None
+    datacenter: Optional[str] = None
+    verify: Union[bool, str] = True
+    cert: Union[None, str, Tuple[str, str]] = None
+    timeout: float = 5.0
+
+    def __repr__(self) -> str:
+        return (f"ConsulConfig(address={self.address!r}, datacenter={self.datacenter!r}, "
+                f"token={'<hidden>' if self.token else None}, verify={self.verify!r}, "
+                f"cert={self.cert!r}, timeout={self.timeout!r})")
+
+    @property
+    def address(self) -> str:
+        """The agent's address as ``scheme://host:port``."""
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @classmethod
+    def from_args(
+        cls,
+        address: Optional[str] = None,
+        token: Optional[str] = None,
+        datacenter: Optional[str] = None,
+        verify: Union[None, bool, str] = None,
+        cert: Union[None, str, Tuple[str, str]] = None,
+        timeout: float = 5.0,
+        environ: Optional[Dict[str, str]] = None,
+    ) -> "ConsulConfig":
+        """Resolve the settings: arguments first, then ``CONSUL_HTTP_ADDR``,
+        ``CONSUL_HTTP_TOKEN`` (or ``CONSUL_HTTP_TOKEN_FILE``), ``CONSUL_HTTP_SSL``,
+        ``CONSUL_HTTP_SSL_VERIFY``, ``CONSUL_CACERT``, ``CONSUL_CLIENT_CERT`` and
+        ``CONSUL_CLIENT_KEY``, then the defaults (``127.0.0.1:8500``).
+
+        :raises ConfigurationError: an address that does not parse, a
+            certificate file that does not exist, a timeout that is not positive.
+        """
+        env = os.environ if environ is None else environ
+        source = "address" if address is not None else "CONSUL_HTTP_ADDR"
+        raw = address if address is not None else env.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500")
+        if not isinstance(raw, str):
+            raise ConfigurationTypeError(f"address must be a str like '127.0.0.1:8500', got {type(raw).__name__}")
+        ssl = env.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true", "yes")
+        scheme, host, port = _parse_address(raw, source, "https" if ssl else "http")
+
+        if token is None:
+            token = env.get("CONSUL_HTTP_TOKEN") or None
+            token_file = env.get("CONSUL_HTTP_TOKEN_FILE")
+            if token is None and token_file:
+                try:
+                    with open(token_file, encoding="utf-8") as fh:
+                        token = fh.read().strip() or None
+                except OSError as exc:
+                    raise ConfigurationError(
+                        f"CONSUL_HTTP_TOKEN_FILE={token_file!r} cannot be read: {exc.strerror}") from None
+        elif not isinstance(token, str):
+            raise ConfigurationTypeError(f"token must be a str, got {type(token).__name__}")
+
+        if datacenter is not None and (not isinstance(datacenter, str) or not datacenter):
+            raise ConfigurationError(f"datacenter must be a non-empty str or None, got {datacenter!r}")
+
+        if verify is None:
+            if env.get("CONSUL_HTTP_SSL_VERIFY", "").lower() in ("0", "false", "no"):
+                verify = False
+            else:
+                verify = env.get("CONSUL_CACERT") or True
+        if isinstance(verify, str) and not os.path.exists(verify):
+            raise ConfigurationError(f"verify (or CONSUL_CACERT) names a CA file that does not exist: {verify!r}")
+        if not isinstance(verify, (bool, str)):
+            raise ConfigurationTypeError(f"verify must be a bool or a CA file path, got {type(verify).__name__}")
+
+        if cert is None and env.get("CONSUL_CLIENT_CERT"):
+            client_key = env.get("CONSUL_CLIENT_KEY")
+            cert = (env["CONSUL_CLIENT_CERT"], client_key) if client_key else env["CONSUL_CLIENT_CERT"]
+        for path in (cert,) if isinstance(cert, str) else (cert or ()):
+            if not isinstance(path, str) or not os.path.exists(path):
+                raise ConfigurationError(
+                    f"cert (or CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY) names a file that does not exist: {path!r}")
+
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise ConfigurationTypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+        if not 0 < timeout <= 300:
+            raise ConfigurationError(f"timeout must be in (0, 300] seconds, got {timeout!r}")
+        return cls(host=host, port=port, scheme=scheme, token=token, datacenter=datacenter,
+                   verify=verify, cert=cert, timeout=float(timeout))
+
+    @classmethod
+    def from_consul(cls, client: Any, timeout: float = 5.0) -> "ConsulConfig":
+        """Take the settings of an existing ``consul.Consul`` (py-consul or
+        python-consul). Only its settings are used: consul-leader makes its own
+        connections, bounded by timeouts and private to each thread."""
+        http = client.http
+        return cls(host=http.host, port=int(http.port), scheme=http.scheme, token=client.token or None,
+                   datacenter=client.dc, verify=http.verify, cert=http.cert, timeout=timeout)
+
+
+def _parse_address(raw: str, source: str, default_scheme: str) -> Tuple[str, str, int]:
+    text = raw.strip()
+    if text.startswith("unix://"):
+        raise ConfigurationError(f"{source}={raw!r}: unix sockets are not supported; give host:port")
+    parsed = urllib.parse.urlsplit(text if "//" in text else "//" + text)
+    scheme = parsed.scheme or default_scheme
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if scheme not in ("http", "https") or not parsed.hostname or (port is not None and not 0 < port < 65536):
+        raise ConfigurationError(
+            f"{source}={raw!r} is not an agent address; expected host:port or http(s)://host:port")
+    return scheme, parsed.hostname, port if port is not None else (8501 if scheme == "https" else 8500)
+
+
+class ConsulClient:
+    """The handful of Consul operations an election needs.
+
+    Thread-safe: each thread gets its own connection. Every request is bounded
+    by ``config.timeout``; a blocking query by its wait, plus Consul's jitter
+    of up to wait/16, plus that timeout.
+
+    :param config: where and how to reach the agent.
+    """
+
+    def __init__(self, config: ConsulConfig) -> None:
+        self.config = config
+        self._consul = _Consul(host=config.host, port=config.port, scheme=config.scheme, dc=config.datacenter,
+                               verify=config.verify, cert=config.cert, connections_timeout=config.timeout)
+        # py-consul lets CONSUL_HTTP_TOKEN override an explicit token; ours was
+        # already resolved with the argument first.
+        self._consul.token = config.token
+
+    def __repr__(self) -> str:
+        return f"ConsulClient({self.config!r})"
+
+    def _call(self, operation: str, fn: Callable[[], T], *, missing: Optional[str] = None) -> T:
+        try:
+            return fn()
+        except requests.exceptions.SSLError as exc:
+            raise ConsulTLSError(f"{operation}: TLS handshake with {self.config.address} failed: {exc}") from None
+        except requests.exceptions.Timeout:
+            raise ConsulUnavailable(f"{operation}: {self.config.address} did not answer within "
+                                    f"the timeout") from None
+        except requests.exceptions.RequestException as exc:
+            raise ConsulUnavailable(f"{operation}: cannot reach the Consul agent at {self.config.address} "
+                                    f"({type(exc).__name__})") from None
+        except consul.ACLPermissionDenied as exc:
+            raise PermissionDenied(
+                f"{operation}: the ACL token was refused ({_body(exc)}); its policy needs "
+                f"{_PERMISSION_HINTS.get(operation, 'the matching write rule')}") from None
+        except consul.NotFound as exc:
+            if missing:
+                raise SessionLost(f"{operation}: {missing}") from None
+            raise ConsulLeaderError(f"{operation}: not found: {_body(exc)}") from None
+        except consul.ConsulException as exc:
+            text = _body(exc)
+            if "No cluster leader" in text:
+                raise NoClusterLeader(f"{operation}: the Consul servers have no leader right now") from None
+            if missing and ("invalid session" in text or "not found" in text.lower()):
+                raise SessionLost(f"{operation}: {missing}") from None
+            if "ACL not found" in text or "Permission denied" in text:
+                raise PermissionDenied(f"{operation}: the ACL token was refused ({text}); its policy needs "
+                                       f"{_PERMISSION_HINTS.get(operation, 'the matching write rule')}") from None
+            raise ConsulUnavailable(f"{operation}: Consul answered {text}") from None
+
+    def register_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
+        """Register a TTL check on the agent, already passing (a new check
+        starts critical, and a session cannot bind to a critical check)."""
+        spec = {"ttl": _duration(ttl), "status": "passing"}
+        self._call("register check", lambda: self._consul.agent.check.register(
+            name, check=spec, check_id=check_id, notes=notes or None))
+
+    def pass_check(self, check_id: str) -> None:
+        """Mark the TTL check as passing.
+
+        :raises SessionLost: the agent no longer knows the check (it restarted)."""
+        self._call("pass check", lambda: self._consul.agent.check.ttl_pass(check_id),
+                   missing=f"the agent no longer has check {check_id!r}")
+
+    def deregister_check(self, check_id: str) -> None:
+        """Remove the check from the agent."""
+        self._call("deregister check", lambda: self._consul.agent.check.deregister(check_id))
+
+    def create_session(self, name: str, checks: list[str], lock_delay: float, ttl: int) -> str:
+        """Create a session bound to *checks* with ``behavior=release``."""
+        # py-consul formats lock_delay as "<n>s"; Go's duration parser takes
+        # fractions, and "0s" switches the delay off.
+        return self._call("create session", lambda: self._consul.session.create(
+            name=name, checks=checks, lock_delay=_Seconds(lock_delay), behavior="release", ttl=ttl),
+            missing="a check the session binds to is missing or critical")
+
+    def renew_session(self, session_id: str) -> None:
+        """Renew the session at the servers.
+
+        :raises SessionLost: the servers no longer know the session."""
+        self._call("renew session", lambda: self._consul.session.renew(session_id),
+                   missing=f"session {session_id} no longer exists")
+
+    def destroy_session(self, session_id: str) -> None:
+        """Destroy the session, releasing what it holds."""
+        self._call("destroy session", lambda: self._consul.session.destroy(session_id))
+
+    def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0) -> bool:
+        """Try to take the lock on *key* for the session; True if taken.
+
+        :raises SessionLost: the session is gone (Consul says invalid session)."""
+        return bool(self._call("acquire lock", lambda: self._consul.kv.put(
+            key, value, acquire=session_id, flags=flags),
+            missing=f"session {session_id} no longer exists"))
+
+    def release(self, key: str, session_id: str) -> bool:
+        """Release the lock on *key* if the session holds it."""
+        return bool(self._call("release lock", lambda: self._consul.kv.put(key, None, release=session_id)))
+
+    def get_key(self, key: str, index: Optional[int] = None,
+                wait: Optional[float] = None) -> Tuple[int, Optional[KeyEntry]]:
+        """Read *key*; with *index*, a blocking query that returns when the key
+        changes past *index* or after *wait* seconds. Returns ``(index, entry)``,
+        entry None when the key does not exist."""
+        idx, entry = self._call("read key", lambda: self._consul.kv.get(
+            key, index=index or None, wait=_duration(wait) if (index and wait) else None))
+        return int(idx), entry
+
+    def put_key(self, key: str, value: bytes) -> None:
+        """Write *key* without a lock (used by tests and tools)."""
+        self._call("write key", lambda: self._consul.kv.put(key, value))
+
+    def delete_key(self, key: str, recurse: bool = False) -> None:
+        """Delete *key* (used by tests and tools)."""
+        self._call("delete key", lambda: self._consul.kv.delete(key, recurse=recurse or None))
+
+    def session_info(self, session_id: str) -> Optional[Dict[str, Any]]:
+        """The session's record, or None if it does not exist."""
+        return self._call("read session",  # type: ignore[no-any-return]
+                          lambda: self._consul.session.info(session_id)[1])
+
+    def leader_address(self) -> str:
+        """The Raft leader's address as the agent reports it ('' if none)."""
+        return str(self._call("read status", lambda: self._consul.status.leader()) or "")
+
+
+class _Seconds(float):
+    """A number that py-consul's ``f"{lock_delay}s"`` renders without a
+    trailing ``.0`` and that compares unequal to its default of 15."""
+
+    def __format__(self, spec: str) -> str:
+        return _duration(float(self))[:-1] if not spec else float.__format__(self, spec)
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return ""
+    ms = int(round(seconds * 1000))
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def _body(exc: Exception) -> str:
+    text = str(exc).strip()
+    try:
+        return json.dumps(json.loads(text)) if text.startswith("{") else text
+    except ValueError:
+        return text

@@ -1,0 +1,132 @@
+"""``@leader_only``, ``@on_elected``, ``@on_deposed``, ``is_leader()`` and
+the process's default candidate.
+
+Used bare they act on the default candidate: the first one started in this
+process, or the one given to :func:`set_default`. Each also exists as a
+method of :class:`~consul_leader.Candidate` (``@candidate.leader_only``).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, overload
+
+import blinker
+
+from . import signals
+from .errors import ConfigurationTypeError, NotLeader
+
+if TYPE_CHECKING:
+    from .candidate import Candidate
+
+__all__ = ["get_default", "is_leader", "leader_only", "on_deposed", "on_elected", "set_default"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_default: "Optional[Candidate]" = None
+_default_lock = threading.Lock()
+
+
+def set_default(candidate: "Optional[Candidate]") -> None:
+    """Make *candidate* the one that bare decorators and :func:`is_leader`
+    use (None to clear it)."""
+    from .candidate import Candidate
+
+    if candidate is not None and not isinstance(candidate, Candidate):
+        raise ConfigurationTypeError(f"set_default() takes a Candidate or None, got {type(candidate).__name__}")
+    global _default
+    with _default_lock:
+        _default = candidate
+
+
+def get_default() -> "Optional[Candidate]":
+    """The process's default candidate, or None."""
+    return _default
+
+
+def offer_default(candidate: "Candidate") -> None:
+    """Make *candidate* the default if there is none yet (called by start())."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = candidate
+
+
+def forget_default_after_fork() -> None:
+    global _default, _default_lock
+    _default_lock = threading.Lock()
+
+
+def is_leader() -> bool:
+    """True if the default candidate leads; False when there is none."""
+    candidate = _default
+    return candidate is not None and candidate.is_leader()
+
+
+@overload
+def leader_only(func: F, *, raise_not_leader: bool = ..., candidate: "Optional[Candidate]" = ...) -> F: ...
+
+
+@overload
+def leader_only(func: None = ..., *, raise_not_leader: bool = ...,
+                candidate: "Optional[Candidate]" = ...) -> Callable[[F], F]: ...
+
+
+def leader_only(func: Optional[F] = None, *, raise_not_leader: bool = False,
+                candidate: "Optional[Candidate]" = None) -> Any:
+    """Decorator: call the function only while leading; otherwise return
+    None, or raise :class:`~consul_leader.NotLeader` with
+    ``raise_not_leader=True``. Works bare (``@leader_only``) or with
+    arguments (``@leader_only(raise_not_leader=True)``).
+
+    :param raise_not_leader: raise instead of returning None.
+    :param candidate: the candidate to ask; default: the process's default
+        candidate at call time."""
+
+    def decorate(fn: F) -> F:
+        if not callable(fn):
+            raise ConfigurationTypeError(f"@leader_only decorates a callable, got {type(fn).__name__}")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            who = candidate if candidate is not None else _default
+            if who is not None and who.is_leader():
+                return fn(*args, **kwargs)
+            if raise_not_leader:
+                raise NotLeader(f"{fn.__qualname__}() runs only on the leader, and "
+                                f"{'no candidate is running' if who is None else repr(who) + ' does not lead'}")
+            return None
+
+        return wrapper  # type: ignore[return-value]
+
+    if func is None:
+        return decorate
+    return decorate(func)
+
+
+def connect(signal: blinker.NamedSignal, func: F, which: "Callable[[], Optional[Candidate]]") -> F:
+    """Connect *func* to *signal* for the candidate *which()* names at send
+    time; return *func* unchanged."""
+    if not callable(func):
+        raise ConfigurationTypeError(f"@{signal.name} handlers must be callable, got {type(func).__name__}")
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        if sender is which():
+            func(sender, **kwargs)
+
+    # Strong reference: the receiver closure would otherwise be collected.
+    signal.connect(receiver, weak=False)
+    return func
+
+
+def on_elected(func: F) -> F:
+    """Decorator: call ``func(candidate, fencing_token=...)`` on the default
+    candidate's thread each time it is elected."""
+    return connect(signals.elected, func, get_default)
+
+
+def on_deposed(func: F) -> F:
+    """Decorator: call ``func(candidate, reason=...)`` on the default
+    candidate's thread each time it stops leading."""
+    return connect(signals.deposed, func, get_default)

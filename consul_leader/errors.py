@@ -1,0 +1,83 @@
+"""The exceptions consul-leader raises.
+
+Everything derives from :class:`ConsulLeaderError`. Configuration mistakes are
+also :class:`ValueError` (or :class:`TypeError`), so callers can catch them by
+meaning or by builtin, the way requests does it. Each docstring says whether
+the condition is worth retrying; the candidate's own thread already retries
+what is retryable.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ConsulLeaderError",
+    "ConsulTLSError",
+    "ConsulUnavailable",
+    "LockHeld",
+    "NoClusterLeader",
+    "NotLeader",
+    "NotRunning",
+    "PermissionDenied",
+    "SessionLost",
+]
+
+
+class ConsulLeaderError(Exception):
+    """Root of every exception raised by consul-leader."""
+
+
+class ConfigurationError(ConsulLeaderError, ValueError):
+    """An argument or setting is invalid; the message names it, its value and
+    what is allowed. Not retryable: fix the call."""
+
+
+class ConfigurationTypeError(ConsulLeaderError, TypeError):
+    """An argument has the wrong type; the message names it. Not retryable."""
+
+
+class ConsulUnavailable(ConsulLeaderError, ConnectionError):
+    """The Consul agent could not be reached or answered with a server error.
+
+    Retryable: the candidate retries with backoff, within its lease while it
+    leads."""
+
+
+class ConsulTLSError(ConsulUnavailable):
+    """The TLS handshake with the agent failed (wrong CA, missing or refused
+    client certificate). Retried like any unreachable agent, but it rarely
+    heals by itself: check ``CONSUL_CACERT`` / ``verify=`` and the certificates."""
+
+
+class NoClusterLeader(ConsulUnavailable):
+    """The Consul servers have no Raft leader right now (``500 No cluster
+    leader``). Not a lost lock: retryable; a leader steps down only when its
+    lease runs out."""
+
+
+class PermissionDenied(ConsulLeaderError, PermissionError):
+    """The ACL token lacks a permission; the message names the operation and
+    the rule it needs. The candidate keeps retrying with backoff (a policy can
+    be fixed while it runs), but :meth:`Candidate.wait_for_leadership` and
+    :meth:`Candidate.run` raise it at once instead of waiting in vain."""
+
+
+class SessionLost(ConsulLeaderError):
+    """The candidate's Consul session no longer exists (its check went
+    critical, it was destroyed, or its agent left). The candidate makes a new
+    one; retryable."""
+
+
+class NotLeader(ConsulLeaderError):
+    """Raised by ``@leader_only(raise_not_leader=True)`` functions called while
+    this process does not lead."""
+
+
+class LockHeld(ConsulLeaderError):
+    """The lock is held by another candidate and this one was told not to wait
+    (``wait=False``). Final for that candidate."""
+
+
+class NotRunning(ConsulLeaderError, RuntimeError):
+    """The candidate is not running (never started, or stopped), so waiting for
+    leadership cannot succeed."""

@@ -1,0 +1,190 @@
+"""Watching the leader key: who leads, and when that changes.
+
+:class:`Follower` observes an election without running in it (seed 001's
+follower); the same :class:`KeyWatch` drives a candidate's waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Optional, Tuple, Union
+
+from . import signals
+from .client import ConsulClient, ConsulConfig, KeyEntry
+from .errors import ConsulLeaderError, NotRunning
+from .validation import check_key
+
+log = logging.getLogger("consul_leader")
+
+__all__ = ["Follower", "KeyWatch", "LeaderInfo"]
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """What the leader key says.
+
+    :ivar identity: the leader's identity, or None when nobody leads.
+    :ivar session: the leader's Consul session ID.
+    :ivar since: Unix time (seconds) at which it took the lock, if known.
+    :ivar modify_index: the key's ModifyIndex; the leader's fencing token
+        unless the key was rewritten during its term.
+    """
+
+    identity: Optional[str] = None
+    session: Optional[str] = None
+    since: Optional[float] = None
+    modify_index: Optional[int] = None
+
+    @classmethod
+    def from_entry(cls, entry: Optional[KeyEntry]) -> "LeaderInfo":
+        """Read a KV entry as returned by Consul (None: no key)."""
+        if not entry or not entry.get("Session"):
+            return cls()
+        raw = entry.get("Value") or b""
+        identity = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        flags = int(entry.get("Flags") or 0)
+        return cls(identity=identity, session=entry["Session"], since=flags / 1000 if flags else None,
+                   modify_index=int(entry["ModifyIndex"]))
+
+
+class KeyWatch:
+    """Blocking queries on one key, keeping the index between calls.
+
+    :param client: the Consul client.
+    :param key: the key to watch.
+    """
+
+    def __init__(self, client: ConsulClient, key: str) -> None:
+        self.client = client
+        self.key = key
+        self.index = 0
+        self.entry: Optional[KeyEntry] = None
+
+    def read(self, wait: Optional[float] = None) -> Optional[KeyEntry]:
+        """Return the key's entry; with *wait*, block until it changes or
+        *wait* seconds pass (never a sleep loop)."""
+        index, entry = self.client.get_key(self.key, index=self.index if wait else None, wait=wait)
+        # Consul's rules for blocking queries: an index that goes backwards
+        # (a snapshot restore, a new cluster) restarts from 0; 0 is never waited on.
+        self.index = index if index > 0 and index >= self.index else (0 if index < self.index else 1)
+        self.entry = entry
+        return entry
+
+
+class Follower:
+    """Observes who leads *key*, without running for election.
+
+    :param key: the leader key the candidates use.
+    :param consul: an existing ``consul.Consul`` whose settings to use;
+        otherwise *address*, *token*, *datacenter*, *verify* and *cert* as for
+        :class:`~consul_leader.Candidate`, falling back to ``CONSUL_HTTP_*``.
+    :param wait: the longest a blocking query waits, in seconds.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, key: str, *, consul: Any = None, address: Optional[str] = None,
+                 token: Optional[str] = None, datacenter: Optional[str] = None,
+                 verify: Union[None, bool, str] = None, cert: Union[None, str, Tuple[str, str]] = None,
+                 wait: float = 30.0) -> None:
+        self.key = check_key(key)
+        config = ConsulConfig.from_consul(consul) if consul is not None else ConsulConfig.from_args(
+            address=address, token=token, datacenter=datacenter, verify=verify, cert=cert)
+        self.client = ConsulClient(config)
+        self._wait = wait
+        self._info = LeaderInfo()
+        self._seen = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._queues: List["queue.Queue[Optional[LeaderInfo]]"] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Follower {self.key!r} leader={self._info.identity!r}>"
+
+    def __enter__(self) -> "Follower":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> "Follower":
+        """Start watching in a background thread; idempotent."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=f"consul-leader-follower {self.key}",
+                                                daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching; :meth:`changes` iterators end."""
+        self._stop.set()
+        with self._lock:
+            for q in self._queues:
+                q.put(None)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self.client.config.timeout + 1)
+
+    def leader(self) -> Optional[str]:
+        """The leader's identity as last observed, or None."""
+        return self._info.identity
+
+    def info(self) -> LeaderInfo:
+        """Everything the key says about the leader, as last observed."""
+        return self._info
+
+    def wait_for_leader(self, timeout: Optional[float] = None) -> Optional[str]:
+        """Block until the key was read once (and a leader is known, if any
+        leads within *timeout*); return the leader's identity or None."""
+        if self._thread is None:
+            raise NotRunning("Follower.wait_for_leader() needs start() first")
+        self._seen.wait(timeout)
+        return self._info.identity
+
+    def changes(self) -> Iterator[Optional[str]]:
+        """Yield the leader's identity (None: nobody) each time it changes,
+        starting with the current one, until :meth:`stop`."""
+        q: "queue.Queue[Optional[LeaderInfo]]" = queue.Queue()
+        with self._lock:
+            self._queues.append(q)
+            if self._seen.is_set():
+                q.put(self._info)
+        try:
+            while not self._stop.is_set():
+                info = q.get()
+                if info is None:
+                    return
+                yield info.identity
+        finally:
+            with self._lock:
+                self._queues.remove(q)
+
+    def _loop(self) -> None:
+        watch = KeyWatch(self.client, self.key)
+        wait: Optional[float] = None
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                entry = watch.read(wait)
+                failures = 0
+            except ConsulLeaderError as exc:
+                failures += 1
+                log.warning("consul_leader: follower of %r cannot read the key: %s", self.key, exc)
+                signals.send(signals.election_error, self, error=exc)
+                self._stop.wait(min(0.2 * 2 ** failures, 10.0))
+                continue
+            wait = self._wait
+            info = LeaderInfo.from_entry(entry)
+            first = not self._seen.is_set()
+            if first or info.identity != self._info.identity or info.session != self._info.session:
+                self._info = info
+                self._seen.set()
+                log.info("consul_leader: leader of %r is now %r", self.key, info.identity)
+                with self._lock:
+                    for q in self._queues:
+                        q.put(info)
+                signals.send(signals.leader_changed, self, leader=info.identity)

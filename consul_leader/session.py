@@ -1,0 +1,254 @@
+"""A Consul session kept alive by a heartbeat thread, and the timing rules
+that make leadership a lease.
+
+The session is bound to ``serfHealth`` and to a TTL check of its own, so a
+process that stops heart-beating loses its lock after the check's TTL, far
+sooner than a session TTL (at least 10 s, reaped at up to twice that) would
+allow. The session TTL stays as a backstop for an agent cut off from the
+servers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .client import ConsulClient
+from .errors import ConfigurationError, ConfigurationTypeError, ConsulLeaderError, SessionLost
+
+log = logging.getLogger("consul_leader")
+
+Clock = Callable[[], float]
+
+
+def _number(name: str, value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationTypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigurationError(f"{name} must be between {low:g} and {high:g} seconds, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The durations of an election, in seconds. Build it with :meth:`from_ttl`.
+
+    :ivar check_ttl: TTL of the candidate's health check; a process that stops
+        heart-beating loses its lock this long after its last heartbeat.
+    :ivar heartbeat: time between heartbeat rounds while leading.
+    :ivar lease: how long after the start of its last good heartbeat round a
+        leader still believes it leads. Always shorter than ``check_ttl``,
+        ``session_ttl`` and ``lock_delay``, so a leader knows it lost
+        leadership before anyone else can win it.
+    :ivar lock_delay: Consul's lock-delay: after a session is invalidated,
+        nobody may take its lock for this long.
+    :ivar session_ttl: the session's own TTL, a backstop (Consul: 10 s to 24 h).
+    """
+
+    check_ttl: float
+    heartbeat: float
+    lease: float
+    lock_delay: float
+    session_ttl: int
+
+    @classmethod
+    def from_ttl(cls, ttl: float = 3.0, *, heartbeat: Optional[float] = None, lease: Optional[float] = None,
+                 lock_delay: Optional[float] = None, session_ttl: Optional[float] = None) -> "Timing":
+        """Derive every duration from one *ttl* knob; any of them can be set.
+
+        Defaults: ``heartbeat = ttl/3``, ``lock_delay = min(ttl, 60)``,
+        ``session_ttl = max(10, 2*ttl)``, ``lease = 5/6 * min(ttl, lock_delay,
+        session_ttl)``. At ``ttl=3``: heartbeat 1 s, lease 2.5 s, lock-delay 3 s,
+        session TTL 10 s, and a crashed leader is replaced in about 6 s.
+
+        :raises ConfigurationError: a value out of range, or the safety rule
+            ``heartbeat < lease < min(check_ttl, session_ttl, lock_delay)`` broken.
+        """
+        ttl = _number("ttl", ttl, 0.5, 3600)
+        lock_delay = min(ttl, 60.0) if lock_delay is None else _number("lock_delay", lock_delay, 0, 60)
+        if session_ttl is None:
+            session_ttl = max(10, math.ceil(2 * ttl))
+        session_ttl = _number("session_ttl", session_ttl, 10, 86400)
+        if session_ttl != int(session_ttl):
+            raise ConfigurationError(f"session_ttl must be a whole number of seconds, got {session_ttl!r}")
+        bound = min(ttl, lock_delay, session_ttl)
+        lease = bound * 5 / 6 if lease is None else _number("lease", lease, 0.1, 86400)
+        heartbeat = ttl / 3 if heartbeat is None else _number("heartbeat", heartbeat, 0.05, 3600)
+        if not lease < bound:
+            raise ConfigurationError(
+                f"lease={lease:g}s must be shorter than min(ttl={ttl:g}s, lock_delay={lock_delay:g}s, "
+                f"session_ttl={session_ttl:g}s) = {bound:g}s; otherwise a paused leader could still "
+                f"believe it leads after another candidate won. Lower lease or raise the others.")
+        if not heartbeat * 2 <= lease:
+            raise ConfigurationError(
+                f"heartbeat={heartbeat:g}s must be at most half of lease={lease:g}s, so that one late "
+                f"heartbeat does not end the lease; lower heartbeat or raise ttl.")
+        return cls(check_ttl=ttl, heartbeat=heartbeat, lease=lease, lock_delay=lock_delay,
+                   session_ttl=int(session_ttl))
+
+    @property
+    def idle_heartbeat(self) -> float:
+        """Time between heartbeat rounds while not leading: rarer, to keep an
+        idle follower cheap, yet well within the check's TTL."""
+        return max(self.heartbeat, self.check_ttl * 0.6)
+
+
+class Session:
+    """A Consul session bound to ``serfHealth`` and a TTL check of its own,
+    with a daemon heartbeat thread that passes the check and renews it.
+
+    The lease: :attr:`lease_deadline` is ``t0 + lease``, where ``t0`` is the
+    monotonic time at which the last round *started* in which both the check
+    pass and the session renew succeeded.
+
+    :param client: the Consul client.
+    :param timing: the election's durations.
+    :param name: the session's name, as Consul shows it.
+    :param on_lost: called once, from the heartbeat thread, when the session
+        is found gone.
+    :param on_error: called with each failed heartbeat's exception.
+    :param clock: monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, client: ConsulClient, timing: Timing, name: str, *,
+                 on_lost: Callable[["Session"], None] = lambda s: None,
+                 on_error: Callable[[ConsulLeaderError], None] = lambda e: None,
+                 clock: Clock = time.monotonic) -> None:
+        self.client = client
+        self.timing = timing
+        self.name = name
+        self.id: Optional[str] = None
+        self.check_id = f"consul-leader-{uuid.uuid4().hex[:16]}"
+        self.lost = threading.Event()
+        self._on_lost = on_lost
+        self._on_error = on_error
+        self._clock = clock
+        self._passed_at = -math.inf
+        self._renewed_at = -math.inf
+        #: Monotonic time until which this session's lease holds.
+        self.lease_deadline = -math.inf
+        self._leading = False
+        self._closed = threading.Event()
+        self._kick = threading.Event()
+        self._beat_lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} check={self.check_id} lost={self.lost.is_set()}>"
+
+    def open(self) -> str:
+        """Register the check, create the session and start heart-beating.
+
+        :raises ConsulLeaderError: Consul could not be reached or refused."""
+        t0 = self._clock()
+        self.client.register_check(self.check_id, f"consul-leader: {self.name}",
+                                   self.timing.check_ttl, notes="consul-leader candidate heartbeat")
+        try:
+            self.id = self.client.create_session(self.name, ["serfHealth", self.check_id],
+                                                 self.timing.lock_delay, self.timing.session_ttl)
+        except BaseException:
+            self._forget_check()
+            raise
+        self._passed_at = self._renewed_at = t0
+        self._update_deadline()
+        self._thread = threading.Thread(target=self._heartbeat_loop, name=f"consul-leader-heartbeat {self.name}",
+                                        daemon=True)
+        self._thread.start()
+        log.debug("consul_leader: session %s created (check %s)", self.id, self.check_id)
+        return self.id
+
+    def set_leading(self, leading: bool) -> None:
+        """Switch between the leader's heartbeat rate and the idle one."""
+        self._leading = leading
+        self._kick.set()
+
+    def beat(self) -> bool:
+        """Run one heartbeat round now: pass the check and renew the session.
+        True if both succeeded (the lease then runs from this round's start).
+
+        :raises SessionLost: the session or its check no longer exists."""
+        with self._beat_lock:
+            assert self.id is not None
+            t0 = self._clock()
+            self.client.pass_check(self.check_id)
+            self._passed_at = t0
+            self.client.renew_session(self.id)
+            self._renewed_at = t0
+            self._update_deadline()
+            return True
+
+    def lease_valid(self) -> bool:
+        """True while the lease holds (a cheap read)."""
+        return self._clock() < self.lease_deadline
+
+    def _update_deadline(self) -> None:
+        self.lease_deadline = min(self._passed_at, self._renewed_at) + self.timing.lease
+
+    def _heartbeat_loop(self) -> None:
+        renew_every = self.timing.session_ttl / 3
+        while not self._closed.is_set():
+            period = self.timing.heartbeat if self._leading else self.timing.idle_heartbeat
+            self._kick.wait(period)
+            self._kick.clear()
+            if self._closed.is_set():
+                break
+            try:
+                if self._leading or self._clock() - self._renewed_at >= renew_every:
+                    self.beat()
+                else:
+                    with self._beat_lock:
+                        t0 = self._clock()
+                        self.client.pass_check(self.check_id)
+                        self._passed_at = t0
+                        self._update_deadline()
+            except SessionLost as exc:
+                log.warning("consul_leader: session %s is gone (%s)", self.id, exc)
+                self.lost.set()
+                self.lease_deadline = -math.inf
+                try:
+                    self._on_lost(self)
+                finally:
+                    return
+            except ConsulLeaderError as exc:
+                log.warning("consul_leader: heartbeat for session %s failed: %s", self.id, exc)
+                self._on_error(exc)
+            except Exception:  # a bug must not silently end the heartbeat
+                log.exception("consul_leader: unexpected error in the heartbeat of session %s", self.id)
+
+    def close(self, *, destroy: bool = True) -> None:
+        """Stop heart-beating, destroy the session (releasing what it holds)
+        and deregister the check. Errors are logged, not raised: Consul
+        cleans up after the check's TTL anyway."""
+        with self._beat_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+        self._kick.set()
+        self.lease_deadline = -math.inf
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self.client.config.timeout * 2 + 1)
+        if destroy and self.id is not None and not self.lost.is_set():
+            try:
+                self.client.destroy_session(self.id)
+            except ConsulLeaderError as exc:
+                log.warning("consul_leader: could not destroy session %s: %s", self.id, exc)
+        if destroy:
+            self._forget_check()
+
+    def abandon(self) -> None:
+        """Forget the session without touching Consul: used in a forked child,
+        where the session belongs to the parent."""
+        self._closed.set()
+        self._kick.set()
+        self.lease_deadline = -math.inf
+
+    def _forget_check(self) -> None:
+        try:
+            self.client.deregister_check(self.check_id)
+        except ConsulLeaderError as exc:
+            log.debug("consul_leader: could not deregister check %s: %s", self.check_id, exc)

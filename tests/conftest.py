@@ -1,0 +1,75 @@
+"""Shared fixtures: one real Consul dev agent per test session, a fresh key
+prefix per test, and the agent's log printed when a test fails."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import uuid
+from typing import Iterator, List
+
+import pytest
+
+from consul_leader import Candidate
+from consul_leader.testing import ConsulAgent
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture(scope="session")
+def consul_agent() -> Iterator[ConsulAgent]:
+    with ConsulAgent() as agent:
+        yield agent
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix no other test uses."""
+    return f"test/{request.node.name[:60]}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def key(prefix: str) -> str:
+    return f"{prefix}/leader"
+
+
+@pytest.fixture
+def make_candidate(consul_agent: ConsulAgent) -> Iterator:
+    """Build candidates against the session's agent; all are stopped after
+    the test."""
+    made: List[Candidate] = []
+    counter = itertools.count()
+
+    def make(key: str, **kwargs: object) -> Candidate:
+        kwargs.setdefault("address", consul_agent.address)
+        kwargs.setdefault("identity", f"cand-{next(counter)}")
+        c = Candidate(key, **kwargs)  # type: ignore[arg-type]
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        agent = item.funcargs.get("consul_agent") if hasattr(item, "funcargs") else None
+        if isinstance(agent, ConsulAgent):
+            report.sections.append(("consul agent log (tail)", agent.log_tail(80)))
+
+
+def python_env() -> dict:
+    """Environment for child Python processes that import this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable
