@@ -11,7 +11,7 @@ export CONSUL_BIN ?= $(shell scripts/install-consul 2>/dev/null)
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,docs]'
+	$(BIN)/pip install -q -e '.[test,docs,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "ConfigurationTypeError",
     "ConsulLeaderError",
     "ConsulTLSError",
     "ConsulUnavailable",
@@ -32,8 +33,10 @@ class ConfigurationError(ConsulLeaderError, ValueError):
     what is allowed. Not retryable: fix the call."""
 
 
-class ConfigurationTypeError(ConsulLeaderError, TypeError):
-    """An argument has the wrong type; the message names it. Not retryable."""
+class ConfigurationTypeError(ConfigurationError, TypeError):
+    """An argument has the wrong type; the message names it. Both a
+    :class:`TypeError` and, as every configuration mistake, a
+    :class:`ValueError`. Not retryable."""
 
 
 class ConsulUnavailable(ConsulLeaderError, ConnectionError):

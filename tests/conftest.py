@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 import uuid
-from typing import Iterator, List
+from typing import Callable, Iterator, List
 
 import pytest
 
@@ -73,3 +74,17 @@ def python_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll *predicate* until it is true; fail the test after *timeout* s.
+    (A bound on waiting, not a speed assertion.)"""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.01)
+
+
+def leaders(candidates: List[Candidate]) -> List[Candidate]:
+    return [c for c in candidates if c.is_leader()]
