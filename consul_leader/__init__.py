@@ -16,6 +16,7 @@ from .client import ConsulConfig
 from .decorators import get_default, is_leader, leader_only, on_deposed, on_elected, set_default
 from .errors import (
     ConfigurationError,
+    ConfigurationTypeError,
     ConsulLeaderError,
     ConsulTLSError,
     ConsulUnavailable,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Candidate",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "ConsulConfig",
     "ConsulLeaderError",
     "ConsulTLSError",
