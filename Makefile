@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export CONSUL_BIN ?= $(shell scripts/install-consul 2>/dev/null)
 
-.PHONY: venv consul demo test test-all chaos lint typecheck docs bench bench-quick clean
+.PHONY: services venv consul demo test test-all chaos lint typecheck docs bench bench-quick clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ consul:
 demo: venv consul
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/consul-leader demo
 
-test: venv consul
+# Redis (for the Celery beat tests) comes from Debian's packages when missing.
+services:
+	@if [ -x scripts/install-redis ]; then scripts/install-redis >/dev/null; fi
+
+test: venv consul services
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
