@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-export CONSUL_BIN ?= $(shell scripts/install-consul 2>/dev/null)
 
 .PHONY: services venv consul demo test test-all chaos lint typecheck docs bench bench-quick clean
 

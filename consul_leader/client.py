@@ -60,7 +60,7 @@ class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
         self._local = threading.local()
         super().__init__(*args, **kwargs)
 
-    @property  # type: ignore[override]
+    @property
     def session(self) -> requests.Session:
         local = self._local
         pid = os.getpid()
@@ -276,9 +276,9 @@ class ConsulClient:
         """Create a session bound to *checks* with ``behavior=release``."""
         # py-consul formats lock_delay as "<n>s"; Go's duration parser takes
         # fractions, and "0s" switches the delay off.
-        return self._call("create session", lambda: self._consul.session.create(
+        return str(self._call("create session", lambda: self._consul.session.create(
             name=name, checks=checks, lock_delay=_Seconds(lock_delay), behavior="release", ttl=ttl),
-            missing="a check the session binds to is missing or critical")
+            missing="a check the session binds to is missing or critical"))
 
     def renew_session(self, session_id: str) -> None:
         """Renew the session at the servers.

@@ -107,7 +107,7 @@ def test_fencing_tokens_strictly_increase_across_terms(make_candidate, key):
         leader = leaders(cands)[0]
         tokens.append(leader.fencing_token)
         leader.resign()
-        wait_until(lambda: not leader.is_leader())
+        wait_until(lambda leader=leader: not leader.is_leader())
     assert tokens == sorted(set(tokens)) and len(tokens) == 5
 
 
