@@ -35,7 +35,7 @@ from .errors import (
     SessionLost,
 )
 from .follower import KeyWatch, LeaderInfo
-from .session import Session, Timing
+from .session import HeartbeatStats, Session, Timing
 from .validation import check_identity, check_key, check_optional_seconds
 
 __all__ = ["Candidate", "LeadershipEvent", "stop_on_signals"]
@@ -66,6 +66,33 @@ class LeadershipEvent:
     fencing_token: Optional[int] = None
     reason: Optional[str] = None
     error: Optional[BaseException] = None
+
+
+@dataclass(frozen=True)
+class Health:
+    """A snapshot of a candidate's health, from :meth:`Candidate.health`.
+
+    :ivar ok: True when the election thread runs and the last good heartbeat
+        is younger than the check's TTL, i.e. Consul sees this candidate's
+        check passing. False before the first heartbeat, after :meth:`Candidate.stop`,
+        when the thread died, and while Consul cannot be reached.
+    :ivar running: the candidate is started, not stopped, and its thread lives.
+    :ivar is_leader: what :meth:`Candidate.is_leader` answered.
+    :ivar last_heartbeat_age: seconds since the last good heartbeat round
+        started; None if there was none yet.
+    :ivar lease_remaining: seconds left of the leader's lease; 0.0 when not leading.
+    :ivar heartbeat_failures: failed heartbeat rounds since the candidate started.
+    :ivar last_error: the last error talking to Consul, if the election has not
+        succeeded in a round since.
+    """
+
+    ok: bool
+    running: bool
+    is_leader: bool
+    last_heartbeat_age: Optional[float]
+    lease_remaining: float
+    heartbeat_failures: int
+    last_error: Optional[str]
 
 
 class _Term:
@@ -154,6 +181,7 @@ class Candidate:
         self._failure: Optional[ConsulLeaderError] = None
         self._last_error: Optional[ConsulLeaderError] = None
         self._subscribers: List["queue.Queue[Optional[LeadershipEvent]]"] = []
+        self.heartbeat_stats = HeartbeatStats()
 
     def __repr__(self) -> str:
         role = "leader" if self.is_leader() else self._state
@@ -184,7 +212,8 @@ class Candidate:
             self._thread.start()
         decorators.offer_default(self)
         log.info("consul_leader: %s runs for leadership of %r (ttl=%gs, lease=%gs, lock_delay=%gs)",
-                 self.identity, self.key, self.timing.check_ttl, self.timing.lease, self.timing.lock_delay)
+                 self.identity, self.key, self.timing.check_ttl, self.timing.lease, self.timing.lock_delay,
+                 extra=self._log_fields("started"))
         return self
 
     def is_leader(self) -> bool:
@@ -215,6 +244,30 @@ class Candidate:
     def running(self) -> bool:
         """True between :meth:`start` and :meth:`stop` (or giving up)."""
         return self._state == "running" and not self._stopping.is_set()
+
+    def health(self) -> Health:
+        """A watchdog's view of this candidate (for a Kubernetes probe or a
+        health endpoint): is its thread alive and its heartbeat current? A
+        cheap read that makes no request.
+
+        ``ok`` turns False once no heartbeat succeeded for a check TTL, which
+        is also when Consul stops counting this candidate. Since that happens
+        to every replica while Consul itself is down, use ``running`` rather
+        than ``ok`` for a liveness probe that restarts the process.
+
+        .. versionadded:: 0.1
+        """
+        term = self._term
+        now = time.monotonic()
+        thread = self._thread
+        running = self.running and thread is not None and thread.is_alive()
+        stats = self.heartbeat_stats
+        age = now - stats.last_ok if stats.last_ok > -math.inf else None
+        lease = term.session.lease_deadline - now if term is not None else 0.0
+        error = self._last_error
+        return Health(ok=running and age is not None and age < self.timing.check_ttl, running=running,
+                      is_leader=lease > 0, last_heartbeat_age=age, lease_remaining=max(lease, 0.0),
+                      heartbeat_failures=stats.failures, last_error=None if error is None else str(error))
 
     def wait_for_leadership(self, timeout: Optional[float] = None) -> bool:
         """Block until this candidate leads; False if *timeout* passed first.
@@ -265,7 +318,8 @@ class Candidate:
             self._state = "stopped"
             self._changed.notify_all()
         self._publish(None)
-        log.info("consul_leader: %s left the election for %r", self.identity, self.key)
+        log.info("consul_leader: %s left the election for %r", self.identity, self.key,
+                 extra=self._log_fields("stopped"))
 
     def run(self, job: Job, *, block: bool = True) -> None:
         """Run ``job(stop_event)`` in a worker thread each time this candidate
@@ -342,7 +396,7 @@ class Candidate:
             retry=tenacity.retry_if_exception_type(ConsulLeaderError),
             wait=tenacity.wait_random_exponential(multiplier=0.1, max=min(30.0, self.timing.check_ttl * 5)),
             stop=tenacity.stop_when_event_set(self._stopping),
-            sleep=self._stopping.wait,
+            sleep=self._pause,
             before_sleep=lambda state: self._report(state.outcome.exception()),  # type: ignore[union-attr]
             reraise=True)
         while not self._stopping.is_set():
@@ -362,6 +416,9 @@ class Candidate:
         with self._changed:
             self._changed.notify_all()
 
+    def _pause(self, seconds: float) -> None:
+        self._stopping.wait(seconds)  # a backoff that stop() cuts short
+
     def _report(self, error: Optional[BaseException]) -> None:
         if not isinstance(error, ConsulLeaderError):
             return
@@ -369,7 +426,8 @@ class Candidate:
         if isinstance(error, PermissionDenied):
             log.error("consul_leader: %s", error)
         else:
-            log.warning("consul_leader: election for %r: %s; retrying", self.key, error)
+            log.warning("consul_leader: election for %r: %s; retrying", self.key, error,
+                        extra=self._log_fields("error", error=type(error).__name__))
         signals.send(signals.election_error, self, error=error)
         self._publish(LeadershipEvent("error", error=error))
         with self._changed:
@@ -429,7 +487,7 @@ class Candidate:
         if session is not None:
             session.close()
         session = Session(self.client, self.timing, f"consul-leader {self.key} {self.identity}",
-                          on_error=self._report)
+                          on_error=self._report, stats=self.heartbeat_stats)
         session.open()
         self._session = session
         return session
@@ -438,7 +496,8 @@ class Candidate:
         identity = LeaderInfo.from_entry(entry).identity
         if identity != self._leader:
             self._leader = identity
-            log.info("consul_leader: leader of %r is now %r", self.key, identity)
+            log.info("consul_leader: leader of %r is now %r", self.key, identity,
+                     extra=self._log_fields("leader_changed", leader=identity))
             signals.send(signals.leader_changed, self, leader=identity)
 
     def _wait(self, watch: KeyWatch, hold_off_until: Optional[float] = None) -> None:
@@ -487,7 +546,7 @@ class Candidate:
         session.set_leading(True)
         self._leader = self.identity
         log.info("consul_leader: %s elected leader of %r (fencing token %d)", self.identity, self.key,
-                 term.fencing_token)
+                 term.fencing_token, extra=self._log_fields("elected", fencing_token=term.fencing_token))
         signals.send(signals.elected, self, fencing_token=term.fencing_token)
         signals.send(signals.leader_changed, self, leader=self.identity)
         self._publish(LeadershipEvent("elected", fencing_token=term.fencing_token))
@@ -547,9 +606,12 @@ class Candidate:
                 log.warning("consul_leader: could not release %r after %s: %s", self.key, reason, exc)
         if reason in ("resigned", "term limit", "job finished", "job failed"):
             self._sit_out_until = time.monotonic() + self.timing.check_ttl
-        log.warning("consul_leader: %s deposed as leader of %r: %s", self.identity, self.key, reason) \
+        fields = self._log_fields("deposed", fencing_token=term.fencing_token, reason=reason)
+        log.warning("consul_leader: %s deposed as leader of %r: %s", self.identity, self.key, reason,
+                    extra=fields) \
             if reason in ("lock lost", "lease expired", "key overwritten") else \
-            log.info("consul_leader: %s stepped down as leader of %r: %s", self.identity, self.key, reason)
+            log.info("consul_leader: %s stepped down as leader of %r: %s", self.identity, self.key, reason,
+                     extra=fields)
         self._join_job()
         signals.send(signals.deposed, self, reason=reason)
         self._publish(LeadershipEvent("deposed", reason=reason))
@@ -608,6 +670,10 @@ class Candidate:
                 log.warning("consul_leader: the job of %s still runs %gs after leadership ended; the next term "
                             "waits for it (it should return when stop_event is set)", self.identity, waited)
         self._job_thread = None
+
+    def _log_fields(self, event: str, **fields: Any) -> dict[str, Any]:
+        """The ``extra=`` of a transition's log record, for structured logging."""
+        return {"consul_leader_event": event, "key": self.key, "identity": self.identity, **fields}
 
     def _publish(self, event: Optional[LeadershipEvent]) -> None:
         with self._state_lock:

@@ -98,6 +98,42 @@ class Timing:
         return max(self.heartbeat, self.check_ttl * 0.6)
 
 
+class HeartbeatStats:
+    """Counters of heartbeat rounds, shared by the successive sessions of one
+    candidate so that they survive a session being replaced. Read by
+    :meth:`Candidate.health() <consul_leader.Candidate.health>` and
+    :mod:`consul_leader.metrics`; written by the heartbeat.
+
+    :ivar rounds: heartbeat rounds that succeeded.
+    :ivar failures: heartbeat rounds that failed.
+    :ivar seconds_total: time spent in the successful rounds, in seconds.
+    :ivar last_duration: how long the last successful round took, or None.
+    :ivar last_ok: monotonic time at which the last successful round (or the
+        session's creation) started: the agent had a passing check then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rounds = 0
+        self.failures = 0
+        self.seconds_total = 0.0
+        self.last_duration: Optional[float] = None
+        self.last_ok = -math.inf
+
+    def ok(self, started: float, ended: float) -> None:
+        """Record a successful round that ran from *started* to *ended*."""
+        with self._lock:
+            self.rounds += 1
+            self.seconds_total += ended - started
+            self.last_duration = ended - started
+            self.last_ok = max(self.last_ok, started)
+
+    def failed(self) -> None:
+        """Record a failed round."""
+        with self._lock:
+            self.failures += 1
+
+
 class Session:
     """A Consul session bound to ``serfHealth`` and a TTL check of its own,
     with a daemon heartbeat thread that passes the check and renews it.
@@ -113,12 +149,13 @@ class Session:
         is found gone.
     :param on_error: called with each failed heartbeat's exception.
     :param clock: monotonic clock (injectable for tests).
+    :param stats: where to count heartbeat rounds; default a new one.
     """
 
     def __init__(self, client: ConsulClient, timing: Timing, name: str, *,
                  on_lost: Callable[["Session"], None] = lambda s: None,
                  on_error: Callable[[ConsulLeaderError], None] = lambda e: None,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, stats: Optional[HeartbeatStats] = None) -> None:
         self.client = client
         self.timing = timing
         self.name = name
@@ -128,6 +165,7 @@ class Session:
         self._on_lost = on_lost
         self._on_error = on_error
         self._clock = clock
+        self.stats = HeartbeatStats() if stats is None else stats
         self._passed_at = -math.inf
         self._renewed_at = -math.inf
         #: Monotonic time until which this session's lease holds.
@@ -156,6 +194,7 @@ class Session:
             raise
         self._passed_at = self._renewed_at = t0
         self._update_deadline()
+        self.stats.ok(t0, self._clock())
         self._thread = threading.Thread(target=self._heartbeat_loop, name=f"consul-leader-heartbeat {self.name}",
                                         daemon=True)
         self._thread.start()
@@ -180,6 +219,7 @@ class Session:
             self.client.renew_session(self.id)
             self._renewed_at = t0
             self._update_deadline()
+            self.stats.ok(t0, self._clock())
             return True
 
     def lease_valid(self) -> bool:
@@ -206,15 +246,16 @@ class Session:
                         self.client.pass_check(self.check_id)
                         self._passed_at = t0
                         self._update_deadline()
+                        self.stats.ok(t0, self._clock())
             except SessionLost as exc:
+                self.stats.failed()
                 log.warning("consul_leader: session %s is gone (%s)", self.id, exc)
                 self.lost.set()
                 self.lease_deadline = -math.inf
-                try:
-                    self._on_lost(self)
-                finally:
-                    return
+                self._on_lost(self)
+                return
             except ConsulLeaderError as exc:
+                self.stats.failed()
                 log.warning("consul_leader: heartbeat for session %s failed: %s", self.id, exc)
                 self._on_error(exc)
             except Exception:  # a bug must not silently end the heartbeat
