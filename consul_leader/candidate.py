@@ -655,8 +655,21 @@ class Candidate:
                     if self._term is term:
                         self._step_down(reason)
 
+        def watchdog() -> None:
+            # The election thread may sit in a request to a hung agent; the
+            # job must still hear at the lease's end that it no longer leads.
+            while not term.job_stop.is_set():
+                remaining = term.session.lease_deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("consul_leader: the lease of %s on %r ran out; telling the job to stop",
+                                self.identity, self.key)
+                    term.job_stop.set()
+                    return
+                term.job_stop.wait(remaining)
+
         self._job_thread = threading.Thread(target=work, name=f"consul-leader-job {self.key}", daemon=True)
         self._job_thread.start()
+        threading.Thread(target=watchdog, name=f"consul-leader-lease {self.key}", daemon=True).start()
 
     def _join_job(self) -> None:
         thread = self._job_thread

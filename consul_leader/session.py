@@ -19,19 +19,12 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .client import ConsulClient
-from .errors import ConfigurationError, ConfigurationTypeError, ConsulLeaderError, SessionLost
+from .errors import ConfigurationError, ConsulLeaderError, SessionLost
+from .validation import check_number as _number
 
 log = logging.getLogger("consul_leader")
 
 Clock = Callable[[], float]
-
-
-def _number(name: str, value: object, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationTypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ConfigurationError(f"{name} must be between {low:g} and {high:g} seconds, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -61,7 +54,7 @@ class Timing:
                  lock_delay: Optional[float] = None, session_ttl: Optional[float] = None) -> "Timing":
         """Derive every duration from one *ttl* knob; any of them can be set.
 
-        Defaults: ``heartbeat = ttl/3``, ``lock_delay = min(ttl, 60)``,
+        Defaults: ``heartbeat = ttl/3`` (at most ``lease/2.5``), ``lock_delay = min(ttl, 60)``,
         ``session_ttl = max(10, 2*ttl)``, ``lease = 5/6 * min(ttl, lock_delay,
         session_ttl)``. At ``ttl=3``: heartbeat 1 s, lease 2.5 s, lock-delay 3 s,
         session TTL 10 s, and a crashed leader is replaced in about 6 s.
@@ -78,12 +71,14 @@ class Timing:
             raise ConfigurationError(f"session_ttl must be a whole number of seconds, got {session_ttl!r}")
         bound = min(ttl, lock_delay, session_ttl)
         lease = bound * 5 / 6 if lease is None else _number("lease", lease, 0.1, 86400)
-        heartbeat = ttl / 3 if heartbeat is None else _number("heartbeat", heartbeat, 0.05, 3600)
         if not lease < bound:
             raise ConfigurationError(
                 f"lease={lease:g}s must be shorter than min(ttl={ttl:g}s, lock_delay={lock_delay:g}s, "
                 f"session_ttl={session_ttl:g}s) = {bound:g}s; otherwise a paused leader could still "
                 f"believe it leads after another candidate won. Lower lease or raise the others.")
+        if heartbeat is None:
+            heartbeat = min(bound / 3, lease / 2.5)
+        heartbeat = _number("heartbeat", heartbeat, 0.05, 3600)
         if not heartbeat * 2 <= lease:
             raise ConfigurationError(
                 f"heartbeat={heartbeat:g}s must be at most half of lease={lease:g}s, so that one late "

@@ -353,3 +353,27 @@ def test_agent_restart_deposes_then_a_new_session_wins(key):
     finally:
         c.stop()
         agent.__exit__(None, None, None)
+
+
+def test_job_hears_the_lease_end_even_while_the_agent_hangs(key):
+    agent = ConsulAgent().start()
+    c = Candidate(key, address=agent.address, ttl=1, timeout=30)
+    stopped = threading.Event()
+    seen_leader_at_stop: List[bool] = []
+
+    def job(stop_event: threading.Event) -> None:
+        stop_event.wait()
+        seen_leader_at_stop.append(c.is_leader())
+        stopped.set()
+
+    try:
+        c.run(job, block=False)
+        assert c.wait_for_leadership(30)
+        agent.pause()  # every request now hangs (timeout=30 s), the lease is 0.83 s
+        assert stopped.wait(10), "the job was not told to stop while the agent hung"
+        assert seen_leader_at_stop == [False]
+        assert c._thread.is_alive()
+    finally:
+        agent.resume()
+        c.stop()
+        agent.__exit__(None, None, None)
