@@ -1,10 +1,28 @@
-"""Checks of user input shared by the public classes."""
+"""Checks of user input shared by the public classes.
+
+Each raises :class:`~consul_leader.ConfigurationError` (a :class:`ValueError`)
+or :class:`~consul_leader.ConfigurationTypeError` (a :class:`TypeError`) whose
+message names the argument, what it got and what is allowed. A secret (the
+ACL token) is never echoed.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import inspect
+import math
+import signal
+import threading
+from typing import Any, Callable, Optional, Tuple
 
 from .errors import ConfigurationError, ConfigurationTypeError
+
+
+def _utf8(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"{name} must be valid Unicode text (it holds a lone surrogate): "
+                                 f"got {text!r}") from None
 
 
 def check_key(key: Any) -> str:
@@ -17,8 +35,13 @@ def check_key(key: Any) -> str:
         raise ConfigurationError(f"key must not start with '/': got {key!r}; write {key.lstrip('/')!r}")
     if key.endswith("/"):
         raise ConfigurationError(f"key must name a key, not a folder ending in '/': got {key!r}")
-    if any(ord(ch) < 32 for ch in key):
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
         raise ConfigurationError(f"key must not contain control characters: got {key!r}")
+    _utf8("key", key)
+    # Consul's HTTP server cleans the path, so 'a//b' or 'a/../b' would lock
+    # another key than the one named.
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ConfigurationError(f"key must not contain empty, '.' or '..' path segments: got {key!r}")
     return key
 
 
@@ -28,17 +51,83 @@ def check_identity(identity: Any) -> str:
         raise ConfigurationTypeError(f"identity must be a str such as 'host:pid', got {type(identity).__name__}")
     if not identity.strip():
         raise ConfigurationError("identity must not be empty")
+    _utf8("identity", identity)
     if len(identity.encode("utf-8")) > 512 * 1024:
         raise ConfigurationError("identity must be at most 512 KiB (Consul's limit for a value)")
     return identity
 
 
+def _seconds(name: str, value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationTypeError(f"{name} must be {what}, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
+
+
+def check_number(name: str, value: Any, low: float, high: float) -> float:
+    """Validate a finite number of seconds in ``[low, high]``, returned as a float."""
+    number = _seconds(name, value, "a number of seconds")
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ConfigurationError(f"{name} must be between {low:g} and {high:g} seconds, got {value!r}")
+    return number
+
+
 def check_optional_seconds(name: str, value: Any) -> Optional[float]:
-    """Validate an optional positive duration."""
+    """Validate an optional positive, finite duration."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationTypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
-    if not 0 < value < float("inf"):
+    number = _seconds(name, value, "a number of seconds or None")
+    if not 0 < number < math.inf:
         raise ConfigurationError(f"{name} must be a positive number of seconds or None, got {value!r}")
-    return float(value)
+    return number
+
+
+def check_timeout(name: str, value: Any) -> Optional[float]:
+    """Validate how long to wait: None (no limit) or seconds >= 0."""
+    if value is None:
+        return None
+    number = _seconds(name, value, "a number of seconds or None")
+    if math.isnan(number) or number < 0:
+        raise ConfigurationError(f"{name} must be a non-negative number of seconds or None, got {value!r}")
+    return number
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Validate a flag: True or False, not merely truthy."""
+    if not isinstance(value, bool):
+        raise ConfigurationTypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_job(job: Any) -> Callable[[threading.Event], Any]:
+    """Validate a job for :meth:`Candidate.run`: callable as ``job(stop_event)``."""
+    if not callable(job):
+        raise ConfigurationTypeError(f"job must be callable as job(stop_event), got {type(job).__name__}")
+    try:
+        signature = inspect.signature(job)
+    except (TypeError, ValueError):
+        return job  # a builtin without a signature: trust it
+    try:
+        signature.bind(threading.Event())
+    except TypeError as exc:
+        raise ConfigurationTypeError(f"job must accept one argument, job(stop_event): {exc}") from None
+    return job
+
+
+def check_signals(signums: Any) -> Tuple[int, ...]:
+    """Validate signal numbers that a handler can be installed for."""
+    if isinstance(signums, (int, str, bytes)) or not hasattr(signums, "__iter__"):
+        raise ConfigurationTypeError(f"signums must be a tuple of signal numbers such as "
+                                     f"(signal.SIGTERM,), got {type(signums).__name__}")
+    checked = []
+    valid = signal.valid_signals()
+    for signum in signums:
+        if isinstance(signum, bool) or not isinstance(signum, int):
+            raise ConfigurationTypeError(f"signums must hold signal numbers such as signal.SIGTERM, "
+                                         f"got {type(signum).__name__} {signum!r}")
+        if signum not in valid or signum in (signal.SIGKILL, signal.SIGSTOP):
+            raise ConfigurationError(f"signums: {signum!r} is not a signal a handler can be installed for")
+        checked.append(int(signum))
+    return tuple(checked)
