@@ -12,7 +12,7 @@ import inspect
 import math
 import signal
 import threading
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple, cast
 
 from .errors import ConfigurationError, ConfigurationTypeError
 
@@ -108,12 +108,12 @@ def check_job(job: Any) -> Callable[[threading.Event], Any]:
     try:
         signature = inspect.signature(job)
     except (TypeError, ValueError):
-        return job  # a builtin without a signature: trust it
+        return cast(Callable[[threading.Event], Any], job)  # a builtin without a signature: trust it
     try:
         signature.bind(threading.Event())
     except TypeError as exc:
         raise ConfigurationTypeError(f"job must accept one argument, job(stop_event): {exc}") from None
-    return job
+    return cast(Callable[[threading.Event], Any], job)
 
 
 def check_signals(signums: Any) -> Tuple[int, ...]:
