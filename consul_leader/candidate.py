@@ -36,7 +36,15 @@ from .errors import (
 )
 from .follower import KeyWatch, LeaderInfo
 from .session import HeartbeatStats, Session, Timing
-from .validation import check_identity, check_key, check_optional_seconds
+from .validation import (
+    check_bool,
+    check_identity,
+    check_job,
+    check_key,
+    check_optional_seconds,
+    check_signals,
+    check_timeout,
+)
 
 __all__ = ["Candidate", "LeadershipEvent", "stop_on_signals"]
 
@@ -275,6 +283,7 @@ class Candidate:
         :raises NotRunning: the candidate is not started, or stopped meanwhile.
         :raises LockHeld: ``wait=False`` and another candidate holds the lock.
         :raises PermissionDenied: the ACL token cannot run this election."""
+        timeout = check_timeout("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             while not self.is_leader():
@@ -333,9 +342,8 @@ class Candidate:
 
         :raises LockHeld: with ``wait=False``, when the lock is held elsewhere.
         :raises PermissionDenied: when the ACL token cannot run the election."""
-        if not callable(job):
-            raise ConfigurationTypeError(f"job must be callable as job(stop_event), got {type(job).__name__}")
-        self._job = job
+        self._job = check_job(job)
+        check_bool("block", block)
         self.start()
         if not block:
             return
@@ -741,8 +749,11 @@ def stop_on_signals(signums: Tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) 
     previous handler did (by default: exit with ``128 + signum``).
 
     Call it from the main thread. Opt-in, because signal handlers belong to
-    the application."""
-    for signum in signums:
+    the application.
+
+    :param signums: the signal numbers to handle.
+    :raises ConfigurationError: a number that is no signal, or SIGKILL/SIGSTOP."""
+    for signum in check_signals(signums):
         previous = signal.getsignal(signum)
 
         def handler(num: int, frame: Any, previous: Any = previous) -> None:

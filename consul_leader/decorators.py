@@ -16,6 +16,7 @@ import blinker
 
 from . import signals
 from .errors import ConfigurationTypeError, NotLeader
+from .validation import check_bool
 
 if TYPE_CHECKING:
     from .candidate import Candidate
@@ -83,6 +84,13 @@ def leader_only(func: Optional[F] = None, *, raise_not_leader: bool = False,
     :param raise_not_leader: raise instead of returning None.
     :param candidate: the candidate to ask; default: the process's default
         candidate at call time."""
+    check_bool("raise_not_leader", raise_not_leader)
+    if candidate is not None:
+        from .candidate import Candidate
+
+        if not isinstance(candidate, Candidate):
+            raise ConfigurationTypeError(f"leader_only(candidate=...) takes a Candidate or None, "
+                                         f"got {type(candidate).__name__}")
 
     def decorate(fn: F) -> F:
         if not callable(fn):

@@ -15,7 +15,7 @@ from typing import Any, Iterator, List, Optional, Tuple, Union
 from . import signals
 from .client import ConsulClient, ConsulConfig, KeyEntry
 from .errors import ConsulLeaderError, NotRunning
-from .validation import check_key
+from .validation import check_key, check_number
 
 log = logging.getLogger("consul_leader")
 
@@ -94,7 +94,7 @@ class Follower:
         config = ConsulConfig.from_consul(consul) if consul is not None else ConsulConfig.from_args(
             address=address, token=token, datacenter=datacenter, verify=verify, cert=cert)
         self.client = ConsulClient(config)
-        self._wait = wait
+        self._wait = check_number("wait", wait, 0.01, 600)
         self._info = LeaderInfo()
         self._seen = threading.Event()
         self._stop = threading.Event()
