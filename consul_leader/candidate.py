@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, Unio
 import tenacity
 
 from . import decorators, signals
-from .client import ConsulClient, ConsulConfig, KeyEntry
+from .client import ConsulClient, ConsulConfig, KeyEntry, interrupt
 from .errors import (
     ConfigurationTypeError,
     ConsulLeaderError,
@@ -316,10 +316,12 @@ class Candidate:
         was_leading = self._step_down("stopped")
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            # A leader's thread wakes at once (the release changes the key) and
-            # sends `deposed`. A waiting one may sit in a blocking query for up
-            # to _IDLE_WAIT; it holds nothing and ends when the query returns.
-            thread.join(self.client.config.timeout + self.timing.heartbeat + 1 if was_leading else 1.0)
+            if not was_leading:
+                interrupt(thread)  # it may sit in a long blocking query
+            thread.join(self.client.config.timeout + self.timing.heartbeat + 1)
+            if thread.is_alive():
+                log.warning("consul_leader: the election thread of %s did not end in time; it holds nothing and "
+                            "ends by itself", self.identity)
         session = self._session
         if session is not None:
             session.close()

@@ -12,14 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import urllib.parse
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
 
 import consul
 import consul.std
 import requests
+import urllib3
+import urllib3.connection
 
 from .errors import (
     ConfigurationError,
@@ -51,6 +55,52 @@ _PERMISSION_HINTS = {
 }
 
 
+# Connections by the thread that opened them, so that stop() can cut short a
+# blocking query another thread is waiting in (Consul may hold it for minutes).
+_open_connections: "weakref.WeakKeyDictionary[threading.Thread, weakref.WeakSet[Any]]" = \
+    weakref.WeakKeyDictionary()
+_open_connections_lock = threading.Lock()
+
+
+def _track(conn: Any) -> None:
+    with _open_connections_lock:
+        _open_connections.setdefault(threading.current_thread(), weakref.WeakSet()).add(conn)
+
+
+class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _track(self)
+
+
+class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _track(self)
+
+
+class _TrackedHTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+def interrupt(thread: threading.Thread) -> None:
+    """Make a request that *thread* is blocked in fail at once (it sees a
+    :class:`ConsulUnavailable`), by shutting its sockets down."""
+    with _open_connections_lock:
+        conns = list(_open_connections.get(thread, ()))
+    for conn in conns:
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
     """py-consul's client shares one ``requests.Session`` between all threads
     and across ``fork()``, where responses can get mixed up. This one keeps a
@@ -65,7 +115,11 @@ class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
         local = self._local
         pid = os.getpid()
         if getattr(local, "pid", None) != pid:
-            local.session = requests.Session()
+            session = requests.Session()
+            for adapter in session.adapters.values():
+                adapter.poolmanager.pool_classes_by_scheme = {  # type: ignore[attr-defined]
+                    "http": _TrackedHTTPConnectionPool, "https": _TrackedHTTPSConnectionPool}
+            local.session = session
             local.pid = pid
         return local.session  # type: ignore[no-any-return]
 
