@@ -280,6 +280,7 @@ class Candidate:
     def wait_for_leadership(self, timeout: Optional[float] = None) -> bool:
         """Block until this candidate leads; False if *timeout* passed first.
 
+        :param timeout: seconds to wait at most; None waits for as long as it takes.
         :raises NotRunning: the candidate is not started, or stopped meanwhile.
         :raises LockHeld: ``wait=False`` and another candidate holds the lock.
         :raises PermissionDenied: the ACL token cannot run this election."""
@@ -342,6 +343,8 @@ class Candidate:
         Starts the candidate if needed. With *block*, waits until the
         candidate stops (:meth:`stop` from another thread or a signal).
 
+        :param job: called as ``job(stop_event)`` with a :class:`threading.Event`.
+        :param block: wait until the candidate stops; False to return at once.
         :raises LockHeld: with ``wait=False``, when the lock is held elsewhere.
         :raises PermissionDenied: when the ACL token cannot run the election."""
         self._job = check_job(job)
@@ -378,17 +381,25 @@ class Candidate:
 
     def leader_only(self, func: Optional[F] = None, *, raise_not_leader: bool = False) -> Any:
         """Decorator: run the function only while this candidate leads; see
-        :func:`consul_leader.leader_only`."""
+        :func:`consul_leader.leader_only`.
+
+        :param func: the function (when used bare, ``@candidate.leader_only``).
+        :param raise_not_leader: raise :class:`~consul_leader.NotLeader` instead
+            of returning None."""
         return decorators.leader_only(func, raise_not_leader=raise_not_leader, candidate=self)
 
     def on_elected(self, func: F) -> F:
         """Decorator: call ``func(candidate, fencing_token=...)`` when this
-        candidate is elected."""
+        candidate is elected; returns *func* unchanged.
+
+        :param func: the receiver; it runs on the candidate's thread."""
         return decorators.connect(signals.elected, func, lambda: self)
 
     def on_deposed(self, func: F) -> F:
         """Decorator: call ``func(candidate, reason=...)`` when this candidate
-        stops leading."""
+        stops leading; returns *func* unchanged.
+
+        :param func: the receiver; it runs on the candidate's thread."""
         return decorators.connect(signals.deposed, func, lambda: self)
 
     # -- the election thread ------------------------------------------------

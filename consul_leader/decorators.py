@@ -31,7 +31,10 @@ _default_lock = threading.Lock()
 
 def set_default(candidate: "Optional[Candidate]") -> None:
     """Make *candidate* the one that bare decorators and :func:`is_leader`
-    use (None to clear it)."""
+    use (None to clear it). A stopped candidate stays the default until
+    another is set here.
+
+    :param candidate: the new default candidate, or None."""
     from .candidate import Candidate
 
     if candidate is not None and not isinstance(candidate, Candidate):
@@ -130,11 +133,15 @@ def connect(signal: blinker.NamedSignal, func: F, which: "Callable[[], Optional[
 
 def on_elected(func: F) -> F:
     """Decorator: call ``func(candidate, fencing_token=...)`` on the default
-    candidate's thread each time it is elected."""
+    candidate's thread each time it is elected; returns *func* unchanged.
+
+    :param func: the receiver; accept ``**extra`` for arguments added later."""
     return connect(signals.elected, func, get_default)
 
 
 def on_deposed(func: F) -> F:
     """Decorator: call ``func(candidate, reason=...)`` on the default
-    candidate's thread each time it stops leading."""
+    candidate's thread each time it stops leading; returns *func* unchanged.
+
+    :param func: the receiver; accept ``**extra`` for arguments added later."""
     return connect(signals.deposed, func, get_default)

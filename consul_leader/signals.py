@@ -31,9 +31,11 @@ _namespace = blinker.Namespace()
 #: key's ModifyIndex at the acquisition; it grows with every later term.
 elected = _namespace.signal("elected", doc="The candidate became leader; kwargs: fencing_token.")
 
-#: Sent when a candidate that was elected stops leading. ``reason=`` (str)
-#: says why: ``"resigned"``, ``"stopped"``, ``"term limit"``, ``"lock lost"``,
-#: ``"lease expired"``, ``"job finished"``, ``"forked"``.
+#: Sent when a candidate that was elected stops leading, after its job (if
+#: any) has returned. ``reason=`` (str) says why: stepping down,
+#: ``"resigned"``, ``"stopped"``, ``"term limit"``, ``"job finished"``,
+#: ``"job failed"``; or deposed, ``"lock lost"`` (session gone, key deleted or
+#: taken), ``"key overwritten"``, ``"lease expired"``.
 deposed = _namespace.signal("deposed", doc="The candidate stopped leading; kwargs: reason.")
 
 #: Sent when the observed leader changes; ``leader=`` is its identity or None.
