@@ -49,9 +49,9 @@ _PERMISSION_HINTS = {
     "create session": 'session "<this agent\'s node>" { policy = "write" }',
     "renew session": 'session "<this agent\'s node>" { policy = "write" }',
     "destroy session": 'session "<this agent\'s node>" { policy = "write" }',
-    "acquire lock": 'key_prefix "<key>" { policy = "write" } and session write',
-    "release lock": 'key_prefix "<key>" { policy = "write" }',
-    "read key": 'key_prefix "<key>" { policy = "read" }',
+    "acquire lock": 'key_prefix "{key}" {{ policy = "write" }}',
+    "release lock": 'key_prefix "{key}" {{ policy = "write" }}',
+    "read key": 'key_prefix "{key}" {{ policy = "read" }}',
 }
 
 
@@ -202,6 +202,10 @@ class ConsulConfig:
                         f"CONSUL_HTTP_TOKEN_FILE={token_file!r} cannot be read: {exc.strerror}") from None
         elif not isinstance(token, str):
             raise ConfigurationTypeError(f"token must be a str, got {type(token).__name__}")
+        if token and not (token.isascii() and token.isprintable() and not any(ch.isspace() for ch in token)):
+            # Never echo it: it is a secret, even when malformed.
+            raise ConfigurationError("token (or CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE) must be an ACL token: "
+                                     "printable ASCII without spaces; the value given is not (not shown)")
 
         if datacenter is not None and (not isinstance(datacenter, str) or not datacenter):
             raise ConfigurationError(f"datacenter must be a non-empty str or None, got {datacenter!r}")
@@ -219,42 +223,59 @@ class ConsulConfig:
         if cert is None and env.get("CONSUL_CLIENT_CERT"):
             client_key = env.get("CONSUL_CLIENT_KEY")
             cert = (env["CONSUL_CLIENT_CERT"], client_key) if client_key else env["CONSUL_CLIENT_CERT"]
+        if isinstance(cert, list):
+            cert = tuple(cert)
+        if cert is not None and not isinstance(cert, str) and not (isinstance(cert, tuple) and len(cert) == 2):
+            raise ConfigurationTypeError(f"cert must be a file path or a (cert_file, key_file) pair, "
+                                         f"got {type(cert).__name__} {cert!r}")
         for path in (cert,) if isinstance(cert, str) else (cert or ()):
             if not isinstance(path, str) or not os.path.exists(path):
                 raise ConfigurationError(
                     f"cert (or CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY) names a file that does not exist: {path!r}")
 
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise ConfigurationTypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-        if not 0 < timeout <= 300:
-            raise ConfigurationError(f"timeout must be in (0, 300] seconds, got {timeout!r}")
         return cls(host=host, port=port, scheme=scheme, token=token, datacenter=datacenter,
-                   verify=verify, cert=cert, timeout=float(timeout))
+                   verify=verify, cert=cert, timeout=_check_timeout(timeout))
 
     @classmethod
     def from_consul(cls, client: Any, timeout: float = 5.0) -> "ConsulConfig":
         """Take the settings of an existing ``consul.Consul`` (py-consul or
         python-consul). Only its settings are used: consul-leader makes its own
-        connections, bounded by timeouts and private to each thread."""
-        http = client.http
+        connections, bounded by timeouts and private to each thread.
+
+        :raises ConfigurationTypeError: *client* is not a ``consul.Consul``."""
+        http: Any = getattr(client, "http", None)
+        if not all(hasattr(http, name) for name in ("host", "port", "scheme", "verify", "cert")) or \
+                not hasattr(client, "token") or not hasattr(client, "dc"):
+            raise ConfigurationTypeError(f"consul must be a consul.Consul client (py-consul or python-consul), "
+                                         f"got {type(client).__name__}")
         return cls(host=http.host, port=int(http.port), scheme=http.scheme, token=client.token or None,
-                   datacenter=client.dc, verify=http.verify, cert=http.cert, timeout=timeout)
+                   datacenter=client.dc, verify=http.verify, cert=http.cert, timeout=_check_timeout(timeout))
+
+
+def _check_timeout(timeout: Any) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigurationTypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not 0 < timeout <= 300:
+        raise ConfigurationError(f"timeout must be in (0, 300] seconds, got {timeout!r}")
+    return float(timeout)
 
 
 def _parse_address(raw: str, source: str, default_scheme: str) -> Tuple[str, str, int]:
     text = raw.strip()
     if text.startswith("unix://"):
         raise ConfigurationError(f"{source}={raw!r}: unix sockets are not supported; give host:port")
-    parsed = urllib.parse.urlsplit(text if "//" in text else "//" + text)
-    scheme = parsed.scheme or default_scheme
     try:
+        parsed = urllib.parse.urlsplit(text if "//" in text else "//" + text)
         port = parsed.port
-    except ValueError:
-        port = -1
-    if scheme not in ("http", "https") or not parsed.hostname or (port is not None and not 0 < port < 65536):
+    except ValueError:  # an unbalanced '[' of an IPv6 address, a port that is no number
+        parsed, port = urllib.parse.urlsplit(""), -1
+    scheme = parsed.scheme or default_scheme
+    host = parsed.hostname or ""
+    if scheme not in ("http", "https") or not host or not (host.isascii() and host.isprintable()) or \
+            any(ch.isspace() for ch in host) or (port is not None and not 0 < port < 65536):
         raise ConfigurationError(
             f"{source}={raw!r} is not an agent address; expected host:port or http(s)://host:port")
-    return scheme, parsed.hostname, port if port is not None else (8501 if scheme == "https" else 8500)
+    return scheme, host, port if port is not None else (8501 if scheme == "https" else 8500)
 
 
 class ConsulClient:
@@ -278,11 +299,13 @@ class ConsulClient:
     def __repr__(self) -> str:
         return f"ConsulClient({self.config!r})"
 
-    def _call(self, operation: str, fn: Callable[[], T], *, missing: Optional[str] = None) -> T:
+    def _call(self, operation: str, fn: Callable[[], T], *, missing: Optional[str] = None,
+              key: str = "<key>") -> T:
         try:
             return fn()
         except requests.exceptions.SSLError as exc:
-            raise ConsulTLSError(f"{operation}: TLS handshake with {self.config.address} failed: {exc}") from None
+            raise ConsulTLSError(f"{operation}: TLS handshake with {self.config.address} failed: "
+                                 f"{_tls_hint(exc)}") from None
         except requests.exceptions.Timeout:
             raise ConsulUnavailable(f"{operation}: {self.config.address} did not answer within "
                                     f"the timeout") from None
@@ -290,9 +313,7 @@ class ConsulClient:
             raise ConsulUnavailable(f"{operation}: cannot reach the Consul agent at {self.config.address} "
                                     f"({type(exc).__name__})") from None
         except consul.ACLPermissionDenied as exc:
-            raise PermissionDenied(
-                f"{operation}: the ACL token was refused ({_body(exc)}); its policy needs "
-                f"{_PERMISSION_HINTS.get(operation, 'the matching write rule')}") from None
+            raise self._denied(operation, _body(exc), key) from None
         except consul.NotFound as exc:
             if missing:
                 raise SessionLost(f"{operation}: {missing}") from None
@@ -301,12 +322,20 @@ class ConsulClient:
             text = _body(exc)
             if "No cluster leader" in text:
                 raise NoClusterLeader(f"{operation}: the Consul servers have no leader right now") from None
+            if "ACL not found" in text or "Permission denied" in text:
+                raise self._denied(operation, text, key) from None
             if missing and ("invalid session" in text or "not found" in text.lower()):
                 raise SessionLost(f"{operation}: {missing}") from None
-            if "ACL not found" in text or "Permission denied" in text:
-                raise PermissionDenied(f"{operation}: the ACL token was refused ({text}); its policy needs "
-                                       f"{_PERMISSION_HINTS.get(operation, 'the matching write rule')}") from None
             raise ConsulUnavailable(f"{operation}: Consul answered {text}") from None
+
+    def _denied(self, operation: str, text: str, key: str) -> PermissionDenied:
+        if "ACL not found" in text:
+            return PermissionDenied(f"{operation}: Consul does not know the ACL token (ACL not found); check "
+                                    f"token=, CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE")
+        who = "the ACL token" if self.config.token else \
+            "the anonymous token (no token was given: pass token= or set CONSUL_HTTP_TOKEN)"
+        rule = _PERMISSION_HINTS.get(operation, "the matching write rule").format(key=key)
+        return PermissionDenied(f"{operation}: Consul refused {who} ({text}); its policy needs {rule}")
 
     def register_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
         """Register a TTL check on the agent, already passing (a new check
@@ -351,11 +380,12 @@ class ConsulClient:
         :raises SessionLost: the session is gone (Consul says invalid session)."""
         return bool(self._call("acquire lock", lambda: self._consul.kv.put(
             key, value, acquire=session_id, flags=flags),
-            missing=f"session {session_id} no longer exists"))
+            missing=f"session {session_id} no longer exists", key=key))
 
     def release(self, key: str, session_id: str) -> bool:
         """Release the lock on *key* if the session holds it."""
-        return bool(self._call("release lock", lambda: self._consul.kv.put(key, None, release=session_id)))
+        return bool(self._call("release lock", lambda: self._consul.kv.put(key, None, release=session_id),
+                               key=key))
 
     def get_key(self, key: str, index: Optional[int] = None,
                 wait: Optional[float] = None) -> Tuple[int, Optional[KeyEntry]]:
@@ -363,7 +393,7 @@ class ConsulClient:
         changes past *index* or after *wait* seconds. Returns ``(index, entry)``,
         entry None when the key does not exist."""
         idx, entry = self._call("read key", lambda: self._consul.kv.get(
-            key, index=index or None, wait=_duration(wait) if (index and wait) else None))
+            key, index=index or None, wait=_duration(wait) if (index and wait) else None), key=key)
         return int(idx), entry
 
     def put_key(self, key: str, value: bytes) -> None:
@@ -400,6 +430,26 @@ def _duration(seconds: Optional[float]) -> str:
         return ""
     ms = int(round(seconds * 1000))
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def _tls_hint(exc: requests.exceptions.SSLError) -> str:
+    """Say what a failed handshake most likely means, with the SSL reason."""
+    reason = exc.args[0] if exc.args else exc
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the SSL error
+    text = str(reason)
+    if "CERTIFICATE_VERIFY_FAILED" in text and ("mismatch" in text or "match" in text):
+        hint = ("the agent's certificate is not valid for this host name; connect by a name or IP address "
+                "in the certificate (Consul's server certificates name localhost, server.<dc>.consul and "
+                "127.0.0.1)")
+    elif "CERTIFICATE_VERIFY_FAILED" in text:
+        hint = ("the agent's certificate is not signed by a CA this client trusts; give verify= or "
+                "CONSUL_CACERT the CA file that signed it")
+    elif "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        hint = "the agent does not speak TLS on this port; use http:// or the agent's HTTPS port"
+    else:
+        hint = ("the agent ended the handshake; if it requires client certificates (verify_incoming), "
+                "give cert= or CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY, signed by a CA the agent trusts")
+    return f"{hint} ({text})"
 
 
 def _body(exc: Exception) -> str:
