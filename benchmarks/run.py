@@ -1,0 +1,401 @@
+"""Benchmarks of consul-leader side by side with ``consul lock``.
+
+``python -m benchmarks.run`` (``make bench``) starts its own Consul agent
+(:class:`consul_leader.testing.ConsulAgent`), measures both contenders
+against it in the same run, and writes ``benchmarks/results.json``,
+``docs/benchmarks_table.rst`` and the ``docs/_static/bench_*.png`` plots.
+``--quick`` (``make bench-quick``) does fewer repetitions in under two
+minutes; ``--tiny`` only exercises the machinery (used by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import timeit
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import requests
+
+from consul_leader import Candidate, leader_only, set_default
+from consul_leader import is_leader as module_is_leader
+from consul_leader.testing import ConsulAgent
+
+from .contenders import LIBRARY, LOCK, ROOT, Pool, cpu_seconds
+from .proxy import CountingProxy
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results.json")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    handovers: int
+    crash_runs: int
+    lock_crash_runs: int
+    idle_followers: int
+    idle_window: float
+    timeit_number: int
+    scale_sizes: Tuple[int, ...]
+    scale_handovers: int
+    crash_in_background: bool
+
+
+MODES = {
+    "full": Mode("full", handovers=50, crash_runs=10, lock_crash_runs=10, idle_followers=3, idle_window=60.0,
+                 timeit_number=1_000_000, scale_sizes=(1, 10, 50, 100), scale_handovers=30,
+                 crash_in_background=False),
+    "quick": Mode("quick", handovers=20, crash_runs=3, lock_crash_runs=2, idle_followers=2, idle_window=15.0,
+                  timeit_number=200_000, scale_sizes=(1, 10, 50, 100), scale_handovers=4,
+                  crash_in_background=True),
+    "tiny": Mode("tiny", handovers=3, crash_runs=1, lock_crash_runs=0, idle_followers=1, idle_window=2.0,
+                 timeit_number=10_000, scale_sizes=(1, 3), scale_handovers=2, crash_in_background=True),
+}
+
+# Time for processes that lost a race to return to their blocking queries.
+SETTLE = 0.3
+TTL_TUNED = 1.0
+TTL_DEFAULT = 3.0
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def percentiles(values: Sequence[float]) -> Dict[str, Any]:
+    """n, p50, p95, p99, max and mean of *values* (linear interpolation)."""
+    data = sorted(values)
+    if not data:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+
+    def q(p: float) -> float:
+        pos = (len(data) - 1) * p
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+    return {"n": len(data), "p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": data[-1],
+            "mean": sum(data) / len(data)}
+
+
+class Bench:
+    """One run: an agent, a scratch folder, and the measurements so far."""
+
+    def __init__(self, mode: Mode, agent: ConsulAgent, workdir: str) -> None:
+        self.mode = mode
+        self.agent = agent
+        self.workdir = workdir
+        self.samples: Dict[str, Dict[str, Any]] = {"handover_ms": {}, "failover_s": {}, "scale": {}}
+        self.stats: Dict[str, Any] = {}
+
+    def key(self, what: str) -> str:
+        return f"bench/{what}-{uuid.uuid4().hex[:8]}"
+
+    def pool(self, kind: str, what: str, sizes: List[int], ttl: float = TTL_DEFAULT, address: Any = None) -> Pool:
+        return Pool(kind, address or self.agent.address, self.key(what), sizes, self.workdir,
+                    self.agent.binary, ttl=ttl)
+
+    # -- graceful handover ----------------------------------------------------
+
+    def handovers(self) -> None:
+        for how in ("resign", "sigterm"):
+            for kind in (LIBRARY, LOCK):
+                pool = self.pool(kind, f"handover-{how}", [1, 1, 1])
+                try:
+                    pool.start()
+                    latencies = []
+                    for _ in range(self.mode.handovers):
+                        pool.settle()
+                        time.sleep(SETTLE)
+                        t0, t1 = pool.handover(how)
+                        latencies.append((t1 - t0) * 1000)
+                finally:
+                    pool.close()
+                self.samples["handover_ms"][f"{kind} {how}"] = latencies
+                say(f"handover {kind} {how}: {fmt(percentiles(latencies), 'ms')}")
+
+    # -- crash failover -------------------------------------------------------
+
+    def crashes(self) -> None:
+        configs = [(LIBRARY, TTL_TUNED, self.mode.crash_runs), (LIBRARY, TTL_DEFAULT, self.mode.crash_runs),
+                   (LOCK, TTL_DEFAULT, self.mode.lock_crash_runs)]
+        threads = []
+        for kind, ttl, runs in configs:
+            label = f"{kind} ttl={ttl:g}" if kind == LIBRARY else f"{kind} defaults"
+            thread = threading.Thread(target=self._crash_runs, args=(kind, ttl, runs, label), daemon=True)
+            thread.start()
+            threads.append(thread)
+            if kind == LIBRARY:
+                thread.join()  # our runs are short: keep the load of parallel starts apart
+        for thread in threads:
+            thread.join()
+
+    def _crash_runs(self, kind: str, ttl: float, runs: int, label: str) -> None:
+        """*runs* failovers in parallel, each on its own key with two
+        processes; the leader of each gets SIGKILL at a random moment of its
+        heartbeat cycle."""
+        pools = [self.pool(kind, "crash", [1, 1], ttl=ttl) for _ in range(runs)]
+        results: List[float] = []
+        try:
+            for pool in pools:
+                pool.start()
+            time.sleep(ttl)  # let the follower's session and blocking query settle
+
+            def crash(pool: Pool, delay: float) -> None:
+                time.sleep(delay)
+                t0, t1 = pool.handover("sigkill", timeout=180, replace=False)
+                results.append(t1 - t0)
+
+            workers = [threading.Thread(target=crash, args=(p, i * 0.25 + random.uniform(0, ttl)))
+                       for i, p in enumerate(pools)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+        finally:
+            for pool in pools:
+                pool.close()
+        self.samples["failover_s"][label] = sorted(results)
+        say(f"failover {label}: {fmt(percentiles(results), 's')}")
+
+    # -- idle cost ------------------------------------------------------------
+
+    def idle(self) -> None:
+        """A leader and followers of each kind, each process behind its own
+        port of a counting proxy; requests and CPU over an idle window."""
+        host, port = self.agent.address.split(":")
+        proxy = CountingProxy((host, int(port)))
+        sizes = [1] * (1 + self.mode.idle_followers)
+        pools = [self.pool(kind, "idle", sizes, address=proxy.listen) for kind in (LIBRARY, LOCK)]
+        try:
+            for pool in pools:
+                pool.start()
+            time.sleep(max(2.0, TTL_DEFAULT))
+            before = proxy.snapshot(), {m.label: cpu_seconds(m.pid) for p in pools for m in p.members.values()}
+            t0 = time.monotonic()
+            time.sleep(self.mode.idle_window)
+            elapsed = time.monotonic() - t0
+            after = proxy.snapshot(), {m.label: cpu_seconds(m.pid) for p in pools for m in p.members.values()}
+            for pool in pools:
+                rows: Dict[str, List[Tuple[float, float]]] = {"leader": [], "follower": []}
+                for label in pool.members:
+                    role = "leader" if label == pool.leader else "follower"
+                    rate = (after[0].get(label, 0) - before[0].get(label, 0)) / elapsed
+                    cpu = (after[1][label] - before[1][label]) / elapsed * 60
+                    rows[role].append((rate, cpu))
+                self.stats[f"idle {pool.kind}"] = {
+                    role: {"requests_per_s": mean(r[0] for r in got), "requests_per_s_max": max(r[0] for r in got),
+                           "cpu_s_per_min": mean(r[1] for r in got), "processes": len(got)}
+                    for role, got in rows.items()}
+                self.stats[f"idle {pool.kind}"]["window_s"] = elapsed
+                say(f"idle {pool.kind}: {self.stats[f'idle {pool.kind}']}")
+        finally:
+            for pool in pools:
+                pool.close()
+            proxy.close()
+
+    # -- the cost of asking ---------------------------------------------------
+
+    def call_overhead(self) -> None:
+        candidate = Candidate(self.key("overhead"), address=self.agent.address, identity="overhead")
+        candidate.start()
+        try:
+            if not candidate.wait_for_leadership(60):
+                raise RuntimeError("the overhead candidate was not elected")
+            set_default(candidate)
+
+            def plain() -> None:
+                pass
+
+            guarded = leader_only(plain)
+            n = self.mode.timeit_number
+
+            def per_call(fn: Callable[[], Any]) -> float:
+                return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e9
+
+            base = per_call(plain)
+            self.stats["overhead_ns"] = {
+                "Candidate.is_leader()": per_call(candidate.is_leader),
+                "consul_leader.is_leader()": per_call(module_is_leader),
+                "@leader_only (added to the call)": per_call(guarded) - base,
+                "empty call (baseline)": base,
+            }
+            say(f"overhead: {self.stats['overhead_ns']}")
+        finally:
+            set_default(None)
+            candidate.stop()
+
+    # -- scale ----------------------------------------------------------------
+
+    def scale(self) -> None:
+        for n in self.mode.scale_sizes:
+            for kind in (LIBRARY, LOCK):
+                total = n + 1
+                if kind == LIBRARY:
+                    procs = min(4, total)
+                    sizes = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
+                else:
+                    sizes = [1] * total
+                pool = self.pool(kind, f"scale{n}", sizes)
+                latencies, kv, everything = [], [], []
+                try:
+                    pool.start(timeout=300)
+                    self.wait_sessions(pool.key, total)
+                    for _ in range(self.mode.scale_handovers):
+                        pool.settle()
+                        self.wait_sessions(pool.key, total)
+                        time.sleep(SETTLE + n / 100)
+                        window = self.agent_requests(lambda: pool.handover("resign"), pool.key)
+                        (t0, t1), kv_count, all_count = window
+                        latencies.append((t1 - t0) * 1000)
+                        kv.append(kv_count)
+                        everything.append(all_count)
+                finally:
+                    pool.close()
+                self.samples["scale"][f"{kind} {n}"] = {"waiting": n, "handover_ms": latencies,
+                                                        "kv_requests": kv, "all_requests": everything}
+                say(f"scale {kind} n={n}: {fmt(percentiles(latencies), 'ms')}, kv requests/change "
+                    f"{mean(kv):.1f}, all {mean(everything):.1f}")
+
+    def wait_sessions(self, key: str, count: int, timeout: float = 120.0) -> None:
+        """Wait until *count* sessions of the pool on *key* exist (every
+        contender is in the race)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sessions = requests.get(f"{self.agent.url}/v1/session/list", timeout=10).json()
+            if sum(1 for s in sessions if key in s.get("Name", "")) >= count:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"fewer than {count} sessions for {key!r} after {timeout}s")
+
+    def agent_requests(self, action: Callable[[], Any], key: str) -> Tuple[Any, int, int]:
+        """Run *action*; return its result, and the HTTP requests the agent
+        logged meanwhile that name *key*, and all of them. The window runs
+        from a marker request before to one sent once the action returned
+        and the herd had :data:`SETTLE` to finish."""
+        start = self._mark()
+        result = action()
+        time.sleep(SETTLE)
+        end = self._mark()
+        lines = self._log_between(start, end)
+        kv = sum(1 for line in lines if f"/v1/kv/{key}" in line)
+        return result, kv, len(lines)
+
+    def _mark(self) -> Tuple[str, int]:
+        marker = f"bench-marker-{uuid.uuid4().hex}"
+        size = os.path.getsize(self.agent.log_path)
+        requests.get(f"{self.agent.url}/v1/kv/{marker}", timeout=10)
+        return marker, size
+
+    def _log_between(self, start: Tuple[str, int], end: Tuple[str, int]) -> List[str]:
+        deadline = time.monotonic() + 10
+        while True:
+            with open(self.agent.log_path, encoding="utf-8", errors="replace") as fh:
+                fh.seek(start[1])
+                text = fh.read()
+            if end[0] in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        requests_seen = [line for line in text.splitlines() if "Request finished" in line]
+        inside, picked = False, []
+        for line in requests_seen:
+            if start[0] in line:
+                inside = True
+            elif end[0] in line:
+                break
+            elif inside:
+                picked.append(line)
+        return picked
+
+
+def mean(values: Any) -> float:
+    data = list(values)
+    return sum(data) / len(data) if data else float("nan")
+
+
+def fmt(stats: Dict[str, Any], unit: str) -> str:
+    if not stats["n"]:
+        return "no samples"
+    return f"n={stats['n']} p50={stats['p50']:.3g}{unit} p95={stats['p95']:.3g}{unit} " \
+           f"p99={stats['p99']:.3g}{unit} max={stats['max']:.3g}{unit}"
+
+
+def machine(agent: ConsulAgent) -> Dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    version = subprocess.run([agent.binary, "version"], capture_output=True, text=True).stdout.splitlines()
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "consul": version[0] if version else "unknown",
+            "loadavg_start": os.getloadavg()[0]}
+
+
+def run(mode: Mode, out: str = RESULTS, docs: Optional[str] = os.path.join(ROOT, "docs")) -> Dict[str, Any]:
+    """Run every benchmark in *mode*; write the JSON to *out* and, unless
+    *docs* is None, the table and plots into *docs*. Returns the results."""
+    from . import report
+
+    started = time.monotonic()
+    workdir = tempfile.mkdtemp(prefix="consul-leader-bench-")
+    try:
+        with ConsulAgent() as agent:
+            bench = Bench(mode, agent, workdir)
+            meta = machine(agent)
+            say(f"{mode.name} run against {agent.binary} on {agent.address}; scratch in {workdir}")
+            crash_thread = threading.Thread(target=bench.crashes, daemon=True)
+            if mode.crash_in_background:
+                crash_thread.start()
+            bench.idle()
+            bench.handovers()
+            bench.call_overhead()
+            if mode.crash_in_background:
+                crash_thread.join()
+            else:
+                bench.crashes()
+            bench.scale()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta.update(mode=mode.name, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), duration_s=time.monotonic() - started,
+                loadavg_end=os.getloadavg()[0])
+    results = report.assemble(meta, bench.samples, bench.stats)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=1, sort_keys=True)
+    if docs is not None:
+        report.write_docs(results, docs)
+    say(f"done in {meta['duration_s']:.0f}s: {out}")
+    return results
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="fewer repetitions, under two minutes")
+    group.add_argument("--tiny", action="store_true", help="only exercise the machinery (seconds)")
+    parser.add_argument("--out", default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--no-docs", action="store_true", help="do not write the docs table and plots")
+    args = parser.parse_args(argv)
+    mode = MODES["quick" if args.quick else "tiny" if args.tiny else "full"]
+    results = run(mode, args.out, None if args.no_docs else os.path.join(ROOT, "docs"))
+    missed = [f["figure"] for f in results["figures"] if f.get("met") is False]
+    if missed:
+        say("targets missed: " + "; ".join(missed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
