@@ -429,9 +429,10 @@ class Candidate:
                 # Never let the thread die silently: log, tell, and go on.
                 log.exception("consul_leader: unexpected error in the election for %r; retrying", self.key)
                 self._stopping.wait(self.timing.check_ttl)
-        if self._session is not None:
-            self._session.close()
         if self._failure is not None:
+            # Gave up by itself (wait=False): nobody will call stop() to clean up.
+            if self._session is not None:
+                self._session.close()
             with self._state_lock:
                 self._state = "stopped"
         with self._changed:

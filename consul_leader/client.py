@@ -62,9 +62,18 @@ _open_connections: "weakref.WeakKeyDictionary[threading.Thread, weakref.WeakSet[
 _open_connections_lock = threading.Lock()
 
 
+_interrupted: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
 def _track(conn: Any) -> None:
+    thread = threading.current_thread()
     with _open_connections_lock:
-        _open_connections.setdefault(threading.current_thread(), weakref.WeakSet()).add(conn)
+        _open_connections.setdefault(thread, weakref.WeakSet()).add(conn)
+        if thread in _interrupted:
+            # interrupt() already swept this thread's sockets: refuse to open
+            # one it could not see.
+            conn.sock.close()
+            raise OSError("consul-leader: request interrupted because the candidate stops")
 
 
 class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
@@ -88,9 +97,11 @@ class _TrackedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
 
 
 def interrupt(thread: threading.Thread) -> None:
-    """Make a request that *thread* is blocked in fail at once (it sees a
-    :class:`ConsulUnavailable`), by shutting its sockets down."""
+    """Make the request *thread* is blocked in, and every later one, fail at
+    once (as :class:`ConsulUnavailable`), by shutting its sockets down. For
+    a thread that is about to end."""
     with _open_connections_lock:
+        _interrupted.add(thread)
         conns = list(_open_connections.get(thread, ()))
     for conn in conns:
         sock = getattr(conn, "sock", None)

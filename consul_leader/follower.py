@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Tuple, Union
 
 from . import signals
-from .client import ConsulClient, ConsulConfig, KeyEntry
+from .client import ConsulClient, ConsulConfig, KeyEntry, interrupt
 from .errors import ConsulLeaderError, NotRunning
 from .validation import check_key, check_number
 
@@ -127,6 +127,7 @@ class Follower:
             for q in self._queues:
                 q.put(None)
         if self._thread is not None and self._thread is not threading.current_thread():
+            interrupt(self._thread)
             self._thread.join(self.client.config.timeout + 1)
 
     def leader(self) -> Optional[str]:
@@ -172,6 +173,8 @@ class Follower:
                 entry = watch.read(wait)
                 failures = 0
             except ConsulLeaderError as exc:
+                if self._stop.is_set():
+                    break
                 failures += 1
                 log.warning("consul_leader: follower of %r cannot read the key: %s", self.key, exc)
                 signals.send(signals.election_error, self, error=exc)
