@@ -28,6 +28,9 @@ services:
 test: venv consul services
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+chaos: venv consul
+	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest -m chaos -s tests/chaos $(PYTEST_ARGS)
+
 lint: venv
 	$(BIN)/ruff check consul_leader tests
 	$(BIN)/mypy
