@@ -1,0 +1,44 @@
+"""``manage.py leader_status``: print who leads the election configured in
+``settings.CONSUL_LEADER``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser  # type: ignore[import-untyped]
+
+from consul_leader.contrib import django as integration
+from consul_leader.errors import ConsulLeaderError
+from consul_leader.follower import LeaderInfo
+
+__all__ = ["Command"]
+
+
+class Command(BaseCommand):  # type: ignore[misc]
+    """Reads the leader key once; this process does not run for election."""
+
+    help = "Print who leads the consul-leader election of settings.CONSUL_LEADER."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """``--json`` for a machine-readable answer."""
+        parser.add_argument("--json", action="store_true", help="print a JSON object")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Print the leader's identity, or that nobody leads."""
+        candidate = integration.get_candidate()
+        try:
+            _, entry = candidate.client.get_key(candidate.key)
+        except ConsulLeaderError as exc:
+            raise CommandError(f"cannot read {candidate.key!r}: {exc}") from None
+        info = LeaderInfo.from_entry(entry)
+        if options["json"]:
+            self.stdout.write(json.dumps({"key": candidate.key, "leader": info.identity, "session": info.session,
+                                          "since": info.since, "fencing_token": info.modify_index}))
+        elif info.identity is None:
+            self.stdout.write(f"nobody leads {candidate.key!r}")
+        else:
+            since = "" if info.since is None else \
+                f", since {datetime.fromtimestamp(info.since, timezone.utc).isoformat(timespec='seconds')}"
+            self.stdout.write(f"{info.identity} leads {candidate.key!r} (fencing token {info.modify_index}{since})")
