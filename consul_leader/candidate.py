@@ -470,20 +470,22 @@ class Candidate:
             return
         assert session.id is not None
         since_ms = int(time.time() * 1000)
+        asked_at = time.monotonic()
         try:
             acquired = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms)
         except SessionLost:
             session.lost.set()
             raise
         if acquired:
-            self._lead(session)
+            self._lead(session, asked_at)
             return
         watch = KeyWatch(self.client, self.key)
+        asked_at = time.monotonic()
         entry = watch.read()
         self._observe(entry)
         if entry is not None and entry.get("Session") == session.id:
             # Ours already (a retry after a lost answer): lead.
-            self._lead(session)
+            self._lead(session, asked_at)
             return
         if not self.wait:
             held_by = LeaderInfo.from_entry(entry).identity
@@ -550,22 +552,29 @@ class Candidate:
             if self._session is None or self._session.lost.is_set():
                 return
 
-    def _lead(self, session: Session) -> None:
-        if session.lease_deadline - time.monotonic() < self.timing.lease / 2:
-            session.beat()  # start the term with a full lease
-        watch = KeyWatch(self.client, self.key)
-        entry = watch.read()
+    def _lead(self, session: Session, held_since: float) -> None:
+        """Lead from a lock taken no earlier than *held_since* until the term ends."""
+        session.set_leading(self.key, held_since)
+        try:
+            if session.lease_deadline - time.monotonic() < self.timing.lease / 2:
+                session.beat()  # start the term with a full lease
+            watch = KeyWatch(self.client, self.key)
+            entry = watch.read()
+        except BaseException:
+            session.set_leading(None)
+            raise
         if entry is None or entry.get("Session") != session.id:
+            session.set_leading(None)
             self._observe(entry)
             return
         term = _Term(session, int(entry["ModifyIndex"]))
         with self._state_lock:
             if self._stopping.is_set():
                 # stop() ran while we were acquiring: it found no term to end.
+                session.set_leading(None)
                 self.client.release(self.key, session.id)  # type: ignore[arg-type]
                 return
             self._term = term
-        session.set_leading(True)
         self._leader = self.identity
         log.info("consul_leader: %s elected leader of %r (fencing token %d)", self.identity, self.key,
                  term.fencing_token, extra=self._log_fields("elected", fencing_token=term.fencing_token))
@@ -615,7 +624,7 @@ class Candidate:
         with self._state_lock:
             if self._term is term:
                 self._term = None
-        session.set_leading(False)
+        session.set_leading(None)
         term.job_stop.set()
 
     def _term_ended(self, term: _Term, reason: str) -> None:

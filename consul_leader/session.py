@@ -134,8 +134,9 @@ class Session:
     with a daemon heartbeat thread that passes the check and renews it.
 
     The lease: :attr:`lease_deadline` is ``t0 + lease``, where ``t0`` is the
-    monotonic time at which the last round *started* in which both the check
-    pass and the session renew succeeded.
+    monotonic time at which the last round *started* in which the check pass
+    and the session renew succeeded and, while leading, the lock was seen
+    still held.
 
     :param client: the Consul client.
     :param timing: the election's durations.
@@ -163,6 +164,8 @@ class Session:
         self.stats = HeartbeatStats() if stats is None else stats
         self._passed_at = -math.inf
         self._renewed_at = -math.inf
+        self._lock_key: Optional[str] = None
+        self._held_at = -math.inf
         #: Monotonic time until which this session's lease holds.
         self.lease_deadline = -math.inf
         self._leading = False
@@ -196,14 +199,24 @@ class Session:
         log.debug("consul_leader: session %s created (check %s)", self.id, self.check_id)
         return self.id
 
-    def set_leading(self, leading: bool) -> None:
-        """Switch between the leader's heartbeat rate and the idle one."""
-        self._leading = leading
+    def set_leading(self, key: Optional[str], held_since: float = -math.inf) -> None:
+        """Switch to the leader's heartbeat for the lock on *key*, taken no
+        earlier than *held_since* (monotonic), or back to the idle rate (None).
+
+        While leading, every round also reads the key: heartbeats succeed
+        even after an operator deleted the key, so only a round that saw the
+        lock still held by this session may extend the lease."""
+        with self._beat_lock:
+            self._lock_key = key
+            self._held_at = held_since
+            self._leading = key is not None
+            self._update_deadline()
         self._kick.set()
 
     def beat(self) -> bool:
-        """Run one heartbeat round now: pass the check and renew the session.
-        True if both succeeded (the lease then runs from this round's start).
+        """Run one heartbeat round now: pass the check, renew the session and,
+        while leading, see that the lock is still this session's. True if all
+        succeeded (the lease then runs from this round's start).
 
         :raises SessionLost: the session or its check no longer exists."""
         with self._beat_lock:
@@ -213,16 +226,25 @@ class Session:
             self._passed_at = t0
             self.client.renew_session(self.id)
             self._renewed_at = t0
+            held = True
+            if self._lock_key is not None:
+                _, entry = self.client.get_key(self._lock_key)
+                held = entry is not None and entry.get("Session") == self.id
+                if held:
+                    self._held_at = t0
             self._update_deadline()
             self.stats.ok(t0, self._clock())
-            return True
+            return held
 
     def lease_valid(self) -> bool:
         """True while the lease holds (a cheap read)."""
         return self._clock() < self.lease_deadline
 
     def _update_deadline(self) -> None:
-        self.lease_deadline = min(self._passed_at, self._renewed_at) + self.timing.lease
+        start = min(self._passed_at, self._renewed_at)
+        if self._lock_key is not None:
+            start = min(start, self._held_at)
+        self.lease_deadline = start + self.timing.lease
 
     def _heartbeat_loop(self) -> None:
         renew_every = self.timing.session_ttl / 3
