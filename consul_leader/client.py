@@ -49,9 +49,9 @@ _PERMISSION_HINTS = {
     "create session": 'session "<this agent\'s node>" { policy = "write" }',
     "renew session": 'session "<this agent\'s node>" { policy = "write" }',
     "destroy session": 'session "<this agent\'s node>" { policy = "write" }',
-    "acquire lock": 'key_prefix "{key}" {{ policy = "write" }}',
-    "release lock": 'key_prefix "{key}" {{ policy = "write" }}',
-    "read key": 'key_prefix "{key}" {{ policy = "read" }}',
+    "acquire lock": 'key_prefix "<key>" { policy = "write" }',
+    "release lock": 'key_prefix "<key>" { policy = "write" }',
+    "read key": 'key_prefix "<key>" { policy = "read" }',
 }
 
 
@@ -345,7 +345,7 @@ class ConsulClient:
                                     f"token=, CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE")
         who = "the ACL token" if self.config.token else \
             "the anonymous token (no token was given: pass token= or set CONSUL_HTTP_TOKEN)"
-        rule = _PERMISSION_HINTS.get(operation, "the matching write rule").format(key=key)
+        rule = _PERMISSION_HINTS.get(operation, "the matching write rule").replace("<key>", key)
         return PermissionDenied(f"{operation}: Consul refused {who} ({text}); its policy needs {rule}")
 
     def register_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
