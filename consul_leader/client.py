@@ -153,6 +153,15 @@ class ConsulConfig:
     Built by :meth:`from_args`, which fills what is not given from the
     environment variables the ``consul`` CLI reads. The token is hidden from
     ``repr()`` so that it never reaches a log.
+
+    :ivar host: the agent's host name or IP address.
+    :ivar port: the agent's HTTP(S) port.
+    :ivar scheme: ``"http"`` or ``"https"``.
+    :ivar token: the ACL token, or None.
+    :ivar datacenter: the datacenter to address, or None for the agent's own.
+    :ivar verify: TLS verification: True, False or a CA bundle path.
+    :ivar cert: client certificate: a path, a ``(cert, key)`` pair, or None.
+    :ivar timeout: seconds allowed for a request that does not block.
     """
 
     host: str = "127.0.0.1"

@@ -81,6 +81,11 @@ class Follower:
     :param consul: an existing ``consul.Consul`` whose settings to use;
         otherwise *address*, *token*, *datacenter*, *verify* and *cert* as for
         :class:`~consul_leader.Candidate`, falling back to ``CONSUL_HTTP_*``.
+    :param address: the agent, ``host:port`` or ``https://host:port``.
+    :param token: ACL token (needs ``key_prefix`` read on *key*). Never logged.
+    :param datacenter: the datacenter of the key.
+    :param verify: TLS verification: a CA bundle path, True or False.
+    :param cert: client certificate (path, or ``(cert, key)``).
     :param wait: the longest a blocking query waits, in seconds.
 
     .. versionadded:: 0.1
@@ -139,8 +144,12 @@ class Follower:
         return self._info
 
     def wait_for_leader(self, timeout: Optional[float] = None) -> Optional[str]:
-        """Block until the key was read once (and a leader is known, if any
-        leads within *timeout*); return the leader's identity or None."""
+        """Block until the key has been read once, or *timeout* passed, and
+        return the leader's identity then: None if nobody leads (it does not
+        wait for a leader to appear; :meth:`changes` does).
+
+        :param timeout: seconds to wait for the first read; None for no limit.
+        :raises NotRunning: :meth:`start` was not called."""
         if self._thread is None:
             raise NotRunning("Follower.wait_for_leader() needs start() first")
         self._seen.wait(timeout)
