@@ -53,9 +53,10 @@ log = logging.getLogger("consul_leader")
 F = TypeVar("F", bound=Callable[..., Any])
 Job = Callable[[threading.Event], Any]
 
-#: Longest blocking query of a waiting candidate: long enough to keep an idle
-#: follower cheap, short enough that a stopped candidate's thread ends soon.
-_IDLE_WAIT = 5.0
+#: Longest blocking query of a waiting candidate: long, to keep an idle
+#: follower cheap (stop() interrupts it), yet bounded so that a connection
+#: that died without a reset is noticed within a minute.
+_IDLE_WAIT = 30.0
 
 _live: "weakref.WeakSet[Candidate]" = weakref.WeakSet()
 
