@@ -40,3 +40,7 @@ html_theme_options = {
     "fixed_sidebar": True,
 }
 html_static_path: list = []
+
+# Not nitpicky: without intersphinx (the docs build offline) every reference
+# to the standard library and to TypeVars in annotations would be a warning.
+nitpicky = False
