@@ -342,7 +342,9 @@ class Candidate:
         raises) while leading, the candidate resigns.
 
         Starts the candidate if needed. With *block*, waits until the
-        candidate stops (:meth:`stop` from another thread or a signal).
+        candidate stops (:meth:`stop` from another thread or a signal); if
+        the wait ends in an exception (``KeyboardInterrupt`` among them), the
+        candidate is stopped first.
 
         :param job: called as ``job(stop_event)`` with a :class:`threading.Event`.
         :param block: wait until the candidate stops; False to return at once.
@@ -353,11 +355,15 @@ class Candidate:
         self.start()
         if not block:
             return
-        with self._changed:
-            while self._state == "running":
-                if isinstance(self._failure, LockHeld) or isinstance(self._last_error, PermissionDenied):
-                    self._raise_if_hopeless()
-                self._changed.wait(0.5)
+        try:
+            with self._changed:
+                while self._state == "running":
+                    if isinstance(self._failure, LockHeld) or isinstance(self._last_error, PermissionDenied):
+                        self._raise_if_hopeless()
+                    self._changed.wait(0.5)
+        except BaseException:
+            self.stop()  # Ctrl-C or a hopeless election: leave cleanly before raising
+            raise
         if self._failure is not None:
             raise self._failure
 
