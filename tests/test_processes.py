@@ -37,19 +37,8 @@ def spawn(consul_agent: ConsulAgent, key: str) -> Iterator[Any]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def leading(p: CandidateProcess) -> Optional[Dict[str, Any]]:
-    """The ``up`` record of the term *p* is in now, per its records."""
-    current = None
-    for r in p.records():
-        if r["ev"] == "up":
-            current = r
-        elif r["ev"] == "down":
-            current = None
-    return current
-
-
 def the_leader(procs: List[CandidateProcess], after: float = float("-inf")) -> Optional[CandidateProcess]:
-    found = [p for p in procs if (up := leading(p)) is not None and up["t"] > after]
+    found = [p for p in procs if (up := p.leading()) is not None and up["t"] > after]
     return found[0] if len(found) == 1 else None
 
 
@@ -70,7 +59,7 @@ def test_one_leader_among_three_processes_and_every_process_names_it(spawn: Any)
         return all(v and v[-1] == leader.identity for v in views)
 
     wait_until(views_agree, 30, f"every process reports leader() == {leader.identity}")
-    assert [p for p in procs if leading(p) is not None] == [leader]
+    assert [p for p in procs if p.leading() is not None] == [leader]
     assert overlaps(terms(all_records(procs))) == []
 
 
@@ -83,7 +72,7 @@ def test_sigkill_of_the_leader_process_hands_over_within_ttl_plus_lock_delay(spa
     # The check's TTL, then the lock-delay, plus a generous margin for a
     # loaded machine.
     new = wait_until(lambda: the_leader(others, after=killed_at), TTL + TTL + 15, "another process leads")
-    failover = leading(new)["t"] - killed_at  # type: ignore[index]
+    failover = new.leading()["t"] - killed_at  # type: ignore[index]
     record_property("sigkill_failover_s", round(failover, 3))
     print(f"SIGKILL failover: {failover:.3f}s")
     report = check(all_records(procs), lease_of(new))

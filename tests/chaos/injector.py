@@ -6,6 +6,7 @@ the checker can tell what each fault did to the election."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -121,13 +122,13 @@ class Chaos:
         return None
 
     def leader(self) -> Optional[CandidateProcess]:
+        """The process that holds the key, if it also believes it leads."""
         entry = self.entry()
         if entry is None or not entry.get("Session"):
             return None
-        import base64
-
         identity = base64.b64decode(entry["Value"] or "").decode()
-        return next((p for p in self.procs if p.identity == identity and p.proc and p.proc.poll() is None), None)
+        return next((p for p in self.procs if p.identity == identity and p.proc and p.proc.poll() is None
+                     and p.leading() is not None), None)
 
     def wait_for_leader(self) -> Optional[CandidateProcess]:
         try:
@@ -167,11 +168,12 @@ class Chaos:
         entry = self.entry()
         if entry is None or not entry.get("Session"):
             return
+        holder = base64.b64decode(entry["Value"] or "").decode()
         t = time.monotonic()
         server = next(s for s in self.cluster.servers if s.running)
         requests.put(f"{server.url}/v1/session/destroy/{entry['Session']}", timeout=5)
         # Once the destroy has answered, no renew of that session succeeds.
-        self._fault("session destroyed", t, target=p.identity, lease_bound=time.monotonic())
+        self._fault("session destroyed", t, target=holder if holder else p.identity, lease_bound=time.monotonic())
 
     def delete_key(self) -> None:
         p = self._target()

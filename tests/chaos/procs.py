@@ -29,6 +29,8 @@ class CandidateProcess:
         self.out = os.path.join(workdir, f"{identity}.jsonl")
         self.log = os.path.join(workdir, f"{identity}.log")
         self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._offset = 0
+        self._up: Optional[Dict[str, Any]] = None
 
     def __repr__(self) -> str:
         return f"<CandidateProcess {self.identity} pid={self.proc.pid if self.proc else None}>"
@@ -75,6 +77,25 @@ class CandidateProcess:
     def records(self) -> List[Dict[str, Any]]:
         """Its records so far (a torn last line of a killed process is skipped)."""
         return read_records(self.out)
+
+    def leading(self) -> Optional[Dict[str, Any]]:
+        """The ``up`` record of the term this process believes it is in, per
+        its records so far (read incrementally), or None."""
+        try:
+            with open(self.out, encoding="utf-8") as fh:
+                fh.seek(self._offset)
+                for line in fh:
+                    if not line.endswith("\n"):
+                        break  # written only in part so far
+                    self._offset += len(line.encode("utf-8"))
+                    r = json.loads(line)
+                    if r["ev"] == "up":
+                        self._up = r
+                    elif r["ev"] == "down":
+                        self._up = None
+        except FileNotFoundError:
+            pass
+        return self._up
 
     def output(self) -> str:
         try:
