@@ -1,0 +1,261 @@
+"""The ``consul-leader`` command, run as a real process against the real agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+from consul_leader.cli import (
+    EXIT_DEPOSED,
+    EXIT_LOCK_HELD,
+    EXIT_NO_LEADER,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    main,
+)
+from consul_leader.client import ConsulClient, ConsulConfig
+from consul_leader.testing import ConsulAgent
+
+from conftest import PYTHON, python_env
+
+CLI = [PYTHON, "-m", "consul_leader.cli"]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too: it only waits to be reaped.
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class Runs:
+    """Starts ``consul-leader`` processes; whatever still runs at the end is killed."""
+
+    def __init__(self, agent: ConsulAgent, tmp: Path) -> None:
+        self.env = dict(python_env(), CONSUL_HTTP_ADDR=agent.address, DIR=str(tmp))
+        self.tmp = tmp
+        self.procs: List[subprocess.Popen[str]] = []
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(CLI + list(args), env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def start(self, *args: str, name: str = "run", stdout: Optional[int] = None) -> subprocess.Popen[str]:
+        log = open(self.tmp / f"{name}.log", "w")
+        proc = subprocess.Popen(CLI + list(args), env=self.env, stdout=stdout or log, stderr=log, text=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str = "run") -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def status(self, key: str) -> dict:
+        return json.loads(self("status", "--json", key).stdout)
+
+
+@pytest.fixture
+def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Runs]:
+    runs = Runs(consul_agent, tmp_path)
+    yield runs
+    for proc in runs.procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def client(consul_agent: ConsulAgent) -> ConsulClient:
+    return ConsulClient(ConsulConfig.from_args(address=consul_agent.address))
+
+
+def written(path: Path) -> List[str]:
+    """The words of *path* once something is written there."""
+    wait_for(lambda: path.exists() and path.read_text().strip(), what=f"{path.name} to be written")
+    return path.read_text().split()
+
+
+def pid_file(path: Path) -> int:
+    return int(written(path)[0])
+
+
+# A child that records its pid and the environment it got, then waits.
+RECORD_AND_WAIT = 'echo "$$ $CONSUL_LEADER_KEY $CONSUL_LEADER_FENCING_TOKEN $CONSUL_LEADER_IDENTITY" > ' \
+                  '"$DIR/$CONSUL_LEADER_IDENTITY.pid"; exec sleep 120'
+
+
+def test_run_passes_key_and_fencing_token_to_the_child_and_once_exits_with_its_status(cli: Runs, key: str) -> None:
+    run = cli.start("run", "--once", "--ttl", "1", "--identity", "alpha", key, "--", "sh", "-c",
+                    'echo "$CONSUL_LEADER_KEY $CONSUL_LEADER_FENCING_TOKEN $CONSUL_LEADER_IDENTITY" > "$DIR/env"; '
+                    'while [ ! -e "$DIR/go" ]; do sleep 0.05; done; exit 7')
+    got_key, token, identity = written(cli.tmp / "env")
+    status = cli.status(key)
+    assert (got_key, identity) == (key, "alpha")
+    assert status["leader"] == "alpha" and status["fencing_token"] == int(token)
+    assert status["key"] == key and status["session"]
+    assert abs(status["since"] - time.time()) < 60 and status["since_iso"].endswith("Z")
+    (cli.tmp / "go").touch()
+    assert run.wait(30) == 7
+    assert cli("status", key).returncode == EXIT_NO_LEADER  # released at exit, not after a TTL
+
+
+def test_status_exit_codes_and_text(cli: Runs, key: str, make_candidate) -> None:
+    nobody = cli("status", "--json", key)
+    assert nobody.returncode == EXIT_NO_LEADER
+    assert json.loads(nobody.stdout)["leader"] is None
+    c = make_candidate(key, identity="holder").start()
+    assert c.wait_for_leadership(30)
+    held = cli("status", key)
+    assert held.returncode == 0
+    assert "holder" in held.stdout and f"fencing token: {c.fencing_token}" in held.stdout
+
+
+def test_sigkill_of_the_leading_run_hands_the_command_over(cli: Runs, key: str) -> None:
+    a = cli.start("run", "--ttl", "1", "--identity", "a", key, "--", "sh", "-c", RECORD_AND_WAIT, name="a")
+    a_child = pid_file(cli.tmp / "a.pid")
+    cli.start("run", "--ttl", "1", "--identity", "b", key, "--", "sh", "-c", RECORD_AND_WAIT, name="b")
+    wait_for(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
+    assert not (cli.tmp / "b.pid").exists()
+    killed = time.monotonic()
+    a.kill()
+    b_child = pid_file(cli.tmp / "b.pid")
+    print(f"failover after SIGKILL of the leader's run: {time.monotonic() - killed:.2f}s")
+    wait_for(lambda: not alive(a_child), timeout=10, what="the dead run's command to be killed with it")
+    assert alive(b_child)
+    assert int((cli.tmp / "b.pid").read_text().split()[2]) > int((cli.tmp / "a.pid").read_text().split()[2])
+
+
+def test_command_is_terminated_then_killed_when_leadership_is_taken_away(cli: Runs, key: str,
+                                                                        client: ConsulClient) -> None:
+    # The child notes SIGTERM but goes on: only the SIGKILL after --grace ends it.
+    stubborn = 'echo $$ >> "$DIR/pids"; trap \'echo term >> "$DIR/signals"\' TERM; ' \
+               'while :; do sleep 0.05; done'
+    cli.start("run", "--ttl", "1", "--grace", "1", "--identity", "x", key, "--", "sh", "-c", stubborn)
+    first = pid_file(cli.tmp / "pids")
+    client.destroy_session(cli.status(key)["session"])
+    wait_for(lambda: not alive(first), what="the command to be killed")
+    assert (cli.tmp / "signals").read_text().split() == ["term"]
+    assert "still runs 1s after signal 15; killing it" in cli.log()
+    # Still in the election: it leads again and starts the command anew.
+    wait_for(lambda: len((cli.tmp / "pids").read_text().split()) == 2, what="the next term's command")
+
+
+def test_once_exits_when_leadership_is_lost(cli: Runs, key: str, client: ConsulClient) -> None:
+    run = cli.start("run", "--once", "--ttl", "1", "--identity", "o", key, "--", "sh", "-c", RECORD_AND_WAIT)
+    child = pid_file(cli.tmp / "o.pid")
+    client.delete_key(key)
+    assert run.wait(30) == EXIT_DEPOSED
+    assert not alive(child)
+
+
+def test_sigterm_is_forwarded_and_the_lock_released_at_once(cli: Runs, key: str) -> None:
+    graceful = 'echo $$ > "$DIR/pid"; trap \'echo got-term > "$DIR/term"; exit 0\' TERM; ' \
+               'while :; do sleep 0.05; done'
+    run = cli.start("run", "--identity", "g", key, "--", "sh", "-c", graceful)
+    pid_file(cli.tmp / "pid")
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(30) == 0  # the command's own status
+    assert (cli.tmp / "term").read_text().strip() == "got-term"
+    assert cli("status", key).returncode == EXIT_NO_LEADER
+
+
+def test_sigint_while_waiting_exits_130(cli: Runs, key: str, make_candidate) -> None:
+    c = make_candidate(key, identity="holder").start()
+    assert c.wait_for_leadership(30)
+    run = cli.start("run", key, "--", "true")
+    wait_for(lambda: "is now 'holder'" in cli.log(), what="the run to wait")
+    run.send_signal(signal.SIGINT)
+    assert run.wait(30) == 128 + signal.SIGINT
+
+
+def test_no_wait_exits_when_the_lock_is_held(cli: Runs, key: str, make_candidate) -> None:
+    c = make_candidate(key, identity="holder").start()
+    assert c.wait_for_leadership(30)
+    result = cli("run", "--no-wait", key, "--", "sh", "-c", 'touch "$DIR/ran"')
+    assert result.returncode == EXIT_LOCK_HELD
+    assert "held by 'holder'" in result.stderr
+    assert not (cli.tmp / "ran").exists()
+
+
+def test_a_command_that_exits_while_leading_is_run_again_next_term(cli: Runs, key: str) -> None:
+    cli.start("run", "--ttl", "1", key, "--", "sh", "-c", 'echo "$CONSUL_LEADER_FENCING_TOKEN" >> "$DIR/terms"')
+    wait_for(lambda: (cli.tmp / "terms").exists() and len((cli.tmp / "terms").read_text().split()) >= 2,
+             what="a second term")
+    first, second = map(int, (cli.tmp / "terms").read_text().split()[:2])
+    assert second > first
+    assert "stepped down as leader" in cli.log()
+
+
+def exit_code(argv: List[str]) -> int:
+    """Run the command in this process (argument handling needs no subprocess)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's errors and --help
+        return int(exc.code or 0)
+
+
+def test_usage_errors(key: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code(["run", key]) == EXIT_USAGE
+    assert exit_code(["run", key, "--", "no-such-command-here"]) == EXIT_NOT_FOUND
+    assert exit_code(["status", "--ttl", "1", key]) == EXIT_USAGE
+    assert exit_code(["status", "-http-addr", "not a:address", key]) == EXIT_USAGE
+    assert exit_code(["status", key, "--", "extra"]) == EXIT_USAGE
+    capsys.readouterr()
+    assert exit_code(["--help"]) == 0
+    helped = capsys.readouterr().out
+    assert "exit codes:" in helped and f"{EXIT_LOCK_HELD} with --no-wait" in helped
+
+
+def test_consul_style_options_override_the_environment(key: str, consul_agent: ConsulAgent,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "127.0.0.1:1")  # nothing listens there
+    assert exit_code(["status", key]) == EXIT_UNAVAILABLE
+    assert exit_code(["status", f"-http-addr={consul_agent.address}", key]) == EXIT_NO_LEADER
+    assert exit_code(["status", "--address", consul_agent.address, key]) == EXIT_NO_LEADER
+
+
+def test_watch_prints_a_line_per_leader_change(cli: Runs, key: str, make_candidate) -> None:
+    watch = cli.start("watch", "--json", key, name="watch", stdout=subprocess.PIPE)
+    lines: "queue.Queue[str]" = queue.Queue()
+    assert watch.stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in watch.stdout], daemon=True).start()  # type: ignore
+
+    def next_leader() -> Optional[str]:
+        return json.loads(lines.get(timeout=30))["leader"]
+
+    assert next_leader() is None
+    a = make_candidate(key, identity="first").start()
+    assert next_leader() == "first"
+    a.stop()
+    assert next_leader() is None
+    make_candidate(key, identity="second").start()
+    assert next_leader() == "second"
+    watch.send_signal(signal.SIGTERM)
+    assert watch.wait(30) == 0
+    assert lines.empty()
+
+
+def test_demo_is_delegated(cli: Runs) -> None:
+    result = cli("demo", "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: consul-leader demo")
