@@ -35,7 +35,7 @@ from .errors import (
     SessionLost,
 )
 from .follower import KeyWatch, LeaderInfo
-from .session import HeartbeatStats, Session, Timing
+from .session import HeartbeatStats, Session, Timing, lease_clock
 from .validation import (
     check_bool,
     check_identity,
@@ -228,11 +228,11 @@ class Candidate:
     def is_leader(self) -> bool:
         """True while this candidate holds the lock *and* its lease holds.
 
-        A cheap, thread-safe read: it compares the monotonic clock with the
+        A cheap, thread-safe read: it compares a monotonic clock with the
         lease's end, so a process resumed after a pause longer than the lease
         answers False at once, before its threads have run again."""
         term = self._term
-        return term is not None and time.monotonic() < term.session.lease_deadline
+        return term is not None and lease_clock() < term.session.lease_deadline
 
     def leader(self) -> Optional[str]:
         """The identity of the current leader as last observed (this
@@ -267,7 +267,7 @@ class Candidate:
         .. versionadded:: 0.1
         """
         term = self._term
-        now = time.monotonic()
+        now = lease_clock()
         thread = self._thread
         running = self.running and thread is not None and thread.is_alive()
         stats = self.heartbeat_stats
@@ -453,7 +453,7 @@ class Candidate:
             return
         self._last_error = error
         if isinstance(error, PermissionDenied):
-            log.error("consul_leader: %s", error)
+            log.error("consul_leader: %s", error, extra=self._log_fields("error", error=type(error).__name__))
         else:
             log.warning("consul_leader: election for %r: %s; retrying", self.key, error,
                         extra=self._log_fields("error", error=type(error).__name__))
@@ -477,7 +477,7 @@ class Candidate:
             return
         assert session.id is not None
         since_ms = int(time.time() * 1000)
-        asked_at = time.monotonic()
+        asked_at = lease_clock()
         try:
             acquired = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms)
         except SessionLost:
@@ -487,7 +487,7 @@ class Candidate:
             self._lead(session, asked_at)
             return
         watch = KeyWatch(self.client, self.key)
-        asked_at = time.monotonic()
+        asked_at = lease_clock()
         entry = watch.read()
         self._observe(entry)
         if entry is not None and entry.get("Session") == session.id:
@@ -563,7 +563,7 @@ class Candidate:
         """Lead from a lock taken no earlier than *held_since* until the term ends."""
         session.set_leading(self.key, held_since)
         try:
-            if session.lease_deadline - time.monotonic() < self.timing.lease / 2:
+            if session.lease_remaining() < self.timing.lease / 2:
                 session.beat()  # start the term with a full lease
             watch = KeyWatch(self.client, self.key)
             entry = watch.read()
@@ -617,7 +617,7 @@ class Candidate:
             except ConsulLeaderError as exc:
                 # Not a lost lock by itself: the lease decides.
                 self._report(exc)
-                self._stopping.wait(min(self.timing.heartbeat / 2, max(session.lease_deadline - time.monotonic(),
+                self._stopping.wait(min(self.timing.heartbeat / 2, max(session.lease_remaining(),
                                                                         0.01)))
                 continue
             if term.reason is not None:
@@ -697,7 +697,7 @@ class Candidate:
             # The election thread may sit in a request to a hung agent; the
             # job must still hear at the lease's end that it no longer leads.
             while not term.job_stop.is_set():
-                remaining = term.session.lease_deadline - time.monotonic()
+                remaining = term.session.lease_remaining()
                 if remaining <= 0:
                     log.warning("consul_leader: the lease of %s on %r ran out; telling the job to stop",
                                 self.identity, self.key)
