@@ -26,7 +26,7 @@ from consul_leader.cli import (
 from consul_leader.client import ConsulClient, ConsulConfig
 from consul_leader.testing import ConsulAgent
 
-from conftest import PYTHON, python_env
+from conftest import PYTHON, ROOT, python_env
 
 CLI = [PYTHON, "-m", "consul_leader.cli"]
 
@@ -259,3 +259,18 @@ def test_demo_is_delegated(cli: Runs) -> None:
     result = cli("demo", "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: consul-leader demo")
+
+
+def test_every_exit_code_is_documented() -> None:
+    import re
+
+    import consul_leader.cli as cli_module
+
+    section = (Path(ROOT) / "docs" / "cli.rst").read_text().split("Exit codes\n----------", 1)[1]
+    section = section.split("Replacing", 1)[0]
+    codes = {name: value for name, value in vars(cli_module).items()
+             if name.startswith("EXIT_") and isinstance(value, int)}
+    assert len(codes) >= 9
+    for name, value in codes.items():
+        assert re.search(rf"^   \* - (\d+, )?{value}\b", section, re.M), f"{name}={value} is not in docs/cli.rst"
+        assert re.search(rf"\b{value}\b", cli_module.EXIT_CODES), f"{name}={value} is not in --help"
