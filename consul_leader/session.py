@@ -26,6 +26,15 @@ log = logging.getLogger("consul_leader")
 
 Clock = Callable[[], float]
 
+if hasattr(time, "CLOCK_BOOTTIME"):
+    def lease_clock() -> float:
+        """The clock leases are measured on: monotonic, and (on Linux) still
+        running while the machine is suspended, so that a laptop or VM that
+        wakes up does not believe a lease that ran out while it slept."""
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+else:  # pragma: no cover - not Linux
+    lease_clock = time.monotonic
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -78,6 +87,12 @@ class Timing:
                 f"believe it leads after another candidate won. Lower lease or raise the others.")
         if heartbeat is None:
             heartbeat = min(bound / 3, lease / 2.5)
+            if heartbeat < 0.05:
+                # Name what the caller gave, not the heartbeat derived from it.
+                raise ConfigurationError(
+                    f"lease={lease:g}s and min(ttl={ttl:g}s, lock_delay={lock_delay:g}s, session_ttl="
+                    f"{session_ttl:g}s) = {bound:g}s are too short: heartbeats would have to run every "
+                    f"{heartbeat:.3g}s (at least 0.05s); raise lock_delay, lease or ttl.")
         heartbeat = _number("heartbeat", heartbeat, 0.05, 3600)
         if not heartbeat * 2 <= lease:
             raise ConfigurationError(
@@ -144,14 +159,14 @@ class Session:
     :param on_lost: called once, from the heartbeat thread, when the session
         is found gone.
     :param on_error: called with each failed heartbeat's exception.
-    :param clock: monotonic clock (injectable for tests).
+    :param clock: the lease clock (injectable for tests); default :func:`lease_clock`.
     :param stats: where to count heartbeat rounds; default a new one.
     """
 
     def __init__(self, client: ConsulClient, timing: Timing, name: str, *,
                  on_lost: Callable[["Session"], None] = lambda s: None,
                  on_error: Callable[[ConsulLeaderError], None] = lambda e: None,
-                 clock: Clock = time.monotonic, stats: Optional[HeartbeatStats] = None) -> None:
+                 clock: Clock = lease_clock, stats: Optional[HeartbeatStats] = None) -> None:
         self.client = client
         self.timing = timing
         self.name = name
@@ -239,6 +254,10 @@ class Session:
     def lease_valid(self) -> bool:
         """True while the lease holds (a cheap read)."""
         return self._clock() < self.lease_deadline
+
+    def lease_remaining(self) -> float:
+        """Seconds left of the lease (negative once it ran out)."""
+        return self.lease_deadline - self._clock()
 
     def _update_deadline(self) -> None:
         start = min(self._passed_at, self._renewed_at)
