@@ -31,6 +31,12 @@ test: venv consul services
 chaos: venv consul
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest -m chaos -s tests/chaos $(PYTEST_ARGS)
 
+bench: venv consul
+	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m benchmarks.run
+
+bench-quick: venv consul
+	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m benchmarks.run --quick
+
 lint: venv
 	$(BIN)/ruff check consul_leader tests
 	$(BIN)/mypy
