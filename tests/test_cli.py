@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import pytest
+import requests
 
 from consul_leader.cli import (
     EXIT_DEPOSED,
@@ -24,7 +25,7 @@ from consul_leader.cli import (
     main,
 )
 from consul_leader.client import ConsulClient, ConsulConfig
-from consul_leader.testing import ConsulAgent
+from consul_leader.testing import ConsulAgent, free_ports
 
 from conftest import PYTHON, ROOT, python_env
 
@@ -186,6 +187,21 @@ def test_sigint_while_waiting_exits_130(cli: Runs, key: str, make_candidate) -> 
     wait_for(lambda: "is now 'holder'" in cli.log(), what="the run to wait")
     run.send_signal(signal.SIGINT)
     assert run.wait(30) == 128 + signal.SIGINT
+
+
+def test_run_serves_metrics(cli: Runs, key: str) -> None:
+    port = free_ports(1)[0]
+    cli.start("run", "--identity", "m", "--metrics-port", str(port), key, "--", "sh", "-c", RECORD_AND_WAIT)
+    pid_file(cli.tmp / "m.pid")
+
+    def scrape() -> str:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except requests.ConnectionError:
+            return ""
+
+    wait_for(lambda: "consul_leader_is_leader{" in scrape(), what="the metrics endpoint")
+    assert f'consul_leader_is_leader{{identity="m",key="{key}"}} 1.0' in scrape()
 
 
 def test_no_wait_exits_when_the_lock_is_held(cli: Runs, key: str, make_candidate) -> None:
