@@ -105,7 +105,7 @@ class Health:
 
 
 class _Term:
-    __slots__ = ("session", "fencing_token", "started", "reason", "job_stop")
+    __slots__ = ("session", "fencing_token", "started", "reason", "job_stop", "job_started")
 
     def __init__(self, session: Session, fencing_token: int) -> None:
         self.session = session
@@ -113,6 +113,7 @@ class _Term:
         self.started = time.monotonic()
         self.reason: Optional[str] = None
         self.job_stop = threading.Event()
+        self.job_started = False
 
 
 class Candidate:
@@ -331,6 +332,7 @@ class Candidate:
             self._state = "stopped"
             self._changed.notify_all()
         self._publish(None)
+        decorators.withdraw_default(self)
         log.info("consul_leader: %s left the election for %r", self.identity, self.key,
                  extra=self._log_fields("stopped"))
 
@@ -353,6 +355,10 @@ class Candidate:
         self._job = check_job(job)
         check_bool("block", block)
         self.start()
+        with self._state_lock:
+            term = self._term
+            if term is not None:
+                self._start_job(term)  # already leading: this term runs the job too
         if not block:
             return
         try:
@@ -677,9 +683,11 @@ class Candidate:
     # -- the job ------------------------------------------------------------
 
     def _start_job(self, term: _Term) -> None:
-        job = self._job
-        if job is None:
-            return
+        with self._state_lock:
+            job = self._job
+            if job is None or term.job_started or term.job_stop.is_set():
+                return
+            term.job_started = True
 
         def work() -> None:
             reason = "job finished"

@@ -1,8 +1,9 @@
 """``@leader_only``, ``@on_elected``, ``@on_deposed``, ``is_leader()`` and
 the process's default candidate.
 
-Used bare they act on the default candidate: the first one started in this
-process, or the one given to :func:`set_default`. Each also exists as a
+Used bare they act on the default candidate: the one given to
+:func:`set_default`, else the earliest started in this process that has not
+been stopped. Each also exists as a
 method of :class:`~consul_leader.Candidate` (``@candidate.leader_only``).
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, overload
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar, overload
 
 import blinker
 
@@ -26,22 +28,26 @@ __all__ = ["get_default", "is_leader", "leader_only", "on_deposed", "on_elected"
 F = TypeVar("F", bound=Callable[..., Any])
 
 _default: "Optional[Candidate]" = None
+_explicit = False  # set by set_default(), not by start()
+_started: "List[weakref.ReferenceType[Candidate]]" = []
 _default_lock = threading.Lock()
 
 
 def set_default(candidate: "Optional[Candidate]") -> None:
     """Make *candidate* the one that bare decorators and :func:`is_leader`
-    use (None to clear it). A stopped candidate stays the default until
-    another is set here.
+    use (None to go back to the automatic choice: the earliest started
+    candidate that has not been stopped). A candidate chosen here stays the
+    default even once stopped, until another is set.
 
     :param candidate: the new default candidate, or None."""
     from .candidate import Candidate
 
     if candidate is not None and not isinstance(candidate, Candidate):
         raise ConfigurationTypeError(f"set_default() takes a Candidate or None, got {type(candidate).__name__}")
-    global _default
+    global _default, _explicit
     with _default_lock:
         _default = candidate
+        _explicit = candidate is not None
 
 
 def get_default() -> "Optional[Candidate]":
@@ -53,13 +59,25 @@ def offer_default(candidate: "Candidate") -> None:
     """Make *candidate* the default if there is none yet (called by start())."""
     global _default
     with _default_lock:
+        _started.append(weakref.ref(candidate))
         if _default is None:
             _default = candidate
 
 
+def withdraw_default(candidate: "Candidate") -> None:
+    """A candidate stopped (called by stop()): unless it was chosen with
+    set_default(), the default passes to the earliest started one still running."""
+    global _default
+    with _default_lock:
+        _started[:] = [ref for ref in _started if ref() not in (None, candidate)]
+        if _default is candidate and not _explicit:
+            running = [c for c in (ref() for ref in _started) if c is not None and c.running]
+            _default = running[0] if running else None
+
+
 def forget_default_after_fork() -> None:
-    global _default, _default_lock
-    _default_lock = threading.Lock()
+    global _default_lock
+    _default_lock = threading.Lock()  # it may have been held by a thread that is gone
 
 
 def is_leader() -> bool:

@@ -377,3 +377,25 @@ def test_job_hears_the_lease_end_even_while_the_agent_hangs(key):
         agent.resume()
         c.stop()
         agent.__exit__(None, None, None)
+
+
+def test_run_on_a_candidate_that_already_leads_starts_the_job_for_this_term(make_candidate, key):
+    a = make_candidate(key).start()
+    assert a.wait_for_leadership(30)
+    ran = threading.Event()
+    a.run(lambda stop: (ran.set(), stop.wait()), block=False)
+    assert ran.wait(10)
+
+
+def test_the_default_passes_on_when_the_default_candidate_stops(make_candidate, key):
+    set_default(None)
+    try:
+        first = make_candidate(key).start()
+        second = make_candidate(key + "-2").start()
+        assert second.wait_for_leadership(30)
+        first.stop()
+        assert is_leader() is True, "the running candidate is now the default"
+        set_default(first)
+        assert is_leader() is False, "an explicit choice sticks"
+    finally:
+        set_default(None)
