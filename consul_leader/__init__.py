@@ -11,7 +11,7 @@
         ...
 """
 
-from .candidate import Candidate, LeadershipEvent, stop_on_signals
+from .candidate import Candidate, Health, LeadershipEvent, stop_on_signals
 from .client import ConsulConfig
 from .decorators import get_default, is_leader, leader_only, on_deposed, on_elected, set_default
 from .errors import (
@@ -42,6 +42,7 @@ __all__ = [
     "ConsulTLSError",
     "ConsulUnavailable",
     "Follower",
+    "Health",
     "LeaderInfo",
     "LeadershipEvent",
     "LockHeld",
