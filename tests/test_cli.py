@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import pytest
 import requests
@@ -27,17 +27,9 @@ from consul_leader.cli import (
 from consul_leader.client import ConsulClient, ConsulConfig
 from consul_leader.testing import ConsulAgent, free_ports
 
-from conftest import PYTHON, ROOT, python_env
+from conftest import PYTHON, ROOT, python_env, wait_until
 
 CLI = [PYTHON, "-m", "consul_leader.cli"]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -92,7 +84,7 @@ def client(consul_agent: ConsulAgent) -> ConsulClient:
 
 def written(path: Path) -> List[str]:
     """The words of *path* once something is written there."""
-    wait_for(lambda: path.exists() and path.read_text().strip(), what=f"{path.name} to be written")
+    wait_until(lambda: path.exists() and path.read_text().strip(), what=f"{path.name} to be written")
     return path.read_text().split()
 
 
@@ -135,13 +127,13 @@ def test_sigkill_of_the_leading_run_hands_the_command_over(cli: Runs, key: str) 
     a = cli.start("run", "--ttl", "1", "--identity", "a", key, "--", "sh", "-c", RECORD_AND_WAIT, name="a")
     a_child = pid_file(cli.tmp / "a.pid")
     cli.start("run", "--ttl", "1", "--identity", "b", key, "--", "sh", "-c", RECORD_AND_WAIT, name="b")
-    wait_for(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
+    wait_until(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
     assert not (cli.tmp / "b.pid").exists()
     killed = time.monotonic()
     a.kill()
     b_child = pid_file(cli.tmp / "b.pid")
     print(f"failover after SIGKILL of the leader's run: {time.monotonic() - killed:.2f}s")
-    wait_for(lambda: not alive(a_child), timeout=10, what="the dead run's command to be killed with it")
+    wait_until(lambda: not alive(a_child), timeout=10, what="the dead run's command to be killed with it")
     assert alive(b_child)
     assert int((cli.tmp / "b.pid").read_text().split()[2]) > int((cli.tmp / "a.pid").read_text().split()[2])
 
@@ -154,11 +146,11 @@ def test_command_is_terminated_then_killed_when_leadership_is_taken_away(cli: Ru
     cli.start("run", "--ttl", "1", "--grace", "1", "--identity", "x", key, "--", "sh", "-c", stubborn)
     first = pid_file(cli.tmp / "pids")
     client.destroy_session(cli.status(key)["session"])
-    wait_for(lambda: not alive(first), what="the command to be killed")
+    wait_until(lambda: not alive(first), what="the command to be killed")
     assert (cli.tmp / "signals").read_text().split() == ["term"]
     assert "still runs 1s after signal 15; killing it" in cli.log()
     # Still in the election: it leads again and starts the command anew.
-    wait_for(lambda: len((cli.tmp / "pids").read_text().split()) == 2, what="the next term's command")
+    wait_until(lambda: len((cli.tmp / "pids").read_text().split()) == 2, what="the next term's command")
 
 
 def test_once_exits_when_leadership_is_lost(cli: Runs, key: str, client: ConsulClient) -> None:
@@ -184,7 +176,7 @@ def test_sigint_while_waiting_exits_130(cli: Runs, key: str, make_candidate) -> 
     c = make_candidate(key, identity="holder").start()
     assert c.wait_for_leadership(30)
     run = cli.start("run", key, "--", "true")
-    wait_for(lambda: "is now 'holder'" in cli.log(), what="the run to wait")
+    wait_until(lambda: "is now 'holder'" in cli.log(), what="the run to wait")
     run.send_signal(signal.SIGINT)
     assert run.wait(30) == 128 + signal.SIGINT
 
@@ -200,7 +192,7 @@ def test_run_serves_metrics(cli: Runs, key: str) -> None:
         except requests.ConnectionError:
             return ""
 
-    wait_for(lambda: "consul_leader_is_leader{" in scrape(), what="the metrics endpoint")
+    wait_until(lambda: "consul_leader_is_leader{" in scrape(), what="the metrics endpoint")
     assert f'consul_leader_is_leader{{identity="m",key="{key}"}} 1.0' in scrape()
 
 
@@ -215,7 +207,7 @@ def test_no_wait_exits_when_the_lock_is_held(cli: Runs, key: str, make_candidate
 
 def test_a_command_that_exits_while_leading_is_run_again_next_term(cli: Runs, key: str) -> None:
     cli.start("run", "--ttl", "1", key, "--", "sh", "-c", 'echo "$CONSUL_LEADER_FENCING_TOKEN" >> "$DIR/terms"')
-    wait_for(lambda: (cli.tmp / "terms").exists() and len((cli.tmp / "terms").read_text().split()) >= 2,
+    wait_until(lambda: (cli.tmp / "terms").exists() and len((cli.tmp / "terms").read_text().split()) >= 2,
              what="a second term")
     first, second = map(int, (cli.tmp / "terms").read_text().split()[:2])
     assert second > first

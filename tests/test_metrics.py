@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Callable, Dict, Optional
 
 import pytest
@@ -14,13 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from consul_leader import Candidate, metrics
 from consul_leader.testing import ConsulAgent
 
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+from conftest import wait_until
 
 
 def sampler(registry: CollectorRegistry, key: str) -> Callable[..., Optional[float]]:
@@ -39,14 +32,14 @@ def test_metrics_follow_a_real_election(key: str, make_candidate) -> None:
     a.start()
     assert a.wait_for_leadership(30)
     b.start()
-    wait_for(lambda: b.leader() == "a", what="b to see a leading")
+    wait_until(lambda: b.leader() == "a", what="b to see a leading")
     assert sample("consul_leader_is_leader", "a") == 1.0
     assert sample("consul_leader_is_leader", "b") == 0.0
     assert 0 < sample("consul_leader_lease_remaining_seconds", "a") <= a.timing.lease  # type: ignore[operator]
     assert sample("consul_leader_lease_remaining_seconds", "b") == 0.0
     assert sample("consul_leader_transitions_total", "a", kind="elected") == 1.0
     assert sample("consul_leader_transitions_total", "a", kind="deposed") == 0.0
-    wait_for(lambda: (sample("consul_leader_heartbeat_seconds_count", "a") or 0) >= 3, what="heartbeats")
+    wait_until(lambda: (sample("consul_leader_heartbeat_seconds_count", "a") or 0) >= 3, what="heartbeats")
     assert sample("consul_leader_heartbeat_seconds_sum", "a") > 0  # type: ignore[operator]
     assert sample("consul_leader_heartbeat_failures_total", "a") == 0.0
     assert sample("consul_leader_healthy", "a") == 1.0 and sample("consul_leader_healthy", "b") == 1.0
@@ -97,8 +90,8 @@ def test_health_goes_bad_when_consul_is_gone_and_recovers(key: str) -> None:
             assert health.last_heartbeat_age is not None and health.last_heartbeat_age < c.timing.check_ttl
 
             agent.stop()
-            wait_for(lambda: not c.health().ok, what="health to turn bad")
-            wait_for(lambda: c.health().heartbeat_failures > 0 and c.health().last_error, what="failures")
+            wait_until(lambda: not c.health().ok, what="health to turn bad")
+            wait_until(lambda: c.health().heartbeat_failures > 0 and c.health().last_error, what="failures")
             health = c.health()
             assert health.running and not health.is_leader and health.lease_remaining == 0.0
             assert health.last_heartbeat_age >= c.timing.check_ttl  # type: ignore[operator]
@@ -108,7 +101,7 @@ def test_health_goes_bad_when_consul_is_gone_and_recovers(key: str) -> None:
 
             agent.start()
             assert c.wait_for_leadership(60)
-            wait_for(lambda: c.health().ok, what="health to recover")
+            wait_until(lambda: c.health().ok, what="health to recover")
         finally:
             c.stop()
         health = c.health()
@@ -123,7 +116,7 @@ def test_transitions_are_logged_with_structured_fields(key: str, make_candidate,
     assert c.wait_for_leadership(30)
     token = c.fencing_token
     assert c.resign()
-    wait_for(lambda: any(getattr(r, "consul_leader_event", None) == "deposed" for r in caplog.records),
+    wait_until(lambda: any(getattr(r, "consul_leader_event", None) == "deposed" for r in caplog.records),
              what="the deposed record")
     events: Dict[str, logging.LogRecord] = {}
     for record in caplog.records:
