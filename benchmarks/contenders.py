@@ -94,7 +94,7 @@ class Pool:
         self.ttl = ttl
         self.consul = consul
         self.workdir = workdir
-        self._address = address if callable(address) else (lambda label, a=address: a)  # type: ignore[misc]
+        self._address = address if callable(address) else (lambda label, a=address: a)
         self.events: "queue.Queue[Event]" = queue.Queue()
         self.members: Dict[str, Member] = {}
         self.leader: Optional[str] = None

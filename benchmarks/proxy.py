@@ -26,13 +26,13 @@ class CountingProxy:
         self.counts: Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
-        self._servers: Dict[str, asyncio.AbstractServer] = {}
+        self._servers: Dict[str, asyncio.Server] = {}
         self._thread = threading.Thread(target=self._loop.run_forever, name="bench-proxy", daemon=True)
         self._thread.start()
 
     def listen(self, label: str) -> str:
         """Open a port for *label*; return its ``127.0.0.1:PORT`` address."""
-        async def start() -> asyncio.AbstractServer:
+        async def start() -> asyncio.Server:
             return await asyncio.start_server(lambda r, w: self._serve(label, r, w), "127.0.0.1", 0)
 
         server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)

@@ -21,7 +21,7 @@ def _figure(figure: str, unit: str, ours: Optional[float], theirs: Optional[floa
 def assemble(meta: Dict[str, Any], samples: Dict[str, Any], stats: Dict[str, Any]) -> Dict[str, Any]:
     """The results document: meta, figures (each with the ratio to
     ``consul lock`` and its target) and the raw samples."""
-    from .run import percentiles, mean
+    from .run import mean, percentiles
 
     figures: List[Dict[str, Any]] = []
     handover = {name: percentiles(v) for name, v in samples["handover_ms"].items()}
@@ -50,6 +50,9 @@ def assemble(meta: Dict[str, Any], samples: Dict[str, Any], stats: Dict[str, Any
     for name, value in stats["overhead_ns"].items():
         target = 1000.0 if name == "Candidate.is_leader()" else None
         figures.append(_figure(f"per call: {name}", "ns", value, None, target, "timeit, best of 5"))
+    for name, value in stats["request_ms"].items():
+        figures.append(_figure(f"one request of the Python client: {name}, p50", "ms", value["p50"], None, None,
+                               "the floor under a handover"))
     sizes = sorted({int(k.rsplit(" ", 1)[1]) for k in samples["scale"]})
     for n in sizes:
         ours, theirs = samples["scale"][f"{LIBRARY} {n}"], samples["scale"][f"{LOCK} {n}"]

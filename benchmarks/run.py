@@ -11,6 +11,7 @@ minutes; ``--tiny`` only exercises the machinery (used by the tests).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import requests
 
 from consul_leader import Candidate, leader_only, set_default
 from consul_leader import is_leader as module_is_leader
+from consul_leader.client import ConsulClient, ConsulConfig
 from consul_leader.testing import ConsulAgent
 
 from .contenders import LIBRARY, LOCK, ROOT, Pool, cpu_seconds
@@ -55,7 +57,7 @@ class Mode:
 
 MODES = {
     "full": Mode("full", handovers=50, crash_runs=10, lock_crash_runs=10, idle_followers=3, idle_window=60.0,
-                 timeit_number=1_000_000, scale_sizes=(1, 10, 50, 100), scale_handovers=30,
+                 timeit_number=1_000_000, scale_sizes=(1, 10, 50, 100), scale_handovers=25,
                  crash_in_background=False),
     "quick": Mode("quick", handovers=20, crash_runs=3, lock_crash_runs=2, idle_followers=2, idle_window=15.0,
                   timeit_number=200_000, scale_sizes=(1, 10, 50, 100), scale_handovers=4,
@@ -236,6 +238,28 @@ class Bench:
             set_default(None)
             candidate.stop()
 
+    def request_latency(self) -> None:
+        """The floor under a handover: how long one request of the Python
+        client takes here and now (a handover needs three in a row: the
+        release, the winner's acquire, and its read of the fencing token)."""
+        client = ConsulClient(ConsulConfig.from_args(address=self.agent.address))
+        key = self.key("latency")
+        session = client.create_session("bench latency", ["serfHealth"], 0, 10)
+        n = max(20, self.mode.handovers * 4)
+        timings: Dict[str, List[float]] = {"acquire": [], "release": [], "read": []}
+        try:
+            for _ in range(n):
+                for name, call in (("acquire", lambda: client.acquire(key, b"x", session)),
+                                   ("release", lambda: client.release(key, session)),
+                                   ("read", lambda: client.get_key(key))):
+                    t0 = time.perf_counter()
+                    call()
+                    timings[name].append((time.perf_counter() - t0) * 1000)
+        finally:
+            client.destroy_session(session)
+        self.stats["request_ms"] = {name: percentiles(v) for name, v in timings.items()}
+        say("one request: " + ", ".join(f"{k} p50={v['p50']:.2f}ms" for k, v in self.stats["request_ms"].items()))
+
     # -- scale ----------------------------------------------------------------
 
     def scale(self) -> None:
@@ -256,7 +280,7 @@ class Bench:
                         pool.settle()
                         self.wait_sessions(pool.key, total)
                         time.sleep(SETTLE + n / 100)
-                        window = self.agent_requests(lambda: pool.handover("resign"), pool.key)
+                        window = self.agent_requests(functools.partial(pool.handover, "resign"), pool.key)
                         (t0, t1), kv_count, all_count = window
                         latencies.append((t1 - t0) * 1000)
                         kv.append(kv_count)
@@ -362,6 +386,7 @@ def run(mode: Mode, out: str = RESULTS, docs: Optional[str] = os.path.join(ROOT,
             bench.idle()
             bench.handovers()
             bench.call_overhead()
+            bench.request_latency()
             if mode.crash_in_background:
                 crash_thread.join()
             else:
