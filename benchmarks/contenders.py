@@ -30,7 +30,10 @@ Event = Tuple[str, str, float]  # (kind, member label, monotonic time)
 
 def _env() -> Dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # BENCH_LIBRARY_PATH: measure another checkout of consul_leader (a
+    # candidate fix) with the same benchmark code.
+    paths = [os.environ.get("BENCH_LIBRARY_PATH", ""), ROOT, env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"
     # An inherited token would override the agent's (dev agents have no ACLs).
     env.pop("CONSUL_HTTP_TOKEN", None)

@@ -376,7 +376,9 @@ def run(mode: Mode, out: str = RESULTS, docs: Optional[str] = os.path.join(ROOT,
     started = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="consul-leader-bench-")
     try:
-        with ConsulAgent() as agent:
+        # Consul allows 200 HTTP connections per client address by default;
+        # 100 candidates on one host hold two each (election and heartbeat).
+        with ConsulAgent(config={"limits": {"http_max_conns_per_client": 4096}}) as agent:
             bench = Bench(mode, agent, workdir)
             meta = machine(agent)
             say(f"{mode.name} run against {agent.binary} on {agent.address}; scratch in {workdir}")
