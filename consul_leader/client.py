@@ -249,7 +249,7 @@ class ConsulConfig:
             raise ConfigurationTypeError(f"cert must be a file path or a (cert_file, key_file) pair, "
                                          f"got {type(cert).__name__} {cert!r}")
         for path in (cert,) if isinstance(cert, str) else (cert or ()):
-            if not isinstance(path, str) or not os.path.exists(path):
+            if not isinstance(path, str) or not os.path.isfile(path):
                 raise ConfigurationError(
                     f"cert (or CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY) names a file that does not exist: {path!r}")
 

@@ -35,9 +35,10 @@ def check_key(key: Any) -> str:
         raise ConfigurationError(f"key must not start with '/': got {key!r}; write {key.lstrip('/')!r}")
     if key.endswith("/"):
         raise ConfigurationError(f"key must name a key, not a folder ending in '/': got {key!r}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-        raise ConfigurationError(f"key must not contain control characters: got {key!r}")
     _utf8("key", key)
+    if not key.isprintable():
+        # Consul answers 400 to a key with a control, format or unassigned character.
+        raise ConfigurationError(f"key must hold printable characters only: got {key!r}")
     # Consul's HTTP server cleans the path, so 'a//b' or 'a/../b' would lock
     # another key than the one named.
     if any(part in ("", ".", "..") for part in key.split("/")):
@@ -63,7 +64,7 @@ def _seconds(name: str, value: Any, what: str) -> float:
     try:
         return float(value)
     except OverflowError:  # an int beyond float's range
-        return math.inf
+        return math.inf if value > 0 else -math.inf
 
 
 def check_number(name: str, value: Any, low: float, high: float) -> float:
