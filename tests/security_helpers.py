@@ -77,8 +77,8 @@ def documented_policy(prefix: str, node: str) -> str:
     (the folder of the election keys) and *node* (the agent's node name)."""
     with open(SECURITY_DOC, encoding="utf-8") as fh:
         text = fh.read()
-    block = re.search(r"\.\. code-block:: hcl\n\n((?:    .*\n|\n)+)", text)
-    assert block is not None, "docs/security.rst has no hcl code block"
+    block = re.search(r"\.\. code-block:: text\n    :caption: beat-leader\.hcl\n\n((?:    .*\n|\n)+)", text)
+    assert block is not None, "docs/security.rst has no beat-leader.hcl block"
     rules = "\n".join(line[4:] for line in block.group(1).splitlines())
     assert '"service/beat/"' in rules and '"my-node"' in rules, rules
     return rules.replace('"service/beat/"', f'"{prefix}/"').replace('"my-node"', f'"{node}"')
