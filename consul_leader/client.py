@@ -9,6 +9,7 @@ else in the package speaks of sessions, checks and keys.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -415,6 +416,28 @@ class ConsulClient:
         idx, entry = self._call("read key", lambda: self._consul.kv.get(
             key, index=index or None, wait=_duration(wait) if (index and wait) else None), key=key)
         return int(idx), entry
+
+    def put_if_index(self, guard_key: str, index: int, key: str, value: bytes) -> bool:
+        """Write *key* only if *guard_key*'s ModifyIndex is still *index*, in
+        one transaction: with the lock key and a fencing token, a write that
+        no later term can interleave with.
+
+        :returns: False if the index moved (the term is over)."""
+        operations = [
+            {"KV": {"Verb": "check-index", "Key": guard_key, "Index": index}},
+            {"KV": {"Verb": "set", "Key": key, "Value": base64.b64encode(value).decode("ascii")}},
+        ]
+
+        def put() -> bool:
+            try:
+                self._consul.txn.put(operations)
+            except consul.ConsulException as exc:
+                if str(exc).startswith("409"):  # a check in the transaction failed
+                    return False
+                raise
+            return True
+
+        return self._call("guarded write", put)
 
     def put_key(self, key: str, value: bytes) -> None:
         """Write *key* without a lock (used by tests and tools)."""

@@ -34,7 +34,6 @@ or a run it has seen.
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import logging
@@ -73,20 +72,15 @@ def fenced_write(candidate: Candidate, key: str, value: bytes, fencing_token: in
 
     :returns: True if written; False if the term is over or Consul could not
         be asked (logged)."""
-    operations = [
-        {"KV": {"Verb": "check-index", "Key": candidate.key, "Index": fencing_token}},
-        {"KV": {"Verb": "set", "Key": key, "Value": base64.b64encode(value).decode("ascii")}},
-    ]
-    client = candidate.client
     try:
-        # The one Consul call that ConsulClient has no method for yet; it goes
-        # through the client's own connection and error translation.
-        client._call("fenced write", lambda: client._consul.txn.put(operations))
+        if candidate.client.put_if_index(candidate.key, fencing_token, key, value):
+            return True
+        log.warning("consul_leader: not writing %r: the term with fencing token %d no longer holds %r",
+                    key, fencing_token, candidate.key)
     except ConsulLeaderError as exc:
-        log.warning("consul_leader: not writing %r: the term with fencing token %d no longer holds %r, or "
-                    "Consul could not tell (%s)", key, fencing_token, candidate.key, exc)
-        return False
-    return True
+        log.warning("consul_leader: not writing %r: Consul could not tell whether the term with fencing "
+                    "token %d still holds %r (%s)", key, fencing_token, candidate.key, exc)
+    return False
 
 
 class LeaderSchedulerMixin:
