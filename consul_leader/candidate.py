@@ -569,8 +569,9 @@ class Candidate:
         """Lead from a lock taken no earlier than *held_since* until the term ends."""
         session.set_leading(self.key, held_since)
         try:
-            if session.lease_remaining() < self.timing.lease / 2:
-                session.beat()  # start the term with a full lease
+            if not session.lease_valid():
+                session.beat()  # an idle follower's last round may be too old
+            # else set_leading() has the heartbeat thread extend the lease now.
             watch = KeyWatch(self.client, self.key)
             entry = watch.read()
         except BaseException:

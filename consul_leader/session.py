@@ -102,6 +102,11 @@ class Timing:
                    session_ttl=int(session_ttl))
 
     @property
+    def margin(self) -> float:
+        """How much sooner than anyone else could win the lease ends."""
+        return min(self.check_ttl, self.lock_delay, self.session_ttl) - self.lease
+
+    @property
     def idle_heartbeat(self) -> float:
         """Time between heartbeat rounds while not leading: rarer, to keep an
         idle follower cheap, yet well within the check's TTL."""
@@ -148,10 +153,10 @@ class Session:
     """A Consul session bound to ``serfHealth`` and a TTL check of its own,
     with a daemon heartbeat thread that passes the check and renews it.
 
-    The lease: :attr:`lease_deadline` is ``t0 + lease``, where ``t0`` is the
-    monotonic time at which the last round *started* in which the check pass
-    and the session renew succeeded and, while leading, the lock was seen
-    still held.
+    The lease: :attr:`lease_deadline` is the earliest of ``t0 + lease``,
+    where ``t0`` is the time at which the last round *started* in which the
+    check pass succeeded and, while leading, the key was seen still locked by
+    this session; and the last renew's start plus ``session_ttl - margin``.
 
     :param client: the Consul client.
     :param timing: the election's durations.
@@ -229,9 +234,10 @@ class Session:
         self._kick.set()
 
     def beat(self) -> bool:
-        """Run one heartbeat round now: pass the check, renew the session and,
-        while leading, see that the lock is still this session's. True if all
-        succeeded (the lease then runs from this round's start).
+        """Run one heartbeat round now: pass the check, renew the session when
+        a third of its TTL has passed and, while leading, read the key to see
+        that the lock is still this session's. True if the lock is held (or
+        not leading); the lease then runs from this round's start.
 
         :raises SessionLost: the session or its check no longer exists."""
         with self._beat_lock:
@@ -239,8 +245,9 @@ class Session:
             t0 = self._clock()
             self.client.pass_check(self.check_id)
             self._passed_at = t0
-            self.client.renew_session(self.id)
-            self._renewed_at = t0
+            if t0 - self._renewed_at >= self.timing.session_ttl / 3:
+                self.client.renew_session(self.id)
+                self._renewed_at = t0
             held = True
             if self._lock_key is not None:
                 _, entry = self.client.get_key(self._lock_key)
@@ -260,13 +267,18 @@ class Session:
         return self.lease_deadline - self._clock()
 
     def _update_deadline(self) -> None:
-        start = min(self._passed_at, self._renewed_at)
+        # Each way the lock can pass to another starts no earlier than: the
+        # check's TTL after its last pass; the session's TTL after its last
+        # renew; an invalidation after the last read that showed the lock
+        # still ours, plus the lock-delay. The lease ends, with the same
+        # margin, before the first of them.
+        timing = self.timing
+        deadline = min(self._passed_at + timing.lease, self._renewed_at + timing.session_ttl - timing.margin)
         if self._lock_key is not None:
-            start = min(start, self._held_at)
-        self.lease_deadline = start + self.timing.lease
+            deadline = min(deadline, self._held_at + timing.lease)
+        self.lease_deadline = deadline
 
     def _heartbeat_loop(self) -> None:
-        renew_every = self.timing.session_ttl / 3
         while not self._closed.is_set():
             period = self.timing.heartbeat if self._leading else self.timing.idle_heartbeat
             self._kick.wait(period)
@@ -274,15 +286,7 @@ class Session:
             if self._closed.is_set():
                 break
             try:
-                if self._leading or self._clock() - self._renewed_at >= renew_every:
-                    self.beat()
-                else:
-                    with self._beat_lock:
-                        t0 = self._clock()
-                        self.client.pass_check(self.check_id)
-                        self._passed_at = t0
-                        self._update_deadline()
-                        self.stats.ok(t0, self._clock())
+                self.beat()
             except SessionLost as exc:
                 self.stats.failed()
                 log.warning("consul_leader: session %s is gone (%s)", self.id, exc)

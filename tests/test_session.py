@@ -43,6 +43,15 @@ def test_the_lease_runs_from_the_start_of_the_last_good_round(client):
         assert s.beat() is True and s.lease_deadline == 103.5
         now[0] = 103.6
         assert not s.lease_valid()
+        # Passing the check alone cannot carry the lease past the session's
+        # TTL (10 s) after its last renew, less the margin (0.5 s).
+        now[0] = 109.0
+        s.beat()  # renews: a third of the session TTL has passed
+        now[0] = 118.0
+        s._renewed_at = 109.0  # as if the renew had failed since
+        s._passed_at = 118.0
+        s._update_deadline()
+        assert s.lease_deadline == 109.0 + 10 - 0.5
     finally:
         s.close()
 
@@ -58,10 +67,28 @@ def test_a_leader_round_extends_the_lease_only_while_the_lock_is_still_held(sess
     assert session.lease_deadline == before, "the lease must not grow once the key is gone"
 
 
-def test_a_destroyed_session_is_reported_lost(session, consul_agent):
+def test_a_destroyed_session_is_reported_lost(client, consul_agent):
+    now = [100.0]
+    s = Session(client, Timing.from_ttl(3), "destroyed", clock=lambda: now[0])
+    s.open()
+    try:
+        requests.put(f"{consul_agent.url}/v1/session/destroy/{s.id}", timeout=5).raise_for_status()
+        now[0] += 4  # the next round renews
+        with pytest.raises(SessionLost):
+            s.beat()
+    finally:
+        s.close()
+
+
+def test_a_destroyed_session_ends_the_leaders_lease_growth_at_once(session, client, consul_agent, key):
+    assert client.acquire(key, b"me", session.id)
+    session.set_leading(key, time.monotonic())
+    assert session.beat() is True
+    before = session.lease_deadline
     requests.put(f"{consul_agent.url}/v1/session/destroy/{session.id}", timeout=5).raise_for_status()
-    with pytest.raises(SessionLost):
-        session.beat()
+    time.sleep(0.05)
+    assert session.beat() is False, "the key no longer shows this session"
+    assert session.lease_deadline == before
 
 
 def test_the_heartbeat_thread_notices_a_lost_session(client, consul_agent):
