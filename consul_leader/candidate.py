@@ -485,20 +485,28 @@ class Candidate:
         since_ms = int(time.time() * 1000)
         asked_at = lease_clock()
         try:
-            acquired = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms)
+            attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms)
         except SessionLost:
             session.lost.set()
             raise
-        if acquired:
-            self._lead(session, asked_at)
+        if attempt.modify_index is not None:
+            self._lead(session, asked_at, attempt.modify_index)
+            return
+        if attempt.delayed:
+            # The last holder's session was invalidated: nobody may take the
+            # lock for lock_delay from then. Try again when it has surely
+            # ended rather than spinning.
+            log.debug("consul_leader: %s: a lock-delay runs on %r; trying again within %gs",
+                      self.identity, self.key, self.timing.lock_delay)
+            self._wait(KeyWatch(self.client, self.key), hold_off_until=time.monotonic() + self.timing.lock_delay)
             return
         watch = KeyWatch(self.client, self.key)
-        asked_at = lease_clock()
         entry = watch.read()
         self._observe(entry)
-        if entry is not None and entry.get("Session") == session.id:
-            # Ours already (a retry after a lost answer): lead.
-            self._lead(session, asked_at)
+        if entry is None or not entry.get("Session"):
+            # Held a moment ago, free now: the holder let go in between. Go
+            # again, but never in a tight loop.
+            self._wait(watch, hold_off_until=time.monotonic() + self.timing.heartbeat / 10)
             return
         if not self.wait:
             held_by = LeaderInfo.from_entry(entry).identity
@@ -506,14 +514,6 @@ class Candidate:
                                      "wait=False")
             log.info("consul_leader: %s", self._failure)
             self._stopping.set()
-            return
-        if entry is None or not entry.get("Session"):
-            # Free, yet acquire said no: a lock-delay runs since the last
-            # holder's session was invalidated. It ends at most lock_delay
-            # from now; try again then rather than spinning.
-            log.debug("consul_leader: %s: %r is free but a lock-delay runs; trying again within %gs",
-                      self.identity, self.key, self.timing.lock_delay)
-            self._wait(watch, hold_off_until=time.monotonic() + self.timing.lock_delay)
             return
         self._wait(watch)
 
@@ -565,23 +565,20 @@ class Candidate:
             if self._session is None or self._session.lost.is_set():
                 return
 
-    def _lead(self, session: Session, held_since: float) -> None:
-        """Lead from a lock taken no earlier than *held_since* until the term ends."""
+    def _lead(self, session: Session, held_since: float, fencing_token: int) -> None:
+        """Lead from a lock taken no earlier than *held_since* (its ModifyIndex
+        was *fencing_token*) until the term ends."""
         session.set_leading(self.key, held_since)
         try:
             if not session.lease_valid():
                 session.beat()  # an idle follower's last round may be too old
             # else set_leading() has the heartbeat thread extend the lease now.
-            watch = KeyWatch(self.client, self.key)
-            entry = watch.read()
         except BaseException:
             session.set_leading(None)
             raise
-        if entry is None or entry.get("Session") != session.id:
-            session.set_leading(None)
-            self._observe(entry)
-            return
-        term = _Term(session, int(entry["ModifyIndex"]))
+        watch = KeyWatch(self.client, self.key)
+        watch.index = fencing_token  # block from our acquisition on
+        term = _Term(session, fencing_token)
         with self._state_lock:
             if self._stopping.is_set():
                 # stop() ran while we were acquiring: it found no term to end.

@@ -18,9 +18,10 @@ import threading
 import urllib.parse
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, TypeVar, Union
 
 import consul
+import consul.callback
 import consul.std
 import requests
 import urllib3
@@ -299,6 +300,17 @@ def _parse_address(raw: str, source: str, default_scheme: str) -> Tuple[str, str
     return scheme, host, port if port is not None else (8501 if scheme == "https" else 8500)
 
 
+class LockAttempt(NamedTuple):
+    """What :meth:`ConsulClient.acquire` found.
+
+    :ivar modify_index: the key's ModifyIndex if the lock was taken, else None.
+    :ivar delayed: not taken because a lock-delay runs (the key may be free).
+    """
+
+    modify_index: Optional[int]
+    delayed: bool
+
+
 class ConsulClient:
     """The handful of Consul operations an election needs.
 
@@ -395,13 +407,34 @@ class ConsulClient:
         """Destroy the session, releasing what it holds."""
         self._call("destroy session", lambda: self._consul.session.destroy(session_id))
 
-    def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0) -> bool:
-        """Try to take the lock on *key* for the session; True if taken.
+    def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0) -> "LockAttempt":
+        """Try to take the lock on *key* for the session, in one transaction
+        that also answers the key's ModifyIndex (the fencing token) and why a
+        refusal happened.
 
         :raises SessionLost: the session is gone (Consul says invalid session)."""
-        return bool(self._call("acquire lock", lambda: self._consul.kv.put(
-            key, value, acquire=session_id, flags=flags),
-            missing=f"session {session_id} no longer exists", key=key))
+        operations = [{"KV": {"Verb": "lock", "Key": key, "Value": base64.b64encode(value).decode("ascii"),
+                              "Session": session_id, "Flags": flags}}]
+
+        def lock() -> LockAttempt:
+            try:
+                result = self._txn(operations)
+            except consul.ConsulException as exc:
+                text = str(exc)
+                if not text.startswith("409"):
+                    raise
+                if "lock is already held" in text:
+                    return LockAttempt(None, delayed=False)
+                if "due to lock delay" in text:
+                    return LockAttempt(None, delayed=True)
+                if "invalid session" in text:
+                    raise consul.NotFound(text) from None
+                if "Permission denied" in text or "ACL not found" in text:
+                    raise consul.ACLPermissionDenied(text) from None
+                raise
+            return LockAttempt(int(result["Results"][0]["KV"]["ModifyIndex"]), delayed=False)
+
+        return self._call("acquire lock", lock, missing=f"session {session_id} no longer exists", key=key)
 
     def release(self, key: str, session_id: str) -> bool:
         """Release the lock on *key* if the session holds it."""
@@ -417,6 +450,12 @@ class ConsulClient:
             key, index=index or None, wait=_duration(wait) if (index and wait) else None), key=key)
         return int(idx), entry
 
+    def _txn(self, operations: list[Any]) -> Any:
+        # py-consul's txn.put sends neither the ACL token nor the datacenter.
+        params = [("dc", self.config.datacenter)] if self.config.datacenter else None
+        return self._consul.http.put(consul.callback.CB.json(), "/v1/txn", params=params,
+                                     data=json.dumps(operations), headers=self._consul.prepare_headers())
+
     def put_if_index(self, guard_key: str, index: int, key: str, value: bytes) -> bool:
         """Write *key* only if *guard_key*'s ModifyIndex is still *index*, in
         one transaction: with the lock key and a fencing token, a write that
@@ -430,7 +469,7 @@ class ConsulClient:
 
         def put() -> bool:
             try:
-                self._consul.txn.put(operations)
+                self._txn(operations)
             except consul.ConsulException as exc:
                 if str(exc).startswith("409"):  # a check in the transaction failed
                     return False
