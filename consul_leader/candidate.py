@@ -428,7 +428,10 @@ class Candidate:
     def _main(self) -> None:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(ConsulLeaderError),
-            wait=tenacity.wait_random_exponential(multiplier=0.1, max=min(30.0, self.timing.check_ttl * 5)),
+            # Jittered, so that replicas facing a dead agent do not beat on it
+            # in step; capped at two TTLs, so that one whose agent is back
+            # (its session may still hold the lock) resumes soon.
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=min(30.0, self.timing.check_ttl * 2)),
             stop=tenacity.stop_when_event_set(self._stopping),
             sleep=self._pause,
             before_sleep=lambda state: self._report(state.outcome.exception()),  # type: ignore[union-attr]
