@@ -105,7 +105,10 @@ class ConsulAgent:
         return self.address if "://" in self.address else f"http://{self.address}"
 
     def __enter__(self) -> "ConsulAgent":
-        return self.start()
+        # ``with ConsulAgent().start() as agent`` must not launch a second one.
+        if not self.running:
+            self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -314,6 +317,8 @@ class ConsulCluster:
         return self.servers + self.clients
 
     def __enter__(self) -> "ConsulCluster":
+        if any(agent.running for agent in self.agents):
+            return self  # started already
         try:
             return self.start()
         except BaseException:
