@@ -25,7 +25,7 @@ demo: venv consul
 services:
 	@if [ -x scripts/install-redis ]; then scripts/install-redis >/dev/null; fi
 
-test: venv consul services
+test: venv consul services lint
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 chaos: venv consul
@@ -38,7 +38,7 @@ bench-quick: venv consul
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m benchmarks.run --quick
 
 lint: venv
-	$(BIN)/ruff check consul_leader tests
+	$(BIN)/ruff check consul_leader tests benchmarks
 	$(BIN)/mypy
 
 docs: venv
