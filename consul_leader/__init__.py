@@ -25,6 +25,7 @@ from .errors import (
     NotLeader,
     NotRunning,
     PermissionDenied,
+    RequestRejected,
     SessionLost,
 )
 from .follower import Follower, LeaderInfo
@@ -50,6 +51,7 @@ __all__ = [
     "NotLeader",
     "NotRunning",
     "PermissionDenied",
+    "RequestRejected",
     "SessionLost",
     "Timing",
     "deposed",

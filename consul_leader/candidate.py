@@ -32,6 +32,7 @@ from .errors import (
     LockHeld,
     NotRunning,
     PermissionDenied,
+    RequestRejected,
     SessionLost,
 )
 from .follower import KeyWatch, LeaderInfo
@@ -191,6 +192,7 @@ class Candidate:
         self._failure: Optional[ConsulLeaderError] = None
         self._last_error: Optional[ConsulLeaderError] = None
         self._subscribers: List["queue.Queue[Optional[LeadershipEvent]]"] = []
+        self._key_checked = False
         self.heartbeat_stats = HeartbeatStats()
 
     def __repr__(self) -> str:
@@ -427,7 +429,8 @@ class Candidate:
 
     def _main(self) -> None:
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(ConsulLeaderError),
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, ConsulLeaderError) and not isinstance(exc, RequestRejected)),
             # Jittered, so that replicas facing a dead agent do not beat on it
             # in step; capped at two TTLs, so that one whose agent is back
             # (its session may still hold the lock) resumes soon.
@@ -439,6 +442,10 @@ class Candidate:
         while not self._stopping.is_set():
             try:
                 retrying(self._round)
+            except RequestRejected as exc:
+                self._failure = exc  # asking again would get the same answer
+                self._report(exc)
+                self._stopping.set()
             except ConsulLeaderError:
                 pass  # stop was requested while retrying
             except Exception:
@@ -461,7 +468,7 @@ class Candidate:
         if not isinstance(error, ConsulLeaderError):
             return
         self._last_error = error
-        if isinstance(error, PermissionDenied):
+        if isinstance(error, (PermissionDenied, RequestRejected)):
             log.error("consul_leader: %s", error, extra=self._log_fields("error", error=type(error).__name__))
         else:
             log.warning("consul_leader: election for %r: %s; retrying", self.key, error,
@@ -484,6 +491,12 @@ class Candidate:
             self._wait(KeyWatch(self.client, self.key), hold_off_until=self._sit_out_until)
             self._sit_out_until = -math.inf
             return
+        if not self._key_checked:
+            # Consul takes keys in a transaction's body that it refuses in a
+            # URL (characters newer than its Unicode tables): find out before
+            # leading, since watching needs the URL. RequestRejected is final.
+            self._observe(KeyWatch(self.client, self.key).read())
+            self._key_checked = True
         assert session.id is not None
         since_ms = int(time.time() * 1000)
         asked_at = lease_clock()

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, TypeVar, Un
 
 import consul
 import consul.callback
+import consul.exceptions
 import consul.std
 import requests
 import urllib3
@@ -35,6 +36,7 @@ from .errors import (
     ConsulUnavailable,
     NoClusterLeader,
     PermissionDenied,
+    RequestRejected,
     SessionLost,
 )
 
@@ -297,6 +299,8 @@ def _parse_address(raw: str, source: str, default_scheme: str) -> Tuple[str, str
             any(ch.isspace() for ch in host) or (port is not None and not 0 < port < 65536):
         raise ConfigurationError(
             f"{source}={raw!r} is not an agent address; expected host:port or http(s)://host:port")
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address: py-consul puts the host into its URLs as it is
     return scheme, host, port if port is not None else (8501 if scheme == "https" else 8500)
 
 
@@ -347,6 +351,8 @@ class ConsulClient:
                                     f"({type(exc).__name__})") from None
         except consul.ACLPermissionDenied as exc:
             raise self._denied(operation, _body(exc), key) from None
+        except consul.exceptions.BadRequest as exc:
+            raise RequestRejected(f"{operation}: Consul refused the request as invalid: {_body(exc)}") from None
         except consul.NotFound as exc:
             if missing:
                 raise SessionLost(f"{operation}: {missing}") from None

@@ -20,6 +20,7 @@ __all__ = [
     "NotLeader",
     "NotRunning",
     "PermissionDenied",
+    "RequestRejected",
     "SessionLost",
 ]
 
@@ -63,6 +64,13 @@ class PermissionDenied(ConsulLeaderError, PermissionError):
     the rule it needs. The candidate keeps retrying with backoff (a policy can
     be fixed while it runs), but :meth:`Candidate.wait_for_leadership` and
     :meth:`Candidate.run` raise it at once instead of waiting in vain."""
+
+
+class RequestRejected(ConsulLeaderError):
+    """Consul answered 400: it refuses the request itself (for instance a key
+    with characters it does not accept). Not retryable: the candidate gives
+    up, and :meth:`Candidate.wait_for_leadership` and :meth:`Candidate.run`
+    raise it."""
 
 
 class SessionLost(ConsulLeaderError):

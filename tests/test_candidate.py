@@ -14,6 +14,7 @@ from consul_leader import (
     Candidate,
     LockHeld,
     NotLeader,
+    RequestRejected,
     deposed,
     elected,
     election_error,
@@ -399,3 +400,16 @@ def test_the_default_passes_on_when_the_default_candidate_stops(make_candidate, 
         assert is_leader() is False, "an explicit choice sticks"
     finally:
         set_default(None)
+
+
+def test_a_request_consul_rejects_as_invalid_is_final_not_retried(make_candidate, key):
+    # Consul 1.8 answers 400 to keys with characters newer than its Unicode
+    # tables; Python calls them printable, so only Consul can say no.
+    errors: List[BaseException] = []
+    c = make_candidate(key + "-\U0001F972")  # an emoji of Unicode 13 (2020)
+    election_error.connect(lambda s, error: errors.append(error), sender=c, weak=False)
+    c.start()
+    with pytest.raises(RequestRejected, match="refused the request as invalid"):
+        c.wait_for_leadership(30)
+    wait_until(lambda: not c.running, what="the candidate gives up")
+    assert len(errors) == 1

@@ -106,3 +106,12 @@ def test_default_identity_is_host_and_pid():
     import socket
 
     assert Candidate("k").identity == f"{socket.gethostname()}:{os.getpid()}"
+
+
+def test_an_ipv6_agent_address_is_bracketed_in_urls():
+    cfg = ConsulConfig.from_args(address="[::1]:8500", environ={})
+    assert (cfg.host, cfg.port) == ("[::1]", 8500)
+    assert cfg.address == "http://[::1]:8500"
+    from consul_leader.client import ConsulClient
+
+    assert ConsulClient(cfg)._consul.http.base_uri == "http://[::1]:8500"
