@@ -495,7 +495,7 @@ class Candidate:
             # Consul takes keys in a transaction's body that it refuses in a
             # URL (characters newer than its Unicode tables): find out before
             # leading, since watching needs the URL. RequestRejected is final.
-            self._observe(KeyWatch(self.client, self.key).read())
+            self._observe(self.client.get_key(self.key, operation="acquire lock")[1])
             self._key_checked = True
         assert session.id is not None
         since_ms = int(time.time() * 1000)

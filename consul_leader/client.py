@@ -447,12 +447,13 @@ class ConsulClient:
         return bool(self._call("release lock", lambda: self._consul.kv.put(key, None, release=session_id),
                                key=key))
 
-    def get_key(self, key: str, index: Optional[int] = None,
-                wait: Optional[float] = None) -> Tuple[int, Optional[KeyEntry]]:
+    def get_key(self, key: str, index: Optional[int] = None, wait: Optional[float] = None,
+                operation: str = "read key") -> Tuple[int, Optional[KeyEntry]]:
         """Read *key*; with *index*, a blocking query that returns when the key
         changes past *index* or after *wait* seconds. Returns ``(index, entry)``,
-        entry None when the key does not exist."""
-        idx, entry = self._call("read key", lambda: self._consul.kv.get(
+        entry None when the key does not exist. *operation* names the step in
+        error messages (and so the ACL rule they ask for)."""
+        idx, entry = self._call(operation, lambda: self._consul.kv.get(
             key, index=index or None, wait=_duration(wait) if (index and wait) else None), key=key)
         return int(idx), entry
 
