@@ -3,6 +3,7 @@ prefix per test, and the agent's log printed when a test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -36,23 +37,33 @@ def key(prefix: str) -> str:
     return f"{prefix}/leader"
 
 
-@pytest.fixture
-def make_candidate(consul_agent: ConsulAgent) -> Iterator:
-    """Build candidates against the session's agent; all are stopped after
-    the test."""
+@contextlib.contextmanager
+def candidate_factory(agent: ConsulAgent, **defaults: object) -> Iterator[Callable[..., Candidate]]:
+    """Yield ``make(key, **kwargs)`` building candidates against *agent*
+    (numbered identities, *defaults* for the other arguments); every one
+    made is stopped afterwards."""
     made: List[Candidate] = []
     counter = itertools.count()
 
     def make(key: str, **kwargs: object) -> Candidate:
-        kwargs.setdefault("address", consul_agent.address)
-        kwargs.setdefault("identity", f"cand-{next(counter)}")
+        kwargs = {"address": agent.address, "identity": f"cand-{next(counter)}", **defaults, **kwargs}
         c = Candidate(key, **kwargs)  # type: ignore[arg-type]
         made.append(c)
         return c
 
-    yield make
-    for c in made:
-        c.stop()
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.stop()
+
+
+@pytest.fixture
+def make_candidate(consul_agent: ConsulAgent) -> Iterator[Callable[..., Candidate]]:
+    """Build candidates against the session's agent; all are stopped after
+    the test."""
+    with candidate_factory(consul_agent) as make:
+        yield make
 
 
 @pytest.hookimpl(hookwrapper=True)

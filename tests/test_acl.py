@@ -27,6 +27,8 @@ from security_helpers import acl_agent, documented_policy, make_token, node_name
 from consul_leader import Candidate, ConsulConfig, Follower, PermissionDenied, elected, election_error
 from consul_leader.testing import ConsulAgent
 
+from conftest import candidate_factory
+
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[ConsulAgent]:
@@ -48,18 +50,8 @@ def prefix() -> str:
 def candidates(agent: ConsulAgent, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Candidate]]:
     for name in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_HTTP_ADDR"):
         monkeypatch.delenv(name, raising=False)
-    made: List[Candidate] = []
-
-    def make(key: str, **kwargs: object) -> Candidate:
-        kwargs.setdefault("address", agent.address)
-        kwargs.setdefault("ttl", 1.0)
-        c = Candidate(key, **kwargs)  # type: ignore[arg-type]
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.stop()
+    with candidate_factory(agent, ttl=1.0) as make:
+        yield make
 
 
 def _errors_of(candidate: Candidate) -> List[BaseException]:
