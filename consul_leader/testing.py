@@ -154,13 +154,23 @@ class ConsulAgent:
         log.close()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until ``/v1/status/leader`` names a leader."""
+        """Wait until ``/v1/status/leader`` names a leader and, where the
+        agent lets us look (no ACL in the way), its node's ``serfHealth``
+        check exists: until then Consul refuses to create sessions."""
         deadline = time.monotonic() + timeout
+        node: Optional[str] = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"consul agent exited with {self.process.returncode}:\n{self.log_tail()}")
             if self.get("/v1/status/leader"):
-                return
+                if node is None:
+                    me = self.get("/v1/agent/self")
+                    if not isinstance(me, dict):
+                        return  # an ACL agent before its bootstrap: nothing more to see
+                    node = str(me["Config"]["NodeName"])
+                checks = self.get(f"/v1/health/node/{node}") or []
+                if any(c.get("CheckID") == "serfHealth" for c in checks):
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"consul agent not ready after {timeout}s:\n{self.log_tail()}")
 

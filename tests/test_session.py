@@ -60,10 +60,11 @@ def test_a_leader_round_extends_the_lease_only_while_the_lock_is_still_held(sess
     assert client.acquire(key, b"me", session.id)
     session.set_leading(key, time.monotonic())
     assert session.beat() is True
-    before = session.lease_deadline
     client.delete_key(key)  # heartbeats still succeed, but the lock is gone
-    time.sleep(0.05)
+    time.sleep(0.2)  # a round of the heartbeat thread that read the key before may still land
+    before = session.lease_deadline
     assert session.beat() is False
+    time.sleep(1.2)  # the heartbeat thread's own rounds (every second while leading)
     assert session.lease_deadline == before, "the lease must not grow once the key is gone"
 
 
@@ -84,10 +85,11 @@ def test_a_destroyed_session_ends_the_leaders_lease_growth_at_once(session, clie
     assert client.acquire(key, b"me", session.id)
     session.set_leading(key, time.monotonic())
     assert session.beat() is True
-    before = session.lease_deadline
     requests.put(f"{consul_agent.url}/v1/session/destroy/{session.id}", timeout=5).raise_for_status()
-    time.sleep(0.05)
+    time.sleep(0.2)  # a round of the heartbeat thread that read the key before may still land
+    before = session.lease_deadline
     assert session.beat() is False, "the key no longer shows this session"
+    time.sleep(1.2)
     assert session.lease_deadline == before
 
 
