@@ -24,6 +24,8 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 import redis
+import requests
+from celery import Celery
 from chaos.procs import wait_until
 
 from consul_leader import Candidate, ConfigurationError, set_default
@@ -225,3 +227,43 @@ def test_leader_only_task_runs_only_in_the_leading_worker_process(consul_agent: 
         if candidate is not None:
             candidate.stop()
         set_default(None)
+
+
+def test_leader_only_task_in_a_real_worker_follows_the_election(consul_agent: ConsulAgent, key: str,
+                                                                redis_url: str,
+                                                                make_candidate: Callable[..., Candidate]) -> None:
+    """A real ``celery worker`` (one pool process, whose candidate the
+    example starts in worker_process_init): the @leader_only task returns
+    None while another process leads, and runs once that one stepped down."""
+    other = make_candidate(key).start()
+    assert other.wait_for_leadership(30)
+    env = python_env()
+    backend = redis_url.rsplit("/", 1)[0] + "/1"
+    env.update(CONSUL_HTTP_ADDR=consul_agent.address, WORKER_LEADER_KEY=key, CELERY_BROKER_URL=redis_url,
+               CELERY_RESULT_BACKEND=backend)
+    worker = subprocess.Popen([PYTHON, "-m", "celery", "-A", "celery_app", "worker", "--pool", "prefork",
+                               "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
+                              cwd=EXAMPLES, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: List[str] = []
+    threading.Thread(target=lambda: lines.extend(worker.stdout or ()), daemon=True).start()
+    app = Celery("test-client", broker=redis_url, backend=backend)  # only sends; the worker runs the example
+    try:
+        # The worker's candidate has registered its session: it waits behind `other`.
+        def sessions_on_key() -> int:
+            listed = requests.get(f"{consul_agent.url}/v1/session/list", timeout=5).json()
+            return sum(1 for s in listed if f" {key} " in s.get("Name", ""))
+
+        wait_until(lambda: sessions_on_key() >= 2, 60, "the worker's candidate runs")
+        assert app.send_task("celery_app.send_report").get(timeout=30) is None
+        other.stop()
+        wait_until(lambda: (requests.get(f"{consul_agent.url}/v1/kv/{key}", timeout=5).json() or [{}])[0]
+                   .get("Session"), 30, "the worker's candidate leads")
+        assert app.send_task("celery_app.send_report").get(timeout=30) == "report sent"
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        print("--- worker ---\n" + "".join(lines)[-4000:])

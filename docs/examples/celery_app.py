@@ -14,7 +14,8 @@ from celery.signals import worker_process_init
 
 from consul_leader import Candidate, leader_only
 
-app = Celery("celery_app", broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"))
+app = Celery("celery_app", broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
+             backend=os.environ.get("CELERY_RESULT_BACKEND"))
 app.conf.update(
     beat_scheduler="consul_leader.contrib.celery:LeaderScheduler",  # same as -S on the command line
     consul_leader_key=os.environ.get("BEAT_LEADER_KEY", "myservice/beat/leader"),
