@@ -396,10 +396,13 @@ class ConsulClient:
 
     def create_session(self, name: str, checks: list[str], lock_delay: float, ttl: int) -> str:
         """Create a session bound to *checks* with ``behavior=release``."""
-        # py-consul formats lock_delay as "<n>s"; Go's duration parser takes
-        # fractions, and "0s" switches the delay off.
-        return str(self._call("create session", lambda: self._consul.session.create(
-            name=name, checks=checks, lock_delay=_Seconds(lock_delay), behavior="release", ttl=ttl),
+        # Built here rather than by py-consul's session.create, which can only
+        # write the lock-delay in whole seconds.
+        body = {"Name": name, "Checks": checks, "LockDelay": _duration(lock_delay), "Behavior": "release",
+                "TTL": _duration(ttl)}
+        return str(self._call("create session", lambda: self._consul.http.put(
+            consul.callback.CB.json(is_id=True), "/v1/session/create", params=self._dc_params(),
+            data=json.dumps(body), headers=self._consul.prepare_headers()),
             missing="a check the session binds to is missing or critical"))
 
     def renew_session(self, session_id: str) -> None:
@@ -457,10 +460,12 @@ class ConsulClient:
             key, index=index or None, wait=_duration(wait) if (index and wait) else None), key=key)
         return int(idx), entry
 
+    def _dc_params(self) -> Optional[list[Tuple[str, str]]]:
+        return [("dc", self.config.datacenter)] if self.config.datacenter else None
+
     def _txn(self, operations: list[Any]) -> Any:
         # py-consul's txn.put sends neither the ACL token nor the datacenter.
-        params = [("dc", self.config.datacenter)] if self.config.datacenter else None
-        return self._consul.http.put(consul.callback.CB.json(), "/v1/txn", params=params,
+        return self._consul.http.put(consul.callback.CB.json(), "/v1/txn", params=self._dc_params(),
                                      data=json.dumps(operations), headers=self._consul.prepare_headers())
 
     def put_if_index(self, guard_key: str, index: int, key: str, value: bytes) -> bool:
@@ -492,26 +497,6 @@ class ConsulClient:
     def delete_key(self, key: str, recurse: bool = False) -> None:
         """Delete *key* (used by tests and tools)."""
         self._call("delete key", lambda: self._consul.kv.delete(key, recurse=recurse or None))
-
-    def session_info(self, session_id: str) -> Optional[Dict[str, Any]]:
-        """The session's record, or None if it does not exist."""
-        return self._call("read session",  # type: ignore[no-any-return]
-                          lambda: self._consul.session.info(session_id)[1])
-
-    def leader_address(self) -> str:
-        """The Raft leader's address as the agent reports it ('' if none)."""
-        return str(self._call("read status", lambda: self._consul.status.leader()) or "")
-
-
-class _Seconds(float):
-    """A number that py-consul's ``f"{lock_delay}s"`` renders without a
-    trailing ``.0`` and that compares unequal to its default of 15."""
-
-    def __format__(self, spec: str) -> str:
-        return _duration(float(self))[:-1] if not spec else float.__format__(self, spec)
-
-    def __ne__(self, other: object) -> bool:
-        return True
 
 
 def _duration(seconds: Optional[float]) -> str:

@@ -115,3 +115,13 @@ def test_close_destroys_the_session_and_deregisters_the_check(client, consul_age
     s.close()  # idempotent
     assert requests.get(f"{consul_agent.url}/v1/session/info/{s.id}", timeout=5).json() in (None, [])
     assert s.check_id not in requests.get(f"{consul_agent.url}/v1/agent/checks", timeout=5).json()
+
+
+def test_a_fractional_lock_delay_reaches_consul_exactly(client, consul_agent):
+    s = Session(client, Timing.from_ttl(3, lock_delay=2.8), "fractional")
+    s.open()
+    try:
+        info = requests.get(f"{consul_agent.url}/v1/session/info/{s.id}", timeout=5).json()[0]
+        assert info["LockDelay"] == 2_800_000_000 and info["TTL"] == "10s"
+    finally:
+        s.close()
