@@ -144,6 +144,10 @@ def plot_handover_cdf(results: Dict[str, Any], path: str) -> None:
     ax.set_title("Graceful handover: step-down to next leader elected")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -166,9 +170,7 @@ def plot_failover(results: Dict[str, Any], path: str) -> None:
     ax.set_xlabel("seconds after SIGKILL of the leader (0) until the next is elected (dot)")
     ax.set_title("Crash failover timeline, one line per run")
     ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_scale(results: Dict[str, Any], path: str) -> None:
@@ -189,6 +191,4 @@ def plot_scale(results: Dict[str, Any], path: str) -> None:
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)

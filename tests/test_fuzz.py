@@ -79,24 +79,14 @@ def test_candidate_and_follower_key(key):
     _call(lambda: Follower(key, address="127.0.0.1:1"), "key")
 
 
-@pytest.mark.parametrize("name", CANDIDATE_ARGS)
+@pytest.mark.parametrize("cls, name", [(Candidate, n) for n in CANDIDATE_ARGS] + [(Follower, n) for n in FOLLOWER_ARGS])
 @FUZZ
 @given(value=junk)
-def test_every_candidate_argument(name, value):
+def test_every_candidate_and_follower_argument(cls, name, value):
     kwargs: Dict[str, Any] = {name: value}
     if name != "consul" and "address" not in kwargs:
         kwargs["address"] = "127.0.0.1:1"
-    _call(lambda: Candidate("fuzz/leader", **kwargs), name)
-
-
-@pytest.mark.parametrize("name", FOLLOWER_ARGS)
-@FUZZ
-@given(value=junk)
-def test_every_follower_argument(name, value):
-    kwargs: Dict[str, Any] = {name: value}
-    if name != "consul" and "address" not in kwargs:
-        kwargs["address"] = "127.0.0.1:1"
-    _call(lambda: Follower("fuzz/leader", **kwargs), name)
+    _call(lambda: cls("fuzz/leader", **kwargs), name)
 
 
 @FUZZ
