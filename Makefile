@@ -4,22 +4,48 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
+# pip's output goes to this file; a failed install prints it.
+PIPLOG := $(VENV)/pip.log
 
-.PHONY: services venv consul demo test test-all chaos lint typecheck docs bench bench-quick clean
+# The version matrix (tox.ini). `make test` runs lint, mypy and the full suite
+# in .venv, then the tox environments of the other Pythons and `lowest`.
+# pyenv's interpreters join PATH so that tox finds python3.10 ... python3.13.
+# `make test MATRIX=` skips the matrix; `make matrix MATRIX=py313` runs one.
+empty :=
+space := $(empty) $(empty)
+comma := ,
+PYENV_BINS := $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.1[0-9]*/bin)
+MATRIX_PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $$PATH))
+VENV_ENV := $(shell $(PYTHON) -c 'import sys; print("py%d%d" % sys.version_info[:2])' 2>/dev/null)
+MATRIX ?= $(filter-out $(VENV_ENV),py310 py311 py312 py313) lowest
+
+.PHONY: services venv consul demo test matrix test-all chaos lint typecheck docs bench bench-quick clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,docs,bench]'
-	touch $(STAMP)
+	@echo "installing consul-leader with its test, docs, bench and dev extras into $(VENV) (log: $(PIPLOG))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,docs,bench,dev]' >$(PIPLOG) 2>&1 \
+		|| { cat $(PIPLOG); exit 1; }
+	@touch $(STAMP) $(DEMO_STAMP)
+
+# The demo needs the package alone (no extras): one line of setup output.
+$(DEMO_STAMP): setup.cfg setup.py pyproject.toml
+	@echo "installing consul-leader into $(VENV) (log: $(PIPLOG))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --disable-pip-version-check -e . >$(PIPLOG) 2>&1 || { cat $(PIPLOG); exit 1; }
+	@touch $(DEMO_STAMP)
 
 venv: $(STAMP)
 
 consul:
 	@scripts/install-consul >/dev/null
 
-demo: venv consul
-	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/consul-leader demo
+demo: $(DEMO_STAMP)
+	@if [ -z "$${CONSUL_BIN:-}" ] && ! command -v consul >/dev/null && [ ! -x .tools/bin/consul ]; then \
+		echo "fetching Consul 1.8.7 (Debian's package) into .tools/"; fi
+	@consul=$$(scripts/install-consul 2>$(VENV)/install-consul.log) || { cat $(VENV)/install-consul.log; exit 1; }; \
+		CONSUL_BIN=$$consul $(BIN)/consul-leader demo
 
 # Redis (for the Celery beat tests) comes from Debian's packages when missing.
 services:
@@ -27,6 +53,10 @@ services:
 
 test: venv consul services lint
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(if $(strip $(MATRIX)),@$(MAKE) --no-print-directory matrix)
+
+matrix: venv consul services
+	PATH="$(MATRIX_PATH)" CONSUL_BIN=$$(scripts/install-consul) $(BIN)/tox run -e $(subst $(space),$(comma),$(strip $(MATRIX)))
 
 chaos: venv consul
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest -m chaos -s tests/chaos $(PYTEST_ARGS)
@@ -45,4 +75,4 @@ docs: venv
 	$(BIN)/sphinx-build -W -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) .tools docs/_build .pytest_cache .mypy_cache
+	rm -rf $(VENV) .tox .tools docs/_build .pytest_cache .mypy_cache build dist
