@@ -4,8 +4,12 @@ its fault helpers do what they say, and it leaves no process behind."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
-from consul_leader.testing import ConsulCluster
+import pytest
+
+from consul_leader.testing import ClusterAgent, ConsulCluster
 
 
 def alive(pid: int) -> bool:
@@ -40,3 +44,60 @@ def test_cluster_survives_raft_leader_and_client_faults_and_stops_clean() -> Non
         assert "Consul agent running" in client.log_tail(400)
         pids = [a.process.pid for a in cluster.agents if a.process is not None]
     assert not any(alive(pid) for pid in pids)
+
+
+def test_partition_needs_hosts() -> None:
+    cluster = ConsulCluster(servers=1)
+    assert all(agent.host is None for agent in cluster.agents) and cluster.hosts == []
+    with pytest.raises(RuntimeError, match="hosts=True"):
+        cluster.partition(cluster.servers[0])
+    cluster.heal()  # nothing to undo
+    cluster.close()
+
+
+def _reaches(source: ClusterAgent, target: ClusterAgent) -> bool:
+    """Whether a process on *source*'s host gets an answer from *target*."""
+    assert source.host is not None
+    probe = ("import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1.5)")
+    done = subprocess.run(source.host.command([sys.executable, "-c", probe, f"{target.url}/v1/agent/self"]),
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def _links() -> str:
+    return subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+
+
+def test_hosts_partition_and_heal_and_nothing_left_behind() -> None:
+    ok, why = ConsulCluster.hosts_supported()
+    if not ok:
+        pytest.skip(why)
+    with ConsulCluster(servers=3, clients=2, hosts=True) as cluster:
+        s1, s2, s3 = cluster.servers
+        c1, c2 = cluster.clients
+        hosts = cluster.hosts
+        assert len({h.name for h in hosts}) == len({h.ip for h in hosts}) == 5
+        assert all(a.address == f"{a.host.ip}:8500" for a in cluster.agents if a.host is not None)
+        members = {m["Name"]: m["Addr"] for m in c1.get("/v1/agent/members")}
+        assert members == {a.name: a.ip for a in cluster.agents}
+        assert c1.host is not None
+        inside = subprocess.run(c1.host.command([sys.executable, "-c", "import socket; print(socket.gethostname())"]),
+                                capture_output=True, text=True)
+        assert inside.returncode == 0
+
+        cluster.partition(c1, s1)  # one group: they reach each other, not the rest
+        assert _reaches(c1, s1) and _reaches(s1, c1)
+        assert not _reaches(c1, s2) and not _reaches(s2, c1) and not _reaches(s1, c2)
+        assert _reaches(c2, s2)
+        assert c1.get("/v1/agent/self") and s1.get("/v1/agent/self"), "the test process reaches every side"
+        cluster.partition(c2)  # a second, separate group
+        assert not _reaches(c2, s2) and not _reaches(c2, c1)
+        assert _reaches(s2, s3)
+
+        cluster.heal()
+        assert all(_reaches(c1, other) for other in (s1, s2, s3, c2))
+        assert cluster.wait_for_leader()
+        names = [h.name for h in hosts]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(name in netns for name in names)
+    assert not any(f"{h.link}@" in _links() or f" {h.link}:" in _links() for h in hosts)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from consul_leader.testing import ConsulAgent
+import pytest
+
+from consul_leader.testing import ConsulAgent, find_consul
 
 
 def test_entering_a_started_agent_does_not_launch_a_second_one():
@@ -14,3 +16,26 @@ def test_entering_a_started_agent_does_not_launch_a_second_one():
         assert same is agent and agent.process is first
     assert first.poll() is not None, "the agent is stopped on exit"
     assert not os.path.exists(agent.workdir)
+
+
+def test_no_consul_found_says_how_to_install_it_without_repository_paths(monkeypatch, tmp_path):
+    monkeypatch.delenv("CONSUL_BIN", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as missing:
+        find_consul()
+    monkeypatch.setenv("CONSUL_BIN", str(tmp_path / "consul"))
+    with pytest.raises(FileNotFoundError) as wrong:
+        find_consul()
+    for message in (str(missing.value), str(wrong.value)):
+        assert "CONSUL_BIN" in message and "PATH" in message and "package" in message
+        assert "scripts/" not in message and ".tools" not in message and "://" not in message
+
+
+def test_consul_is_found_through_consul_bin_then_path(monkeypatch, tmp_path):
+    real = find_consul()
+    monkeypatch.setenv("CONSUL_BIN", real)
+    assert find_consul() == real
+    monkeypatch.delenv("CONSUL_BIN")
+    (tmp_path / "consul").symlink_to(real)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_consul() == str(tmp_path / "consul")
