@@ -1,10 +1,11 @@
 """The Candidate: runs for election on a Consul key in a background thread.
 
 The thread keeps a :class:`~consul_leader.session.Session` alive, takes the
-lock with ``?acquire=``, waits for a free lock with blocking queries, watches
-the lock while it leads, and publishes the signals of
-:mod:`consul_leader.signals`. See the "Safety" part of the docs for why
-:meth:`Candidate.is_leader` is a lease and not a flag.
+lock in one transaction, waits for a free lock with blocking queries, watches
+the lock while it leads, and ends every term the same way: the job told to
+stop and waited for, ``deposed`` delivered, then the lock released. See the
+"Safety" part of the docs for why :meth:`Candidate.is_leader` is a lease and
+not a flag, and why the work of two terms never overlaps.
 """
 
 from __future__ import annotations
@@ -13,19 +14,18 @@ import atexit
 import logging
 import math
 import os
-import queue
 import signal
 import socket
 import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar, Union
 
 import tenacity
 
 from . import decorators, signals
-from .client import ConsulClient, ConsulConfig, KeyEntry, interrupt
+from .client import ConsulClient, ConsulConfig, KeyEntry, LockAttempt, clear_wake, interrupt, wake
 from .errors import (
     ConfigurationTypeError,
     ConsulLeaderError,
@@ -35,8 +35,10 @@ from .errors import (
     RequestRejected,
     SessionLost,
 )
+from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import KeyWatch, LeaderInfo
-from .session import HeartbeatStats, Session, Timing, lease_clock
+from .job import Job, JobRunner
+from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .validation import (
     check_bool,
     check_identity,
@@ -52,7 +54,6 @@ __all__ = ["Candidate", "LeadershipEvent", "stop_on_signals"]
 log = logging.getLogger("consul_leader")
 
 F = TypeVar("F", bound=Callable[..., Any])
-Job = Callable[[threading.Event], Any]
 
 #: Longest blocking query of a waiting candidate: long, to keep an idle
 #: follower cheap (stop() interrupts it), yet bounded so that a connection
@@ -60,22 +61,6 @@ Job = Callable[[threading.Event], Any]
 _IDLE_WAIT = 30.0
 
 _live: "weakref.WeakSet[Candidate]" = weakref.WeakSet()
-
-
-@dataclass(frozen=True)
-class LeadershipEvent:
-    """One change seen by :meth:`Candidate.events`.
-
-    :ivar kind: ``"elected"``, ``"deposed"`` or ``"error"``.
-    :ivar fencing_token: with ``"elected"``, the term's fencing token.
-    :ivar reason: with ``"deposed"``, why.
-    :ivar error: with ``"error"``, the exception.
-    """
-
-    kind: str
-    fencing_token: Optional[int] = None
-    reason: Optional[str] = None
-    error: Optional[BaseException] = None
 
 
 @dataclass(frozen=True)
@@ -106,15 +91,16 @@ class Health:
 
 
 class _Term:
-    __slots__ = ("session", "fencing_token", "started", "reason", "job_stop", "job_started")
+    __slots__ = ("session", "fencing_token", "lock_index", "started", "reason", "runner")
 
-    def __init__(self, session: Session, fencing_token: int) -> None:
+    def __init__(self, session: Session, fencing_token: int, lock_index: int, started: float) -> None:
         self.session = session
         self.fencing_token = fencing_token
-        self.started = time.monotonic()
-        self.reason: Optional[str] = None
-        self.job_stop = threading.Event()
-        self.job_started = False
+        self.lock_index = lock_index
+        self.started = started
+        #: Set by whoever ends the term first (resign, stop, the job, the watchdog).
+        self.reason: Optional[Reason] = None
+        self.runner: Optional[JobRunner] = None
 
 
 class Candidate:
@@ -143,10 +129,14 @@ class Candidate:
     :param heartbeat: seconds between heartbeats while leading; default ``ttl/3``.
     :param session_ttl: the session's TTL (10 s..24 h), a backstop.
     :param term_limit: resign after leading this many seconds, giving the
-        others a chance (seed 002's TermLimit); None for no limit.
+        others a chance (client-go's leader election has no such limit; this
+        is the term limit of Docker's ``leadership`` package); None for no limit.
     :param wait: False to try once: if the lock is held, give up
         (:meth:`wait_for_leadership` and :meth:`run` raise :class:`LockHeld`).
     :param timeout: seconds allowed for any non-blocking request.
+    :param clock: the clock leases, term limits, sit-outs and waits are
+        measured on; default :func:`~consul_leader.session.lease_clock`.
+        Tests inject one to move time on by hand.
     :raises ConfigurationError: (a :class:`ValueError`) an argument is invalid;
         the message names it and what is allowed.
 
@@ -158,7 +148,8 @@ class Candidate:
                  verify: Union[None, bool, str] = None, cert: Union[None, str, Tuple[str, str]] = None,
                  ttl: float = 3.0, lock_delay: Optional[float] = None, lease: Optional[float] = None,
                  heartbeat: Optional[float] = None, session_ttl: Optional[float] = None,
-                 term_limit: Optional[float] = None, wait: bool = True, timeout: float = 5.0) -> None:
+                 term_limit: Optional[float] = None, wait: bool = True, timeout: float = 5.0,
+                 clock: Optional[Clock] = None) -> None:
         self.key = check_key(key)
         self._default_identity = identity is None
         self.identity = _default_identity() if identity is None else check_identity(identity)
@@ -174,6 +165,9 @@ class Candidate:
                   ConsulConfig.from_args(address=address, token=token, datacenter=datacenter, verify=verify,
                                          cert=cert, timeout=timeout))
         self.client = ConsulClient(config)
+        if clock is not None and not callable(clock):
+            raise ConfigurationTypeError(f"clock must be a function returning seconds, got {type(clock).__name__}")
+        self._clock: Clock = lease_clock if clock is None else clock
         self._job: Optional[Job] = None
         self._reset()
         _live.add(self)
@@ -184,14 +178,19 @@ class Candidate:
         self._changed = threading.Condition(self._state_lock)
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._job_thread: Optional[threading.Thread] = None
         self._session: Optional[Session] = None
         self._term: Optional[_Term] = None
+        # The last term's runner, until its job has returned.
+        self._runner: Optional[JobRunner] = None
+        self._ending = False  # the election thread is ending a term
         self._leader: Optional[str] = None
-        self._sit_out_until = -math.inf
+        # After stepping down: sit out until then, or until the key's
+        # LockIndex passes the one of our term (someone else took it since).
+        self._sit_out: Optional[Tuple[float, int]] = None
         self._failure: Optional[ConsulLeaderError] = None
         self._last_error: Optional[ConsulLeaderError] = None
-        self._subscribers: List["queue.Queue[Optional[LeadershipEvent]]"] = []
+        self._events: Broadcast[LeadershipEvent] = Broadcast()
+        self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
         self._key_checked = False
         self.heartbeat_stats = HeartbeatStats()
 
@@ -223,7 +222,7 @@ class Candidate:
                                             daemon=True)
             self._thread.start()
         decorators.offer_default(self)
-        log.info("consul_leader: %s runs for leadership of %r (ttl=%gs, lease=%gs, lock_delay=%gs)",
+        log.info("%s runs for leadership of %r (ttl=%gs, lease=%gs, lock_delay=%gs)",
                  self.identity, self.key, self.timing.check_ttl, self.timing.lease, self.timing.lock_delay,
                  extra=self._log_fields("started"))
         return self
@@ -235,7 +234,7 @@ class Candidate:
         lease's end, so a process resumed after a pause longer than the lease
         answers False at once, before its threads have run again."""
         term = self._term
-        return term is not None and lease_clock() < term.session.lease_deadline
+        return term is not None and self._clock() < term.session.lease_deadline
 
     def leader(self) -> Optional[str]:
         """The identity of the current leader as last observed (this
@@ -270,7 +269,7 @@ class Candidate:
         .. versionadded:: 0.1
         """
         term = self._term
-        now = lease_clock()
+        now = self._clock()
         thread = self._thread
         running = self.running and thread is not None and thread.is_alive()
         stats = self.heartbeat_stats
@@ -289,11 +288,12 @@ class Candidate:
         :raises LockHeld: ``wait=False`` and another candidate holds the lock.
         :raises PermissionDenied: the ACL token cannot run this election."""
         timeout = check_timeout("timeout", timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # Real seconds, whatever clock the election runs on.
+        deadline = None if timeout is None else lease_clock() + timeout
         with self._changed:
             while not self.is_leader():
                 self._raise_if_hopeless()
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = None if deadline is None else deadline - lease_clock()
                 if remaining is not None and remaining <= 0:
                     return False
                 # Short slices: the lease can start without a notify.
@@ -301,49 +301,76 @@ class Candidate:
             return True
 
     def resign(self) -> bool:
-        """Step down if leading: :meth:`is_leader` turns False, then the lock
-        is released so another candidate can win at once. This candidate
+        """Step down if leading: :meth:`is_leader` turns False at once, the
+        job's ``stop_event`` is set, and once the job has returned and the
+        ``deposed`` receivers have run, the lock is released so another
+        candidate can win. Returns without waiting for that. This candidate
         stays in the election and runs again after sitting out one check
-        TTL (or as soon as someone else has taken the lock).
+        TTL, or as soon as someone else has taken the lock.
 
         :returns: True if it was leading."""
-        return self._step_down("resigned")
+        return self._step_down(Reason.RESIGNED)
 
     def stop(self) -> None:
-        """Leave the election: stop leading (releasing the lock first), stop
-        the job, destroy the session, deregister the check and end the
-        threads. Idempotent; safe from any thread, a signal handler or at exit."""
+        """Leave the election: stop leading, wait for the job to return and
+        the ``deposed`` receivers to run, release the lock, destroy the
+        session, deregister the check and end the threads. Idempotent; safe
+        from any thread, a signal handler or at exit.
+
+        A job that does not return keeps this waiting (with a warning every
+        few seconds) and keeps the lock held: two terms' jobs never run at
+        once. Called from the job or a receiver, it returns without waiting;
+        the election thread finishes the term and then stops."""
         with self._state_lock:
             if self._state != "running":
                 self._state = "stopped"
                 return
             self._stopping.set()
-        was_leading = self._step_down("stopped")
+            ending = self._ending
+        was_leading = self._step_down(Reason.STOPPED)
+        runner = self._runner
+        inside = self._dispatcher.on_thread() or (runner is not None and runner.on_thread())
         thread = self._thread
+        if inside:
+            return  # the election thread waits for our caller; it stops by itself afterwards
         if thread is not None and thread is not threading.current_thread():
-            if not was_leading:
+            if not (was_leading or ending):
                 interrupt(thread)  # it may sit in a long blocking query
+            # Ending a term waits for its job however long it takes (it
+            # warns); otherwise the thread is at most one request away.
             thread.join(self.client.config.timeout + self.timing.heartbeat + 1)
+            while thread.is_alive() and (self._ending or self._runner is not None):
+                thread.join(1.0)
             if thread.is_alive():
-                log.warning("consul_leader: the election thread of %s did not end in time; it holds nothing and "
-                            "ends by itself", self.identity)
+                log.warning("the election thread of %s did not end in time; it holds nothing and ends by itself",
+                            self.identity)
+        self._finish_stop()
+
+    def _finish_stop(self) -> None:
         session = self._session
         if session is not None:
             session.close()
         with self._state_lock:
             self._state = "stopped"
             self._changed.notify_all()
-        self._publish(None)
+        self._events.close()
         decorators.withdraw_default(self)
-        log.info("consul_leader: %s left the election for %r", self.identity, self.key,
-                 extra=self._log_fields("stopped"))
+        log.info("%s left the election for %r", self.identity, self.key, extra=self._log_fields("stopped"))
 
     def run(self, job: Job, *, block: bool = True) -> None:
         """Run ``job(stop_event)`` in a worker thread each time this candidate
-        is elected (seed 003's DoJob, seed 002's OnStartedLeading). When
-        leadership ends, ``stop_event`` is set and the job should return soon;
-        the next term starts only after it has. If the job returns (or
-        raises) while leading, the candidate resigns.
+        is elected (client-go's ``OnStartedLeading``). When the term ends,
+        ``stop_event`` is set and the job must return soon: the lock is
+        handed over only after it has, so the next leader's job never runs
+        beside it. If the job returns (or raises) while leading, the
+        candidate resigns.
+
+        When the lease runs out (Consul unreachable, the process paused), a
+        watchdog sets ``stop_event`` at once, independently of the election
+        thread; from then on another candidate may win after the lock-delay
+        margin (``Timing.margin``) at the earliest, so a job must return
+        within that; writes that must never overlap should carry the
+        :attr:`fencing_token`.
 
         Starts the candidate if needed. With *block*, waits until the
         candidate stops (:meth:`stop` from another thread or a signal); if
@@ -377,22 +404,10 @@ class Candidate:
 
     def events(self) -> Iterator[LeadershipEvent]:
         """Yield a :class:`LeadershipEvent` for every change of this
-        candidate's leadership and every error (seed 001's ElectedCh, seed
-        004's Events), until the candidate stops."""
-        q: "queue.Queue[Optional[LeadershipEvent]]" = queue.Queue()
-        with self._state_lock:
-            self._subscribers.append(q)
-            if self._state == "stopped":
-                q.put(None)
-        try:
-            while True:
-                event = q.get()
-                if event is None:
-                    return
-                yield event
-        finally:
-            with self._state_lock:
-                self._subscribers.remove(q)
+        candidate's leadership and every error (like the elected channel of
+        Docker's ``leadership`` package), from the call on, until the
+        candidate stops."""
+        return self._events.subscribe()
 
     def leader_only(self, func: Optional[F] = None, *, raise_not_leader: bool = False) -> Any:
         """Decorator: run the function only while this candidate leads; see
@@ -407,14 +422,14 @@ class Candidate:
         """Decorator: call ``func(candidate, fencing_token=...)`` when this
         candidate is elected; returns *func* unchanged.
 
-        :param func: the receiver; it runs on the candidate's thread."""
+        :param func: the receiver; it runs on the candidate's signal thread."""
         return decorators.connect(signals.elected, func, lambda: self)
 
     def on_deposed(self, func: F) -> F:
         """Decorator: call ``func(candidate, reason=...)`` when this candidate
         stops leading; returns *func* unchanged.
 
-        :param func: the receiver; it runs on the candidate's thread."""
+        :param func: the receiver; it runs on the candidate's signal thread."""
         return decorators.connect(signals.deposed, func, lambda: self)
 
     # -- the election thread ------------------------------------------------
@@ -450,7 +465,7 @@ class Candidate:
                 pass  # stop was requested while retrying
             except Exception:
                 # Never let the thread die silently: log, tell, and go on.
-                log.exception("consul_leader: unexpected error in the election for %r; retrying", self.key)
+                log.exception("unexpected error in the election for %r; retrying", self.key)
                 self._stopping.wait(self.timing.check_ttl)
         if self._failure is not None:
             # Gave up by itself (wait=False): nobody will call stop() to clean up.
@@ -458,6 +473,7 @@ class Candidate:
                 self._session.close()
             with self._state_lock:
                 self._state = "stopped"
+            self._events.close()
         with self._changed:
             self._changed.notify_all()
 
@@ -465,16 +481,21 @@ class Candidate:
         self._stopping.wait(seconds)  # a backoff that stop() cuts short
 
     def _report(self, error: Optional[BaseException]) -> None:
+        """Tell of a failed request. Called from the election and heartbeat
+        threads, so the receivers run on the signal thread."""
         if not isinstance(error, ConsulLeaderError):
             return
         self._last_error = error
         if isinstance(error, (PermissionDenied, RequestRejected)):
-            log.error("consul_leader: %s", error, extra=self._log_fields("error", error=type(error).__name__))
+            log.error("%s", error, extra=self._log_fields("error", error=type(error).__name__))
         else:
-            log.warning("consul_leader: election for %r: %s; retrying", self.key, error,
+            log.warning("election for %r: %s; retrying", self.key, error,
                         extra=self._log_fields("error", error=type(error).__name__))
-        signals.send(signals.election_error, self, error=error)
-        self._publish(LeadershipEvent("error", error=error))
+        self._dispatcher.send(signals.election_error, self, error=error)
+        self._events.publish(LeadershipEvent(EventKind.ERROR, error=error))
+        self._dispatcher.call(self._notify)
+
+    def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()
 
@@ -485,11 +506,12 @@ class Candidate:
         self._last_error = None
         if self._stopping.is_set():
             return
-        if time.monotonic() < self._sit_out_until:
-            log.debug("consul_leader: %s sits out until someone else leads %r or %.1fs pass", self.identity,
-                      self.key, self._sit_out_until - time.monotonic())
-            self._wait(KeyWatch(self.client, self.key), hold_off_until=self._sit_out_until)
-            self._sit_out_until = -math.inf
+        if self._sit_out is not None:
+            until, lock_index = self._sit_out
+            log.debug("%s sits out until someone else leads %r or %.1fs pass", self.identity, self.key,
+                      until - self._clock())
+            self._wait(KeyWatch(self.client, self.key), hold_off_until=until, after_lock_index=lock_index)
+            self._sit_out = None
             return
         if not self._key_checked:
             # Consul takes keys in a transaction's body that it refuses in a
@@ -498,37 +520,34 @@ class Candidate:
             self._observe(self.client.get_key(self.key, operation="acquire lock")[1])
             self._key_checked = True
         assert session.id is not None
-        since_ms = int(time.time() * 1000)
-        asked_at = lease_clock()
+        since_ms = int(time.time() * 1000)  # wall clock: shown to people as "leader since"
+        asked_at = self._clock()
         try:
             attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms)
         except SessionLost:
             session.lost.set()
             raise
         if attempt.modify_index is not None:
-            self._lead(session, asked_at, attempt.modify_index)
+            self._lead(session, asked_at, attempt)
             return
         if attempt.delayed:
             # The last holder's session was invalidated: nobody may take the
             # lock for lock_delay from then. Try again when it has surely
             # ended rather than spinning.
-            log.debug("consul_leader: %s: a lock-delay runs on %r; trying again within %gs",
-                      self.identity, self.key, self.timing.lock_delay)
-            self._wait(KeyWatch(self.client, self.key), hold_off_until=time.monotonic() + self.timing.lock_delay)
+            log.debug("%s: a lock-delay runs on %r; trying again within %gs", self.identity, self.key,
+                      self.timing.lock_delay)
+            self._wait(KeyWatch(self.client, self.key), hold_off_until=self._clock() + self.timing.lock_delay)
             return
         watch = KeyWatch(self.client, self.key)
         entry = watch.read()
         self._observe(entry)
         if entry is None or not entry.get("Session"):
-            # Held a moment ago, free now: the holder let go in between. Go
-            # again, but never in a tight loop.
-            self._wait(watch, hold_off_until=time.monotonic() + self.timing.heartbeat / 10)
-            return
+            return  # held a moment ago, free now: the holder let go in between; try again at once
         if not self.wait:
             held_by = LeaderInfo.from_entry(entry).identity
             self._failure = LockHeld(f"{self.key!r} is held by {held_by!r} and this candidate was made with "
                                      "wait=False")
-            log.info("consul_leader: %s", self._failure)
+            log.info("%s", self._failure)
             self._stopping.set()
             return
         self._wait(watch)
@@ -540,7 +559,7 @@ class Candidate:
         if session is not None:
             session.close()
         session = Session(self.client, self.timing, f"consul-leader {self.key} {self.identity}",
-                          on_error=self._report, stats=self.heartbeat_stats)
+                          on_error=self._report, stats=self.heartbeat_stats, clock=self._clock)
         session.open()
         self._session = session
         return session
@@ -549,31 +568,31 @@ class Candidate:
         identity = LeaderInfo.from_entry(entry).identity
         if identity != self._leader:
             self._leader = identity
-            log.info("consul_leader: leader of %r is now %r", self.key, identity,
+            log.info("leader of %r is now %r", self.key, identity,
                      extra=self._log_fields("leader_changed", leader=identity))
-            signals.send(signals.leader_changed, self, leader=identity)
+            self._dispatcher.send(signals.leader_changed, self, leader=identity)
 
-    def _wait(self, watch: KeyWatch, hold_off_until: Optional[float] = None) -> None:
+    def _wait(self, watch: KeyWatch, hold_off_until: Optional[float] = None,
+              after_lock_index: Optional[int] = None) -> None:
         """Block on the key (blocking queries, never a sleep loop) until it is
         free and no hold-off runs. While a hold-off runs (a lock-delay, a
-        sit-out after resigning), return as soon as another candidate takes
-        the lock, so that the next round waits for that one instead."""
+        sit-out after stepping down), return as soon as another candidate
+        holds the lock, so that the next round waits for that one instead; a
+        sit-out also ends once the key's LockIndex passed *after_lock_index*
+        (someone else took the lock since, even if they let it go again)."""
         entry = watch.entry if watch.index else watch.read()
         self._observe(entry)
-        saw_holder = False
         while not self._stopping.is_set():
-            now = time.monotonic()
-            if entry is not None and entry.get("Session"):
-                if hold_off_until is not None:
+            now = self._clock()
+            held = entry is not None and bool(entry.get("Session"))
+            if hold_off_until is None:
+                if not held:
                     return
-                saw_holder = True
             else:
-                if entry is None and saw_holder:
-                    # Deleted, not released: Consul's lock-delay was bypassed,
-                    # so hold off here lest the old leader, not yet aware,
-                    # overlaps with us.
-                    hold_off_until, saw_holder = now + self.timing.lock_delay, False
-                if hold_off_until is None or now >= hold_off_until:
+                if held or now >= hold_off_until:
+                    return
+                if (after_lock_index is not None and entry is not None
+                        and int(entry.get("LockIndex") or 0) > after_lock_index):
                     return
             wait = _IDLE_WAIT if hold_off_until is None else max(hold_off_until - now, 0.01)
             entry = watch.read(wait)
@@ -581,177 +600,182 @@ class Candidate:
             if self._session is None or self._session.lost.is_set():
                 return
 
-    def _lead(self, session: Session, held_since: float, fencing_token: int) -> None:
-        """Lead from a lock taken no earlier than *held_since* (its ModifyIndex
-        was *fencing_token*) until the term ends."""
+    # -- a term ---------------------------------------------------------------
+
+    def _lead(self, session: Session, held_since: float, attempt: LockAttempt) -> None:
+        """Lead from a lock taken no earlier than *held_since* by *attempt*,
+        until the term ends; every way out goes through :meth:`_end_term`."""
+        assert attempt.modify_index is not None and session.id is not None
+        if attempt.lock_index == 1 and not self._first_lock_wait(session):
+            return
         session.set_leading(self.key, held_since)
         try:
-            if not session.lease_valid():
-                session.beat()  # an idle follower's last round may be too old
+            held = session.lease_valid() or session.beat()  # an idle follower's last round may be too old
             # else set_leading() has the heartbeat thread extend the lease now.
         except BaseException:
             session.set_leading(None)
             raise
+        if not held:
+            session.set_leading(None)
+            return  # lost between the acquisition and the check: no term
         watch = KeyWatch(self.client, self.key)
-        watch.index = fencing_token  # block from our acquisition on
-        term = _Term(session, fencing_token)
+        watch.index = attempt.modify_index  # block from our acquisition on
+        term = _Term(session, attempt.modify_index, attempt.lock_index or 0, self._clock())
         with self._state_lock:
             if self._stopping.is_set():
                 # stop() ran while we were acquiring: it found no term to end.
                 session.set_leading(None)
-                self.client.release(self.key, session.id)  # type: ignore[arg-type]
+                self.client.release(self.key, session.id)
                 return
             self._term = term
-        self._leader = self.identity
-        log.info("consul_leader: %s elected leader of %r (fencing token %d)", self.identity, self.key,
-                 term.fencing_token, extra=self._log_fields("elected", fencing_token=term.fencing_token))
-        signals.send(signals.elected, self, fencing_token=term.fencing_token)
-        signals.send(signals.leader_changed, self, leader=self.identity)
-        self._publish(LeadershipEvent("elected", fencing_token=term.fencing_token))
-        with self._changed:
-            self._changed.notify_all()
-        self._start_job(term)
+            self._ending = True  # from here on, _end_term runs whatever happens
+        reason = Reason.ERROR  # unless _hold says otherwise
         try:
+            self._leader = self.identity
+            log.info("%s elected leader of %r (fencing token %d)", self.identity, self.key, term.fencing_token,
+                     extra=self._log_fields("elected", fencing_token=term.fencing_token))
+            self._dispatcher.send(signals.elected, self, fencing_token=term.fencing_token)
+            self._dispatcher.send(signals.leader_changed, self, leader=self.identity)
+            self._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
+            self._notify()
+            with self._state_lock:
+                self._start_job(term)
             reason = self._hold(session, term, watch)
         finally:
-            self._end_term(session, term)
-        if reason is not None:
-            self._term_ended(term, reason)
+            self._end_term(term, reason)
 
-    def _hold(self, session: Session, term: _Term, watch: KeyWatch) -> Optional[str]:
+    def _first_lock_wait(self, session: Session) -> bool:
+        """We are the first to lock this key since it was created. If an
+        operator deleted it under a leader, Consul set no lock-delay, and
+        that leader may not have noticed yet: hold the lock for one
+        lock-delay before leading, as Consul would have made us wait. True
+        to go on leading; False if stopped meanwhile (the lock is released)."""
+        log.info("%s took %r as its first holder; waiting the lock-delay (%gs) before leading, in case it was "
+                 "deleted under another leader", self.identity, self.key, self.timing.lock_delay)
+        if not self._stopping.wait(self.timing.lock_delay):
+            return True
+        assert session.id is not None
+        try:
+            self.client.release(self.key, session.id)
+        except ConsulLeaderError as exc:
+            log.warning("could not release %r (%s); Consul frees it when the session ends", self.key, exc)
+        return False
+
+    def _hold(self, session: Session, term: _Term, watch: KeyWatch) -> Reason:
         """Watch the lock while leading; return why the term ended."""
         end = None if self.term_limit is None else term.started + self.term_limit
         while True:
+            clear_wake()  # before looking: a wake from now on cuts the read below short
             if term.reason is not None:  # stepped down by resign(), stop() or the job
                 return term.reason
             if not session.lease_valid():
-                return "lease expired"
-            if end is not None and time.monotonic() >= end:
-                self._step_down("term limit")
-                return "term limit"
+                return Reason.LEASE_EXPIRED
+            if end is not None and self._clock() >= end:
+                return Reason.TERM_LIMIT
             wait = self.timing.heartbeat
             if end is not None:
-                wait = max(0.01, min(wait, end - time.monotonic()))
+                wait = max(0.01, min(wait, end - self._clock()))
             try:
                 entry = watch.read(wait)
             except ConsulLeaderError as exc:
+                if term.reason is not None:
+                    return term.reason  # woken
                 # Not a lost lock by itself: the lease decides.
                 self._report(exc)
-                self._stopping.wait(min(self.timing.heartbeat / 2, max(session.lease_remaining(),
-                                                                        0.01)))
+                self._stopping.wait(min(self.timing.heartbeat / 2, max(session.lease_remaining(), 0.01)))
                 continue
             if term.reason is not None:
                 return term.reason
             if entry is None or entry.get("Session") != session.id:
-                return "lock lost"
+                return Reason.LOCK_LOST
             if entry.get("Value") != self.identity.encode("utf-8"):
-                return "key overwritten"
+                return Reason.KEY_OVERWRITTEN
 
-    def _end_term(self, session: Session, term: _Term) -> None:
-        with self._state_lock:
-            if self._term is term:
-                self._term = None
-        session.set_leading(None)
-        term.job_stop.set()
+    def _end_term(self, term: _Term, reason: Reason) -> None:
+        """The one way out of a term: leadership off, the job stopped and
+        waited for, ``deposed`` delivered, then the lock released."""
+        clear_wake()  # a wake that ended _hold must not fail the release below
+        try:
+            with self._state_lock:
+                if self._term is term:
+                    self._term = None  # is_leader() is False from here on
+                if term.reason is None:
+                    term.reason = reason
+                reason = term.reason
+            session = term.session
+            session.set_leading(None)
+            runner = term.runner
+            if runner is not None:
+                runner.stop()
+                runner.join()  # the next term's work must not start beside this one's
+            self._runner = None
+            if reason.voluntary:
+                self._sit_out = (self._clock() + self.timing.check_ttl, term.lock_index)
+            fields = self._log_fields("deposed", fencing_token=term.fencing_token, reason=str(reason))
+            if reason.deposed:
+                log.warning("%s deposed as leader of %r: %s", self.identity, self.key, reason, extra=fields)
+            else:
+                log.info("%s stepped down as leader of %r: %s", self.identity, self.key, reason, extra=fields)
+            self._dispatcher.send(signals.deposed, self, reason=reason)
+            self._events.publish(LeadershipEvent(EventKind.DEPOSED, reason=reason))
+            self._dispatcher.call(self._notify)
+            # The deposed receivers stop what on_elected started: let them
+            # finish before anyone else can start it.
+            self._dispatcher.flush(f"the deposed receivers of {self.identity}")
+            if reason.must_release:
+                assert session.id is not None
+                try:
+                    if not self.client.release(self.key, session.id) and reason.voluntary:
+                        log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key,
+                                    reason, session.id)
+                except ConsulLeaderError as exc:
+                    log.warning("could not release %r after %s (%s); Consul frees it when the session ends",
+                                self.key, reason, exc)
+        finally:
+            self._ending = False
 
-    def _term_ended(self, term: _Term, reason: str) -> None:
-        if reason in ("key overwritten", "lease expired"):
-            # We may still hold the lock: let it go so the next can win.
-            try:
-                assert term.session.id is not None
-                self.client.release(self.key, term.session.id)
-            except ConsulLeaderError as exc:
-                log.warning("consul_leader: could not release %r after %s: %s", self.key, reason, exc)
-        if reason in ("resigned", "term limit", "job finished", "job failed"):
-            self._sit_out_until = time.monotonic() + self.timing.check_ttl
-        fields = self._log_fields("deposed", fencing_token=term.fencing_token, reason=reason)
-        log.warning("consul_leader: %s deposed as leader of %r: %s", self.identity, self.key, reason,
-                    extra=fields) \
-            if reason in ("lock lost", "lease expired", "key overwritten") else \
-            log.info("consul_leader: %s stepped down as leader of %r: %s", self.identity, self.key, reason,
-                     extra=fields)
-        self._join_job()
-        signals.send(signals.deposed, self, reason=reason)
-        self._publish(LeadershipEvent("deposed", reason=reason))
-        with self._changed:
-            self._changed.notify_all()
-
-    def _step_down(self, reason: str) -> bool:
+    def _step_down(self, reason: Reason) -> bool:
+        """End the current term from any thread: leadership turns off now;
+        the election thread does the rest (see :meth:`_end_term`)."""
         with self._state_lock:
             term = self._term
-            if term is None:
+            if term is None or term.reason is not None:
                 return False
             term.reason = reason
-            self._term = None  # is_leader() is False before the lock is released
-        term.job_stop.set()
-        try:
-            assert term.session.id is not None
-            if not self.client.release(self.key, term.session.id):
-                log.warning("consul_leader: releasing %r after %s: Consul says session %s did not hold it",
-                            self.key, reason, term.session.id)
-        except ConsulLeaderError as exc:
-            log.warning("consul_leader: could not release %r (%s); Consul frees it when the session ends",
-                        self.key, exc)
+            self._term = None  # is_leader() is False before anything else happens
+        if term.runner is not None:
+            term.runner.stop()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            wake(thread)  # out of its blocking query on the key, to end the term now
         return True
 
     # -- the job ------------------------------------------------------------
 
     def _start_job(self, term: _Term) -> None:
-        with self._state_lock:
-            job = self._job
-            if job is None or term.job_started or term.job_stop.is_set():
-                return
-            term.job_started = True
-
-        def work() -> None:
-            reason = "job finished"
-            try:
-                job(term.job_stop)
-            except Exception:
-                reason = "job failed"
-                log.exception("consul_leader: the job of %s raised; resigning", self.identity)
-            if not term.job_stop.is_set():
-                with self._state_lock:
-                    if self._term is term:
-                        self._step_down(reason)
-
-        def watchdog() -> None:
-            # The election thread may sit in a request to a hung agent; the
-            # job must still hear at the lease's end that it no longer leads.
-            while not term.job_stop.is_set():
-                remaining = term.session.lease_remaining()
-                if remaining <= 0:
-                    log.warning("consul_leader: the lease of %s on %r ran out; telling the job to stop",
-                                self.identity, self.key)
-                    term.job_stop.set()
-                    return
-                term.job_stop.wait(remaining)
-
-        self._job_thread = threading.Thread(target=work, name=f"consul-leader-job {self.key}", daemon=True)
-        self._job_thread.start()
-        threading.Thread(target=watchdog, name=f"consul-leader-lease {self.key}", daemon=True).start()
-
-    def _join_job(self) -> None:
-        thread = self._job_thread
-        if thread is None or thread is threading.current_thread():
+        """Start the job for *term* (with the state lock held)."""
+        job = self._job
+        if job is None or term.runner is not None or term.reason is not None:
             return
-        waited = 0.0
-        while thread.is_alive():
-            thread.join(5.0)
-            waited += 5.0
-            if thread.is_alive():
-                log.warning("consul_leader: the job of %s still runs %gs after leadership ended; the next term "
-                            "waits for it (it should return when stop_event is set)", self.identity, waited)
-        self._job_thread = None
+
+        def returned(ok: bool) -> None:
+            if not ok:
+                log.error("the job of %s raised while leading %r; resigning", self.identity, self.key)
+            self._step_down(Reason.JOB_FINISHED if ok else Reason.JOB_FAILED)
+
+        def lease_ended() -> None:
+            thread = self._thread
+            if thread is not None and self._term is term:
+                wake(thread)  # end the term now rather than at the next round
+
+        runner = JobRunner(job, term.session.lease_remaining, f"{self.identity} {self.key}",
+                           on_return=returned, on_lease_end=lease_ended)
+        term.runner = self._runner = runner
+        runner.start()
 
     def _log_fields(self, event: str, **fields: Any) -> dict[str, Any]:
         """The ``extra=`` of a transition's log record, for structured logging."""
         return {"consul_leader_event": event, "key": self.key, "identity": self.identity, **fields}
-
-    def _publish(self, event: Optional[LeadershipEvent]) -> None:
-        with self._state_lock:
-            for q in self._subscribers:
-                q.put(event)
 
     # -- process life -------------------------------------------------------
 
@@ -768,7 +792,7 @@ class Candidate:
             self.identity = _default_identity()
         self.client = ConsulClient(self.client.config)
         if was_running:
-            log.debug("consul_leader: %r was running in the parent process; start() it again to run here", self)
+            log.debug("%r was running in the parent process; start() it again to run here", self)
 
 
 def _default_identity() -> str:
@@ -786,7 +810,7 @@ def _stop_all() -> None:
         try:
             candidate.stop()
         except Exception:
-            log.exception("consul_leader: stopping %r at exit failed", candidate)
+            log.exception("stopping %r at exit failed", candidate)
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -67,6 +67,9 @@ _open_connections_lock = threading.Lock()
 
 
 _interrupted: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+# Threads that wake() asked to give up the request they are (about to be) in,
+# once: a connection they open before clear_wake() fails at once.
+_woken: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
 
 
 def _track(conn: Any) -> None:
@@ -78,6 +81,12 @@ def _track(conn: Any) -> None:
             # one it could not see.
             conn.sock.close()
             raise OSError("consul-leader: request interrupted because the candidate stops")
+        if thread in _woken:
+            # wake() shut down the pooled socket before this request took it;
+            # urllib3 then reconnects, and the wake must not be lost.
+            _woken.discard(thread)
+            conn.sock.close()
+            raise OSError("consul-leader: request woken")
 
 
 class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
@@ -114,6 +123,30 @@ def interrupt(thread: threading.Thread) -> None:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def wake(thread: threading.Thread) -> None:
+    """Make the request *thread* is blocked in (or its next one, until it
+    calls :func:`clear_wake`) fail at once, as :class:`ConsulUnavailable`.
+    Unlike :func:`interrupt`, later requests work: this cuts a blocking query
+    short so that the thread looks at something that changed meanwhile."""
+    with _open_connections_lock:
+        _woken.add(thread)
+        conns = list(_open_connections.get(thread, ()))
+    for conn in conns:
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def clear_wake() -> None:
+    """Forget a :func:`wake` of the calling thread (call it before looking
+    at what a wake would announce, then make the request)."""
+    with _open_connections_lock:
+        _woken.discard(threading.current_thread())
 
 
 class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
@@ -309,10 +342,13 @@ class LockAttempt(NamedTuple):
 
     :ivar modify_index: the key's ModifyIndex if the lock was taken, else None.
     :ivar delayed: not taken because a lock-delay runs (the key may be free).
+    :ivar lock_index: the key's LockIndex if the lock was taken: how many
+        sessions took it since the key was created (1: the first one).
     """
 
     modify_index: Optional[int]
     delayed: bool
+    lock_index: Optional[int] = None
 
 
 class ConsulClient:
@@ -441,7 +477,8 @@ class ConsulClient:
                 if "Permission denied" in text or "ACL not found" in text:
                     raise consul.ACLPermissionDenied(text) from None
                 raise
-            return LockAttempt(int(result["Results"][0]["KV"]["ModifyIndex"]), delayed=False)
+            kv = result["Results"][0]["KV"]
+            return LockAttempt(int(kv["ModifyIndex"]), delayed=False, lock_index=int(kv.get("LockIndex") or 0))
 
         return self._call("acquire lock", lock, missing=f"session {session_id} no longer exists", key=key)
 

@@ -189,6 +189,10 @@ class Session:
         #: Monotonic time until which this session's lease holds.
         self.lease_deadline = -math.inf
         self._leading = False
+        # A term's lease, once it ran out, stays out: a late round must not
+        # revive a term whose work was already told to stop.
+        self._lease_started = False
+        self._lapsed = False
         self._closed = threading.Event()
         self._kick = threading.Event()
         self._beat_lock = threading.Lock()
@@ -230,8 +234,15 @@ class Session:
             self._lock_key = key
             self._held_at = held_since
             self._leading = key is not None
+            self._lease_started = self._lapsed = False
             self._update_deadline()
         self._kick.set()
+
+    @property
+    def lapsed(self) -> bool:
+        """True once the lease of the current lock ran out; it stays out
+        until :meth:`set_leading` starts another."""
+        return self._lapsed
 
     def beat(self) -> bool:
         """Run one heartbeat round now: pass the check, renew the session when
@@ -276,6 +287,13 @@ class Session:
         deadline = min(self._passed_at + timing.lease, self._renewed_at + timing.session_ttl - timing.margin)
         if self._lock_key is not None:
             deadline = min(deadline, self._held_at + timing.lease)
+            now = self._clock()
+            if self._lease_started and now >= self.lease_deadline:
+                self._lapsed = True
+            if self._lapsed:
+                deadline = -math.inf
+            elif deadline > now:
+                self._lease_started = True
         self.lease_deadline = deadline
 
     def _heartbeat_loop(self) -> None:

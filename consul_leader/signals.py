@@ -1,8 +1,11 @@
 """Blinker signals sent by candidates and followers.
 
 They live in the library's own :class:`blinker.Namespace`. The sender is the
-:class:`~consul_leader.Candidate` or :class:`~consul_leader.Follower`;
-receivers run on its background thread and get keyword arguments::
+:class:`~consul_leader.Candidate` or :class:`~consul_leader.Follower`.
+A candidate's receivers run, in order, on a thread of their own (its
+:class:`Dispatcher`), never on the thread that keeps its lease: a slow or
+raising receiver cannot cost leadership. A follower's run on its watching
+thread. Receivers get keyword arguments::
 
     from consul_leader import elected
 
@@ -17,11 +20,13 @@ receiver never stops an election.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import queue
+import threading
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import blinker
 
-__all__ = ["deposed", "elected", "election_error", "leader_changed", "send"]
+__all__ = ["Dispatcher", "deposed", "elected", "election_error", "leader_changed", "send"]
 
 log = logging.getLogger("consul_leader")
 
@@ -54,5 +59,68 @@ def send(signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
         try:
             receiver(sender, **kwargs)
         except Exception:
-            log.exception("consul_leader: a receiver of the %r signal raised; the election goes on",
+            log.exception("a receiver of the %r signal raised; the election goes on",
                           signal.name)
+
+
+_Item = Optional[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]
+
+#: Seconds between the warnings about a receiver that does not return.
+_SLOW_RECEIVER_WARNING = 5.0
+
+
+class Dispatcher:
+    """Runs a candidate's receivers, and anything else that must not run on
+    the election or heartbeat threads, one after the other on a daemon
+    thread of its own, in the order they were queued.
+
+    :param name: the thread's name.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._queue: "queue.SimpleQueue[_Item]" = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def send(self, signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
+        """Queue *signal* for its receivers; returns at once."""
+        self.call(send, signal, sender, **kwargs)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``fn(*args, **kwargs)``; returns at once."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self._thread.start()
+        self._queue.put((fn, args, kwargs))
+
+    def on_thread(self) -> bool:
+        """True when called from the dispatcher's own thread (a receiver)."""
+        return threading.current_thread() is self._thread
+
+    def flush(self, what: str = "receivers") -> None:
+        """Wait until everything queued so far has run, warning every few
+        seconds while a receiver keeps it waiting. From a receiver itself,
+        returns at once (what it queued runs after it)."""
+        if self.on_thread() or self._thread is None:
+            return
+        done = threading.Event()
+        self.call(done.set)
+        waited = 0.0
+        while not done.wait(_SLOW_RECEIVER_WARNING):
+            waited += _SLOW_RECEIVER_WARNING
+            log.warning("%s still run after %gs; waiting for them (thread %r)", what, waited, self.name)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args, kwargs = item
+            try:
+                fn(*args, **kwargs)
+            except Exception:  # send() already isolates receivers; this is a bug of ours
+                log.exception("unexpected error delivering %r", fn)

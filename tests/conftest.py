@@ -12,6 +12,7 @@ import uuid
 from typing import Callable, Iterator, List
 
 import pytest
+import requests
 
 from consul_leader import Candidate
 from consul_leader.testing import ConsulAgent
@@ -33,8 +34,23 @@ def prefix(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def key(prefix: str) -> str:
-    return f"{prefix}/leader"
+def key(prefix: str, consul_agent: ConsulAgent) -> str:
+    """A fresh lock key that has been held and released once, so that the
+    first candidate does not wait the lock-delay a never-locked key costs."""
+    key = f"{prefix}/leader"
+    prime_key(consul_agent.url, key)
+    return key
+
+
+def prime_key(url: str, key: str) -> None:
+    """Lock and release *key* once with a throwaway session (no lock-delay):
+    the key then looks like one a leader released."""
+    sid = requests.put(f"{url}/v1/session/create", json={"LockDelay": "0s"}, timeout=5).json()["ID"]
+    try:
+        assert requests.put(f"{url}/v1/kv/{key}?acquire={sid}", data=b"", timeout=5).json() is True
+        requests.put(f"{url}/v1/kv/{key}?release={sid}", timeout=5).raise_for_status()
+    finally:
+        requests.put(f"{url}/v1/session/destroy/{sid}", timeout=5)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,107 @@
+"""The work of one term: ``job(stop_event)`` in a worker thread, and a
+watchdog that sets ``stop_event`` when the lease runs out.
+
+The ordering rules (see "Safety of the work" in the docs) are the
+candidate's: it starts a :class:`JobRunner` when a term begins, sets
+:attr:`JobRunner.stop_event` when the term ends, and releases the lock only
+after :meth:`JobRunner.join` returned. The watchdog does not depend on the
+election thread being scheduled: the election thread may sit in a request
+to a frozen agent while the lease runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Optional
+
+__all__ = ["Job", "JobRunner"]
+
+log = logging.getLogger("consul_leader")
+
+#: ``job(stop_event)``: what :meth:`Candidate.run() <consul_leader.Candidate.run>` runs while leading.
+Job = Callable[[threading.Event], Any]
+
+#: Seconds between the warnings about a job that does not return.
+_SLOW_JOB_WARNING = 5.0
+
+
+class JobRunner:
+    """Runs *job* for one term.
+
+    :param job: called as ``job(stop_event)`` on a worker thread.
+    :param lease_remaining: seconds left of the term's lease (<= 0: over).
+    :param name: for thread names and logs, e.g. ``"host:1 service/x"``.
+    :param on_return: called on the worker thread with True (returned) or
+        False (raised) when the job ends before :attr:`stop_event` was set,
+        i.e. while the term still runs.
+    :param on_lease_end: called on the watchdog thread when it set
+        :attr:`stop_event` because the lease ran out.
+    """
+
+    def __init__(self, job: Job, lease_remaining: Callable[[], float], name: str, *,
+                 on_return: Callable[[bool], None], on_lease_end: Callable[[], None]) -> None:
+        self.job = job
+        self.name = name
+        self.stop_event = threading.Event()
+        self._lease_remaining = lease_remaining
+        self._on_return = on_return
+        self._on_lease_end = on_lease_end
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Start the job and the lease watchdog (once)."""
+        if self._thread is not None or self.stop_event.is_set():
+            return
+        self._thread = threading.Thread(target=self._work, name=f"consul-leader-job {self.name}", daemon=True)
+        self._thread.start()
+        threading.Thread(target=self._watchdog, name=f"consul-leader-lease {self.name}", daemon=True).start()
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` ran the job."""
+        return self._thread is not None
+
+    def on_thread(self) -> bool:
+        """True when called from the job itself."""
+        return threading.current_thread() is self._thread
+
+    def stop(self) -> None:
+        """Tell the job to return (set :attr:`stop_event`)."""
+        self.stop_event.set()
+
+    def join(self) -> None:
+        """Wait until the job has returned, however long that takes, warning
+        every few seconds: the next term's work must not start beside it.
+        From the job itself, returns at once."""
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return
+        waited = 0.0
+        while True:
+            thread.join(_SLOW_JOB_WARNING)
+            if not thread.is_alive():
+                return
+            waited += _SLOW_JOB_WARNING
+            log.warning("the job of %s still runs %gs after it was told to stop; the lock is not handed over "
+                        "until it returns (a job must return soon after stop_event is set)", self.name, waited)
+
+    def _work(self) -> None:
+        ok = True
+        try:
+            self.job(self.stop_event)
+        except Exception:
+            ok = False
+            log.exception("the job of %s raised", self.name)
+        if not self.stop_event.is_set():
+            self._on_return(ok)
+
+    def _watchdog(self) -> None:
+        while not self.stop_event.is_set():
+            remaining = self._lease_remaining()
+            if remaining <= 0:
+                log.warning("the lease of %s ran out; telling the job to stop", self.name)
+                self.stop_event.set()
+                self._on_lease_end()
+                return
+            self.stop_event.wait(remaining)
