@@ -1,4 +1,5 @@
-"""Candidate processes (``candidate_proc.py``) driven from a test."""
+"""Candidate processes (``candidate_proc.py``) and ``consul-leader run``
+supervisors (running ``command_proc.py``) driven from a test."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from conftest import PYTHON, python_env
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "candidate_proc.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "candidate_proc.py")
+COMMAND = os.path.join(HERE, "command_proc.py")
 
 
 class CandidateProcess:
@@ -22,31 +25,57 @@ class CandidateProcess:
     :param identity: its identity (unique per process, also across restarts).
     :param workdir: where its records and output go.
     :param ttl: the candidate's ``ttl``.
+    :param receivers: ``"none"``, ``"slow"`` or ``"raising"``: one more
+        receiver on every signal that sleeps for seconds or raises.
+    :param hold: start the process built but not running for election
+        until :meth:`go`.
+    :param wrap: turns the argv into the one to run (e.g. inside a host's
+        network namespace).
     """
 
-    def __init__(self, address: str, key: str, identity: str, workdir: str, ttl: float = 1.0) -> None:
+    kind = "candidate"
+
+    def __init__(self, address: str, key: str, identity: str, workdir: str, ttl: float = 1.0,
+                 receivers: str = "none", hold: bool = False,
+                 wrap: Callable[[List[str]], List[str]] = list) -> None:
         self.address, self.key, self.identity, self.ttl = address, key, identity, ttl
+        self.receivers, self.hold, self.wrap = receivers, hold, wrap
         self.out = os.path.join(workdir, f"{identity}.jsonl")
         self.log = os.path.join(workdir, f"{identity}.log")
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._offset = 0
         self._up: Optional[Dict[str, Any]] = None
+        self._work: Dict[str, Dict[str, Any]] = {}
+        self._seen_ev: set = set()
+        #: Set when a fault SIGKILLed it on purpose.
+        self.killed = False
 
     def __repr__(self) -> str:
-        return f"<CandidateProcess {self.identity} pid={self.proc.pid if self.proc else None}>"
+        return f"<{type(self).__name__} {self.identity} pid={self.proc.pid if self.proc else None}>"
+
+    def argv(self) -> List[str]:
+        argv = [PYTHON, SCRIPT, "--address", self.address, "--key", self.key, "--identity", self.identity,
+                "--out", self.out, "--ttl", str(self.ttl), "--receivers", self.receivers]
+        return argv + (["--hold"] if self.hold else [])
 
     def start(self) -> "CandidateProcess":
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [PYTHON, SCRIPT, "--address", self.address, "--key", self.key, "--identity", self.identity,
-                 "--out", self.out, "--ttl", str(self.ttl)],
-                env=python_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(self.wrap(self.argv()), env=python_env(), stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self
+
+    def go(self) -> float:
+        """Let a held candidate run for election (SIGUSR2); the time just before."""
+        return self.signal(signal.SIGUSR2)
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def signal(self, signum: int) -> float:
         """Send *signum*; return the monotonic time just before."""
@@ -56,31 +85,41 @@ class CandidateProcess:
 
     def kill(self) -> float:
         """SIGKILL it and reap it; return the time of the kill."""
+        self.killed = True
         t = self.signal(signal.SIGKILL)
         assert self.proc is not None
         self.proc.wait(10)
         return t
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGCONT + SIGTERM (the candidate stops and releases its lock),
-        SIGKILL if it does not exit in *timeout*. Idempotent."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.pid, signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def stop(self, timeout: float = 30.0) -> Dict[str, Any]:
+        """SIGCONT + SIGTERM (the candidate answers its final probe, stops and
+        releases its lock), SIGKILL if it does not exit in *timeout*.
+
+        :returns: a ``stopped`` record: whether it still ran when asked,
+            its exit code, whether it had to be SIGKILLed."""
+        record: Dict[str, Any] = {"ev": "stopped", "id": self.identity, "proc": self.kind,
+                                  "killed_by_fault": self.killed, "forced": False}
+        if self.proc is None:
+            return {**record, "ran": False, "code": None}
+        record["ran_until_end"] = self.proc.poll() is None
+        if record["ran_until_end"]:
+            os.kill(self.pid, signal.SIGCONT)
+            record["t"] = time.monotonic()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                record["forced"] = True
+                self.proc.kill()
+                self.proc.wait()
+        record["code"] = self.proc.returncode
+        return record
 
     def records(self) -> List[Dict[str, Any]]:
         """Its records so far (a torn last line of a killed process is skipped)."""
         return read_records(self.out)
 
-    def leading(self) -> Optional[Dict[str, Any]]:
-        """The ``up`` record of the term this process believes it is in, per
-        its records so far (read incrementally), or None."""
+    def _read(self) -> None:
         try:
             with open(self.out, encoding="utf-8") as fh:
                 fh.seek(self._offset)
@@ -89,12 +128,35 @@ class CandidateProcess:
                         break  # written only in part so far
                     self._offset += len(line.encode("utf-8"))
                     r = json.loads(line)
-                    if r["ev"] == "up":
+                    ev = r["ev"]
+                    self._seen_ev.add(ev)
+                    if ev == "up":
                         self._up = r
-                    elif r["ev"] == "down":
+                    elif ev == "down":
                         self._up = None
+                    elif ev in ("work-start", "work-alive"):
+                        self._work[r["work"]] = r
+                    elif ev == "work-end":
+                        self._work.pop(r["work"], None)
         except FileNotFoundError:
             pass
+
+    def seen(self, ev: str) -> bool:
+        """Whether it has written an *ev* record yet."""
+        self._read()
+        return ev in self._seen_ev
+
+    def working(self, fresh: float = 0.5) -> bool:
+        """Whether a job or command of this process wrote a sign of life in
+        the last *fresh* seconds and has not ended."""
+        self._read()
+        now = time.monotonic()
+        return any(now - r["t"] < fresh for r in self._work.values())
+
+    def leading(self) -> Optional[Dict[str, Any]]:
+        """The ``up`` record of the term this process believes it is in, per
+        its records so far (read incrementally), or None."""
+        self._read()
         return self._up
 
     def output(self) -> str:
@@ -103,6 +165,41 @@ class CandidateProcess:
                 return fh.read()[-4000:]
         except OSError:
             return ""
+
+
+class SupervisorProcess(CandidateProcess):
+    """A ``consul-leader run KEY -- python command_proc.py`` supervisor; its
+    command records its lifetime into ``<workdir>/<identity>.jsonl``.
+
+    :param ignore_term: its command ignores SIGTERM (the supervisor must
+        SIGKILL it after ``--grace``).
+    :param grace: the supervisor's ``--grace``, in plain seconds.
+    """
+
+    kind = "supervisor"
+
+    def __init__(self, address: str, key: str, identity: str, workdir: str, ttl: float = 1.0,
+                 ignore_term: bool = False, grace: float = 0.5,
+                 wrap: Callable[[List[str]], List[str]] = list) -> None:
+        super().__init__(address, key, identity, workdir, ttl, wrap=wrap)
+        self.ignore_term, self.grace = ignore_term, grace
+
+    def argv(self) -> List[str]:
+        command = [PYTHON, COMMAND, "--out", self.out, "--identity", self.identity]
+        return [PYTHON, "-m", "consul_leader.cli", "run", self.key, "--address", self.address,
+                "--identity", self.identity, "--ttl", f"{self.ttl:g}", "--grace", f"{self.grace:g}",
+                "--log-level", "info", "--", *command, *(["--ignore-term"] if self.ignore_term else [])]
+
+    def expected_codes(self) -> List[int]:
+        """What it may exit with on SIGTERM: its command's status (0, or 137
+        when a command that ignores SIGTERM was SIGKILLed after the grace),
+        or 143 when no command ran."""
+        return [137, 143] if self.ignore_term else [0, 143]
+
+    def stop(self, timeout: float = 30.0) -> Dict[str, Any]:
+        record = super().stop(timeout + self.grace)
+        record["expected"] = self.expected_codes()
+        return record
 
 
 def read_records(path: str) -> List[Dict[str, Any]]:
