@@ -13,19 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import signal
-import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from ._watchdog import Spawned, SpawnFailed, Watchdog
 from .candidate import Candidate
 from .client import ConsulClient, ConsulConfig
 from .errors import ConfigurationError, ConsulLeaderError, LockHeld, PermissionDenied
 from .follower import Follower, LeaderInfo
+from .session import Timing, lease_clock
 from .validation import check_key
 
 __all__ = ["main"]
@@ -43,6 +47,8 @@ EXIT_UNAVAILABLE = 69
 EXIT_LOCK_HELD = 75
 #: ``run --once``: leadership was lost, so the command was stopped.
 EXIT_DEPOSED = 76
+#: ``run``: the watchdog process that enforces the lease on the command died.
+EXIT_SOFTWARE = 70
 #: The ACL token was refused.
 EXIT_PERMISSION = 77
 #: The command exists but cannot be executed / cannot be found (as in a shell).
@@ -55,43 +61,14 @@ exit codes:
            while leading, or after SIGINT/SIGTERM was forwarded to it
            (128+N when it died of signal N); 128+N on signal N when no command
            ran; {EXIT_DEPOSED} with --once when leadership was lost and the command stopped;
-           {EXIT_LOCK_HELD} with --no-wait when another process holds the lock;
+           {EXIT_LOCK_HELD} with --no-wait when another process holds the lock, with --timeout when
+           not elected in time; {EXIT_SOFTWARE} the watchdog process died (the command was killed);
            {EXIT_CANNOT_EXECUTE}/{EXIT_NOT_FOUND} the command cannot be executed / is not found
   status   {EXIT_OK} someone leads, {EXIT_NO_LEADER} nobody leads
   watch    {EXIT_OK} after SIGINT/SIGTERM
   all      {EXIT_USAGE} usage or configuration error, {EXIT_UNAVAILABLE} Consul unreachable or erring,
            {EXIT_PERMISSION} ACL token refused
 """
-
-# On Linux the command is started by this shim, which stays as the leader of
-# the command's process group: the kernel signals it (PR_SET_PDEATHSIG) when
-# consul-leader dies, even of SIGKILL, and it then kills the whole group, so
-# that a crashed supervisor cannot leave the command (or its children)
-# running while another process leads. Signals for the command reach it
-# through the group; the shim ignores them and passes the command's status on.
-_SHIM = """\
-import ctypes, os, signal, sys
-def parent_died(*_):
-    os.killpg(0, signal.SIGKILL)
-signal.signal(signal.SIGUSR1, parent_died)
-for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-    signal.signal(s, lambda *_: None)
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    parent_died()
-try:
-    pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ,
-                          setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1))
-except OSError as exc:
-    sys.stderr.write(f"consul-leader: cannot execute {sys.argv[2]!r}: {exc.strerror}\\n")
-    os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
-code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-if code < 0:
-    signal.signal(-code, signal.SIG_DFL)
-    os.kill(os.getpid(), -code)
-os._exit(code & 255)
-"""
-
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``consul-leader`` command.
@@ -125,6 +102,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConsulLeaderError as exc:
         print(f"consul-leader: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``2.5`` (seconds) or a duration as ``consul lock`` (Go)
+    writes it: ``500ms``, ``1s``, ``1m30s``, ``3h``."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d*)?|\.\d+", text):
+        seconds = float(text)
+    else:
+        pos, seconds = 0, 0.0
+        for match in _DURATION.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if pos == 0 or pos != len(text):
+            raise argparse.ArgumentTypeError(
+                f"invalid duration {text!r}: give seconds (2.5) or a duration such as 500ms, 10s, 1m30s, 3h")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be 0 or more")
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -162,13 +164,17 @@ def _parser() -> argparse.ArgumentParser:
     run = command("run", _run, "run CMD only while this process leads KEY; stop it when leadership is lost",
                   usage="consul-leader run [options] KEY -- CMD [ARG ...]")
     run.add_argument("--identity", help="what this process writes into the key (default hostname:pid)")
-    run.add_argument("--ttl", type=float, default=3.0,
-                     help="health check TTL in seconds: a crashed leader is replaced about 2*TTL later "
-                          "(default 3; consul lock takes ~45 s)")
-    run.add_argument("--lock-delay", type=float, metavar="SECONDS",
-                     help="Consul lock-delay after a leader's session is invalidated (default: TTL)")
-    run.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
-                     help="seconds between SIGTERM and SIGKILL when stopping the command (default 5)")
+    run.add_argument("--ttl", type=duration, default=3.0, metavar="DURATION",
+                     help="health check TTL: the one knob for failover speed (default 3s)")
+    run.add_argument("--lock-delay", type=duration, metavar="DURATION",
+                     help="Consul lock-delay after a leader's session is invalidated (default: the lease plus "
+                          "--grace plus 0.5s, so the command is dead before another process can be elected; "
+                          "at least --ttl, at most 60s)")
+    run.add_argument("--grace", type=duration, metavar="DURATION",
+                     help="time between SIGTERM and SIGKILL when stopping the command (default 5s)")
+    run.add_argument("--timeout", type=duration, metavar="DURATION",
+                     help=f"wait at most this long to be elected, then exit with {EXIT_LOCK_HELD} "
+                          "(as consul lock -timeout)")
     run.add_argument("--once", action="store_true",
                      help="exit after the first term instead of waiting for the next one")
     run.add_argument("--no-wait", action="store_true",
@@ -284,19 +290,20 @@ def _check_command(command: List[str]) -> Optional[int]:
 
 
 class _Runner:
-    """Starts the command each time the candidate is elected and stops it
-    when leadership ends; ``job`` runs as the candidate's job, the rest in
-    the main thread."""
+    """Starts the command (through the watchdog process) each time the
+    candidate is elected, keeps the watchdog told of the lease, and stops
+    the command when leadership ends; ``job`` runs as the candidate's job,
+    the rest in the main thread."""
 
-    def __init__(self, candidate: Candidate, command: List[str], grace: float, once: bool) -> None:
+    def __init__(self, candidate: Candidate, command: List[str], watchdog: Watchdog, once: bool) -> None:
         self.candidate = candidate
         self.command = command
-        self.grace = grace
+        self.watchdog = watchdog
         self.once = once
         self.wake = threading.Event()  # the main thread has something to look at
         self.release = threading.Event()  # the main thread lets the job return
         self.lock = threading.Lock()
-        self.child: Optional[subprocess.Popen[bytes]] = None
+        self.child: Optional[Spawned] = None
         self.shutting_down = False
         self.signum: Optional[int] = None
         self.terms = 0
@@ -307,6 +314,22 @@ class _Runner:
         self.signum = signum
         self.wake.set()
 
+    def on_event(self, event: Dict[str, Any]) -> None:
+        """A report of the watchdog process (logged here, it has no logger)."""
+        op, pid = event["op"], event.get("pid")
+        if op == "lease_ended":
+            log.warning("consul-leader run: the lease on %r ended; SIGTERM to pid %d", self.candidate.key, pid)
+        elif op == "killed":
+            log.warning("consul-leader run: pid %s still runs %gs after signal %d; killing it", pid,
+                        round(event["after"], 1), signal.SIGTERM if self.signum is None else self.signum)
+        elif op == "exited" and event["code"] < 0:
+            log.info("consul-leader run: pid %s ended by signal %d", pid, -event["code"])
+
+    def lease_deadline(self) -> float:
+        """When the lease ends, on the lease clock; never later than the truth."""
+        now = lease_clock()
+        return now + self.candidate.health().lease_remaining
+
     def job(self, stop_event: threading.Event) -> None:
         token = self.candidate.fencing_token
         with self.lock:
@@ -315,99 +338,147 @@ class _Runner:
             self.terms += 1
             env = dict(os.environ, CONSUL_LEADER_KEY=self.candidate.key, CONSUL_LEADER_FENCING_TOKEN=str(token),
                        CONSUL_LEADER_IDENTITY=self.candidate.identity)
-            argv = self.command
-            if sys.platform.startswith("linux"):
-                argv = [sys.executable, "-c", _SHIM, str(os.getpid()), *argv]
-            # Its own process group: a terminal's Ctrl-C reaches only us (we
-            # forward it once), and stopping the group stops its children too.
-            child = self.child = subprocess.Popen(argv, env=env, start_new_session=True)
-        log.info("consul-leader run: started %s (pid %d) as leader of %r, fencing token %d",
-                 self.command[0], child.pid, self.candidate.key, token)
-        while child.poll() is None and not stop_event.is_set() and self.candidate.is_leader():
-            stop_event.wait(0.1)
-        deposed = child.poll() is None and not self.shutting_down
-        if deposed:
-            log.warning("consul-leader run: leadership of %r ended; stopping pid %d", self.candidate.key, child.pid)
-            self.terminate(child, signal.SIGTERM)
-        status = child.wait()
-        code = status if status >= 0 else 128 - status
-        with self.lock:
-            self.child = None
-            self.last = (code, deposed)
-        if not deposed:
-            log.info("consul-leader run: pid %d exited with %d", child.pid, code)
+            try:
+                child = self.child = self.watchdog.spawn(self.command, env, self.lease_deadline())
+            except SpawnFailed as exc:
+                print(f"consul-leader run: {exc}", file=sys.stderr)
+                child = None
+                self.last = (exc.code, False)
+        if child is not None:
+            log.info("consul-leader run: started %s (pid %d) as leader of %r, fencing token %d",
+                     self.command[0], child.pid, self.candidate.key, token)
+            self._supervise(child, stop_event)
         self.wake.set()
         if self.once or self.shutting_down:
             # Keep the term (and the lock) until the main thread stops the
             # candidate, so that no next term starts meanwhile.
             self.release.wait()
 
-    def terminate(self, child: "subprocess.Popen[bytes]", signum: int) -> None:
-        """Send *signum* to the command's process group; SIGKILL it after the grace period."""
-        self._kill(child, signum)
-        try:
-            child.wait(self.grace)
-        except subprocess.TimeoutExpired:
-            log.warning("consul-leader run: pid %d still runs %gs after signal %d; killing it", child.pid,
-                        self.grace, signum)
-            self._kill(child, signal.SIGKILL)
-            child.wait()
+    def _supervise(self, child: Spawned, stop_event: threading.Event) -> None:
+        # The watchdog enforces the lease by itself; this loop only tells it
+        # of renewals, and ends the command early when the term ends before
+        # the lease does (lock lost, resigned).
+        stopped = False
+        while not child.done.wait(_LEASE_PUSH):
+            if not stopped and not self.shutting_down and (stop_event.is_set() or not self.candidate.is_leader()):
+                stopped = True
+                log.warning("consul-leader run: leadership of %r ended; stopping pid %d", self.candidate.key,
+                            child.pid)
+                self.watchdog.stop(signal.SIGTERM)
+            if not stopped:
+                self.watchdog.lease(self.lease_deadline())
+        code = child.code if child.code is not None else 128 + signal.SIGKILL
+        code = code if code >= 0 else 128 - code
+        deposed = (stopped or child.lease_ended) and not self.shutting_down
+        with self.lock:
+            self.child = None
+            self.last = (code, deposed)
+        if self.watchdog.gone.is_set():
+            log.error("consul-leader run: the watchdog process died; killed pid %d", child.pid)
+        elif not deposed:
+            log.info("consul-leader run: pid %d exited with %d", child.pid, code)
 
-    @staticmethod
-    def _kill(child: "subprocess.Popen[bytes]", signum: int) -> None:
-        if child.poll() is not None:
-            return
-        try:
-            os.killpg(child.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    def shutdown(self) -> Optional[int]:
-        """Forward the signal received to the command and wait for it; its exit code, or None."""
+    def stop_command(self, signum: int) -> Optional[int]:
+        """Send *signum* to the command's group (SIGKILL after the grace) and
+        wait for it to end; its exit code, or None when none runs."""
         with self.lock:
             self.shutting_down = True
             child = self.child
-        assert self.signum is not None
         if child is None:
             return None
-        log.info("consul-leader run: forwarding signal %d to pid %d", self.signum, child.pid)
-        self.terminate(child, self.signum)
-        status = child.wait()
-        return status if status >= 0 else 128 - status
+        log.info("consul-leader run: sending signal %d to pid %d", signum, child.pid)
+        self.watchdog.stop(signum)
+        child.done.wait()
+        code = child.code if child.code is not None else -signal.SIGKILL
+        return code if code >= 0 else 128 - code
+
+
+#: How often the job thread tells the watchdog of the lease's renewals: far
+#: below the heartbeat, so the watchdog's copy of the deadline lags little.
+_LEASE_PUSH = 0.05
+
+#: Kept between the SIGKILL and the earliest moment another process can be
+#: elected: covers the watchdog's wake-up and the kill's delivery.
+SAFETY_SLACK = 0.5
+
+
+def _timing(args: argparse.Namespace) -> Timing:
+    """The election's durations, with a lock-delay long enough that the
+    command, stopped at the lease's end, is dead before anyone else can win.
+
+    Another process can be elected no earlier than ``lock_delay - lease``
+    after the lease's end (an invalidated session, see docs/cli.rst), so the
+    command gets SIGTERM at the lease's end and must be gone ``grace`` later:
+    ``lock_delay >= lease + grace + slack``."""
+    grace = 5.0 if args.grace is None else args.grace
+    given = "" if args.grace is not None else " (the default)"
+    base = Timing.from_ttl(args.ttl, lock_delay=args.lock_delay)
+    need = base.lease + grace + SAFETY_SLACK
+    if base.lock_delay >= need - 1e-9:
+        return base
+    room = max(0.0, base.lock_delay - base.lease - SAFETY_SLACK)
+    if args.lock_delay is not None:
+        raise ConfigurationError(
+            f"--grace {grace:g}s{given} is longer than --lock-delay {base.lock_delay:g}s with --ttl {args.ttl:g}s "
+            f"allows: another process can be elected {base.lock_delay - base.lease:g}s after this one's lease "
+            f"({base.lease:g}s) ends, and the command must be dead by then ({SAFETY_SLACK:g}s to spare). Use "
+            f"--grace {math.floor(room * 10) / 10:g} or less, or --lock-delay {math.ceil(need * 10) / 10:g} or "
+            f"more (at most 60), or leave --lock-delay out to have it derived from --grace.")
+    if need > 60:
+        raise ConfigurationError(
+            f"--grace {grace:g}s{given} with --ttl {args.ttl:g}s needs a lock-delay of {need:g}s (lease "
+            f"{base.lease:g}s + grace + {SAFETY_SLACK:g}s), more than Consul's 60s: use --grace "
+            f"{math.floor((60 - base.lease - SAFETY_SLACK) * 10) / 10:g} or less, or a smaller --ttl.")
+    return Timing.from_ttl(args.ttl, lock_delay=math.ceil(need * 10) / 10)
 
 
 def _run(args: argparse.Namespace, command: List[str]) -> int:
     if not command:
         print("consul-leader run: give the command after --, e.g. run KEY -- my-job --flag", file=sys.stderr)
         return EXIT_USAGE
+    if os.name != "posix":
+        raise ConfigurationError("run needs a POSIX system (process groups and signals)")
     unusable = _check_command(command)
     if unusable is not None:
         print(f"consul-leader run: {command[0]!r}: " +
               ("command not found" if unusable == EXIT_NOT_FOUND else "not executable"), file=sys.stderr)
         return unusable
-    if args.grace < 0:
-        raise ConfigurationError(f"--grace must be 0 or more seconds, got {args.grace!r}")
-    candidate = Candidate(args.key, identity=args.identity, ttl=args.ttl, lock_delay=args.lock_delay,
+    timing = _timing(args)
+    candidate = Candidate(args.key, identity=args.identity, ttl=args.ttl, lock_delay=timing.lock_delay,
                           wait=not args.no_wait, **_connection(args))
+    grace = 5.0 if args.grace is None else args.grace
+    # Started before the election, so that no process start lies on the
+    # handover path; it lives as long as this process.
+    watchdog = Watchdog(grace, timing.lock_delay - timing.lease - SAFETY_SLACK)
+    runner = _Runner(candidate, command, watchdog, args.once)
+    watchdog.on_event = runner.on_event
     if args.metrics_port is not None:
         from .metrics import register, start_http_server
 
         register(candidate)
         start_http_server(args.metrics_port)
-    runner = _Runner(candidate, command, args.grace, args.once)
     previous = {s: signal.signal(s, runner.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     code: Optional[int] = None
+    give_up = None if args.timeout is None else time.monotonic() + args.timeout
     try:
         candidate.run(runner.job, block=False)
         while code is None:
-            runner.wake.wait(0.2)
+            wait = 0.2 if give_up is None else max(0.0, min(0.2, give_up - time.monotonic()))
+            runner.wake.wait(wait)
             runner.wake.clear()
             if runner.signum is not None:
-                status = runner.shutdown()
+                status = runner.stop_command(runner.signum)
                 code = 128 + runner.signum if status is None else status
+            elif watchdog.gone.is_set():
+                print("consul-leader run: the watchdog process died; leaving the election", file=sys.stderr)
+                code = EXIT_SOFTWARE
             elif args.once and runner.last is not None:
                 status, deposed = runner.last
                 code = EXIT_DEPOSED if deposed else status
+            elif give_up is not None and time.monotonic() >= give_up and not _started(runner):
+                print(f"consul-leader run: not elected leader of {candidate.key!r} within {args.timeout:g}s",
+                      file=sys.stderr)
+                code = EXIT_LOCK_HELD
             else:
                 try:
                     candidate.wait_for_leadership(0)
@@ -416,15 +487,25 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
                     code = EXIT_LOCK_HELD
     finally:
         runner.release.set()
-        with runner.lock:
-            runner.shutting_down = True
-            child = runner.child
-        if child is not None:  # leaving on an error: never leave the command running
-            runner.terminate(child, signal.SIGTERM)
+        if runner.child is not None:  # leaving on an error: never leave the command running
+            runner.stop_command(signal.SIGTERM)
+        else:
+            with runner.lock:
+                runner.shutting_down = True
         candidate.stop()
+        watchdog.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return code
+
+
+def _started(runner: _Runner) -> bool:
+    """Whether a term began; if not, none will (``--timeout`` ran out)."""
+    with runner.lock:
+        if runner.terms:
+            return True
+        runner.shutting_down = True
+        return False
 
 
 if __name__ == "__main__":
