@@ -1,0 +1,139 @@
+"""``consul-leader run`` never lets its command run beside the next leader's:
+not when the session is taken away from a command that ignores SIGTERM, not
+when the supervisor itself is frozen. Real agent, real processes; each
+command records its own life on CLOCK_BOOTTIME, which every process of the
+machine shares."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator, Tuple
+
+import pytest
+import requests
+
+from consul_leader.cli import EXIT_USAGE
+from consul_leader.testing import ConsulAgent
+
+from conftest import PYTHON, wait_until
+from test_cli import Runs, alive, exit_code
+
+# The command: notes its start, shrugs SIGTERM off, and notes "still alive"
+# every few ms (a SIGKILL leaves no last word, so the last note is its end).
+LIFE = """\
+import os, signal, sys, time
+now = lambda: time.clock_gettime(time.CLOCK_BOOTTIME)
+base = os.path.join(os.environ["DIR"], os.environ["CONSUL_LEADER_IDENTITY"])
+signal.signal(signal.SIGTERM, lambda *_: open(base + ".term", "a").write(repr(now()) + "\\n"))
+with open(base + ".start", "a") as f:
+    f.write(f"{now()!r} {os.getpid()}\\n")
+while True:
+    with open(base + ".alive.tmp", "w") as f:
+        f.write(repr(now()))
+    os.replace(base + ".alive.tmp", base + ".alive")
+    time.sleep(0.003)
+"""
+
+
+@pytest.fixture
+def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Runs]:
+    runs = Runs(consul_agent, tmp_path)
+    (tmp_path / "life.py").write_text(LIFE)
+    yield runs
+    for proc in runs.procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+    for start in tmp_path.glob("*.start"):  # a command the test left behind
+        for line in start.read_text().split("\n"):
+            if line:
+                try:
+                    os.kill(int(line.split()[1]), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def started(cli: Runs, name: str) -> Tuple[float, int]:
+    """When the command of run *name* started (its first term), and its pid."""
+    path = cli.tmp / f"{name}.start"
+    wait_until(lambda: path.exists() and path.read_text().endswith("\n"), what=f"{name}'s command to start")
+    at, pid = path.read_text().split("\n")[0].split()
+    return float(at), int(pid)
+
+
+def last_alive(cli: Runs, name: str, pid: int) -> float:
+    """The last sign of life of *name*'s command, once it is dead."""
+    wait_until(lambda: not alive(pid), timeout=60, what=f"{name}'s command (pid {pid}) to end")
+    return float((cli.tmp / f"{name}.alive").read_text())
+
+
+def life(cli: Runs, name: str, *options: str, key: str) -> subprocess.Popen[str]:
+    return cli.start("run", *options, "--identity", name, key, "--", PYTHON, "-S", str(cli.tmp / "life.py"),
+                     name=name)
+
+
+def test_a_command_ignoring_sigterm_is_dead_before_the_next_leader_starts_when_the_session_is_destroyed(
+        cli: Runs, key: str, consul_agent: ConsulAgent) -> None:
+    # --grace 3s against a 1s TTL: the lock-delay must be derived from the
+    # grace, or the next leader starts while this command still runs.
+    life(cli, "a", "--ttl", "1s", "--grace", "3s", key=key)
+    _, a_pid = started(cli, "a")
+    life(cli, "b", "--ttl", "1s", "--grace", "3s", key=key)
+    wait_until(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
+    session = cli.status(key)["session"]
+    destroyed = time.clock_gettime(time.CLOCK_BOOTTIME)
+    requests.put(f"http://{consul_agent.address}/v1/session/destroy/{session}", timeout=5).raise_for_status()
+    b_start, _ = started(cli, "b")
+    a_end = last_alive(cli, "a", a_pid)
+    print(f"a's command ended {a_end - destroyed:.2f}s after the destroy, b's started {b_start - destroyed:.2f}s "
+          f"after it")
+    assert (cli.tmp / "a.term").exists(), "a's command was not sent SIGTERM first"
+    assert a_end < b_start, f"the two commands overlapped for {a_end - b_start:.3f}s"
+
+
+def test_a_frozen_supervisor_does_not_let_its_command_run_beside_the_next_leaders(cli: Runs, key: str) -> None:
+    a = life(cli, "a", "--ttl", "1s", "--grace", "1000ms", key=key)
+    _, a_pid = started(cli, "a")
+    life(cli, "b", "--ttl", "1s", "--grace", "1000ms", key=key)
+    wait_until(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
+    a.send_signal(signal.SIGSTOP)  # the supervisor only: its command and watchdog run on
+    try:
+        b_start, _ = started(cli, "b")
+        a_end = last_alive(cli, "a", a_pid)
+    finally:
+        a.send_signal(signal.SIGCONT)
+    assert a_end < b_start, f"the two commands overlapped for {a_end - b_start:.3f}s"
+    # Thawed, a finds its term over and waits: it does not start a command beside b's.
+    wait_until(lambda: "deposed" in cli.log("a"), what="a to notice its term ended")
+    time.sleep(1)
+    assert len((cli.tmp / "a.start").read_text().split("\n")) == 2  # one line and the final newline
+
+
+def test_the_lock_delay_is_derived_from_the_grace(cli: Runs, key: str, consul_agent: ConsulAgent) -> None:
+    # Defaults: TTL 3s, lease 2.5s, grace 5s: the lock-delay must cover
+    # lease + grace + 0.5s, so that a command stopped at the lease's end is
+    # dead before anyone else can be elected.
+    life(cli, "d", key=key)
+    started(cli, "d")
+    session = cli.status(key)["session"]
+    info = requests.get(f"http://{consul_agent.address}/v1/session/info/{session}", timeout=5).json()
+    assert info[0]["LockDelay"] == 8 * 10**9
+
+
+@pytest.mark.parametrize("options, names", [
+    (["--ttl", "3s", "--lock-delay", "3s", "--grace", "5s"], ["--grace 5s", "--lock-delay"]),
+    (["--lock-delay", "3"], ["--grace 5s (the default)", "--lock-delay"]),
+    (["--ttl", "30", "--grace", "1m"], ["--grace 60s", "60s"]),
+])
+def test_a_grace_the_lock_delay_cannot_cover_is_refused(key: str, options: list, names: list,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code(["run", *options, key, "--", "true"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    for name in names:
+        assert name in err, err
+    assert "or less" in err  # says what would work

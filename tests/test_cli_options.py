@@ -1,0 +1,76 @@
+"""Options of ``consul-leader run`` as ``consul lock`` users write them:
+durations in Go's syntax, ``--timeout``, and ``python -m consul_leader``."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from consul_leader.cli import EXIT_LOCK_HELD, EXIT_USAGE, duration
+from consul_leader.testing import ConsulAgent
+
+from conftest import PYTHON, python_env
+from test_cli import Runs, exit_code
+
+
+@pytest.fixture
+def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Runs]:
+    runs = Runs(consul_agent, tmp_path)
+    yield runs
+    for proc in runs.procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("2.5", 2.5), ("10", 10.0), ("0", 0.0), ("500ms", 0.5), ("1s", 1.0), ("3h", 10800.0), ("1m30s", 90.0),
+    ("1.5m", 90.0), ("250us", 0.00025), ("1h0m0.5s", 3600.5), (".5s", 0.5),
+])
+def test_durations_in_seconds_or_as_consul_lock_writes_them(text: str, seconds: float) -> None:
+    assert duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5x", "1s2", "s", "-1s", "-2", "1 s", "inf", "nan", "1e3", "1d"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid duration"):
+        duration(text)
+
+
+@pytest.mark.parametrize("option", ["--ttl", "--lock-delay", "--grace", "--timeout"])
+def test_every_duration_option_says_what_is_wrong(option: str, key: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code(["run", option, "5x", key, "--", "true"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"argument {option}: invalid duration '5x'" in err and "1m30s" in err
+
+
+def test_timeout_gives_up_waiting_for_the_lock(cli: Runs, key: str, make_candidate) -> None:
+    holder = make_candidate(key, identity="holder").start()
+    assert holder.wait_for_leadership(30)
+    result = cli("run", "--timeout", "1500ms", key, "--", "sh", "-c", 'touch "$DIR/ran"')
+    assert result.returncode == EXIT_LOCK_HELD
+    assert "not elected leader" in result.stderr and "within 1.5s" in result.stderr
+    assert not (cli.tmp / "ran").exists()
+    assert holder.is_leader()
+
+
+def test_timeout_does_not_limit_a_term_that_began(cli: Runs, key: str) -> None:
+    # Elected in time (a new key costs one lock-delay), the command then runs
+    # past the timeout and its status is the run's.
+    result = cli("run", "--once", "--ttl", "1s", "--grace", "0.5s", "--timeout", "30s", key, "--", "sh", "-c",
+                 "sleep 1; exit 3")
+    assert result.returncode == 3, result.stderr
+
+
+def test_python_m_consul_leader_is_the_command(key: str) -> None:
+    helped = subprocess.run([PYTHON, "-m", "consul_leader", "run", "--help"], env=python_env(), capture_output=True,
+                            text=True, timeout=60)
+    assert helped.returncode == 0
+    assert helped.stdout.startswith("usage: consul-leader run") and "--timeout DURATION" in helped.stdout
+    bad = subprocess.run([PYTHON, "-m", "consul_leader", "run", "--grace", "soon", key, "--", "true"],
+                         env=python_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == EXIT_USAGE and "invalid duration 'soon'" in bad.stderr
