@@ -11,16 +11,16 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 import requests
+from test_cli import Runs, alive, exit_code
 
 from consul_leader.cli import EXIT_USAGE
 from consul_leader.testing import ConsulAgent
 
 from conftest import PYTHON, wait_until
-from test_cli import Runs, alive, exit_code
 
 # The command: notes its start, shrugs SIGTERM off, and notes "still alive"
 # every few ms (a SIGKILL leaves no last word, so the last note is its end).
@@ -130,7 +130,7 @@ def test_the_lock_delay_is_derived_from_the_grace(cli: Runs, key: str, consul_ag
     (["--lock-delay", "3"], ["--grace 5s (the default)", "--lock-delay"]),
     (["--ttl", "30", "--grace", "1m"], ["--grace 60s", "60s"]),
 ])
-def test_a_grace_the_lock_delay_cannot_cover_is_refused(key: str, options: list, names: list,
+def test_a_grace_the_lock_delay_cannot_cover_is_refused(key: str, options: List[str], names: List[str],
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_code(["run", *options, key, "--", "true"]) == EXIT_USAGE
     err = capsys.readouterr().err

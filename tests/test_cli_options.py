@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
+from test_cli import Runs, exit_code
 
+from consul_leader import Candidate
 from consul_leader.cli import EXIT_LOCK_HELD, EXIT_USAGE, duration
 from consul_leader.testing import ConsulAgent
 
 from conftest import PYTHON, python_env
-from test_cli import Runs, exit_code
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_every_duration_option_says_what_is_wrong(option: str, key: str, capsys:
     assert f"argument {option}: invalid duration '5x'" in err and "1m30s" in err
 
 
-def test_timeout_gives_up_waiting_for_the_lock(cli: Runs, key: str, make_candidate) -> None:
+def test_timeout_gives_up_waiting_for_the_lock(cli: Runs, key: str, make_candidate: Callable[..., Candidate]) -> None:
     holder = make_candidate(key, identity="holder").start()
     assert holder.wait_for_leadership(30)
     result = cli("run", "--timeout", "1500ms", key, "--", "sh", "-c", 'touch "$DIR/ran"')
