@@ -4,8 +4,11 @@
 (:class:`consul_leader.testing.ConsulAgent`), measures both contenders
 against it in the same run, and writes ``benchmarks/results.json``,
 ``docs/benchmarks_table.rst`` and the ``docs/_static/bench_*.png`` plots.
-``--quick`` (``make bench-quick``) does fewer repetitions in under two
+``--quick`` (``make bench-quick``) does fewer repetitions in a few
 minutes; ``--tiny`` only exercises the machinery (used by the tests).
+``--only partition`` runs just the partition benchmark
+(:mod:`benchmarks.partition`, which needs root and ``ip netns``) and keeps
+the other results of ``benchmarks/results.json``.
 """
 
 from __future__ import annotations
@@ -53,15 +56,16 @@ class Mode:
     scale_sizes: Tuple[int, ...]
     scale_handovers: int
     crash_in_background: bool
+    partition_runs: int = 0
 
 
 MODES = {
     "full": Mode("full", handovers=50, crash_runs=10, lock_crash_runs=10, idle_followers=3, idle_window=60.0,
                  timeit_number=1_000_000, scale_sizes=(1, 10, 50, 100), scale_handovers=25,
-                 crash_in_background=False),
+                 crash_in_background=False, partition_runs=5),
     "quick": Mode("quick", handovers=20, crash_runs=3, lock_crash_runs=2, idle_followers=2, idle_window=10.0,
                   timeit_number=200_000, scale_sizes=(1, 10, 50, 100), scale_handovers=3,
-                  crash_in_background=True),
+                  crash_in_background=True, partition_runs=1),
     "tiny": Mode("tiny", handovers=3, crash_runs=1, lock_crash_runs=0, idle_followers=1, idle_window=2.0,
                  timeit_number=10_000, scale_sizes=(1, 3), scale_handovers=2, crash_in_background=True),
 }
@@ -368,6 +372,48 @@ def machine(agent: ConsulAgent) -> Dict[str, Any]:
             "loadavg_start": os.getloadavg()[0]}
 
 
+def partitions(mode: Mode, workdir: str, samples: Dict[str, Any]) -> None:
+    """The partition benchmark's runs into *samples* (skipped, with the
+    reason, where this machine cannot make network namespaces)."""
+    from . import partition
+
+    if not mode.partition_runs:
+        return
+    from consul_leader.testing import ConsulCluster
+
+    ok, why = ConsulCluster.hosts_supported()
+    if not ok:
+        say(f"partition benchmark skipped: {why}")
+        return
+    samples["partition"] = partition.measure(mode.partition_runs, workdir)
+
+
+def run_partition_only(mode: Mode, out: str = RESULTS,
+                       docs: Optional[str] = os.path.join(ROOT, "docs")) -> Dict[str, Any]:
+    """Run only the partition benchmark and merge it into the results in
+    *out* (the other figures stay as they were measured)."""
+    from . import report
+
+    with open(out, encoding="utf-8") as fh:
+        previous = json.load(fh)
+    workdir = tempfile.mkdtemp(prefix="consul-leader-bench-")
+    samples = dict(previous["samples"])
+    started = time.monotonic()
+    try:
+        partitions(mode if mode.partition_runs else MODES["quick"], workdir, samples)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta = dict(previous["meta"])
+    meta["partition"] = {"mode": mode.name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                         "duration_s": time.monotonic() - started, "loadavg_end": os.getloadavg()[0]}
+    results = report.assemble(meta, samples, previous["stats"])
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=1, sort_keys=True)
+    if docs is not None:
+        report.write_docs(results, docs)
+    return results
+
+
 def run(mode: Mode, out: str = RESULTS, docs: Optional[str] = os.path.join(ROOT, "docs")) -> Dict[str, Any]:
     """Run every benchmark in *mode*; write the JSON to *out* and, unless
     *docs* is None, the table and plots into *docs*. Returns the results."""
@@ -394,10 +440,13 @@ def run(mode: Mode, out: str = RESULTS, docs: Optional[str] = os.path.join(ROOT,
             else:
                 bench.crashes()
             bench.scale()
+        partitions(mode, workdir, bench.samples)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta.update(mode=mode.name, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), duration_s=time.monotonic() - started,
                 loadavg_end=os.getloadavg()[0])
+    if "partition" in bench.samples:
+        meta["partition"] = {"mode": mode.name, "date": meta["date"]}
     results = report.assemble(meta, bench.samples, bench.stats)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
@@ -411,13 +460,19 @@ def run(mode: Mode, out: str = RESULTS, docs: Optional[str] = os.path.join(ROOT,
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="fewer repetitions, under two minutes")
+    group.add_argument("--quick", action="store_true", help="fewer repetitions, a few minutes")
     group.add_argument("--tiny", action="store_true", help="only exercise the machinery (seconds)")
     parser.add_argument("--out", default=RESULTS, help="where to write the JSON results")
     parser.add_argument("--no-docs", action="store_true", help="do not write the docs table and plots")
+    parser.add_argument("--only", choices=["partition"],
+                        help="run only this benchmark and keep the other results in --out")
     args = parser.parse_args(argv)
     mode = MODES["quick" if args.quick else "tiny" if args.tiny else "full"]
-    results = run(mode, args.out, None if args.no_docs else os.path.join(ROOT, "docs"))
+    docs = None if args.no_docs else os.path.join(ROOT, "docs")
+    if args.only == "partition":
+        results = run_partition_only(mode, args.out, docs)
+    else:
+        results = run(mode, args.out, docs)
     missed = [f["figure"] for f in results["figures"] if f.get("met") is False]
     if missed:
         say("targets missed: " + "; ".join(missed))

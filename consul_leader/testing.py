@@ -204,8 +204,12 @@ class _Network:
             self.gateway = str(addresses[0])
             self._free = [str(a) for a in addresses[1:]]
             _ip("link", "add", self.bridge, "type", "bridge")
-            _ip("addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", self.bridge)
-            _ip("link", "set", self.bridge, "up")
+            try:
+                _ip("addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", self.bridge)
+                _ip("link", "set", self.bridge, "up")
+            except RuntimeError:
+                _ip("link", "del", self.bridge, check=False)
+                raise
 
     @staticmethod
     def _free_block(size: int) -> ipaddress.IPv4Network:
