@@ -1,20 +1,23 @@
 """Watching the leader key: who leads, and when that changes.
 
-:class:`Follower` observes an election without running in it (seed 001's
-follower); the same :class:`KeyWatch` drives a candidate's waiting.
+:class:`Follower` observes an election without running in it (the follower
+of Docker's ``leadership`` package); the same :class:`KeyWatch` drives a
+candidate's waiting.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterator, Optional, Tuple, Union, cast
+
+import tenacity
 
 from . import signals
 from .client import ConsulClient, ConsulConfig, KeyEntry, interrupt
 from .errors import ConsulLeaderError, NotRunning
+from .events import Broadcast
 from .validation import check_key, check_number
 
 log = logging.getLogger("consul_leader")
@@ -104,7 +107,7 @@ class Follower:
         self._seen = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._queues: List["queue.Queue[Optional[LeaderInfo]]"] = []
+        self._changes: Broadcast[LeaderInfo] = Broadcast()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -128,9 +131,7 @@ class Follower:
     def stop(self) -> None:
         """Stop watching; :meth:`changes` iterators end."""
         self._stop.set()
-        with self._lock:
-            for q in self._queues:
-                q.put(None)
+        self._changes.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             interrupt(self._thread)
             self._thread.join(self.client.config.timeout + 1)
@@ -158,45 +159,47 @@ class Follower:
     def changes(self) -> Iterator[Optional[str]]:
         """Yield the leader's identity (None: nobody) each time it changes,
         starting with the current one, until :meth:`stop`."""
-        q: "queue.Queue[Optional[LeaderInfo]]" = queue.Queue()
         with self._lock:
-            self._queues.append(q)
-            if self._seen.is_set():
-                q.put(self._info)
-        try:
-            while not self._stop.is_set():
-                info = q.get()
-                if info is None:
-                    return
-                yield info.identity
-        finally:
-            with self._lock:
-                self._queues.remove(q)
+            first = self._info if self._seen.is_set() else None
+            changes = self._changes.subscribe(first)
+        return (info.identity for info in changes)
 
     def _loop(self) -> None:
         watch = KeyWatch(self.client, self.key)
         wait: Optional[float] = None
+        # Jittered and capped (Consul may be down for hours): followers that
+        # lost their agent together do not return in step.
+        backoff = tenacity.wait_random_exponential(multiplier=0.2, max=10.0)
         failures = 0
         while not self._stop.is_set():
             try:
                 entry = watch.read(wait)
-                failures = 0
-            except ConsulLeaderError as exc:
+            except Exception as exc:
                 if self._stop.is_set():
                     break
                 failures += 1
-                log.warning("consul_leader: follower of %r cannot read the key: %s", self.key, exc)
-                signals.send(signals.election_error, self, error=exc)
-                self._stop.wait(min(0.2 * 2 ** failures, 10.0))
+                if isinstance(exc, ConsulLeaderError):
+                    log.warning("follower of %r cannot read the key: %s", self.key, exc)
+                    signals.send(signals.election_error, self, error=exc)
+                else:  # a garbled answer (a proxy, a wrong port): never a dead thread
+                    log.exception("follower of %r got an unexpected error reading the key; retrying", self.key)
+                self._stop.wait(backoff(cast(tenacity.RetryCallState, _Attempt(failures))))
                 continue
+            failures = 0
             wait = self._wait
             info = LeaderInfo.from_entry(entry)
             first = not self._seen.is_set()
             if first or info.identity != self._info.identity or info.session != self._info.session:
-                self._info = info
-                self._seen.set()
-                log.info("consul_leader: leader of %r is now %r", self.key, info.identity)
                 with self._lock:
-                    for q in self._queues:
-                        q.put(info)
+                    self._info = info
+                    self._seen.set()
+                    self._changes.publish(info)
+                log.info("leader of %r is now %r", self.key, info.identity)
                 signals.send(signals.leader_changed, self, leader=info.identity)
+
+
+class _Attempt:
+    """What a tenacity wait strategy reads of a retry state."""
+
+    def __init__(self, number: int) -> None:
+        self.attempt_number = number
