@@ -17,14 +17,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import requests
+from garbling_proxy import GarblingProxy
 
 from consul_leader import Candidate, Follower, deposed, elected, election_error
-from consul_leader.session import Session, Timing
 from consul_leader.client import ConsulClient, ConsulConfig
+from consul_leader.session import Session, Timing
 from consul_leader.testing import ConsulAgent
 
 from conftest import PYTHON, candidate_factory, prime_key, python_env, wait_until
-from garbling_proxy import GarblingProxy
 
 
 class Work:
