@@ -196,7 +196,7 @@ def main() -> None:
     connect_receivers(candidate, rec, args.receivers, args.slow)
     job = Job(candidate, rec, args.step)
 
-    stop, resign, go = threading.Event(), threading.Event(), threading.Event()
+    stop, resign, go, sampled = threading.Event(), threading.Event(), threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGUSR1, lambda *_: resign.set())
     signal.signal(signal.SIGUSR2, lambda *_: go.set())
@@ -204,7 +204,9 @@ def main() -> None:
         rec.write("ready")
         while not (go.wait(0.05) or stop.is_set()):
             pass
-    sampler = threading.Thread(target=sample, args=(candidate, rec, stop), name="sampler", daemon=True)
+    # The sampler runs on through the final probe and stop(): its records
+    # cover the handover that stop() makes.
+    sampler = threading.Thread(target=sample, args=(candidate, rec, sampled), name="sampler", daemon=True)
     rec.write("run")
     candidate.run(job, block=False)
     sampler.start()
@@ -217,6 +219,7 @@ def main() -> None:
     final(candidate, job, sampler, rec, args.final_wait)
     candidate.stop()
     stopped = time.monotonic()
+    sampled.set()
     sampler.join(5)
     rec.write("exit", job_running=job.running, sampler_alive=sampler.is_alive(), stopped=stopped)
 

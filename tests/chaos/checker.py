@@ -363,3 +363,49 @@ def check(records: List[Record], lease: float) -> Report:
                   work_token_violations=work_token_violations(all_work, all_terms),
                   liveness_violations=liveness_violations(records), stalls=stalls,
                   work_availability=availability(all_work, begin, end), work_failovers=work_failovers, notes=notes)
+
+
+def explain(records: List[Record], report: Report, window: float = 1.0) -> str:
+    """For each overlap of work or flag, the fault before it and the
+    signal, belief and work records of both sides around it: the timeline a
+    developer needs to find the cause."""
+    faults = sorted((r for r in records if r.get("ev") == "fault"), key=lambda r: r["t"])
+    pairs: List[Tuple[str, Any, Any]] = [("work", a, b) for a, b in report.work_overlaps]
+    pairs += [("flag", a, b) for a, b in report.overlaps]
+    out = []
+    for what, a, b in pairs:
+        begin = b.start
+        before = [f for f in faults if f["t"] <= begin]
+        cause = before[-1] if before else None
+        out.append(f"== {what} overlap {min(a.end, b.end) - b.start:.3f}s at {begin:.3f}: {a} and {b}")
+        if cause is not None:
+            out.append(f"   last fault before it, {begin - cause['t']:.3f}s earlier: {cause}")
+        ids = {a.id, b.id}
+        for r in sorted((r for r in records if r.get("id") in ids and isinstance(r.get("t"), (int, float))
+                         and begin - window - 3 <= r["t"] <= max(a.end, b.end) + window
+                         and r.get("ev") not in ("alive", "work-alive", "view")), key=lambda r: r["t"]):
+            out.append(f"   {r['t'] - begin:+8.3f} {r.get('id')} {r.get('ev')} "
+                       + " ".join(f"{k}={v}" for k, v in r.items() if k not in ("ev", "id", "t", "pid")))
+    return "\n".join(out)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python tests/chaos/checker.py RECORDS.jsonl``: check a run's
+    records again, print the table, the problems and each overlap's timeline."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    with open(args[0], encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    run: Record = next((r for r in records if r.get("ev") == "run"), {})
+    lease = float(args[1]) if len(args) > 1 else 5 / 6 * float(run.get("ttl", 1.0))
+    report = check(records, lease)
+    print(report.table())
+    print(report.problems())
+    print(explain(records, report))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

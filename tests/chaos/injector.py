@@ -99,10 +99,10 @@ class Chaos:
             self._note(f"partition faults left out: {self.hosts_reason}")
 
     def _hosts_supported(self) -> "tuple[bool, str]":
-        agent = self.cluster.clients[0]
-        if getattr(agent, "host", None) is None or not hasattr(self.cluster, "partition"):
-            return False, "the cluster runs without hosts (ConsulCluster(hosts=True) not available or not asked for)"
-        return True, ""
+        if self.cluster.clients[0].host is not None:
+            return True, ""
+        supported, reason = ConsulCluster.hosts_supported()
+        return False, reason if not supported else "the cluster was made without hosts=True"
 
     # -- running ------------------------------------------------------------
 
@@ -144,8 +144,7 @@ class Chaos:
 
     def _spawn(self, agent: ClusterAgent, spec: Spec, hold: bool = False) -> CandidateProcess:
         self._incarnation += 1
-        host = getattr(agent, "host", None) if self.hosts else None
-        wrap: Callable[[List[str]], List[str]] = host.command if host is not None else list
+        wrap: Callable[[List[str]], List[str]] = agent.host.command if agent.host is not None else list
         p: CandidateProcess
         if spec["kind"] == "supervisor":
             p = SupervisorProcess(agent.address, self.key, f"s{self._incarnation}", self.workdir, self.ttl,
@@ -252,24 +251,39 @@ class Chaos:
         leader = self.wait_for_leader("the last fault")
         return leader or self.rng.choice(self.running())
 
-    def steer(self, want: Callable[[CandidateProcess], bool], attempts: int = 15) -> Optional[CandidateProcess]:
-        """Make a process for which *want* is true the leader: resign (or, for
-        a supervisor, destroy the session of) whoever else leads, recorded as
-        faults. None if that did not work in *attempts*."""
+    def steer(self, want: Callable[[CandidateProcess], bool], attempts: int = 4) -> Optional[CandidateProcess]:
+        """Make a process for which *want* is true the leader: SIGSTOP the
+        other followers for a moment, resign (or, for a supervisor, destroy
+        the session of) whoever leads, recorded as a fault, and let the
+        chosen one win. None if that did not work in *attempts*."""
         for _ in range(attempts):
             p = self.wait_for_leader("steering")
             if p is None:
                 return None
             if want(p):
                 return p
-            if isinstance(p, SupervisorProcess):
-                self.destroy_session(steer=True)
-            else:
-                self._fault("resign", p.signal(signal.SIGUSR1), target=p.identity, steer=True)
+            wanted = [q for q in self.running() if want(q)]
+            if not wanted:
+                return None
+            target = self.rng.choice(wanted)
+            others = [q for q in self.running() if q is not target and q is not p]
+            self.events.append({"ev": "steer", "t": time.monotonic(), "to": target.identity,
+                                "paused": [q.identity for q in others]})
+            for q in others:
+                q.signal(signal.SIGSTOP)
             try:
-                wait_until(lambda p=p: self.leader() is not p, 10, "the steered leader let go", every=0.02)
-            except AssertionError:
-                pass
+                if isinstance(p, SupervisorProcess):
+                    self.destroy_session(steer=True)
+                else:
+                    self._fault("resign", p.signal(signal.SIGUSR1), target=p.identity, steer=True)
+                try:
+                    wait_until(lambda target=target: self.leader() is target, 3 * self.ttl + 5, "the chosen one leads",
+                               every=0.02)
+                except AssertionError:
+                    pass
+            finally:
+                for q in others:
+                    q.signal(signal.SIGCONT)
         return None
 
     # -- the faults ---------------------------------------------------------
@@ -448,13 +462,13 @@ class Chaos:
         agent = self.agent_of[p.identity]
         seconds = self.rng.uniform(12.0, 16.0)
         t = time.monotonic()
-        self.cluster.partition(agent)  # type: ignore[attr-defined]
+        self.cluster.partition(agent)
         # The candidates still reach their agent, but no renew reaches a
         # server from now on.
         self._fault("client host partitioned", t, target=p.identity, agent=agent.name, seconds=seconds,
                     lease_bound=t)
         time.sleep(seconds)
-        self.cluster.heal()  # type: ignore[attr-defined]
+        self.cluster.heal()
 
     def partition_server(self) -> None:
         """One server (half the time the Raft leader) is cut off from the
@@ -464,11 +478,11 @@ class Chaos:
         server = leader if leader is not None and self.rng.random() < 0.5 else self.rng.choice(self.cluster.servers)
         seconds = self.rng.uniform(5.0, 9.0)
         t = time.monotonic()
-        self.cluster.partition(server)  # type: ignore[attr-defined]
+        self.cluster.partition(server)
         self._fault("server minority partitioned", t, target=p.identity, agent=server.name, seconds=seconds,
                     raft_leader=server is leader)
         time.sleep(seconds)
-        self.cluster.heal()  # type: ignore[attr-defined]
+        self.cluster.heal()
 
 
 def records_path(name: str) -> str:

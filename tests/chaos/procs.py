@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from conftest import PYTHON, python_env
 
@@ -46,7 +46,7 @@ class CandidateProcess:
         self._offset = 0
         self._up: Optional[Dict[str, Any]] = None
         self._work: Dict[str, Dict[str, Any]] = {}
-        self._seen_ev: set = set()
+        self._seen_ev: Set[str] = set()
         #: Set when a fault SIGKILLed it on purpose.
         self.killed = False
 
