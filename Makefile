@@ -58,8 +58,14 @@ test: venv consul services lint
 matrix: venv consul services
 	PATH="$(MATRIX_PATH)" CONSUL_BIN=$$(scripts/install-consul) $(BIN)/tox run -e $(subst $(space),$(comma),$(strip $(MATRIX)))
 
+# The long chaos run: CHAOS_DURATION seconds of faults (CHAOS_SEED replays a
+# run's faults). As root on Linux the agents run on hosts of their own and
+# network partitions are among the faults; elsewhere the run says it left
+# them out.
+CHAOS_DURATION ?= 600
 chaos: venv consul
-	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest -m chaos -s tests/chaos $(PYTEST_ARGS)
+	CHAOS_DURATION=$(CHAOS_DURATION) CONSUL_BIN=$$(scripts/install-consul) \
+		$(BIN)/python -m pytest -m chaos -s tests/chaos/test_chaos.py $(PYTEST_ARGS)
 
 bench: venv consul
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m benchmarks.run
