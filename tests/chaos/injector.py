@@ -441,14 +441,15 @@ class Chaos:
         ``leader_changed``)."""
         kind = f"{mode} receivers"
         p = self.steer(lambda q: self.spec_of[q.identity].get("receivers") == mode)
+        leading = p is not None
         if p is None:
+            # Still disturb it as a follower: its election_error receivers run.
             self._note(f"{kind}: that candidate could not be made the leader")
-            self._fault(kind, time.monotonic(), target=None, leading=False)
-            return
+            p = next(q for q in self.running() if self.spec_of[q.identity].get("receivers") == mode)
         agent = self.agent_of[p.identity]
         t = time.monotonic()
         agent.pause()
-        self._fault(kind, t, target=p.identity, agent=agent.name, leading=True)
+        self._fault(kind, t, target=p.identity, agent=agent.name, leading=leading)
         time.sleep(self.lease / 2)
         agent.resume()
         time.sleep(self.rng.uniform(0.5, 2.0))
