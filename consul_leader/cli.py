@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="time between SIGTERM and SIGKILL when stopping the command (default 5s)")
     run.add_argument("--timeout", type=duration, metavar="DURATION",
                      help=f"wait at most this long to be elected, then exit with {EXIT_LOCK_HELD} "
-                          "(as consul lock -timeout)")
+                          "(as consul lock -timeout; 0, the default, waits for as long as it takes)")
     run.add_argument("--once", action="store_true",
                      help="exit after the first term instead of waiting for the next one")
     run.add_argument("--no-wait", action="store_true",
@@ -459,7 +459,7 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
         start_http_server(args.metrics_port)
     previous = {s: signal.signal(s, runner.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     code: Optional[int] = None
-    give_up = None if args.timeout is None else time.monotonic() + args.timeout
+    give_up = None if not args.timeout else time.monotonic() + args.timeout  # 0: no limit, as consul lock
     try:
         candidate.run(runner.job, block=False)
         while code is None:

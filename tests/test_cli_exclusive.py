@@ -17,7 +17,7 @@ import pytest
 import requests
 from test_cli import Runs, alive, exit_code
 
-from consul_leader.cli import EXIT_USAGE
+from consul_leader.cli import EXIT_SOFTWARE, EXIT_USAGE
 from consul_leader.testing import ConsulAgent
 
 from conftest import PYTHON, wait_until
@@ -137,3 +137,20 @@ def test_a_grace_the_lock_delay_cannot_cover_is_refused(key: str, options: List[
     for name in names:
         assert name in err, err
     assert "or less" in err  # says what would work
+
+
+def children(pid: int) -> List[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
+def test_if_the_watchdog_process_dies_the_command_is_killed_and_run_exits_70(cli: Runs, key: str) -> None:
+    run = life(cli, "w", "--ttl", "1s", "--grace", "1s", key=key)
+    _, command = started(cli, "w")
+    # The supervisor's only child is the watchdog (the command is the watchdog's).
+    (watchdog,) = children(run.pid)
+    assert command in children(watchdog)
+    os.kill(watchdog, signal.SIGKILL)
+    assert run.wait(30) == EXIT_SOFTWARE
+    assert not alive(command)
+    assert "watchdog process died" in cli.log("w")

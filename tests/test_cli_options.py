@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -15,7 +16,7 @@ from consul_leader import Candidate
 from consul_leader.cli import EXIT_LOCK_HELD, EXIT_USAGE, duration
 from consul_leader.testing import ConsulAgent
 
-from conftest import PYTHON, python_env
+from conftest import PYTHON, python_env, wait_until
 
 
 @pytest.fixture
@@ -65,6 +66,18 @@ def test_timeout_does_not_limit_a_term_that_began(cli: Runs, key: str) -> None:
     result = cli("run", "--once", "--ttl", "1s", "--grace", "0.5s", "--timeout", "30s", key, "--", "sh", "-c",
                  "sleep 1; exit 3")
     assert result.returncode == 3, result.stderr
+
+
+def test_timeout_0_waits_for_as_long_as_it_takes_as_consul_lock(cli: Runs, key: str,
+                                                                make_candidate: Callable[..., Candidate]) -> None:
+    holder = make_candidate(key, identity="holder", ttl=1).start()
+    assert holder.wait_for_leadership(30)
+    run = cli.start("run", "--once", "--timeout", "0", "--ttl", "1s", "--grace", "0.5s", key, "--", "true")
+    wait_until(lambda: "is now 'holder'" in cli.log(), what="the run to wait")
+    time.sleep(1)
+    assert run.poll() is None  # still waiting
+    holder.stop()
+    assert run.wait(30) == 0
 
 
 def test_python_m_consul_leader_is_the_command(key: str) -> None:
