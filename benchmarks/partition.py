@@ -206,6 +206,8 @@ def one_cut(cluster: ConsulCluster, workdir: str, window: float = WINDOW) -> Dic
     try:
         for kind, old in olds.items():
             _wait(old.leads, 90, f"{kind} leads on {near.name}")
+            if old.process.poll() is not None:
+                raise RuntimeError(f"{kind} on {near.name} exited with {old.process.returncode}")
         for kind in CONTENDERS:
             news[kind] = Contender(kind, far, f"bench/partition-{tag}/{kind.replace(' ', '-')}", "new", workdir,
                                    consul)
@@ -274,12 +276,23 @@ def measure(runs: int, workdir: str) -> Dict[str, List[Dict[str, Any]]]:
     return samples
 
 
-def _healthy(cluster: ConsulCluster) -> bool:
-    """Every agent is a live member with a passing serfHealth: until then a
-    session on the cut-off node cannot be made (``consul lock`` gives up)."""
-    checks = cluster.servers[0].get("/v1/health/state/any") or []
-    serf = {c["Node"]: c["Status"] for c in checks if c.get("CheckID") == "serfHealth"}
-    return all(serf.get(agent.name) == "passing" for agent in cluster.agents)
+def _healthy(cluster: ConsulCluster, steady: float = 3.0) -> bool:
+    """For *steady* seconds on end, every agent has a passing serfHealth and
+    every client agent knows all servers alive and reaches the Raft leader:
+    until then a session on the healed node cannot be made (``consul lock``
+    then gives up with "No known Consul servers")."""
+    deadline = time.monotonic() + steady
+    while time.monotonic() < deadline:
+        checks = cluster.servers[0].get("/v1/health/state/any") or []
+        serf = {c["Node"]: c["Status"] for c in checks if c.get("CheckID") == "serfHealth"}
+        if not all(serf.get(agent.name) == "passing" for agent in cluster.agents):
+            return False
+        for client in cluster.clients:
+            members = {m["Name"]: m["Status"] for m in client.get("/v1/agent/members") or []}
+            if any(members.get(s.name) != 1 for s in cluster.servers) or not client.get("/v1/status/leader"):
+                return False
+        time.sleep(0.2)
+    return True
 
 
 def main(argv: Optional[List[str]] = None) -> int:
