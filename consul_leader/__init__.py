@@ -28,6 +28,7 @@ from .errors import (
     RequestRejected,
     SessionLost,
 )
+from .events import EventKind, Reason
 from .follower import Follower, LeaderInfo
 from .session import Timing
 from .signals import deposed, elected, election_error, leader_changed
@@ -42,6 +43,7 @@ __all__ = [
     "ConsulLeaderError",
     "ConsulTLSError",
     "ConsulUnavailable",
+    "EventKind",
     "Follower",
     "Health",
     "LeaderInfo",
@@ -51,6 +53,7 @@ __all__ = [
     "NotLeader",
     "NotRunning",
     "PermissionDenied",
+    "Reason",
     "RequestRejected",
     "SessionLost",
     "Timing",
