@@ -33,6 +33,11 @@ from .follower import Follower, LeaderInfo
 from .session import Timing
 from .signals import deposed, elected, election_error, leader_changed
 
+import logging as _logging
+
+# A library logs; the application decides where it goes.
+_logging.getLogger("consul_leader").addHandler(_logging.NullHandler())
+
 __version__ = "0.1.0"
 
 __all__ = [

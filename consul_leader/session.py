@@ -220,7 +220,7 @@ class Session:
         self._thread = threading.Thread(target=self._heartbeat_loop, name=f"consul-leader-heartbeat {self.name}",
                                         daemon=True)
         self._thread.start()
-        log.debug("consul_leader: session %s created (check %s)", self.id, self.check_id)
+        log.debug("session %s created (check %s)", self.id, self.check_id)
         return self.id
 
     def set_leading(self, key: Optional[str], held_since: float = -math.inf) -> None:
@@ -307,17 +307,17 @@ class Session:
                 self.beat()
             except SessionLost as exc:
                 self.stats.failed()
-                log.warning("consul_leader: session %s is gone (%s)", self.id, exc)
+                log.warning("session %s is gone (%s)", self.id, exc)
                 self.lost.set()
                 self.lease_deadline = -math.inf
                 self._on_lost(self)
                 return
             except ConsulLeaderError as exc:
                 self.stats.failed()
-                log.warning("consul_leader: heartbeat for session %s failed: %s", self.id, exc)
+                log.warning("heartbeat for session %s failed: %s", self.id, exc)
                 self._on_error(exc)
             except Exception:  # a bug must not silently end the heartbeat
-                log.exception("consul_leader: unexpected error in the heartbeat of session %s", self.id)
+                log.exception("unexpected error in the heartbeat of session %s", self.id)
 
     def close(self, *, destroy: bool = True) -> None:
         """Stop heart-beating, destroy the session (releasing what it holds)
@@ -335,7 +335,7 @@ class Session:
             try:
                 self.client.destroy_session(self.id)
             except ConsulLeaderError as exc:
-                log.warning("consul_leader: could not destroy session %s: %s", self.id, exc)
+                log.warning("could not destroy session %s: %s", self.id, exc)
         if destroy:
             self._forget_check()
 
@@ -350,4 +350,4 @@ class Session:
         try:
             self.client.deregister_check(self.check_id)
         except ConsulLeaderError as exc:
-            log.debug("consul_leader: could not deregister check %s: %s", self.check_id, exc)
+            log.debug("could not deregister check %s: %s", self.check_id, exc)

@@ -75,10 +75,10 @@ def fenced_write(candidate: Candidate, key: str, value: bytes, fencing_token: in
     try:
         if candidate.client.put_if_index(candidate.key, fencing_token, key, value):
             return True
-        log.warning("consul_leader: not writing %r: the term with fencing token %d no longer holds %r",
+        log.warning("not writing %r: the term with fencing token %d no longer holds %r",
                     key, fencing_token, candidate.key)
     except ConsulLeaderError as exc:
-        log.warning("consul_leader: not writing %r: Consul could not tell whether the term with fencing "
+        log.warning("not writing %r: Consul could not tell whether the term with fencing "
                     "token %d still holds %r (%s)", key, fencing_token, candidate.key, exc)
     return False
 
@@ -130,7 +130,7 @@ class LeaderSchedulerMixin:
         token = candidate.fencing_token
         if token is None:
             if self._leader_term is not None:
-                log.warning("consul_leader: beat %s no longer leads %r; standing by", candidate.identity,
+                log.warning("beat %s no longer leads %r; standing by", candidate.identity,
                             candidate.key)
                 self._leader_term = None
             return min(self.standby_interval, candidate.timing.heartbeat, self.max_interval)
@@ -143,7 +143,7 @@ class LeaderSchedulerMixin:
         try:
             _, entry = candidate.client.get_key(self.state_key)
         except ConsulLeaderError as exc:
-            log.warning("consul_leader: beat cannot read the schedule state %r (%s); not sending until it can",
+            log.warning("beat cannot read the schedule state %r (%s); not sending until it can",
                         self.state_key, exc)
             return False
         recorded: Dict[str, Dict[str, Any]] = {}
@@ -151,7 +151,7 @@ class LeaderSchedulerMixin:
             try:
                 recorded = dict(json.loads(entry["Value"])["entries"])
             except (ValueError, KeyError, TypeError):
-                log.error("consul_leader: the schedule state %r is not ours; starting from the local schedule",
+                log.error("the schedule state %r is not ours; starting from the local schedule",
                           self.state_key)
         moved = []
         for name, run in recorded.items():
@@ -167,7 +167,7 @@ class LeaderSchedulerMixin:
         self._heap = None  # rebuilt from the moved entries on this tick
         self._leader_sent = recorded
         self._leader_term = token
-        log.info("consul_leader: beat %s leads %r (fencing token %d); continued %d entries from the last "
+        log.info("beat %s leads %r (fencing token %d); continued %d entries from the last "
                  "leader's record", candidate.identity, candidate.key, token, len(moved))
         return True
 
@@ -177,7 +177,7 @@ class LeaderSchedulerMixin:
         reserved = self.schedule.get(entry.name, entry)  # tick() reserved it just before
         headers = self._record(reserved)
         if headers is None:
-            log.warning("consul_leader: beat did not send %s: this term could not record it", entry.name)
+            log.warning("beat did not send %s: this term could not record it", entry.name)
             return
         entry = copy.copy(entry)
         entry.options = {**entry.options, "headers": {**(entry.options.get("headers") or {}), **headers}}
