@@ -11,6 +11,8 @@
         ...
 """
 
+import logging as _logging
+
 from .candidate import Candidate, Health, LeadershipEvent, stop_on_signals
 from .client import ConsulConfig
 from .decorators import get_default, is_leader, leader_only, on_deposed, on_elected, set_default
@@ -32,8 +34,6 @@ from .events import EventKind, Reason
 from .follower import Follower, LeaderInfo
 from .session import Timing
 from .signals import deposed, elected, election_error, leader_changed
-
-import logging as _logging
 
 # A library logs; the application decides where it goes.
 _logging.getLogger("consul_leader").addHandler(_logging.NullHandler())
