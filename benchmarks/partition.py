@@ -205,7 +205,8 @@ def one_cut(cluster: ConsulCluster, workdir: str, window: float = WINDOW) -> Dic
     news: Dict[str, Contender] = {}
     try:
         for kind, old in olds.items():
-            _wait(old.leads, 90, f"{kind} leads on {near.name}")
+            # consul lock gives up when the agent cannot make a session yet.
+            _wait(lambda old=old: old.leads() or old.process.poll() is not None, 90, f"{kind} leads on {near.name}")
             if old.process.poll() is not None:
                 raise RuntimeError(f"{kind} on {near.name} exited with {old.process.returncode}")
         for kind in CONTENDERS:

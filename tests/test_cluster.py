@@ -101,3 +101,34 @@ def test_hosts_partition_and_heal_and_nothing_left_behind() -> None:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(name in netns for name in names)
     assert not any(f"{h.link}@" in _links() or f" {h.link}:" in _links() for h in hosts)
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_hosts_are_deleted_after_a_failed_start_and_after_a_killed_run() -> None:
+    ok, why = ConsulCluster.hosts_supported()
+    if not ok:
+        pytest.skip(why)
+    broken = ConsulCluster(servers=1, clients=1, hosts=True, binary="/bin/false")
+    names = [h.name for h in broken.hosts]
+    assert all(name in _namespaces() for name in names)
+    with pytest.raises(RuntimeError, match="exited"):
+        with broken:
+            pass
+    assert not any(name in _namespaces() for name in names)
+
+    # A process that made hosts and died without closing (SIGKILL): the next
+    # cluster with hosts removes what it left.
+    script = ("import sys, time; from consul_leader.testing import ConsulCluster; "
+              "c = ConsulCluster(servers=1, hosts=True, binary='/bin/false'); "
+              "print(c.hosts[0].name, flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    left = child.stdout.readline().strip()
+    assert left and left in _namespaces()
+    child.kill()
+    child.wait()
+    ConsulCluster(servers=1, hosts=True, binary="/bin/false").close()
+    assert left not in _namespaces()
