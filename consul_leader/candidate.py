@@ -10,21 +10,17 @@ not a flag, and why the work of two terms never overlaps.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
 import os
-import signal
 import socket
 import threading
 import time
-import weakref
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Coroutine, Iterator, Optional, ParamSpec, Tuple, TypeVar, Union, overload
 
 import tenacity
 
-from . import decorators, signals
+from . import decorators, process, signals
 from .client import ConsulClient, ConsulConfig, KeyEntry, LockAttempt, clear_wake, interrupt, wake
 from .errors import (
     ConfigurationTypeError,
@@ -37,7 +33,9 @@ from .errors import (
 )
 from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import KeyWatch, LeaderInfo
+from .health import Health
 from .job import Job, JobRunner
+from .process import stop_on_signals
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .validation import (
     check_bool,
@@ -45,49 +43,21 @@ from .validation import (
     check_job,
     check_key,
     check_optional_seconds,
-    check_signals,
     check_timeout,
 )
 
-__all__ = ["Candidate", "LeadershipEvent", "stop_on_signals"]
+__all__ = ["Candidate", "Health", "LeadershipEvent", "stop_on_signals"]
 
 log = logging.getLogger("consul_leader")
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Longest blocking query of a waiting candidate: long, to keep an idle
 #: follower cheap (stop() interrupts it), yet bounded so that a connection
 #: that died without a reset is noticed within a minute.
 _IDLE_WAIT = 30.0
-
-_live: "weakref.WeakSet[Candidate]" = weakref.WeakSet()
-
-
-@dataclass(frozen=True)
-class Health:
-    """A snapshot of a candidate's health, from :meth:`Candidate.health`.
-
-    :ivar ok: True when the election thread runs and the last good heartbeat
-        is younger than the check's TTL, i.e. Consul sees this candidate's
-        check passing. False before the first heartbeat, after :meth:`Candidate.stop`,
-        when the thread died, and while Consul cannot be reached.
-    :ivar running: the candidate is started, not stopped, and its thread lives.
-    :ivar is_leader: what :meth:`Candidate.is_leader` answered.
-    :ivar last_heartbeat_age: seconds since the last good heartbeat round
-        started; None if there was none yet.
-    :ivar lease_remaining: seconds left of the leader's lease; 0.0 when not leading.
-    :ivar heartbeat_failures: failed heartbeat rounds since the candidate started.
-    :ivar last_error: the last error talking to Consul, if the election has not
-        succeeded in a round since.
-    """
-
-    ok: bool
-    running: bool
-    is_leader: bool
-    last_heartbeat_age: Optional[float]
-    lease_remaining: float
-    heartbeat_failures: int
-    last_error: Optional[str]
 
 
 class _Term:
@@ -170,7 +140,7 @@ class Candidate:
         self._clock: Clock = lease_clock if clock is None else clock
         self._job: Optional[Job] = None
         self._reset()
-        _live.add(self)
+        process.register(self)
 
     def _reset(self) -> None:
         self._state = "new"  # new -> running -> stopped
@@ -221,7 +191,7 @@ class Candidate:
             self._thread = threading.Thread(target=self._main, name=f"consul-leader {self.identity} {self.key}",
                                             daemon=True)
             self._thread.start()
-        decorators.offer_default(self)
+        process.offer_default(self)
         log.info("%s runs for leadership of %r (ttl=%gs, lease=%gs, lock_delay=%gs)",
                  self.identity, self.key, self.timing.check_ttl, self.timing.lease, self.timing.lock_delay,
                  extra=self._log_fields("started"))
@@ -269,16 +239,11 @@ class Candidate:
         .. versionadded:: 0.1
         """
         term = self._term
-        now = self._clock()
         thread = self._thread
-        running = self.running and thread is not None and thread.is_alive()
-        stats = self.heartbeat_stats
-        age = now - stats.last_ok if stats.last_ok > -math.inf else None
-        lease = term.session.lease_deadline - now if term is not None else 0.0
-        error = self._last_error
-        return Health(ok=running and age is not None and age < self.timing.check_ttl, running=running,
-                      is_leader=lease > 0, last_heartbeat_age=age, lease_remaining=max(lease, 0.0),
-                      heartbeat_failures=stats.failures, last_error=None if error is None else str(error))
+        return Health.of(running=self.running and thread is not None and thread.is_alive(),
+                         stats=self.heartbeat_stats, now=self._clock(), check_ttl=self.timing.check_ttl,
+                         lease_deadline=term.session.lease_deadline if term is not None else -math.inf,
+                         last_error=self._last_error)
 
     def wait_for_leadership(self, timeout: Optional[float] = None) -> bool:
         """Block until this candidate leads; False if *timeout* passed first.
@@ -354,7 +319,7 @@ class Candidate:
             self._state = "stopped"
             self._changed.notify_all()
         self._events.close()
-        decorators.withdraw_default(self)
+        process.withdraw_default(self)
         log.info("%s left the election for %r", self.identity, self.key, extra=self._log_fields("stopped"))
 
     def run(self, job: Job, *, block: bool = True) -> None:
@@ -409,7 +374,17 @@ class Candidate:
         candidate stops."""
         return self._events.subscribe()
 
-    def leader_only(self, func: Optional[F] = None, *, raise_not_leader: bool = False) -> Any:
+    @overload
+    def leader_only(self, func: Callable[P, Coroutine[Any, Any, R]], *,
+                    raise_not_leader: bool = ...) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
+
+    @overload
+    def leader_only(self, func: Callable[P, R], *, raise_not_leader: bool = ...) -> Callable[P, R | None]: ...
+
+    @overload
+    def leader_only(self, func: None = ..., *, raise_not_leader: bool = ...) -> decorators.LeaderOnly: ...
+
+    def leader_only(self, func: Callable[..., Any] | None = None, *, raise_not_leader: bool = False) -> Any:
         """Decorator: run the function only while this candidate leads; see
         :func:`consul_leader.leader_only`.
 
@@ -422,15 +397,19 @@ class Candidate:
         """Decorator: call ``func(candidate, fencing_token=...)`` when this
         candidate is elected; returns *func* unchanged.
 
-        :param func: the receiver; it runs on the candidate's signal thread."""
-        return decorators.connect(signals.elected, func, lambda: self)
+        :param func: the receiver; it runs on the candidate's signal thread.
+            ``elected.disconnect(func)`` undoes it; it does not keep the
+            candidate alive."""
+        return signals.connect_for(signals.elected, func, self)
 
     def on_deposed(self, func: F) -> F:
         """Decorator: call ``func(candidate, reason=...)`` when this candidate
         stops leading; returns *func* unchanged.
 
-        :param func: the receiver; it runs on the candidate's signal thread."""
-        return decorators.connect(signals.deposed, func, lambda: self)
+        :param func: the receiver; it runs on the candidate's signal thread.
+            ``deposed.disconnect(func)`` undoes it; it does not keep the
+            candidate alive."""
+        return signals.connect_for(signals.deposed, func, self)
 
     # -- the election thread ------------------------------------------------
 
@@ -797,48 +776,3 @@ class Candidate:
 
 def _default_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _after_fork() -> None:
-    for candidate in list(_live):
-        candidate._after_fork_in_child()
-    decorators.forget_default_after_fork()
-
-
-def _stop_all() -> None:
-    for candidate in list(_live):
-        try:
-            candidate.stop()
-        except Exception:
-            log.exception("stopping %r at exit failed", candidate)
-
-
-os.register_at_fork(after_in_child=_after_fork)
-# The threads are daemons so that a program that returns from main can exit;
-# this releases every lock before it does.
-atexit.register(_stop_all)
-
-
-def stop_on_signals(signums: Tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
-    """Install handlers that stop every running candidate (releasing its lock
-    at once, so a deploy hands over in milliseconds) and then do what the
-    previous handler did (by default: exit with ``128 + signum``).
-
-    Call it from the main thread. Opt-in, because signal handlers belong to
-    the application.
-
-    :param signums: the signal numbers to handle.
-    :raises ConfigurationError: a number that is no signal, or SIGKILL/SIGSTOP."""
-    for signum in check_signals(signums):
-        previous = signal.getsignal(signum)
-
-        def handler(num: int, frame: Any, previous: Any = previous) -> None:
-            _stop_all()
-            if callable(previous):
-                previous(num, frame)
-            elif previous == signal.SIG_IGN:
-                return
-            else:
-                raise SystemExit(128 + num)
-
-        signal.signal(signum, handler)

@@ -1,165 +1,125 @@
-"""``@leader_only``, ``@on_elected``, ``@on_deposed``, ``is_leader()`` and
-the process's default candidate.
+"""``@leader_only``, ``@on_elected``, ``@on_deposed`` and ``is_leader()``.
 
-Used bare they act on the default candidate: the one given to
-:func:`set_default`, else the earliest started in this process that has not
-been stopped. Each also exists as a
-method of :class:`~consul_leader.Candidate` (``@candidate.leader_only``).
+Used bare they act on the process's default candidate (see
+:mod:`consul_leader.process`): the one given to :func:`set_default`, else
+the earliest started in this process that has not been stopped. Each also
+exists as a method of :class:`~consul_leader.Candidate`
+(``@candidate.leader_only``).
 """
 
 from __future__ import annotations
 
 import functools
-import threading
-import weakref
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar, overload
-
-import blinker
+import inspect
+from typing import Any, Callable, Coroutine, ParamSpec, Protocol, TypeVar, overload
 
 from . import signals
 from .errors import ConfigurationTypeError, NotLeader
+from .process import Leadership, get_default, is_leader, set_default
 from .validation import check_bool
-
-if TYPE_CHECKING:
-    from .candidate import Candidate
 
 __all__ = ["get_default", "is_leader", "leader_only", "on_deposed", "on_elected", "set_default"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
-_default: "Optional[Candidate]" = None
-_explicit = False  # set by set_default(), not by start()
-_started: "List[weakref.ReferenceType[Candidate]]" = []
-_default_lock = threading.Lock()
 
+class LeaderOnly(Protocol):
+    """What ``leader_only(raise_not_leader=...)`` returns: a decorator that
+    keeps the signature and adds None to the return type (a coroutine
+    function stays one)."""
 
-def set_default(candidate: "Optional[Candidate]") -> None:
-    """Make *candidate* the one that bare decorators and :func:`is_leader`
-    use (None to go back to the automatic choice: the earliest started
-    candidate that has not been stopped). A candidate chosen here stays the
-    default even once stopped, until another is set.
+    @overload
+    def __call__(self, func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
 
-    :param candidate: the new default candidate, or None."""
-    from .candidate import Candidate
-
-    if candidate is not None and not isinstance(candidate, Candidate):
-        raise ConfigurationTypeError(f"set_default() takes a Candidate or None, got {type(candidate).__name__}")
-    global _default, _explicit
-    with _default_lock:
-        _default = candidate
-        _explicit = candidate is not None
-
-
-def get_default() -> "Optional[Candidate]":
-    """The process's default candidate, or None."""
-    return _default
-
-
-def offer_default(candidate: "Candidate") -> None:
-    """Make *candidate* the default if there is none yet (called by start())."""
-    global _default
-    with _default_lock:
-        _started.append(weakref.ref(candidate))
-        if _default is None:
-            _default = candidate
-
-
-def withdraw_default(candidate: "Candidate") -> None:
-    """A candidate stopped (called by stop()): unless it was chosen with
-    set_default(), the default passes to the earliest started one still running."""
-    global _default
-    with _default_lock:
-        _started[:] = [ref for ref in _started if ref() not in (None, candidate)]
-        if _default is candidate and not _explicit:
-            running = [c for c in (ref() for ref in _started) if c is not None and c.running]
-            _default = running[0] if running else None
-
-
-def forget_default_after_fork() -> None:
-    global _default_lock
-    _default_lock = threading.Lock()  # it may have been held by a thread that is gone
-
-
-def is_leader() -> bool:
-    """True if the default candidate leads; False when there is none."""
-    candidate = _default
-    return candidate is not None and candidate.is_leader()
+    @overload
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R | None]: ...
 
 
 @overload
-def leader_only(func: F, *, raise_not_leader: bool = ..., candidate: "Optional[Candidate]" = ...) -> F: ...
+def leader_only(func: Callable[P, Coroutine[Any, Any, R]], *, raise_not_leader: bool = ...,
+                candidate: Leadership | None = ...) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
+
+
+@overload
+def leader_only(func: Callable[P, R], *, raise_not_leader: bool = ...,
+                candidate: Leadership | None = ...) -> Callable[P, R | None]: ...
 
 
 @overload
 def leader_only(func: None = ..., *, raise_not_leader: bool = ...,
-                candidate: "Optional[Candidate]" = ...) -> Callable[[F], F]: ...
+                candidate: Leadership | None = ...) -> LeaderOnly: ...
 
 
-def leader_only(func: Optional[F] = None, *, raise_not_leader: bool = False,
-                candidate: "Optional[Candidate]" = None) -> Any:
+def leader_only(func: Callable[..., Any] | None = None, *, raise_not_leader: bool = False,
+                candidate: Leadership | None = None) -> Any:
     """Decorator: call the function only while leading; otherwise return
     None, or raise :class:`~consul_leader.NotLeader` with
     ``raise_not_leader=True``. Works bare (``@leader_only``) or with
-    arguments (``@leader_only(raise_not_leader=True)``).
+    arguments (``@leader_only(raise_not_leader=True)``), on plain functions
+    and on ``async def`` functions (the result is a coroutine function too,
+    to be awaited; leadership is checked when it starts).
 
+    :param func: the function (when used bare).
     :param raise_not_leader: raise instead of returning None.
-    :param candidate: the candidate to ask; default: the process's default
-        candidate at call time."""
+    :param candidate: the :class:`~consul_leader.Candidate` to ask; default:
+        the process's default candidate at call time."""
     check_bool("raise_not_leader", raise_not_leader)
-    if candidate is not None:
-        from .candidate import Candidate
+    if candidate is not None and not isinstance(candidate, Leadership):
+        raise ConfigurationTypeError(f"leader_only(candidate=...) takes a Candidate or None, "
+                                     f"got {type(candidate).__name__}")
 
-        if not isinstance(candidate, Candidate):
-            raise ConfigurationTypeError(f"leader_only(candidate=...) takes a Candidate or None, "
-                                         f"got {type(candidate).__name__}")
+    def refuse(fn: Callable[..., Any], who: Leadership | None) -> None:
+        if raise_not_leader:
+            raise NotLeader(f"{fn.__qualname__}() runs only on the leader, and "
+                            f"{'no candidate is running' if who is None else repr(who) + ' does not lead'}")
 
-    def decorate(fn: F) -> F:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
             raise ConfigurationTypeError(f"@leader_only decorates a callable, got {type(fn).__name__}")
 
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                who = candidate if candidate is not None else get_default()
+                if who is not None and who.is_leader():
+                    return await fn(*args, **kwargs)
+                refuse(fn, who)
+                return None
+
+            return async_wrapper
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            who = candidate if candidate is not None else _default
+            who = candidate if candidate is not None else get_default()
             if who is not None and who.is_leader():
                 return fn(*args, **kwargs)
-            if raise_not_leader:
-                raise NotLeader(f"{fn.__qualname__}() runs only on the leader, and "
-                                f"{'no candidate is running' if who is None else repr(who) + ' does not lead'}")
+            refuse(fn, who)
             return None
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     if func is None:
         return decorate
     return decorate(func)
 
 
-def connect(signal: blinker.NamedSignal, func: F, which: "Callable[[], Optional[Candidate]]") -> F:
-    """Connect *func* to *signal* for the candidate *which()* names at send
-    time; return *func* unchanged."""
-    if not callable(func):
-        raise ConfigurationTypeError(f"@{signal.name} handlers must be callable, got {type(func).__name__}")
-
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        if sender is which():
-            func(sender, **kwargs)
-
-    # Strong reference: the receiver closure would otherwise be collected.
-    signal.connect(receiver, weak=False)
-    return func
-
-
 def on_elected(func: F) -> F:
-    """Decorator: call ``func(candidate, fencing_token=...)`` on the default
-    candidate's thread each time it is elected; returns *func* unchanged.
+    """Decorator: call ``func(candidate, fencing_token=...)`` each time the
+    default candidate is elected; returns *func* unchanged, connected to
+    :data:`~consul_leader.elected` (``elected.disconnect(func)`` undoes it).
 
-    :param func: the receiver; accept ``**extra`` for arguments added later."""
-    return connect(signals.elected, func, get_default)
+    :param func: the receiver; accept ``**extra`` for arguments added later.
+        It runs on the candidate's signal thread."""
+    return signals.connect_for_default(signals.elected, func)
 
 
 def on_deposed(func: F) -> F:
-    """Decorator: call ``func(candidate, reason=...)`` on the default
-    candidate's thread each time it stops leading; returns *func* unchanged.
+    """Decorator: call ``func(candidate, reason=...)`` each time the default
+    candidate stops leading; returns *func* unchanged, connected to
+    :data:`~consul_leader.deposed` (``deposed.disconnect(func)`` undoes it).
 
-    :param func: the receiver; accept ``**extra`` for arguments added later."""
-    return connect(signals.deposed, func, get_default)
+    :param func: the receiver; accept ``**extra`` for arguments added later.
+        It runs on the candidate's signal thread."""
+    return signals.connect_for_default(signals.deposed, func)

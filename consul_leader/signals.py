@@ -22,11 +22,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import blinker
 
-__all__ = ["Dispatcher", "deposed", "elected", "election_error", "leader_changed", "send"]
+from .errors import ConfigurationTypeError
+from .process import get_default
+
+__all__ = ["Dispatcher", "connect_for", "connect_for_default", "deposed", "elected", "election_error",
+           "leader_changed", "send"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("consul_leader")
 
@@ -51,11 +57,44 @@ leader_changed = _namespace.signal("leader_changed", doc="The leader changed; kw
 election_error = _namespace.signal("election_error", doc="Talking to Consul failed; kwargs: error.")
 
 
+# Receivers connected by the bare decorators: called only when the sender
+# is the default candidate at send time (by id: blinker's own key).
+_for_default: Dict[int, Callable[..., Any]] = {}
+
+
+def _check_receiver(signal: blinker.NamedSignal, func: Any) -> None:
+    if not callable(func):
+        raise ConfigurationTypeError(f"@on_{signal.name} handlers must be callable, got {type(func).__name__}")
+
+
+def connect_for_default(signal: blinker.NamedSignal, func: F) -> F:
+    """Connect *func* to *signal* for whichever candidate is the process's
+    default when the signal is sent. ``signal.disconnect(func)`` undoes it.
+
+    :returns: *func*, unchanged."""
+    _check_receiver(signal, func)
+    _for_default[id(func)] = func
+    signal.connect(func, weak=False)
+    return func
+
+
+def connect_for(signal: blinker.NamedSignal, func: F, sender: Any) -> F:
+    """Connect *func* to *signal* sent by *sender* only, without keeping
+    *sender* alive. ``signal.disconnect(func)`` undoes it.
+
+    :returns: *func*, unchanged."""
+    _check_receiver(signal, func)
+    signal.connect(func, sender=sender, weak=False)
+    return func
+
+
 def send(signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
     """Send *signal*, calling each receiver on its own so that one that
     raises is logged and the rest still run (blinker itself would stop at
     the first exception)."""
     for receiver in list(signal.receivers_for(sender)):
+        if id(receiver) in _for_default and _for_default[id(receiver)] is receiver and sender is not get_default():
+            continue
         try:
             receiver(sender, **kwargs)
         except Exception:

@@ -1,0 +1,51 @@
+"""A candidate's health as a probe sees it: :class:`Health`, from
+:meth:`Candidate.health() <consul_leader.Candidate.health>`; the Prometheus
+metrics of :mod:`consul_leader.metrics` read it too."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import ConsulLeaderError
+from .session import HeartbeatStats
+
+__all__ = ["Health"]
+
+
+@dataclass(frozen=True)
+class Health:
+    """A snapshot of a candidate's health, from :meth:`Candidate.health`.
+
+    :ivar ok: True when the election thread runs and the last good heartbeat
+        is younger than the check's TTL, i.e. Consul sees this candidate's
+        check passing. False before the first heartbeat, after :meth:`Candidate.stop`,
+        when the thread died, and while Consul cannot be reached.
+    :ivar running: the candidate is started, not stopped, and its thread lives.
+    :ivar is_leader: what :meth:`Candidate.is_leader` answered.
+    :ivar last_heartbeat_age: seconds since the last good heartbeat round
+        started; None if there was none yet.
+    :ivar lease_remaining: seconds left of the leader's lease; 0.0 when not leading.
+    :ivar heartbeat_failures: failed heartbeat rounds since the candidate started.
+    :ivar last_error: the last error talking to Consul, if the election has not
+        succeeded in a round since.
+    """
+
+    ok: bool
+    running: bool
+    is_leader: bool
+    last_heartbeat_age: Optional[float]
+    lease_remaining: float
+    heartbeat_failures: int
+    last_error: Optional[str]
+
+    @classmethod
+    def of(cls, *, running: bool, stats: HeartbeatStats, lease_deadline: float, now: float, check_ttl: float,
+           last_error: Optional[ConsulLeaderError]) -> "Health":
+        """The snapshot for a candidate in this state (no request made)."""
+        age = now - stats.last_ok if stats.last_ok > -math.inf else None
+        lease = lease_deadline - now
+        return cls(ok=running and age is not None and age < check_ttl, running=running, is_leader=lease > 0,
+                   last_heartbeat_age=age, lease_remaining=max(lease, 0.0), heartbeat_failures=stats.failures,
+                   last_error=None if last_error is None else str(last_error))

@@ -1,0 +1,145 @@
+"""The process around the candidates: which ones live, which one is the
+default, and what happens to them at ``fork()``, at exit and on SIGTERM.
+
+Both :mod:`consul_leader.candidate` and :mod:`consul_leader.decorators`
+import this module and neither imports the other.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+import weakref
+from types import FrameType
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import ConfigurationTypeError
+from .validation import check_signals
+
+__all__ = ["Leadership", "get_default", "is_leader", "set_default", "stop_on_signals"]
+
+log = logging.getLogger("consul_leader")
+
+
+@runtime_checkable
+class Leadership(Protocol):
+    """What the process hooks and the decorators need of a candidate."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def is_leader(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def _after_fork_in_child(self) -> None: ...
+
+
+_live: "weakref.WeakSet[Leadership]" = weakref.WeakSet()
+_default: Leadership | None = None
+_explicit = False  # set by set_default(), not by start()
+_started: "list[weakref.ReferenceType[Leadership]]" = []
+_default_lock = threading.Lock()
+
+
+def register(candidate: Leadership) -> None:
+    """Track *candidate* for the fork and exit hooks (called when it is made)."""
+    _live.add(candidate)
+
+
+def set_default(candidate: Leadership | None) -> None:
+    """Make *candidate* the one that bare decorators and :func:`is_leader`
+    use (None to go back to the automatic choice: the earliest started
+    candidate that has not been stopped). A candidate chosen here stays the
+    default even once stopped, until another is set.
+
+    :param candidate: the new default :class:`~consul_leader.Candidate`, or None.
+    :raises ConfigurationTypeError: *candidate* is not a Candidate."""
+    if candidate is not None and not isinstance(candidate, Leadership):
+        raise ConfigurationTypeError(f"set_default() takes a Candidate or None, got {type(candidate).__name__}")
+    global _default, _explicit
+    with _default_lock:
+        _default = candidate
+        _explicit = candidate is not None
+
+
+def get_default() -> Leadership | None:
+    """The process's default candidate, or None."""
+    return _default
+
+
+def offer_default(candidate: Leadership) -> None:
+    """Make *candidate* the default if there is none yet (called by start())."""
+    global _default
+    with _default_lock:
+        _started.append(weakref.ref(candidate))
+        if _default is None:
+            _default = candidate
+
+
+def withdraw_default(candidate: Leadership) -> None:
+    """A candidate stopped (called by stop()): unless it was chosen with
+    set_default(), the default passes to the earliest started one still running."""
+    global _default
+    with _default_lock:
+        _started[:] = [ref for ref in _started if ref() not in (None, candidate)]
+        if _default is candidate and not _explicit:
+            running = [c for c in (ref() for ref in _started) if c is not None and c.running]
+            _default = running[0] if running else None
+
+
+def is_leader() -> bool:
+    """True if the default candidate leads; False when there is none."""
+    candidate = _default
+    return candidate is not None and candidate.is_leader()
+
+
+def _after_fork() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()  # it may have been held by a thread that is gone
+    for candidate in list(_live):
+        candidate._after_fork_in_child()
+
+
+def stop_all() -> None:
+    """Stop every running candidate of this process (at exit, on a signal)."""
+    for candidate in list(_live):
+        try:
+            candidate.stop()
+        except Exception:
+            log.exception("stopping %r failed", candidate)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+# The candidates' threads are daemons so that a program that returns from
+# main can exit; this releases every lock before it does.
+atexit.register(stop_all)
+
+
+def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Install handlers that stop every running candidate (releasing its lock
+    at once, so a deploy hands over in milliseconds) and then do what the
+    previous handler did (by default: exit with ``128 + signum``).
+
+    Call it from the main thread. Opt-in, because signal handlers belong to
+    the application. Stopping waits for each candidate's job to return (see
+    :meth:`Candidate.stop() <consul_leader.Candidate.stop>`).
+
+    :param signums: the signal numbers to handle.
+    :raises ConfigurationError: a number that is no signal, or SIGKILL/SIGSTOP."""
+    for signum in check_signals(signums):
+        previous = signal.getsignal(signum)
+
+        def handler(num: int, frame: FrameType | None, previous: Any = previous) -> None:
+            stop_all()
+            if callable(previous):
+                previous(num, frame)
+            elif previous == signal.SIG_IGN:
+                return
+            else:
+                raise SystemExit(128 + num)
+
+        signal.signal(signum, handler)
