@@ -16,7 +16,7 @@ LIB_KEY = "consul_leader"
 LOCK_KEY = "consul_lock"
 
 
-def _figure(figure: str, unit: str, ours: Optional[float], theirs: Optional[float],
+def figure_row(figure: str, unit: str, ours: Optional[float], theirs: Optional[float],
             target: Optional[float] = None, note: str = "") -> Dict[str, Any]:
     ratio = ours / theirs if ours is not None and theirs else None
     return {"figure": figure, "unit": unit, LIB_KEY: ours, LOCK_KEY: theirs, "ratio": ratio,
@@ -34,7 +34,7 @@ def assemble(meta: Dict[str, Any], samples: Dict[str, Any], stats: Dict[str, Any
                       ("sigterm", "SIGTERM to the leading process")):
         ours, theirs = handover[f"{LIBRARY} {how}"], handover[f"{LOCK} {how}"]
         for p, target in (("p50", 10.0), ("p95", None), ("p99", 50.0)):
-            figures.append(_figure(f"graceful handover {p}, {what}", "ms", ours[p], theirs[p], target,
+            figures.append(figure_row(f"graceful handover {p}, {what}", "ms", ours[p], theirs[p], target,
                                    f"n={ours['n']} / {theirs['n']}"))
     failover = {name: percentiles(v) for name, v in samples["failover_s"].items()}
     lock = failover[f"{LOCK} defaults"]
@@ -42,32 +42,32 @@ def assemble(meta: Dict[str, Any], samples: Dict[str, Any], stats: Dict[str, Any
         ours = failover[label]
         setting = "ttl=1" if "ttl=1" in label else "defaults (ttl=3)"
         for p in ("p50", "max"):
-            figures.append(_figure(f"crash failover {p}, {setting} vs. consul lock defaults", "s", ours[p],
+            figures.append(figure_row(f"crash failover {p}, {setting} vs. consul lock defaults", "s", ours[p],
                                    lock[p], target if p == "max" else None, f"n={ours['n']} / {lock['n']}"))
     idle_ours, idle_lock = stats[f"idle {LIBRARY}"], stats[f"idle {LOCK}"]
     for role in ("follower", "leader"):
-        figures.append(_figure(f"idle Consul requests/s per {role}", "req/s", idle_ours[role]["requests_per_s"],
+        figures.append(figure_row(f"idle Consul requests/s per {role}", "req/s", idle_ours[role]["requests_per_s"],
                                idle_lock[role]["requests_per_s"], 1.0 if role == "follower" else None,
                                f"counted by a proxy over {idle_ours['window_s']:.0f} s"))
     for role in ("follower", "leader"):
-        figures.append(_figure(f"idle CPU per {role} process", "CPU s/min", idle_ours[role]["cpu_s_per_min"],
+        figures.append(figure_row(f"idle CPU per {role} process", "CPU s/min", idle_ours[role]["cpu_s_per_min"],
                                idle_lock[role]["cpu_s_per_min"], None, "utime+stime from /proc"))
     for name, value in stats["overhead_ns"].items():
         target = 1000.0 if name == "Candidate.is_leader()" else None
-        figures.append(_figure(f"per call: {name}", "ns", value, None, target, "timeit, best of 5"))
+        figures.append(figure_row(f"per call: {name}", "ns", value, None, target, "timeit, best of 5"))
     for name, value in stats["request_ms"].items():
-        figures.append(_figure(f"one request of the Python client: {name}, p50", "ms", value["p50"], None, None,
+        figures.append(figure_row(f"one request of the Python client: {name}, p50", "ms", value["p50"], None, None,
                                "the floor under a handover"))
     sizes = sorted({int(k.rsplit(" ", 1)[1]) for k in samples["scale"]})
     for n in sizes:
         ours, theirs = samples["scale"][f"{LIBRARY} {n}"], samples["scale"][f"{LOCK} {n}"]
         target = 200.0 if n == 100 else None
-        figures.append(_figure(f"{n} waiting: handover p99", "ms", percentiles(ours["handover_ms"])["p99"],
+        figures.append(figure_row(f"{n} waiting: handover p99", "ms", percentiles(ours["handover_ms"])["p99"],
                                percentiles(theirs["handover_ms"])["p99"], target,
                                f"n={len(ours['handover_ms'])} / {len(theirs['handover_ms'])}"))
-        figures.append(_figure(f"{n} waiting: KV requests per leadership change", "req",
+        figures.append(figure_row(f"{n} waiting: KV requests per leadership change", "req",
                                mean(ours["kv_requests"]), mean(theirs["kv_requests"]), None, "counted at the agent"))
-        figures.append(_figure(f"{n} waiting: all requests per leadership change", "req",
+        figures.append(figure_row(f"{n} waiting: all requests per leadership change", "req",
                                mean(ours["all_requests"]), mean(theirs["all_requests"]), None,
                                "counted at the agent; includes heartbeats in the window"))
     figures += partition_figures(samples.get("partition"))
@@ -104,7 +104,7 @@ def partition_figures(partition: Optional[Dict[str, List[Dict[str, Any]]]]) -> L
                 if event == "overlap" and p == "p50":
                     continue
                 theirs = lock[event][p] if lock else None
-                figures.append(_figure(f"leader's host cut off, {label}: {what}, {p}", "s", summary[ours][event][p],
+                figures.append(figure_row(f"leader's host cut off, {label}: {what}, {p}", "s", summary[ours][event][p],
                                        theirs, 0.0 if event == "overlap" else None,
                                        f"n={summary[ours]['runs']} / {lock['runs'] if lock else 0}"))
     return figures

@@ -92,7 +92,7 @@ def test_docs_table_and_plots_are_written(tiny: Any) -> None:
 
 
 def test_table_marks_missed_targets() -> None:
-    fig = report._figure("x", "ms", 12.0, 6.0, 10.0)
+    fig = report.figure_row("x", "ms", 12.0, 6.0, 10.0)
     assert fig["met"] is False and fig["ratio"] == 2.0
     assert "**missed**" in report.table({"meta": {"mode": "m", "date": "d", "duration_s": 1, "cpu": "c",
                                                   "cores": 2, "kernel": "k", "python": "p", "consul": "c",
