@@ -13,7 +13,11 @@ case (``ADDRESS``, ``TOKEN``, ``DATACENTER``, ``VERIFY``, ``CERT``, ``TTL``,
 ``LOCK_DELAY``, ``LEASE``, ``HEARTBEAT``, ``SESSION_TTL``, ``TERM_LIMIT``,
 ``TIMEOUT``, ``IDENTITY``); ``CONSUL_LEADER_START``: ``"request"`` (default),
 ``"init"`` or ``"manual"``; ``CONSUL_LEADER_HEALTH_URL``: where to serve the
-leader status as JSON (default None: not served).
+leader status as JSON (default None: not served); ``CONSUL_LEADER_READY_URL``
+and ``CONSUL_LEADER_LIVE_URL``: where to answer a readiness probe (``200`` on
+the leader, ``503`` elsewhere) and a liveness probe (``200`` while the
+heartbeat is current), e.g. ``"/readyz"`` and ``"/livez"`` (default: not
+served; see :mod:`consul_leader.contrib.readiness`).
 
 Why the candidate starts on the first request by default: with ``gunicorn
 --preload`` the app is built in the master process, which then forks the
@@ -36,6 +40,7 @@ from flask.typing import ResponseReturnValue
 from ..candidate import Candidate
 from ..errors import ConfigurationError
 from ._settings import PerProcess, candidate_from_settings, lowered
+from .readiness import live_status, ready_status
 
 __all__ = ["LeaderElection"]
 
@@ -74,7 +79,7 @@ class LeaderElection:
             raise ConfigurationError(f"CONSUL_LEADER_START={start!r} in app.config: expected one of "
                                      f"{', '.join(map(repr, _START_MODES))}")
         candidate = candidate_from_settings(values, lambda option: f"CONSUL_LEADER_{option.upper()}", "app.config",
-                                            extra=("start", "health_url"))
+                                            extra=("start", "health_url", "ready_url", "live_url"))
         state = _AppState(PerProcess(candidate), start)
         app.extensions[_EXTENSION] = state
         if start != "manual":
@@ -84,10 +89,13 @@ class LeaderElection:
 
         if start == "init":
             state.runner.ensure_started()
-        health_url = values.get("health_url")
-        if health_url:
+        urls = [(values.get("health_url"), "leader", _leader_status),
+                (values.get("ready_url"), "readyz", _ready), (values.get("live_url"), "livez", _live)]
+        if any(url for url, _, _ in urls):
             blueprint = Blueprint("consul_leader", __name__)
-            blueprint.add_url_rule(health_url, "leader", _leader_status)
+            for url, endpoint, view in urls:
+                if url:
+                    blueprint.add_url_rule(url, endpoint, view)
             app.register_blueprint(blueprint)
 
     def candidate_for(self, app: Optional[Flask] = None) -> Candidate:
@@ -126,3 +134,13 @@ def _state(app: Optional[Flask]) -> _AppState:
 
 def _leader_status() -> ResponseReturnValue:
     return jsonify(LeaderElection().status())
+
+
+def _ready() -> ResponseReturnValue:
+    status, body = ready_status(_state(None).runner.candidate)
+    return jsonify(body), status
+
+
+def _live() -> ResponseReturnValue:
+    status, body = live_status(_state(None).runner.candidate)
+    return jsonify(body), status

@@ -25,6 +25,8 @@ def create_app(config=None):
         CONSUL_LEADER_KEY="myservice/leader",
         CONSUL_LEADER_TTL=3,  # seconds; a crashed leader is replaced about 2*TTL later
         CONSUL_LEADER_HEALTH_URL="/leader",  # JSON: identity, is_leader, leader, fencing_token
+        CONSUL_LEADER_READY_URL="/readyz",  # 200 on the leader, 503 elsewhere (a readiness probe)
+        CONSUL_LEADER_LIVE_URL="/livez",  # 200 while the heartbeat is current (a liveness probe)
     )
     app.config.from_prefixed_env()  # FLASK_CONSUL_LEADER_KEY=... overrides, e.g. per deployment
     app.config.update(config or {})
