@@ -372,6 +372,16 @@ class ConsulClient:
     def __repr__(self) -> str:
         return f"ConsulClient({self.config!r})"
 
+    @property
+    def base_uri(self) -> str:
+        """The URL every request starts with, e.g. ``http://[::1]:8500``."""
+        return str(self._consul.http.base_uri)
+
+    def http_session(self) -> requests.Session:
+        """The :class:`requests.Session` the calling thread uses: one per
+        thread and per process, so threads never share a connection."""
+        return self._consul.http.session  # type: ignore[no-any-return]
+
     def _call(self, operation: str, fn: Callable[[], T], *, missing: Optional[str] = None,
               key: str = "<key>") -> T:
         try:

@@ -136,6 +136,14 @@ class Follower:
             interrupt(self._thread)
             self._thread.join(self.client.config.timeout + 1)
 
+    @property
+    def running(self) -> bool:
+        """True while the watching thread runs (between :meth:`start` and :meth:`stop`).
+
+        .. versionadded:: 0.2"""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._stop.is_set()
+
     def leader(self) -> Optional[str]:
         """The leader's identity as last observed, or None."""
         return self._info.identity

@@ -25,7 +25,7 @@ from consul_leader import (
     on_elected,
     set_default,
 )
-from consul_leader.testing import ConsulAgent
+from consul_leader.testing import ConsulAgent, check_id, delete_key, destroy_session, overwrite_key, session_id
 
 from conftest import leaders, wait_until
 
@@ -63,14 +63,14 @@ def test_stop_hands_over_and_releases_everything(make_candidate, key, consul_age
     a, b = make_candidate(key).start(), make_candidate(key).start()
     wait_until(lambda: len(leaders([a, b])) == 1)
     first, second = (a, b) if a.is_leader() else (b, a)
-    session_id = first._session.id
+    sid = session_id(first)
     first.stop()
     assert not first.is_leader()
     wait_until(second.is_leader, what="handover after stop")
-    info = requests.get(f"{consul_agent.url}/v1/session/info/{session_id}", timeout=5).json()
+    info = requests.get(f"{consul_agent.url}/v1/session/info/{sid}", timeout=5).json()
     assert not info, "stop() destroys the session"
     checks = requests.get(f"{consul_agent.url}/v1/agent/checks", timeout=5).json()
-    assert first._session.check_id not in checks, "stop() deregisters the check"
+    assert check_id(first) not in checks, "stop() deregisters the check"
 
 
 def test_resign_when_not_leading_is_a_no_op(make_candidate, key):
@@ -87,11 +87,11 @@ def test_leader_is_deposed_at_once_and_the_election_goes_on(make_candidate, key,
     deposed.connect(lambda s, reason: reasons.append(reason), sender=first, weak=False)
     old_token = first.fencing_token
     if fault == "destroy session":
-        requests.put(f"{consul_agent.url}/v1/session/destroy/{first._session.id}", timeout=5).raise_for_status()
+        destroy_session(first)
     elif fault == "delete key":
-        requests.delete(f"{consul_agent.url}/v1/kv/{key}", timeout=5).raise_for_status()
+        delete_key(first)
     else:
-        requests.put(f"{consul_agent.url}/v1/kv/{key}", data=b"intruder", timeout=5).raise_for_status()
+        overwrite_key(first, b"intruder")
     wait_until(lambda: reasons, timeout=10, what="deposed")
     # The watch noticed (had the lease run out first, the reason would say so).
     assert reasons[0] in ("lock lost", "key overwritten")
@@ -147,7 +147,7 @@ def test_a_raising_receiver_is_logged_and_the_election_goes_on(make_candidate, k
         assert a.wait_for_leadership(30)
         wait_until(lambda: got, what="the second receiver ran")
     assert any("receiver bug" in (r.exc_text or "") or r.exc_info for r in caplog.records)
-    assert a.is_leader() and a._thread.is_alive()
+    assert a.is_leader() and a.health().running
 
 
 def test_leader_changed_reports_the_new_leader(make_candidate, key):
@@ -160,7 +160,8 @@ def test_leader_changed_reports_the_new_leader(make_candidate, key):
     wait_until(lambda: a.identity in seen, what="b sees a")
     a.stop()
     wait_until(b.is_leader)
-    assert b.identity in seen
+    # Receivers run on the candidate's signal thread, just after is_leader() turned True.
+    wait_until(lambda: b.identity in seen, what="b's receiver heard it leads")
 
 
 def test_term_limit_makes_the_leader_step_down_and_others_take_turns(make_candidate, key):
@@ -329,7 +330,7 @@ def test_consul_down_at_start_is_retried_and_reported_then_elected(key):
     try:
         c.start()
         wait_until(lambda: len(errors) >= 2, what="errors reported while the agent is down")
-        assert c._thread.is_alive()
+        assert c.health().running
         agent.start()
         assert c.wait_for_leadership(60)
         assert "cannot reach the Consul agent" in str(errors[0])
@@ -346,11 +347,11 @@ def test_agent_restart_deposes_then_a_new_session_wins(key):
     try:
         c.start()
         assert c.wait_for_leadership(30)
-        old_session = c._session.id
+        old_session = session_id(c)
         agent.restart()
         wait_until(lambda: reasons, what="deposed after the agent restarted")
         assert c.wait_for_leadership(60)
-        assert c._session.id != old_session
+        assert session_id(c) != old_session
     finally:
         c.stop()
         agent.__exit__(None, None, None)
@@ -373,7 +374,7 @@ def test_job_hears_the_lease_end_even_while_the_agent_hangs(key):
         agent.pause()  # every request now hangs (timeout=30 s), the lease is 0.83 s
         assert stopped.wait(10), "the job was not told to stop while the agent hung"
         assert seen_leader_at_stop == [False]
-        assert c._thread.is_alive()
+        assert c.health().running
     finally:
         agent.resume()
         c.stop()

@@ -41,7 +41,7 @@ def test_each_thread_has_its_own_connection(client):
     sessions = []
 
     def grab() -> None:
-        sessions.append(client._consul.http.session)
+        sessions.append(client.http_session())
 
     threads = [threading.Thread(target=grab) for _ in range(3)]
     for t in threads:

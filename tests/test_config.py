@@ -114,4 +114,4 @@ def test_an_ipv6_agent_address_is_bracketed_in_urls():
     assert cfg.address == "http://[::1]:8500"
     from consul_leader.client import ConsulClient
 
-    assert ConsulClient(cfg)._consul.http.base_uri == "http://[::1]:8500"
+    assert ConsulClient(cfg).base_uri == "http://[::1]:8500"

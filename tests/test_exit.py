@@ -16,13 +16,14 @@ from conftest import PYTHON, python_env
 CHILD = textwrap.dedent("""
     import json, signal, sys, time
     from consul_leader import Candidate, stop_on_signals
+    from consul_leader.testing import check_id, session_id
     address, key, mode = sys.argv[1:4]
     c = Candidate(key, address=address, ttl=30, lock_delay=30)  # Consul alone would take 30 s or more
     if mode == "sigterm":
         stop_on_signals()
     c.start()
     assert c.wait_for_leadership(30)
-    print(json.dumps({"session": c._session.id, "check": c._session.check_id}), flush=True)
+    print(json.dumps({"session": session_id(c), "check": check_id(c)}), flush=True)
     if mode == "return":
         sys.exit(0)  # interpreter shutdown with the candidate still running
     time.sleep(60)

@@ -50,5 +50,5 @@ def test_wait_for_leader_needs_start(consul_agent, key):
 def test_follower_as_context_manager_stops_its_thread(consul_agent, key):
     with Follower(key, address=consul_agent.address) as f:
         f.wait_for_leader(10)
-        thread = f._thread
-    assert thread is not None and not thread.is_alive()
+        assert f.running
+    assert not f.running
