@@ -1,0 +1,152 @@
+"""Review of the term-ending rewrite (issue 8): reproducers of the problems
+found, each against a real agent. They are marked xfail(strict=True) until
+fixed: remove the marker with the fix."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any, Dict, List, Optional
+
+import pytest
+import requests
+
+from consul_leader import Candidate, leader_changed
+from consul_leader.testing import ConsulAgent, ConsulCluster
+
+from conftest import wait_until
+
+
+def sessions_named(url: str, key: str) -> List[Dict[str, Any]]:
+    return [s for s in requests.get(f"{url}/v1/session/list", timeout=5).json() if key in s.get("Name", "")]
+
+
+def key_entry(url: str, key: str) -> Optional[Dict[str, Any]]:
+    r = requests.get(f"{url}/v1/kv/{key}", timeout=5)
+    return None if r.status_code == 404 else r.json()[0]
+
+
+# -- stop() from the job or a receiver never finishes stopping ----------------
+
+@pytest.mark.xfail(strict=True, reason="stop() called from the job or a receiver returns early and nothing "
+                                       "calls _finish_stop(): run() never returns, the session lives on")
+@pytest.mark.parametrize("caller", ["job", "elected receiver"])
+def test_stop_from_the_job_or_a_receiver_ends_run_and_leaves_the_election(
+        make_candidate: Any, key: str, consul_agent: ConsulAgent, caller: str) -> None:
+    c = make_candidate(key)
+    events = c.events()
+    if caller == "elected receiver":
+        c.on_elected(lambda candidate, **kw: candidate.stop())
+
+    def job(stop: threading.Event) -> None:
+        if caller == "job":
+            c.stop()
+        stop.wait()
+
+    ran: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            c.run(job)
+        except BaseException as exc:  # pragma: no cover - reported below
+            ran.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    ended = threading.Event()
+    kinds: List[str] = []
+
+    def drain() -> None:
+        for event in events:
+            kinds.append(event.kind)
+        ended.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    wait_until(lambda: "deposed" in kinds, what="the term ended")
+    # What stop() promises, whoever calls it: run() returns, the session is
+    # destroyed (no heartbeats go on), events() iterators end.
+    runner.join(20)
+    assert not runner.is_alive(), "run() still blocks after the candidate stopped itself"
+    assert ran == []
+    wait_until(lambda: sessions_named(consul_agent.url, key) == [], timeout=20, what="the session destroyed")
+    assert ended.wait(20), "events() iterator still open"
+
+
+# -- the first-lock wait is given away by a release -----------------------------
+
+@pytest.mark.xfail(strict=True, reason="stop() during the first-lock wait releases the key, so the next "
+                                       "candidate (LockIndex 2) leads at once, within a deleted-under "
+                                       "leader's lease")
+def test_stop_during_the_first_lock_wait_does_not_let_another_lead_before_the_lock_delay(
+        make_candidate: Any, consul_agent: ConsulAgent) -> None:
+    url = consul_agent.url
+    key = f"test/first-lock-{uuid.uuid4().hex[:8]}/leader"
+    # An old leader holds the key (a raw session: a leader that has not
+    # noticed anything yet), then an operator deletes the key under it.
+    old = requests.put(f"{url}/v1/session/create", json={"LockDelay": "0s"}, timeout=5).json()["ID"]
+    assert requests.put(f"{url}/v1/kv/{key}?acquire={old}", data=b"old", timeout=5).json() is True
+    lock_delay = 10.0
+    x = make_candidate(key, lock_delay=lock_delay)
+    go = threading.Event()
+
+    def on_leader_changed(candidate: Candidate, leader: Optional[str], **kw: Any) -> None:
+        if leader is None:
+            go.wait(30)
+            candidate.stop()  # from a receiver: documented as safe
+
+    leader_changed.connect(on_leader_changed, sender=x, weak=False)
+    try:
+        x.start()
+        wait_until(lambda: x.leader() == "old", what="x saw the old leader")
+        requests.delete(f"{url}/v1/kv/{key}", timeout=5).raise_for_status()
+        # x is now the key's first holder and waits the lock-delay before leading.
+        wait_until(lambda: (key_entry(url, key) or {}).get("Value") is not None
+                   and key_entry(url, key)["LockIndex"] == 1, what="x took the recreated key")  # type: ignore[index]
+        y = make_candidate(key, lock_delay=lock_delay)
+        y.start()
+        wait_until(lambda: y.leader() == x.identity, what="y saw x holding the key")
+        go.set()  # x is stopped during its first-lock wait
+        # The old leader may still believe it leads for up to its lease
+        # (< lock_delay) after the deletion: nobody may lead before that.
+        assert not y.wait_for_leadership(lock_delay / 2), \
+            "y led at once after x gave up its first-lock wait: within the old leader's lease"
+    finally:
+        leader_changed.disconnect(on_leader_changed, sender=x)
+        go.set()
+        requests.put(f"{url}/v1/session/destroy/{old}", timeout=5)
+
+
+# -- deposed receivers of a job-less term wait for a request timeout ----------
+
+@pytest.mark.xfail(strict=True, reason="without run(job) no lease watchdog wakes the election thread: deposed "
+                                       "is sent when the blocking read times out (wait + timeout), after the "
+                                       "next leader on another agent was elected")
+def test_deposed_receivers_run_before_another_agent_elects_when_the_leaders_agent_freezes() -> None:
+    order: List[str] = []
+    with ConsulCluster(servers=1, clients=2) as cluster:
+        c1, c2 = cluster.clients
+        key = f"test/frozen-agent-{uuid.uuid4().hex[:8]}/leader"
+        # A generous request timeout (a slow network), well within what the
+        # docs allow; the lease is the default one.
+        x = Candidate(key, address=c1.address, identity="x", timeout=20.0)
+        y = Candidate(key, address=c2.address, identity="y")
+        x.on_elected(lambda c, **kw: order.append("x elected"))
+        x.on_deposed(lambda c, **kw: order.append("x deposed"))
+        y.on_elected(lambda c, **kw: order.append("y elected"))
+        try:
+            x.start()
+            assert x.wait_for_leadership(60)
+            y.start()
+            wait_until(lambda: y.leader() == "x", what="y saw x lead")
+            c1.pause()  # x's agent freezes: x's lease runs out, then Consul frees the lock
+            try:
+                wait_until(lambda: "y elected" in order, timeout=60, what="y elected")
+                wait_until(lambda: "x deposed" in order, timeout=60, what="x deposed")
+            finally:
+                c1.resume()
+            # x's receivers stop what its elected receivers started: that
+            # must be over before y's start the same work.
+            assert order.index("x deposed") < order.index("y elected"), order
+        finally:
+            x.stop()
+            y.stop()
