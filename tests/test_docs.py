@@ -119,13 +119,27 @@ def run_example(consul_agent: ConsulAgent, key: str, tmp_path: Path) -> Iterator
         print(f"--- {example.identity} ---\n" + "\n".join(example.lines()))
 
 
+ELECTED = re.compile(r"^elected: (\S+) \(fencing token (\d+)\)$", re.M)
+
+
+def elected_line(example: Example) -> "re.Match[str]":
+    """The example's ``elected: ...`` line (waited for within 30 s)."""
+    wait_until(lambda: ELECTED.search("\n".join(example.lines())) or example.proc.poll() is not None, 30,
+               "the elected line printed")
+    match = ELECTED.search("\n".join(example.lines()))
+    assert match is not None, "no elected line:\n" + "\n".join(example.lines())
+    return match
+
+
 def test_quickstart_example_leads_waits_and_hands_over_on_sigterm(run_example, consul_agent: ConsulAgent,
                                                                   key: str) -> None:
     first = run_example()
     before = first.wait_for(f"report sent by {first.identity}")
     assert before[0] == "leader now: None"
-    token = re.search(r"^elected: (\S+) \(fencing token (\d+)\)$", "\n".join(before), re.M)
-    assert token is not None and token.group(1) == first.identity
+    # The @on_elected receiver runs on the signal thread, the job on its own:
+    # their two lines may come in either order.
+    token = elected_line(first)
+    assert token.group(1) == first.identity
 
     second = run_example()
     waiting = second.wait_for("not the leader; send_report() returns None")
@@ -135,9 +149,9 @@ def test_quickstart_example_leads_waits_and_hands_over_on_sigterm(run_example, c
 
     # stop_on_signals(): SIGTERM releases the lock, then exits with 128 + 15.
     assert first.terminate() == 128 + signal.SIGTERM
-    after = second.wait_for(f"report sent by {second.identity}")
-    taken = re.search(r"^elected: (\S+) \(fencing token (\d+)\)$", "\n".join(after), re.M)
-    assert taken is not None and taken.group(1) == second.identity
+    second.wait_for(f"report sent by {second.identity}")
+    taken = elected_line(second)
+    assert taken.group(1) == second.identity
     assert int(taken.group(2)) > int(token.group(2))
     second.wait_for(f"leader now: {second.identity}")
 
