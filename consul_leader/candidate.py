@@ -129,12 +129,9 @@ class Candidate:
         if not isinstance(wait, bool):
             raise ConfigurationTypeError(f"wait must be True or False, got {wait!r}")
         self.wait = wait
-        if consul is not None and any(v is not None for v in (address, token, datacenter, verify, cert)):
-            raise ConfigurationTypeError("give either consul= or address/token/datacenter/verify/cert, not both")
-        config = (ConsulConfig.from_consul(consul, timeout=timeout) if consul is not None else
-                  ConsulConfig.from_args(address=address, token=token, datacenter=datacenter, verify=verify,
-                                         cert=cert, timeout=timeout))
-        self.client = ConsulClient(config)
+        self.client = ConsulClient(ConsulConfig.resolve(consul=consul, address=address, token=token,
+                                                        datacenter=datacenter, verify=verify, cert=cert,
+                                                        timeout=timeout))
         if clock is not None and not callable(clock):
             raise ConfigurationTypeError(f"clock must be a function returning seconds, got {type(clock).__name__}")
         self._clock: Clock = lease_clock if clock is None else clock
@@ -154,6 +151,7 @@ class Candidate:
         self._runner: Optional[JobRunner] = None
         self._ending = False  # the election thread is ending a term
         self._leader: Optional[str] = None
+        self._observed = LeaderInfo()  # the leader as the key last showed it
         # After stepping down: sit out until then, or until the key's
         # LockIndex passes the one of our term (someone else took it since).
         self._sit_out: Optional[Tuple[float, int]] = None
@@ -544,8 +542,10 @@ class Candidate:
         return session
 
     def _observe(self, entry: Optional[KeyEntry]) -> None:
-        identity = LeaderInfo.from_entry(entry).identity
-        if identity != self._leader:
+        info = LeaderInfo.from_entry(entry)
+        if not info.same_leader(self._observed):
+            self._observed = info
+            identity = info.identity
             self._leader = identity
             log.info("leader of %r is now %r", self.key, identity,
                      extra=self._log_fields("leader_changed", leader=identity))

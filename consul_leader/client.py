@@ -230,8 +230,10 @@ class ConsulConfig:
         cert: Union[None, str, Tuple[str, str]] = None,
         timeout: float = 5.0,
         environ: Optional[Dict[str, str]] = None,
+        token_file: Optional[str] = None,
     ) -> "ConsulConfig":
-        """Resolve the settings: arguments first, then ``CONSUL_HTTP_ADDR``,
+        """Resolve the settings: arguments first (*token*, else the file
+        *token_file*), then ``CONSUL_HTTP_ADDR``,
         ``CONSUL_HTTP_TOKEN`` (or ``CONSUL_HTTP_TOKEN_FILE``), ``CONSUL_HTTP_SSL``,
         ``CONSUL_HTTP_SSL_VERIFY``, ``CONSUL_CACERT``, ``CONSUL_CLIENT_CERT`` and
         ``CONSUL_CLIENT_KEY``, then the defaults (``127.0.0.1:8500``).
@@ -247,16 +249,13 @@ class ConsulConfig:
         ssl = env.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true", "yes")
         scheme, host, port = _parse_address(raw, source, "https" if ssl else "http")
 
-        if token is None:
+        if token is None and token_file is not None:
+            token = _read_token_file(token_file, "token_file")
+        elif token is None:
             token = env.get("CONSUL_HTTP_TOKEN") or None
-            token_file = env.get("CONSUL_HTTP_TOKEN_FILE")
-            if token is None and token_file:
-                try:
-                    with open(token_file, encoding="utf-8") as fh:
-                        token = fh.read().strip() or None
-                except OSError as exc:
-                    raise ConfigurationError(
-                        f"CONSUL_HTTP_TOKEN_FILE={token_file!r} cannot be read: {exc.strerror}") from None
+            env_file = env.get("CONSUL_HTTP_TOKEN_FILE")
+            if token is None and env_file:
+                token = _read_token_file(env_file, "CONSUL_HTTP_TOKEN_FILE")
         elif not isinstance(token, str):
             raise ConfigurationTypeError(f"token must be a str, got {type(token).__name__}")
         if token and not (token.isascii() and token.isprintable() and not any(ch.isspace() for ch in token)):
@@ -294,6 +293,30 @@ class ConsulConfig:
                    verify=verify, cert=cert, timeout=_check_timeout(timeout))
 
     @classmethod
+    def resolve(cls, *, consul: Any = None, address: Optional[str] = None, token: Optional[str] = None,
+                token_file: Optional[str] = None, datacenter: Optional[str] = None,
+                verify: Union[None, bool, str] = None, cert: Union[None, str, Tuple[str, str]] = None,
+                timeout: float = 5.0) -> "ConsulConfig":
+        """The one way :class:`~consul_leader.Candidate`,
+        :class:`~consul_leader.Follower` and the ``consul-leader`` command
+        turn their connection arguments into settings: an existing
+        ``consul.Consul`` (*consul*) or the other arguments, not both; what
+        is not given comes from the ``consul`` CLI's environment variables.
+
+        :raises ConfigurationError: both *consul* and another connection
+            argument, or an argument that :meth:`from_args` refuses."""
+        if consul is not None:
+            given = [name for name, value in (("address", address), ("token", token), ("token_file", token_file),
+                                              ("datacenter", datacenter), ("verify", verify), ("cert", cert))
+                     if value is not None]
+            if given:
+                raise ConfigurationTypeError(f"give either consul= or {', '.join(given)}, not both: consul= "
+                                             f"already says where and how to connect")
+            return cls.from_consul(consul, timeout=timeout)
+        return cls.from_args(address=address, token=token, token_file=token_file, datacenter=datacenter,
+                             verify=verify, cert=cert, timeout=timeout)
+
+    @classmethod
     def from_consul(cls, client: Any, timeout: float = 5.0) -> "ConsulConfig":
         """Take the settings of an existing ``consul.Consul`` (py-consul or
         python-consul). Only its settings are used: consul-leader makes its own
@@ -307,6 +330,14 @@ class ConsulConfig:
                                          f"got {type(client).__name__}")
         return cls(host=http.host, port=int(http.port), scheme=http.scheme, token=client.token or None,
                    datacenter=client.dc, verify=http.verify, cert=http.cert, timeout=_check_timeout(timeout))
+
+
+def _read_token_file(path: str, source: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError as exc:
+        raise ConfigurationError(f"{source}={path!r} cannot be read: {exc.strerror}") from None
 
 
 def _check_timeout(timeout: Any) -> float:

@@ -52,6 +52,12 @@ class LeaderInfo:
         return cls(identity=identity, session=entry["Session"], since=flags / 1000 if flags else None,
                    modify_index=int(entry["ModifyIndex"]))
 
+    def same_leader(self, other: "LeaderInfo") -> bool:
+        """True if *other* names the same leader: the same identity holding
+        the lock with the same session (a restarted process that writes the
+        same identity is another leader)."""
+        return (self.identity, self.session) == (other.identity, other.session)
+
 
 class KeyWatch:
     """Blocking queries on one key, keeping the index between calls.
@@ -90,6 +96,8 @@ class Follower:
     :param verify: TLS verification: a CA bundle path, True or False.
     :param cert: client certificate (path, or ``(cert, key)``).
     :param wait: the longest a blocking query waits, in seconds.
+    :param timeout: seconds allowed for a request, on top of a blocking
+        query's wait (as for :class:`~consul_leader.Candidate`).
 
     .. versionadded:: 0.1
     """
@@ -97,11 +105,11 @@ class Follower:
     def __init__(self, key: str, *, consul: Any = None, address: Optional[str] = None,
                  token: Optional[str] = None, datacenter: Optional[str] = None,
                  verify: Union[None, bool, str] = None, cert: Union[None, str, Tuple[str, str]] = None,
-                 wait: float = 30.0) -> None:
+                 wait: float = 30.0, timeout: float = 5.0) -> None:
         self.key = check_key(key)
-        config = ConsulConfig.from_consul(consul) if consul is not None else ConsulConfig.from_args(
-            address=address, token=token, datacenter=datacenter, verify=verify, cert=cert)
-        self.client = ConsulClient(config)
+        self.client = ConsulClient(ConsulConfig.resolve(consul=consul, address=address, token=token,
+                                                        datacenter=datacenter, verify=verify, cert=cert,
+                                                        timeout=timeout))
         self._wait = check_number("wait", wait, 0.01, 600)
         self._info = LeaderInfo()
         self._seen = threading.Event()
@@ -197,7 +205,7 @@ class Follower:
             wait = self._wait
             info = LeaderInfo.from_entry(entry)
             first = not self._seen.is_set()
-            if first or info.identity != self._info.identity or info.session != self._info.session:
+            if first or not info.same_leader(self._info):
                 with self._lock:
                     self._info = info
                     self._seen.set()

@@ -92,8 +92,14 @@ def send(signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
     """Send *signal*, calling each receiver on its own so that one that
     raises is logged and the rest still run (blinker itself would stop at
     the first exception)."""
+    _deliver(signal, sender, get_default(), kwargs)
+
+
+def _deliver(signal: blinker.NamedSignal, sender: Any, default: Any, kwargs: Dict[str, Any]) -> None:
+    """Call *signal*'s receivers for *sender*; those of the bare decorators
+    only if *sender* was the default candidate (when the signal was sent)."""
     for receiver in list(signal.receivers_for(sender)):
-        if id(receiver) in _for_default and _for_default[id(receiver)] is receiver and sender is not get_default():
+        if id(receiver) in _for_default and _for_default[id(receiver)] is receiver and sender is not default:
             continue
         try:
             receiver(sender, **kwargs)
@@ -125,8 +131,9 @@ class Dispatcher:
         self._thread: Optional[threading.Thread] = None
 
     def send(self, signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
-        """Queue *signal* for its receivers; returns at once."""
-        self.call(send, signal, sender, **kwargs)
+        """Queue *signal* for its receivers; returns at once. The bare
+        decorators' receivers go by the default candidate of this moment."""
+        self.call(_deliver, signal, sender, get_default(), kwargs)
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Queue ``fn(*args, **kwargs)``; returns at once."""
