@@ -4,7 +4,11 @@ fixed: remove the marker with the fix."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import textwrap
 import threading
+import time
 import uuid
 from typing import Any, Dict, List, Optional
 
@@ -14,7 +18,7 @@ import requests
 from consul_leader import Candidate, leader_changed
 from consul_leader.testing import ConsulAgent, ConsulCluster
 
-from conftest import wait_until
+from conftest import PYTHON, python_env, wait_until
 
 
 def sessions_named(url: str, key: str) -> List[Dict[str, Any]]:
@@ -150,3 +154,44 @@ def test_deposed_receivers_run_before_another_agent_elects_when_the_leaders_agen
         finally:
             x.stop()
             y.stop()
+
+
+# -- stop_on_signals(): a job that never returns makes the process unkillable ---
+
+STUCK_CHILD = textwrap.dedent("""
+    import sys, threading
+    from consul_leader import Candidate, stop_on_signals
+    address, key = sys.argv[1:3]
+    stop_on_signals()
+    c = Candidate(key, address=address)
+    c.run(lambda stop_event: threading.Event().wait(), block=False)  # ignores stop_event
+    assert c.wait_for_leadership(30)
+    print("leading", flush=True)
+    c.run(lambda stop_event: threading.Event().wait())
+""")
+
+
+@pytest.mark.xfail(strict=True, reason="the stop_on_signals handler runs stop() again on every signal, nested "
+                                       "in the stop() already waiting for the job: only SIGKILL ends the process")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_ends_a_process_whose_job_does_not_return(consul_agent: ConsulAgent, key: str,
+                                                                  signum: int) -> None:
+    proc = subprocess.Popen([PYTHON, "-c", STUCK_CHILD, consul_agent.address, key], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=python_env())
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "leading"
+        proc.send_signal(signum)
+        # The first signal waits for the job, holding the lock: by design.
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(2)
+        # A second one is the operator insisting (a second Ctrl-C): exiting
+        # is safe, the job dies with the process and Consul frees the lock
+        # after the check's TTL and the lock-delay.
+        proc.send_signal(signum)
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is not None, "the process ignores a second signal; only SIGKILL ends it"
+    finally:
+        proc.kill()
+        proc.wait()
