@@ -414,44 +414,52 @@ class ConsulClient:
         return self._consul.http.session  # type: ignore[no-any-return]
 
     def _call(self, operation: str, fn: Callable[[], T], *, missing: Optional[str] = None,
-              key: str = "<key>") -> T:
+              key: Optional[str] = None) -> T:
+        """Run *fn*, translating what requests and py-consul raise into the
+        project's errors (the original as ``__cause__``), once, here."""
+        where: Dict[str, Any] = {"operation": operation, "key": key}
         try:
             return fn()
         except requests.exceptions.SSLError as exc:
             raise ConsulTLSError(f"{operation}: TLS handshake with {self.config.address} failed: "
-                                 f"{_tls_hint(exc)}") from None
-        except requests.exceptions.Timeout:
+                                 f"{_tls_hint(exc)}", **where) from exc
+        except requests.exceptions.Timeout as exc:
             raise ConsulUnavailable(f"{operation}: {self.config.address} did not answer within "
-                                    f"the timeout") from None
+                                    f"the timeout", **where) from exc
         except requests.exceptions.RequestException as exc:
             raise ConsulUnavailable(f"{operation}: cannot reach the Consul agent at {self.config.address} "
-                                    f"({type(exc).__name__})") from None
+                                    f"({type(exc).__name__})", **where) from exc
         except consul.ACLPermissionDenied as exc:
-            raise self._denied(operation, _body(exc), key) from None
+            raise self._denied(operation, _body(exc), key, 403) from exc
         except consul.exceptions.BadRequest as exc:
-            raise RequestRejected(f"{operation}: Consul refused the request as invalid: {_body(exc)}") from None
+            raise RequestRejected(f"{operation}: Consul refused the request as invalid: {_body(exc)}",
+                                  status=400, **where) from exc
         except consul.NotFound as exc:
             if missing:
-                raise SessionLost(f"{operation}: {missing}") from None
-            raise ConsulLeaderError(f"{operation}: not found: {_body(exc)}") from None
+                raise SessionLost(f"{operation}: {missing}", status=404, **where) from exc
+            raise ConsulLeaderError(f"{operation}: not found: {_body(exc)}", status=404, **where) from exc
         except consul.ConsulException as exc:
             text = _body(exc)
+            status = _status(exc)
             if "No cluster leader" in text:
-                raise NoClusterLeader(f"{operation}: the Consul servers have no leader right now") from None
+                raise NoClusterLeader(f"{operation}: the Consul servers have no leader right now",
+                                      status=status, **where) from exc
             if "ACL not found" in text or "Permission denied" in text:
-                raise self._denied(operation, text, key) from None
+                raise self._denied(operation, text, key, status) from exc
             if missing and ("invalid session" in text or "not found" in text.lower()):
-                raise SessionLost(f"{operation}: {missing}") from None
-            raise ConsulUnavailable(f"{operation}: Consul answered {text}") from None
+                raise SessionLost(f"{operation}: {missing}", status=status, **where) from exc
+            raise ConsulUnavailable(f"{operation}: Consul answered {text}", status=status, **where) from exc
 
-    def _denied(self, operation: str, text: str, key: str) -> PermissionDenied:
+    def _denied(self, operation: str, text: str, key: Optional[str], status: Optional[int]) -> PermissionDenied:
+        where: Dict[str, Any] = {"operation": operation, "key": key, "status": status}
         if "ACL not found" in text:
             return PermissionDenied(f"{operation}: Consul does not know the ACL token (ACL not found); check "
-                                    f"token=, CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE")
+                                    f"token=, CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE", **where)
         who = "the ACL token" if self.config.token else \
             "the anonymous token (no token was given: pass token= or set CONSUL_HTTP_TOKEN)"
-        rule = _PERMISSION_HINTS.get(operation, "the matching write rule").replace("<key>", key)
-        return PermissionDenied(f"{operation}: Consul refused {who} ({text}); its policy needs {rule}")
+        rule = _PERMISSION_HINTS.get(operation, "the matching write rule").replace("<key>", key or "<key>")
+        return PermissionDenied(f"{operation}: Consul refused {who} ({text}); its policy needs {rule}",
+                                rule=rule, **where)
 
     def register_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
         """Register a TTL check on the agent, already passing (a new check
@@ -514,9 +522,10 @@ class ConsulClient:
                 if "due to lock delay" in text:
                     return LockAttempt(None, delayed=True)
                 if "invalid session" in text:
-                    raise consul.NotFound(text) from None
+                    raise SessionLost(f"acquire lock: session {session_id} no longer exists", operation="acquire lock",
+                                      key=key, status=409) from exc
                 if "Permission denied" in text or "ACL not found" in text:
-                    raise consul.ACLPermissionDenied(text) from None
+                    raise self._denied("acquire lock", text, key, 409) from exc
                 raise
             kv = result["Results"][0]["KV"]
             return LockAttempt(int(kv["ModifyIndex"]), delayed=False, lock_index=int(kv.get("LockIndex") or 0))
@@ -602,6 +611,12 @@ def _tls_hint(exc: requests.exceptions.SSLError) -> str:
         hint = ("the agent ended the handshake; if it requires client certificates (verify_incoming), "
                 "give cert= or CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY, signed by a CA the agent trusts")
     return f"{hint} ({text})"
+
+
+def _status(exc: Exception) -> Optional[int]:
+    """The HTTP status py-consul put at the start of its message, if any."""
+    head = str(exc).split(" ", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
 def _body(exc: Exception) -> str:

@@ -26,7 +26,23 @@ __all__ = [
 
 
 class ConsulLeaderError(Exception):
-    """Root of every exception raised by consul-leader."""
+    """Root of every exception raised by consul-leader.
+
+    Errors about a request to Consul carry what requests attaches to its
+    own errors: which step failed, on which key, with what answer. The
+    original exception (requests' or py-consul's) is ``__cause__``.
+
+    :ivar operation: the step that failed, e.g. ``"acquire lock"``, or None.
+    :ivar key: the KV key concerned, or None.
+    :ivar status: the HTTP status Consul answered, or None (no answer).
+    """
+
+    def __init__(self, message: str = "", *, operation: str | None = None, key: str | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.key = key
+        self.status = status
 
 
 class ConfigurationError(ConsulLeaderError, ValueError):
@@ -63,7 +79,16 @@ class PermissionDenied(ConsulLeaderError, PermissionError):
     """The ACL token lacks a permission; the message names the operation and
     the rule it needs. The candidate keeps retrying with backoff (a policy can
     be fixed while it runs), but :meth:`Candidate.wait_for_leadership` and
-    :meth:`Candidate.run` raise it at once instead of waiting in vain."""
+    :meth:`Candidate.run` raise it at once instead of waiting in vain.
+
+    :ivar rule: the ACL policy rule the operation needs (HCL), or None when
+        the token itself is unknown to Consul.
+    """
+
+    def __init__(self, message: str = "", *, operation: str | None = None, key: str | None = None,
+                 status: int | None = None, rule: str | None = None) -> None:
+        super().__init__(message, operation=operation, key=key, status=status)
+        self.rule = rule
 
 
 class RequestRejected(ConsulLeaderError):

@@ -107,6 +107,7 @@ def test_a_policy_without_one_rule_is_refused_naming_the_operation_and_the_rule(
     message = str(info.value)
     assert message.startswith(f"{operation}: Consul refused the ACL token")
     assert rule.replace("<key>", key) in message
+    assert info.value.rule == rule.replace("<key>", key) and info.value.operation == operation
     assert errors and all(isinstance(e, PermissionDenied) for e in errors)
     assert not c.is_leader()
 

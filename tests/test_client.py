@@ -4,11 +4,12 @@ per-thread connections."""
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 import requests
 
-from consul_leader import ConsulUnavailable
+from consul_leader import ConsulUnavailable, SessionLost
 from consul_leader.client import ConsulClient, ConsulConfig, interrupt
 from consul_leader.testing import free_ports
 
@@ -73,3 +74,42 @@ def test_interrupt_ends_a_blocking_query_at_once(client, prefix):
     interrupt(t)
     t.join(10)
     assert not t.is_alive() and outcome == ["interrupted"]
+
+
+def test_errors_carry_the_operation_the_key_the_status_and_the_cause(client):
+    port = free_ports(1)[0]
+    dead = ConsulClient(ConsulConfig.from_args(address=f"127.0.0.1:{port}", timeout=1))
+    with pytest.raises(ConsulUnavailable) as info:
+        dead.get_key("a/b")
+    assert (info.value.operation, info.value.key, info.value.status) == ("read key", "a/b", None)
+    assert isinstance(info.value.__cause__, requests.exceptions.ConnectionError)
+    with pytest.raises(SessionLost) as lost:
+        client.renew_session(str(uuid.uuid4()))
+    assert lost.value.operation == "renew session" and lost.value.status == 404
+    assert lost.value.__cause__ is not None
+    with pytest.raises(SessionLost) as gone:  # refused inside the transaction: translated once
+        client.acquire("a/b", b"x", str(uuid.uuid4()))
+    assert (gone.value.operation, gone.value.key, gone.value.status) == ("acquire lock", "a/b", 409)
+
+
+def test_a_follower_refuses_consul_and_address_together_as_a_candidate_does(consul_agent):
+    import consul
+
+    from consul_leader import Candidate, ConfigurationError, Follower
+
+    existing = consul.Consul(host="127.0.0.1", port=8500)
+    for cls in (Candidate, Follower):
+        with pytest.raises(ConfigurationError, match="give either consul= or address, not both"):
+            cls("a/b", consul=existing, address=consul_agent.address)
+
+
+def test_a_follower_takes_a_timeout_and_the_token_file_is_read_in_one_place(consul_agent, tmp_path):
+    from consul_leader import ConfigurationError, Follower
+
+    token = tmp_path / "token"
+    token.write_text("c0ffee00-0000-0000-0000-000000000000\n")
+    config = ConsulConfig.resolve(address=consul_agent.address, token_file=str(token), timeout=2.5)
+    assert config.token == "c0ffee00-0000-0000-0000-000000000000" and config.timeout == 2.5
+    assert Follower("a/b", address=consul_agent.address, timeout=2.5).client.config.timeout == 2.5
+    with pytest.raises(ConfigurationError, match="token_file='/nonexistent' cannot be read"):
+        ConsulConfig.resolve(token_file="/nonexistent")
