@@ -16,11 +16,12 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable, Coroutine, Iterator, Optional, ParamSpec, Tuple, TypeVar, Union, overload
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, ParamSpec, TypeVar, overload
 
 import tenacity
 
-from . import decorators, process, signals
+from . import aio, decorators, process, signals
 from .client import ConsulClient, ConsulConfig, KeyEntry, LockAttempt, clear_wake, interrupt, wake
 from .errors import (
     ConfigurationTypeError,
@@ -69,8 +70,8 @@ class _Term:
         self.lock_index = lock_index
         self.started = started
         #: Set by whoever ends the term first (resign, stop, the job, the watchdog).
-        self.reason: Optional[Reason] = None
-        self.runner: Optional[JobRunner] = None
+        self.reason: Reason | None = None
+        self.runner: JobRunner | None = None
 
 
 class Candidate:
@@ -113,13 +114,13 @@ class Candidate:
     .. versionadded:: 0.1
     """
 
-    def __init__(self, key: str, *, identity: Optional[str] = None, consul: Any = None,
-                 address: Optional[str] = None, token: Optional[str] = None, datacenter: Optional[str] = None,
-                 verify: Union[None, bool, str] = None, cert: Union[None, str, Tuple[str, str]] = None,
-                 ttl: float = 3.0, lock_delay: Optional[float] = None, lease: Optional[float] = None,
-                 heartbeat: Optional[float] = None, session_ttl: Optional[float] = None,
-                 term_limit: Optional[float] = None, wait: bool = True, timeout: float = 5.0,
-                 clock: Optional[Clock] = None) -> None:
+    def __init__(self, key: str, *, identity: str | None = None, consul: Any = None,
+                 address: str | None = None, token: str | None = None, datacenter: str | None = None,
+                 verify: None | bool | str = None, cert: None | str | tuple[str, str] = None,
+                 ttl: float = 3.0, lock_delay: float | None = None, lease: float | None = None,
+                 heartbeat: float | None = None, session_ttl: float | None = None,
+                 term_limit: float | None = None, wait: bool = True, timeout: float = 5.0,
+                 clock: Clock | None = None) -> None:
         self.key = check_key(key)
         self._default_identity = identity is None
         self.identity = _default_identity() if identity is None else check_identity(identity)
@@ -135,7 +136,7 @@ class Candidate:
         if clock is not None and not callable(clock):
             raise ConfigurationTypeError(f"clock must be a function returning seconds, got {type(clock).__name__}")
         self._clock: Clock = lease_clock if clock is None else clock
-        self._job: Optional[Job] = None
+        self._job: Job | None = None
         self._reset()
         process.register(self)
 
@@ -144,19 +145,19 @@ class Candidate:
         self._state_lock = threading.RLock()
         self._changed = threading.Condition(self._state_lock)
         self._stopping = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._session: Optional[Session] = None
-        self._term: Optional[_Term] = None
+        self._thread: threading.Thread | None = None
+        self._session: Session | None = None
+        self._term: _Term | None = None
         # The last term's runner, until its job has returned.
-        self._runner: Optional[JobRunner] = None
+        self._runner: JobRunner | None = None
         self._ending = False  # the election thread is ending a term
-        self._leader: Optional[str] = None
+        self._leader: str | None = None
         self._observed = LeaderInfo()  # the leader as the key last showed it
         # After stepping down: sit out until then, or until the key's
         # LockIndex passes the one of our term (someone else took it since).
-        self._sit_out: Optional[Tuple[float, int]] = None
-        self._failure: Optional[ConsulLeaderError] = None
-        self._last_error: Optional[ConsulLeaderError] = None
+        self._sit_out: tuple[float, int] | None = None
+        self._failure: ConsulLeaderError | None = None
+        self._last_error: ConsulLeaderError | None = None
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
         self._key_checked = False
@@ -166,7 +167,7 @@ class Candidate:
         role = "leader" if self.is_leader() else self._state
         return f"<Candidate {self.key!r} identity={self.identity!r} {role}>"
 
-    def __enter__(self) -> "Candidate":
+    def __enter__(self) -> Candidate:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -174,7 +175,7 @@ class Candidate:
 
     # -- the public surface -------------------------------------------------
 
-    def start(self) -> "Candidate":
+    def start(self) -> Candidate:
         """Run for election in a background thread. Idempotent; the first
         candidate started becomes the process's default (see
         :func:`~consul_leader.set_default`).
@@ -204,7 +205,7 @@ class Candidate:
         term = self._term
         return term is not None and self._clock() < term.session.lease_deadline
 
-    def leader(self) -> Optional[str]:
+    def leader(self) -> str | None:
         """The identity of the current leader as last observed (this
         candidate's own while it leads), or None."""
         if self.is_leader():
@@ -212,7 +213,7 @@ class Candidate:
         return self._leader
 
     @property
-    def fencing_token(self) -> Optional[int]:
+    def fencing_token(self) -> int | None:
         """While leading, the key's ModifyIndex at this term's acquisition: a
         Raft index that every later term exceeds. Pass it to the systems you
         write to, and have them refuse smaller ones. None when not leading."""
@@ -243,7 +244,7 @@ class Candidate:
                          lease_deadline=term.session.lease_deadline if term is not None else -math.inf,
                          last_error=self._last_error)
 
-    def wait_for_leadership(self, timeout: Optional[float] = None) -> bool:
+    def wait_for_leadership(self, timeout: float | None = None) -> bool:
         """Block until this candidate leads; False if *timeout* passed first.
 
         :param timeout: seconds to wait at most; None waits for as long as it takes.
@@ -365,6 +366,23 @@ class Candidate:
         if self._failure is not None:
             raise self._failure
 
+    async def wait_for_leadership_async(self, timeout: float | None = None) -> bool:
+        """Await until this candidate leads; False if *timeout* passed first.
+        The event loop keeps running meanwhile (the asyncio form of
+        :meth:`wait_for_leadership`, which raises the same errors).
+
+        :param timeout: seconds to wait at most; None waits for as long as it takes.
+
+        .. versionadded:: 0.2"""
+        return await aio.wait_for_leadership_async(self, timeout)
+
+    def events_async(self) -> AsyncIterator[LeadershipEvent]:
+        """``async for event in candidate.events_async()``: the asyncio form
+        of :meth:`events`; it never blocks the loop.
+
+        .. versionadded:: 0.2"""
+        return aio.events_async(self)
+
     def events(self) -> Iterator[LeadershipEvent]:
         """Yield a :class:`LeadershipEvent` for every change of this
         candidate's leadership and every error (like the elected channel of
@@ -457,7 +475,7 @@ class Candidate:
     def _pause(self, seconds: float) -> None:
         self._stopping.wait(seconds)  # a backoff that stop() cuts short
 
-    def _report(self, error: Optional[BaseException]) -> None:
+    def _report(self, error: BaseException | None) -> None:
         """Tell of a failed request. Called from the election and heartbeat
         threads, so the receivers run on the signal thread."""
         if not isinstance(error, ConsulLeaderError):
@@ -541,7 +559,7 @@ class Candidate:
         self._session = session
         return session
 
-    def _observe(self, entry: Optional[KeyEntry]) -> None:
+    def _observe(self, entry: KeyEntry | None) -> None:
         info = LeaderInfo.from_entry(entry)
         if not info.same_leader(self._observed):
             self._observed = info
@@ -551,8 +569,8 @@ class Candidate:
                      extra=self._log_fields("leader_changed", leader=identity))
             self._dispatcher.send(signals.leader_changed, self, leader=identity)
 
-    def _wait(self, watch: KeyWatch, hold_off_until: Optional[float] = None,
-              after_lock_index: Optional[int] = None) -> None:
+    def _wait(self, watch: KeyWatch, hold_off_until: float | None = None,
+              after_lock_index: int | None = None) -> None:
         """Block on the key (blocking queries, never a sleep loop) until it is
         free and no hold-off runs. While a hold-off runs (a lock-delay, a
         sit-out after stepping down), return as soon as another candidate

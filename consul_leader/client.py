@@ -17,8 +17,9 @@ import socket
 import threading
 import urllib.parse
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, TypeVar, Union
+from typing import Any, NamedTuple, TypeVar
 
 import consul
 import consul.callback
@@ -43,7 +44,7 @@ from .errors import (
 log = logging.getLogger("consul_leader")
 
 T = TypeVar("T")
-KeyEntry = Dict[str, Any]
+KeyEntry = dict[str, Any]
 
 #: What each operation needs from an ACL policy, named in PermissionDenied.
 _PERMISSION_HINTS = {
@@ -61,15 +62,15 @@ _PERMISSION_HINTS = {
 
 # Connections by the thread that opened them, so that stop() can cut short a
 # blocking query another thread is waiting in (Consul may hold it for minutes).
-_open_connections: "weakref.WeakKeyDictionary[threading.Thread, weakref.WeakSet[Any]]" = \
+_open_connections: weakref.WeakKeyDictionary[threading.Thread, weakref.WeakSet[Any]] = \
     weakref.WeakKeyDictionary()
 _open_connections_lock = threading.Lock()
 
 
-_interrupted: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+_interrupted: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 # Threads that wake() asked to give up the request they are (about to be) in,
 # once: a connection they open before clear_wake() fails at once.
-_woken: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+_woken: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
 def _track(conn: Any) -> None:
@@ -177,7 +178,7 @@ class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
 
 
 class _Consul(consul.Consul):  # type: ignore[misc]
-    def http_connect(self, host: str, port: int, scheme: str, verify: Union[bool, str] = True,
+    def http_connect(self, host: str, port: int, scheme: str, verify: bool | str = True,
                      cert: Any = None) -> _PerThreadHTTPClient:
         return _PerThreadHTTPClient(host, port, scheme, verify, cert,
                                     connections_timeout=self.connections_timeout)
@@ -204,10 +205,10 @@ class ConsulConfig:
     host: str = "127.0.0.1"
     port: int = 8500
     scheme: str = "http"
-    token: Optional[str] = None
-    datacenter: Optional[str] = None
-    verify: Union[bool, str] = True
-    cert: Union[None, str, Tuple[str, str]] = None
+    token: str | None = None
+    datacenter: str | None = None
+    verify: bool | str = True
+    cert: None | str | tuple[str, str] = None
     timeout: float = 5.0
 
     def __repr__(self) -> str:
@@ -223,15 +224,15 @@ class ConsulConfig:
     @classmethod
     def from_args(
         cls,
-        address: Optional[str] = None,
-        token: Optional[str] = None,
-        datacenter: Optional[str] = None,
-        verify: Union[None, bool, str] = None,
-        cert: Union[None, str, Tuple[str, str]] = None,
+        address: str | None = None,
+        token: str | None = None,
+        datacenter: str | None = None,
+        verify: None | bool | str = None,
+        cert: None | str | tuple[str, str] = None,
         timeout: float = 5.0,
-        environ: Optional[Dict[str, str]] = None,
-        token_file: Optional[str] = None,
-    ) -> "ConsulConfig":
+        environ: dict[str, str] | None = None,
+        token_file: str | None = None,
+    ) -> ConsulConfig:
         """Resolve the settings: arguments first (*token*, else the file
         *token_file*), then ``CONSUL_HTTP_ADDR``,
         ``CONSUL_HTTP_TOKEN`` (or ``CONSUL_HTTP_TOKEN_FILE``), ``CONSUL_HTTP_SSL``,
@@ -293,10 +294,10 @@ class ConsulConfig:
                    verify=verify, cert=cert, timeout=_check_timeout(timeout))
 
     @classmethod
-    def resolve(cls, *, consul: Any = None, address: Optional[str] = None, token: Optional[str] = None,
-                token_file: Optional[str] = None, datacenter: Optional[str] = None,
-                verify: Union[None, bool, str] = None, cert: Union[None, str, Tuple[str, str]] = None,
-                timeout: float = 5.0) -> "ConsulConfig":
+    def resolve(cls, *, consul: Any = None, address: str | None = None, token: str | None = None,
+                token_file: str | None = None, datacenter: str | None = None,
+                verify: None | bool | str = None, cert: None | str | tuple[str, str] = None,
+                timeout: float = 5.0) -> ConsulConfig:
         """The one way :class:`~consul_leader.Candidate`,
         :class:`~consul_leader.Follower` and the ``consul-leader`` command
         turn their connection arguments into settings: an existing
@@ -317,7 +318,7 @@ class ConsulConfig:
                              verify=verify, cert=cert, timeout=timeout)
 
     @classmethod
-    def from_consul(cls, client: Any, timeout: float = 5.0) -> "ConsulConfig":
+    def from_consul(cls, client: Any, timeout: float = 5.0) -> ConsulConfig:
         """Take the settings of an existing ``consul.Consul`` (py-consul or
         python-consul). Only its settings are used: consul-leader makes its own
         connections, bounded by timeouts and private to each thread.
@@ -332,7 +333,7 @@ class ConsulConfig:
                    datacenter=client.dc, verify=http.verify, cert=http.cert, timeout=_check_timeout(timeout))
 
 
-def _read_token_file(path: str, source: str) -> Optional[str]:
+def _read_token_file(path: str, source: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read().strip() or None
@@ -348,7 +349,7 @@ def _check_timeout(timeout: Any) -> float:
     return float(timeout)
 
 
-def _parse_address(raw: str, source: str, default_scheme: str) -> Tuple[str, str, int]:
+def _parse_address(raw: str, source: str, default_scheme: str) -> tuple[str, str, int]:
     text = raw.strip()
     if text.startswith("unix://"):
         raise ConfigurationError(f"{source}={raw!r}: unix sockets are not supported; give host:port")
@@ -377,9 +378,9 @@ class LockAttempt(NamedTuple):
         sessions took it since the key was created (1: the first one).
     """
 
-    modify_index: Optional[int]
+    modify_index: int | None
     delayed: bool
-    lock_index: Optional[int] = None
+    lock_index: int | None = None
 
 
 class ConsulClient:
@@ -413,11 +414,11 @@ class ConsulClient:
         thread and per process, so threads never share a connection."""
         return self._consul.http.session  # type: ignore[no-any-return]
 
-    def _call(self, operation: str, fn: Callable[[], T], *, missing: Optional[str] = None,
-              key: Optional[str] = None) -> T:
+    def _call(self, operation: str, fn: Callable[[], T], *, missing: str | None = None,
+              key: str | None = None) -> T:
         """Run *fn*, translating what requests and py-consul raise into the
         project's errors (the original as ``__cause__``), once, here."""
-        where: Dict[str, Any] = {"operation": operation, "key": key}
+        where: dict[str, Any] = {"operation": operation, "key": key}
         try:
             return fn()
         except requests.exceptions.SSLError as exc:
@@ -450,8 +451,8 @@ class ConsulClient:
                 raise SessionLost(f"{operation}: {missing}", status=status, **where) from exc
             raise ConsulUnavailable(f"{operation}: Consul answered {text}", status=status, **where) from exc
 
-    def _denied(self, operation: str, text: str, key: Optional[str], status: Optional[int]) -> PermissionDenied:
-        where: Dict[str, Any] = {"operation": operation, "key": key, "status": status}
+    def _denied(self, operation: str, text: str, key: str | None, status: int | None) -> PermissionDenied:
+        where: dict[str, Any] = {"operation": operation, "key": key, "status": status}
         if "ACL not found" in text:
             return PermissionDenied(f"{operation}: Consul does not know the ACL token (ACL not found); check "
                                     f"token=, CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE", **where)
@@ -501,7 +502,7 @@ class ConsulClient:
         """Destroy the session, releasing what it holds."""
         self._call("destroy session", lambda: self._consul.session.destroy(session_id))
 
-    def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0) -> "LockAttempt":
+    def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0) -> LockAttempt:
         """Try to take the lock on *key* for the session, in one transaction
         that also answers the key's ModifyIndex (the fencing token) and why a
         refusal happened.
@@ -537,8 +538,8 @@ class ConsulClient:
         return bool(self._call("release lock", lambda: self._consul.kv.put(key, None, release=session_id),
                                key=key))
 
-    def get_key(self, key: str, index: Optional[int] = None, wait: Optional[float] = None,
-                operation: str = "read key") -> Tuple[int, Optional[KeyEntry]]:
+    def get_key(self, key: str, index: int | None = None, wait: float | None = None,
+                operation: str = "read key") -> tuple[int, KeyEntry | None]:
         """Read *key*; with *index*, a blocking query that returns when the key
         changes past *index* or after *wait* seconds. Returns ``(index, entry)``,
         entry None when the key does not exist. *operation* names the step in
@@ -547,7 +548,7 @@ class ConsulClient:
             key, index=index or None, wait=_duration(wait) if (index and wait) else None), key=key)
         return int(idx), entry
 
-    def _dc_params(self) -> Optional[list[Tuple[str, str]]]:
+    def _dc_params(self) -> list[tuple[str, str]] | None:
         return [("dc", self.config.datacenter)] if self.config.datacenter else None
 
     def _txn(self, operations: list[Any]) -> Any:
@@ -586,7 +587,7 @@ class ConsulClient:
         self._call("delete key", lambda: self._consul.kv.delete(key, recurse=recurse or None))
 
 
-def _duration(seconds: Optional[float]) -> str:
+def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
     ms = int(round(seconds * 1000))
@@ -613,7 +614,7 @@ def _tls_hint(exc: requests.exceptions.SSLError) -> str:
     return f"{hint} ({text})"
 
 
-def _status(exc: Exception) -> Optional[int]:
+def _status(exc: Exception) -> int | None:
     """The HTTP status py-consul put at the start of its message, if any."""
     head = str(exc).split(" ", 1)[0]
     return int(head) if head.isdigit() else None

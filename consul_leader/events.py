@@ -9,8 +9,9 @@ from __future__ import annotations
 import enum
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, Iterator, List, Optional, TypeVar
+from typing import Generic, TypeVar
 
 __all__ = ["Broadcast", "EventKind", "LeadershipEvent", "Reason"]
 
@@ -97,9 +98,9 @@ class LeadershipEvent:
     """
 
     kind: str
-    fencing_token: Optional[int] = None
-    reason: Optional[str] = None
-    error: Optional[BaseException] = None
+    fencing_token: int | None = None
+    reason: str | None = None
+    error: BaseException | None = None
 
 
 class Broadcast(Generic[T]):
@@ -111,7 +112,7 @@ class Broadcast(Generic[T]):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queues: List["queue.SimpleQueue[Optional[T]]"] = []
+        self._queues: list[queue.SimpleQueue[T | None]] = []
         self._closed = False
 
     def publish(self, item: T) -> None:
@@ -133,10 +134,10 @@ class Broadcast(Generic[T]):
             self._closed = False
             self._queues = []
 
-    def subscribe(self, first: Optional[T] = None) -> Iterator[T]:
+    def subscribe(self, first: T | None = None) -> Iterator[T]:
         """Iterate over the items published from now on (after *first*, if
         given), until :meth:`close`."""
-        q: "queue.SimpleQueue[Optional[T]]" = queue.SimpleQueue()
+        q: queue.SimpleQueue[T | None] = queue.SimpleQueue()
         with self._lock:
             self._queues.append(q)
             if first is not None:
@@ -145,7 +146,7 @@ class Broadcast(Generic[T]):
                 q.put(None)
         return self._drain(q)
 
-    def _drain(self, q: "queue.SimpleQueue[Optional[T]]") -> Iterator[T]:
+    def _drain(self, q: queue.SimpleQueue[T | None]) -> Iterator[T]:
         try:
             while True:
                 item = q.get()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Tuple, Union, cast
+from typing import Any, cast
 
 import tenacity
 
-from . import signals
+from . import aio, signals
 from .client import ConsulClient, ConsulConfig, KeyEntry, interrupt
 from .errors import ConsulLeaderError, NotRunning
 from .events import Broadcast
@@ -36,13 +37,13 @@ class LeaderInfo:
         unless the key was rewritten during its term.
     """
 
-    identity: Optional[str] = None
-    session: Optional[str] = None
-    since: Optional[float] = None
-    modify_index: Optional[int] = None
+    identity: str | None = None
+    session: str | None = None
+    since: float | None = None
+    modify_index: int | None = None
 
     @classmethod
-    def from_entry(cls, entry: Optional[KeyEntry]) -> "LeaderInfo":
+    def from_entry(cls, entry: KeyEntry | None) -> LeaderInfo:
         """Read a KV entry as returned by Consul (None: no key)."""
         if not entry or not entry.get("Session"):
             return cls()
@@ -52,7 +53,7 @@ class LeaderInfo:
         return cls(identity=identity, session=entry["Session"], since=flags / 1000 if flags else None,
                    modify_index=int(entry["ModifyIndex"]))
 
-    def same_leader(self, other: "LeaderInfo") -> bool:
+    def same_leader(self, other: LeaderInfo) -> bool:
         """True if *other* names the same leader: the same identity holding
         the lock with the same session (a restarted process that writes the
         same identity is another leader)."""
@@ -70,9 +71,9 @@ class KeyWatch:
         self.client = client
         self.key = key
         self.index = 0
-        self.entry: Optional[KeyEntry] = None
+        self.entry: KeyEntry | None = None
 
-    def read(self, wait: Optional[float] = None) -> Optional[KeyEntry]:
+    def read(self, wait: float | None = None) -> KeyEntry | None:
         """Return the key's entry; with *wait*, block until it changes or
         *wait* seconds pass (never a sleep loop)."""
         index, entry = self.client.get_key(self.key, index=self.index if wait else None, wait=wait)
@@ -102,9 +103,9 @@ class Follower:
     .. versionadded:: 0.1
     """
 
-    def __init__(self, key: str, *, consul: Any = None, address: Optional[str] = None,
-                 token: Optional[str] = None, datacenter: Optional[str] = None,
-                 verify: Union[None, bool, str] = None, cert: Union[None, str, Tuple[str, str]] = None,
+    def __init__(self, key: str, *, consul: Any = None, address: str | None = None,
+                 token: str | None = None, datacenter: str | None = None,
+                 verify: None | bool | str = None, cert: None | str | tuple[str, str] = None,
                  wait: float = 30.0, timeout: float = 5.0) -> None:
         self.key = check_key(key)
         self.client = ConsulClient(ConsulConfig.resolve(consul=consul, address=address, token=token,
@@ -114,20 +115,20 @@ class Follower:
         self._info = LeaderInfo()
         self._seen = threading.Event()
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._changes: Broadcast[LeaderInfo] = Broadcast()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Follower {self.key!r} leader={self._info.identity!r}>"
 
-    def __enter__(self) -> "Follower":
+    def __enter__(self) -> Follower:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> "Follower":
+    def start(self) -> Follower:
         """Start watching in a background thread; idempotent."""
         with self._lock:
             if self._thread is None:
@@ -152,7 +153,7 @@ class Follower:
         thread = self._thread
         return thread is not None and thread.is_alive() and not self._stop.is_set()
 
-    def leader(self) -> Optional[str]:
+    def leader(self) -> str | None:
         """The leader's identity as last observed, or None."""
         return self._info.identity
 
@@ -160,7 +161,7 @@ class Follower:
         """Everything the key says about the leader, as last observed."""
         return self._info
 
-    def wait_for_leader(self, timeout: Optional[float] = None) -> Optional[str]:
+    def wait_for_leader(self, timeout: float | None = None) -> str | None:
         """Block until the key has been read once, or *timeout* passed, and
         return the leader's identity then: None if nobody leads (it does not
         wait for a leader to appear; :meth:`changes` does).
@@ -172,7 +173,16 @@ class Follower:
         self._seen.wait(timeout)
         return self._info.identity
 
-    def changes(self) -> Iterator[Optional[str]]:
+    async def wait_for_leader_async(self, timeout: float | None = None) -> str | None:
+        """The asyncio form of :meth:`wait_for_leader`; it never blocks the loop.
+
+        :param timeout: seconds to wait for the first read; None for no limit.
+        :raises NotRunning: :meth:`start` was not called.
+
+        .. versionadded:: 0.2"""
+        return await aio.wait_for_leader_async(self, timeout)
+
+    def changes(self) -> Iterator[str | None]:
         """Yield the leader's identity (None: nobody) each time it changes,
         starting with the current one, until :meth:`stop`."""
         with self._lock:
@@ -182,7 +192,7 @@ class Follower:
 
     def _loop(self) -> None:
         watch = KeyWatch(self.client, self.key)
-        wait: Optional[float] = None
+        wait: float | None = None
         # Jittered and capped (Consul may be down for hours): followers that
         # lost their agent together do not return in step.
         backoff = tenacity.wait_random_exponential(multiplier=0.2, max=10.0)

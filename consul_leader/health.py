@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 from .errors import ConsulLeaderError
 from .session import HeartbeatStats
@@ -35,14 +34,14 @@ class Health:
     ok: bool
     running: bool
     is_leader: bool
-    last_heartbeat_age: Optional[float]
+    last_heartbeat_age: float | None
     lease_remaining: float
     heartbeat_failures: int
-    last_error: Optional[str]
+    last_error: str | None
 
     @classmethod
     def of(cls, *, running: bool, stats: HeartbeatStats, lease_deadline: float, now: float, check_ttl: float,
-           last_error: Optional[ConsulLeaderError]) -> "Health":
+           last_error: ConsulLeaderError | None) -> Health:
         """The snapshot for a candidate in this state (no request made)."""
         age = now - stats.last_ok if stats.last_ok > -math.inf else None
         lease = lease_deadline - now

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Job", "JobRunner"]
 
@@ -47,7 +48,7 @@ class JobRunner:
         self._lease_remaining = lease_remaining
         self._on_return = on_return
         self._on_lease_end = on_lease_end
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start the job and the lease watchdog (once)."""

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import signals
 from .candidate import Candidate
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register", "start_http_server", "unregister"]
 
-_collectors: "weakref.WeakKeyDictionary[Any, _Collector]" = weakref.WeakKeyDictionary()
+_collectors: weakref.WeakKeyDictionary[Any, _Collector] = weakref.WeakKeyDictionary()
 _collectors_lock = threading.Lock()
 
 
@@ -58,7 +59,7 @@ class _Collector:
     that candidates of several keys share one metric family each."""
 
     def __init__(self) -> None:
-        self._candidates: "weakref.WeakKeyDictionary[Candidate, Dict[str, int]]" = weakref.WeakKeyDictionary()
+        self._candidates: weakref.WeakKeyDictionary[Candidate, dict[str, int]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def add(self, candidate: Candidate) -> None:
@@ -93,13 +94,13 @@ class _Collector:
     def _on_deposed(self, candidate: Candidate, **kwargs: Any) -> None:
         self._count(candidate, "deposed")
 
-    def describe(self) -> Iterator["Metric"]:
+    def describe(self) -> Iterator[Metric]:
         return self._families(with_samples=False)
 
-    def collect(self) -> Iterator["Metric"]:
+    def collect(self) -> Iterator[Metric]:
         return self._families(with_samples=True)
 
-    def _families(self, with_samples: bool) -> Iterator["Metric"]:
+    def _families(self, with_samples: bool) -> Iterator[Metric]:
         core = _prometheus().metrics_core
         labels = ["key", "identity"]
         is_leader = core.GaugeMetricFamily("consul_leader_is_leader", "1 while this candidate leads the key.",
@@ -132,7 +133,7 @@ class _Collector:
         yield from (is_leader, lease, healthy, transitions, latency, failures)
 
 
-def register(candidate: Candidate, registry: Optional["CollectorRegistry"] = None) -> None:
+def register(candidate: Candidate, registry: CollectorRegistry | None = None) -> None:
     """Export *candidate*'s metrics through *registry*. Idempotent; the
     candidate is dropped from the metrics when it is garbage-collected or
     :func:`unregister` ed.
@@ -155,7 +156,7 @@ def register(candidate: Candidate, registry: Optional["CollectorRegistry"] = Non
     collector.add(candidate)
 
 
-def unregister(candidate: Candidate, registry: Optional["CollectorRegistry"] = None) -> bool:
+def unregister(candidate: Candidate, registry: CollectorRegistry | None = None) -> bool:
     """Stop exporting *candidate*'s metrics.
 
     :param candidate: a candidate given to :func:`register`.
@@ -175,7 +176,7 @@ def unregister(candidate: Candidate, registry: Optional["CollectorRegistry"] = N
     return True
 
 
-def start_http_server(port: int, addr: str = "0.0.0.0", registry: Optional["CollectorRegistry"] = None) -> None:
+def start_http_server(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry | None = None) -> None:
     """Serve ``/metrics`` on *addr*:*port* from a daemon thread
     (``prometheus_client.start_http_server``).
 

@@ -38,10 +38,10 @@ class Leadership(Protocol):
     def _after_fork_in_child(self) -> None: ...
 
 
-_live: "weakref.WeakSet[Leadership]" = weakref.WeakSet()
+_live: weakref.WeakSet[Leadership] = weakref.WeakSet()
 _default: Leadership | None = None
 _explicit = False  # set by set_default(), not by start()
-_started: "list[weakref.ReferenceType[Leadership]]" = []
+_started: list[weakref.ReferenceType[Leadership]] = []
 _default_lock = threading.Lock()
 
 

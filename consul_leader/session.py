@@ -15,8 +15,8 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from .client import ConsulClient
 from .errors import ConfigurationError, ConsulLeaderError, SessionLost
@@ -59,8 +59,8 @@ class Timing:
     session_ttl: int
 
     @classmethod
-    def from_ttl(cls, ttl: float = 3.0, *, heartbeat: Optional[float] = None, lease: Optional[float] = None,
-                 lock_delay: Optional[float] = None, session_ttl: Optional[float] = None) -> "Timing":
+    def from_ttl(cls, ttl: float = 3.0, *, heartbeat: float | None = None, lease: float | None = None,
+                 lock_delay: float | None = None, session_ttl: float | None = None) -> Timing:
         """Derive every duration from one *ttl* knob; any of them can be set.
 
         Defaults: ``heartbeat = ttl/3`` (at most ``lease/2.5``), ``lock_delay = min(ttl, 60)``,
@@ -132,7 +132,7 @@ class HeartbeatStats:
         self.rounds = 0
         self.failures = 0
         self.seconds_total = 0.0
-        self.last_duration: Optional[float] = None
+        self.last_duration: float | None = None
         self.last_ok = -math.inf
 
     def ok(self, started: float, ended: float) -> None:
@@ -169,13 +169,13 @@ class Session:
     """
 
     def __init__(self, client: ConsulClient, timing: Timing, name: str, *,
-                 on_lost: Callable[["Session"], None] = lambda s: None,
+                 on_lost: Callable[[Session], None] = lambda s: None,
                  on_error: Callable[[ConsulLeaderError], None] = lambda e: None,
-                 clock: Clock = lease_clock, stats: Optional[HeartbeatStats] = None) -> None:
+                 clock: Clock = lease_clock, stats: HeartbeatStats | None = None) -> None:
         self.client = client
         self.timing = timing
         self.name = name
-        self.id: Optional[str] = None
+        self.id: str | None = None
         self.check_id = f"consul-leader-{uuid.uuid4().hex[:16]}"
         self.lost = threading.Event()
         self._on_lost = on_lost
@@ -184,7 +184,7 @@ class Session:
         self.stats = HeartbeatStats() if stats is None else stats
         self._passed_at = -math.inf
         self._renewed_at = -math.inf
-        self._lock_key: Optional[str] = None
+        self._lock_key: str | None = None
         self._held_at = -math.inf
         #: Monotonic time until which this session's lease holds.
         self.lease_deadline = -math.inf
@@ -196,7 +196,7 @@ class Session:
         self._closed = threading.Event()
         self._kick = threading.Event()
         self._beat_lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.id} check={self.check_id} lost={self.lost.is_set()}>"
@@ -223,7 +223,7 @@ class Session:
         log.debug("session %s created (check %s)", self.id, self.check_id)
         return self.id
 
-    def set_leading(self, key: Optional[str], held_since: float = -math.inf) -> None:
+    def set_leading(self, key: str | None, held_since: float = -math.inf) -> None:
         """Switch to the leader's heartbeat for the lock on *key*, taken no
         earlier than *held_since* (monotonic), or back to the idle rate (None).
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
 
 import blinker
 
@@ -59,7 +60,7 @@ election_error = _namespace.signal("election_error", doc="Talking to Consul fail
 
 # Receivers connected by the bare decorators: called only when the sender
 # is the default candidate at send time (by id: blinker's own key).
-_for_default: Dict[int, Callable[..., Any]] = {}
+_for_default: dict[int, Callable[..., Any]] = {}
 
 
 def _check_receiver(signal: blinker.NamedSignal, func: Any) -> None:
@@ -95,7 +96,7 @@ def send(signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
     _deliver(signal, sender, get_default(), kwargs)
 
 
-def _deliver(signal: blinker.NamedSignal, sender: Any, default: Any, kwargs: Dict[str, Any]) -> None:
+def _deliver(signal: blinker.NamedSignal, sender: Any, default: Any, kwargs: dict[str, Any]) -> None:
     """Call *signal*'s receivers for *sender*; those of the bare decorators
     only if *sender* was the default candidate (when the signal was sent)."""
     for receiver in list(signal.receivers_for(sender)):
@@ -108,7 +109,7 @@ def _deliver(signal: blinker.NamedSignal, sender: Any, default: Any, kwargs: Dic
                           signal.name)
 
 
-_Item = Optional[Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]]
+_Item = Optional[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
 
 #: Seconds between the warnings about a receiver that does not return.
 _SLOW_RECEIVER_WARNING = 5.0
@@ -126,9 +127,9 @@ class Dispatcher:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._queue: "queue.SimpleQueue[_Item]" = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def send(self, signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
         """Queue *signal* for its receivers; returns at once. The bare

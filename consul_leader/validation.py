@@ -12,7 +12,8 @@ import inspect
 import math
 import signal
 import threading
-from typing import Any, Callable, Optional, Tuple, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 from .errors import ConfigurationError, ConfigurationTypeError
 
@@ -75,7 +76,7 @@ def check_number(name: str, value: Any, low: float, high: float) -> float:
     return number
 
 
-def check_optional_seconds(name: str, value: Any) -> Optional[float]:
+def check_optional_seconds(name: str, value: Any) -> float | None:
     """Validate an optional positive, finite duration."""
     if value is None:
         return None
@@ -85,7 +86,7 @@ def check_optional_seconds(name: str, value: Any) -> Optional[float]:
     return number
 
 
-def check_timeout(name: str, value: Any) -> Optional[float]:
+def check_timeout(name: str, value: Any) -> float | None:
     """Validate how long to wait: None (no limit) or seconds >= 0."""
     if value is None:
         return None
@@ -117,7 +118,7 @@ def check_job(job: Any) -> Callable[[threading.Event], Any]:
     return cast(Callable[[threading.Event], Any], job)
 
 
-def check_signals(signums: Any) -> Tuple[int, ...]:
+def check_signals(signums: Any) -> tuple[int, ...]:
     """Validate signal numbers that a handler can be installed for."""
     if isinstance(signums, (int, str, bytes)) or not hasattr(signums, "__iter__"):
         raise ConfigurationTypeError(f"signums must be a tuple of signal numbers such as "
