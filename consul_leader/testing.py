@@ -253,6 +253,10 @@ class _Network:
         _ip("-n", host.name, "link", "set", "lo", "up")
         return host
 
+    def _bridge_mac(self) -> str:
+        words = _ip("-o", "link", "show", self.bridge).split()
+        return words[words.index("link/ether") + 1]
+
     def _group_bridge(self, slot: int) -> str:
         return self.bridge if slot == 0 else f"clg{self._link_tag}-{slot:x}"
 
@@ -262,7 +266,9 @@ class _Network:
         slot = next(n for n in itertools.count(1) if n not in taken)
         bridge = self._group_bridge(slot)
         if slot not in set(self.group.values()):
-            _ip("link", "add", bridge, "type", "bridge")
+            # The main bridge's MAC: the hosts' cached neighbour entry for the
+            # root namespace stays right, so it reaches them at once.
+            _ip("link", "add", bridge, "address", self._bridge_mac(), "type", "bridge")
             _ip("link", "set", bridge, "up")
         for host in moving:
             self._move(host, slot)
