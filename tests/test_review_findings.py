@@ -216,3 +216,43 @@ def test_stop_ends_every_thread_of_the_candidate(make_candidate: Any, key: str) 
     while left() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert left() == [], "threads of stopped candidates still alive"
+
+
+# -- a receiver that raises SystemExit wedges the term ending for good ----------
+
+EXITING_RECEIVER_CHILD = textwrap.dedent("""
+    import sys, time
+    from consul_leader import Candidate
+    address, key = sys.argv[1:3]
+    c = Candidate(key, address=address, identity="a")
+    # A common wish: leave when deposed, and let the orchestrator restart us.
+    c.on_deposed(lambda candidate, **kw: sys.exit(1))
+    c.start()
+    assert c.wait_for_leadership(30)
+    print("leading", flush=True)
+    sys.stdin.readline()
+    c.resign()
+    time.sleep(120)
+""")
+
+
+@pytest.mark.xfail(strict=True, reason="SystemExit from a receiver kills the signal thread (send() and the "
+                                       "Dispatcher catch Exception only); the term's flush() then waits "
+                                       "forever with the lock held and heart-beating: nobody leads again")
+def test_a_receiver_calling_sys_exit_does_not_keep_the_lock_forever(make_candidate: Any, key: str,
+                                                                    consul_agent: ConsulAgent) -> None:
+    proc = subprocess.Popen([PYTHON, "-c", EXITING_RECEIVER_CHILD, consul_agent.address, key],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=python_env())
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "leading"
+        b = make_candidate(key)
+        b.start()
+        wait_until(lambda: b.leader() == "a", what="b saw a lead")
+        assert proc.stdin is not None
+        proc.stdin.write("resign\n")
+        proc.stdin.flush()
+        assert b.wait_for_leadership(30), "a resigned and is alive, yet holds the lock: nobody leads"
+    finally:
+        proc.kill()
+        proc.wait()
