@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import threading
@@ -187,6 +188,8 @@ def main() -> None:
                         help="on SIGTERM, seconds to wait for a healthy and consistent state before the "
                              "final record")
     args = parser.parse_args()
+    # The library's own account goes to this process's log file.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(levelname)s %(message)s")
 
     rec = Recorder(args.out, args.identity)
     candidate = Candidate(args.key, identity=args.identity, address=args.address, ttl=args.ttl)
