@@ -16,6 +16,7 @@ import logging as _logging
 from .candidate import Candidate, Health, LeadershipEvent, stop_on_signals
 from .client import ConsulConfig
 from .decorators import get_default, is_leader, leader_only, on_deposed, on_elected, set_default
+from .elector import Candidacy, Elector
 from .errors import (
     ConfigurationError,
     ConfigurationTypeError,
@@ -41,6 +42,7 @@ _logging.getLogger("consul_leader").addHandler(_logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "Candidacy",
     "Candidate",
     "ConfigurationError",
     "ConfigurationTypeError",
@@ -48,6 +50,7 @@ __all__ = [
     "ConsulLeaderError",
     "ConsulTLSError",
     "ConsulUnavailable",
+    "Elector",
     "EventKind",
     "Follower",
     "Health",

@@ -548,6 +548,19 @@ class ConsulClient:
             key, index=index or None, wait=_duration(wait) if (index and wait) else None), key=key)
         return int(idx), entry
 
+    def get_prefix(self, prefix: str, index: int | None = None,
+                   wait: float | None = None) -> tuple[int, dict[str, KeyEntry]]:
+        """Read every key under *prefix* in one request; with *index*, a
+        blocking query that returns when any of them changes past *index* or
+        after *wait* seconds. Returns ``(index, {key: entry})``, empty when
+        no key exists under the prefix.
+
+        .. versionadded:: 0.2"""
+        idx, entries = self._call("read key", lambda: self._consul.kv.get(
+            prefix, recurse=True, index=index or None, wait=_duration(wait) if (index and wait) else None),
+            key=prefix)
+        return int(idx), {entry["Key"]: entry for entry in entries or ()}
+
     def _dc_params(self) -> list[tuple[str, str]] | None:
         return [("dc", self.config.datacenter)] if self.config.datacenter else None
 

@@ -166,13 +166,19 @@ class Session:
     :param on_error: called with each failed heartbeat's exception.
     :param clock: the lease clock (injectable for tests); default :func:`lease_clock`.
     :param stats: where to count heartbeat rounds; default a new one.
+    :param on_round: called on the heartbeat thread at the end of every
+        successful round, with the time the round started: where an owner of
+        several locks (:class:`~consul_leader.Elector`) proves each of them.
+        An exception it raises fails the round.
     """
 
     def __init__(self, client: ConsulClient, timing: Timing, name: str, *,
                  on_lost: Callable[[Session], None] = lambda s: None,
                  on_error: Callable[[ConsulLeaderError], None] = lambda e: None,
-                 clock: Clock = lease_clock, stats: HeartbeatStats | None = None) -> None:
+                 clock: Clock = lease_clock, stats: HeartbeatStats | None = None,
+                 on_round: Callable[[float], None] | None = None) -> None:
         self.client = client
+        self._on_round = on_round
         self.timing = timing
         self.name = name
         self.id: str | None = None
@@ -238,6 +244,14 @@ class Session:
             self._update_deadline()
         self._kick.set()
 
+    def set_busy(self, busy: bool) -> None:
+        """Beat at the leader's rate (True) or the idle rate, without a lock
+        key of the session's own: for an owner of several locks, which
+        proves them in ``on_round``. True also runs a round now."""
+        self._leading = busy or self._lock_key is not None
+        if busy:
+            self._kick.set()
+
     @property
     def lapsed(self) -> bool:
         """True once the lease of the current lock ran out; it stays out
@@ -266,6 +280,8 @@ class Session:
                 if held:
                     self._held_at = t0
             self._update_deadline()
+            if self._on_round is not None:
+                self._on_round(t0)
             self.stats.ok(t0, self._clock())
             return held
 

@@ -1,0 +1,695 @@
+"""Many elections in one process: an :class:`Elector` runs for every key
+under one prefix on one Consul session, with four threads in all.
+
+The heartbeat thread keeps the session (one TTL check) alive and, in the
+same round, reads the prefix once to prove which keys this session still
+holds: each key's lease is extended only by such a read. A watch thread
+holds one blocking query on the prefix and sees every key's holder at once.
+A worker thread takes free keys, starts terms and releases locks; the ending
+of a term waits for its job without blocking it, so one slow job never
+delays another key's handover. Receivers run on the fourth, the signal
+thread. See "Many elections in one process" in the docs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from . import decorators, process, signals
+from .candidate import _default_identity
+from .client import ConsulClient, ConsulConfig, KeyEntry, LockAttempt, interrupt
+from .errors import (
+    ConfigurationError,
+    ConfigurationTypeError,
+    ConsulLeaderError,
+    NotRunning,
+    RequestRejected,
+    SessionLost,
+)
+from .events import Broadcast, EventKind, LeadershipEvent, Reason
+from .follower import LeaderInfo
+from .job import Job, JobRunner
+from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
+from .validation import check_bool, check_identity, check_job, check_key, check_number, check_timeout
+
+__all__ = ["Candidacy", "Elector"]
+
+log = logging.getLogger("consul_leader")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Term:
+    __slots__ = ("candidacy", "session", "fencing_token", "lock_index", "deadline", "lapsed", "reason", "runner",
+                 "job_done", "stage")
+
+    def __init__(self, candidacy: Candidacy, session: Session, attempt: LockAttempt, deadline: float) -> None:
+        assert attempt.modify_index is not None
+        self.candidacy = candidacy
+        self.session = session
+        self.fencing_token = attempt.modify_index
+        self.lock_index = attempt.lock_index or 0
+        self.deadline = deadline  # this key's lease: the session's, and the last read that showed it ours
+        self.lapsed = False  # a lapsed lease stays lapsed
+        self.reason: Reason | None = None
+        self.runner: JobRunner | None = None
+        self.job_done = False
+        self.stage = "leading"  # -> joining (the job) -> delivering (deposed) -> done (released)
+
+
+class Candidacy:
+    """One key of an :class:`Elector`, with the API of a
+    :class:`~consul_leader.Candidate` (made by :meth:`Elector.candidate`).
+    It is the sender of its ``elected``, ``deposed`` and ``leader_changed``
+    signals.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, elector: Elector, key: str, identity: str) -> None:
+        self.elector = elector
+        self.key = key
+        self.identity = identity
+        self._term: _Term | None = None
+        self._state = "idle"  # idle, first-wait, leading, withdrawn; owned by the worker thread
+        self._withdrawn = False
+        self._not_before = -math.inf  # a lock-delay runs until then
+        self._tried_index = -1  # refused as held while the prefix was at this index
+        self._sit_out: tuple[float, int] | None = None
+        self._first: tuple[float, LockAttempt, Session] | None = None
+        self._observed = LeaderInfo()
+        self._leader: str | None = None
+        self._events: Broadcast[LeadershipEvent] = Broadcast()
+        self._job: Job | None = None
+
+    def __repr__(self) -> str:
+        return f"<Candidacy {self.key!r} identity={self.identity!r}{' leader' if self.is_leader() else ''}>"
+
+    @property
+    def client(self) -> ConsulClient:
+        """The elector's Consul client."""
+        return self.elector.client
+
+    @property
+    def running(self) -> bool:
+        """True while the elector runs and this key was not withdrawn."""
+        return self.elector.running and not self._withdrawn
+
+    def is_leader(self) -> bool:
+        """True while this key is held *and* its own lease holds (a cheap read)."""
+        term = self._term
+        return term is not None and not term.lapsed and \
+            self.elector._clock() < min(term.deadline, term.session.lease_deadline)
+
+    def leader(self) -> str | None:
+        """The identity of this key's leader as last observed, or None."""
+        return self.identity if self.is_leader() else self._leader
+
+    @property
+    def fencing_token(self) -> int | None:
+        """While leading, the key's ModifyIndex at this term's acquisition; else None."""
+        term = self._term
+        return term.fencing_token if term is not None and self.is_leader() else None
+
+    def resign(self) -> bool:
+        """Step down as :meth:`Candidate.resign() <consul_leader.Candidate.resign>` does:
+        the flag off now, the lock released after the job returned and the
+        ``deposed`` receivers ran; this key runs again after sitting out.
+
+        :returns: True if it was leading."""
+        term = self._term
+        return term is not None and self.elector._step_down(term, Reason.RESIGNED)
+
+    def stop(self) -> None:
+        """Withdraw this key from the election: end its term as
+        :meth:`Candidate.stop() <consul_leader.Candidate.stop>` does and
+        release it; the elector and its other keys go on. From the job or a
+        receiver, returns without waiting."""
+        elector = self.elector
+        elector._queue.put(("withdraw", self))
+        if elector._on_own_thread() or not elector.running:
+            return
+        with elector._changed:
+            while self._state != "withdrawn" and elector._worker_alive():
+                elector._changed.wait(0.05)
+
+    def run(self, job: Job, *, block: bool = True) -> None:
+        """Run ``job(stop_event)`` each time this key is won, as
+        :meth:`Candidate.run() <consul_leader.Candidate.run>` does. Starts
+        the elector if needed; with *block*, waits until it stops."""
+        self._job = check_job(job)
+        check_bool("block", block)
+        self.elector.start()
+        self.elector._queue.put(("job", self))
+        if block:
+            self.elector.wait_stopped()
+
+    def wait_for_leadership(self, timeout: float | None = None) -> bool:
+        """Block until this key is led; False if *timeout* passed first.
+
+        :raises NotRunning: the elector is not running."""
+        timeout = check_timeout("timeout", timeout)
+        deadline = None if timeout is None else lease_clock() + timeout
+        with self.elector._changed:
+            while not self.is_leader():
+                if not self.running:
+                    raise NotRunning(f"{self!r} is not running; start() its Elector first")
+                remaining = None if deadline is None else deadline - lease_clock()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.elector._changed.wait(0.05 if remaining is None else min(remaining, 0.05))
+            return True
+
+    def events(self) -> Iterator[LeadershipEvent]:
+        """Yield an ``elected`` or ``deposed`` :class:`LeadershipEvent` for
+        every change of this key's leadership, until the elector stops."""
+        return self._events.subscribe()
+
+    def leader_only(self, func: Callable[..., Any] | None = None, *, raise_not_leader: bool = False) -> Any:
+        """Decorator: run the function only while this key is led; see
+        :func:`consul_leader.leader_only`."""
+        return decorators.leader_only(func, raise_not_leader=raise_not_leader, candidate=self)
+
+    def on_elected(self, func: F) -> F:
+        """Decorator: call ``func(candidacy, fencing_token=...)`` when this key is won."""
+        return signals.connect_for(signals.elected, func, self)
+
+    def on_deposed(self, func: F) -> F:
+        """Decorator: call ``func(candidacy, reason=...)`` when this key's term ended."""
+        return signals.connect_for(signals.deposed, func, self)
+
+    def _after_fork_in_child(self) -> None:
+        pass  # the elector forgets everything
+
+
+class Elector:
+    """Runs for many keys under *prefix* in one process, on one Consul
+    session, one health check, and four threads (heartbeat, watch, worker,
+    signals), that is at most three connections to the agent whatever the
+    number of keys. Hand out keys with :meth:`candidate`.
+
+    :param prefix: the KV prefix of the keys, e.g. ``"service/shards/"``.
+    :param identity: the default identity of the keys; ``"<hostname>:<pid>"``.
+    :param wait: the longest blocking query on the prefix, in seconds.
+
+    The connection and timing arguments (*consul*, *address*, *token*,
+    *datacenter*, *verify*, *cert*, *ttl*, *lock_delay*, *lease*,
+    *heartbeat*, *session_ttl*, *timeout*, *clock*) are those of
+    :class:`~consul_leader.Candidate`, and hold for every key.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, prefix: str, *, identity: str | None = None, consul: Any = None, address: str | None = None,
+                 token: str | None = None, datacenter: str | None = None, verify: None | bool | str = None,
+                 cert: None | str | tuple[str, str] = None, ttl: float = 3.0, lock_delay: float | None = None,
+                 lease: float | None = None, heartbeat: float | None = None, session_ttl: float | None = None,
+                 timeout: float = 5.0, wait: float = 30.0, clock: Clock | None = None) -> None:
+        self.prefix = check_key(prefix).rstrip("/") + "/"
+        self.identity = _default_identity() if identity is None else check_identity(identity)
+        self.timing = Timing.from_ttl(ttl, heartbeat=heartbeat, lease=lease, lock_delay=lock_delay,
+                                      session_ttl=session_ttl)
+        self.client = ConsulClient(ConsulConfig.resolve(consul=consul, address=address, token=token,
+                                                        datacenter=datacenter, verify=verify, cert=cert,
+                                                        timeout=timeout))
+        self._wait = check_number("wait", wait, 0.01, 600)
+        if clock is not None and not callable(clock):
+            raise ConfigurationTypeError(f"clock must be a function returning seconds, got {type(clock).__name__}")
+        self._clock: Clock = lease_clock if clock is None else clock
+        self._state = "new"
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._candidacies: dict[str, Candidacy] = {}
+        self._entries: dict[str, KeyEntry] = {}
+        self._index = 0
+        self._session: Session | None = None
+        self._worker: threading.Thread | None = None
+        self._watch: threading.Thread | None = None
+        self._next_timer = math.inf
+        self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.prefix}")
+        self.heartbeat_stats = HeartbeatStats()
+        process.register(self)
+
+    def __repr__(self) -> str:
+        return f"<Elector {self.prefix!r} {len(self._candidacies)} keys {self._state}>"
+
+    def __enter__(self) -> Elector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def candidate(self, name: str, *, identity: str | None = None) -> Candidacy:
+        """Run for the key *name* (under the prefix, or a full key that
+        starts with it); returns its :class:`Candidacy`.
+
+        :raises ConfigurationError: the key is invalid or already taken part in."""
+        key = check_key(name if name.startswith(self.prefix) else self.prefix + name)
+        who = self.identity if identity is None else check_identity(identity)
+        with self._lock:
+            if key in self._candidacies:
+                raise ConfigurationError(f"this elector already runs for {key!r}")
+            candidacy = self._candidacies[key] = Candidacy(self, key, who)
+        self._queue.put(("kick",))
+        return candidacy
+
+    def candidacies(self) -> list[Candidacy]:
+        """The keys this elector runs for."""
+        with self._lock:
+            return list(self._candidacies.values())
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._state == "running" and not self._stopping.is_set()
+
+    def is_leader(self) -> bool:
+        """True if any of its keys is led (for the process hooks)."""
+        return any(c.is_leader() for c in self.candidacies())
+
+    def start(self) -> Elector:
+        """Start the threads. Idempotent.
+
+        :raises NotRunning: the elector was stopped; make a new one."""
+        with self._lock:
+            if self._state == "running":
+                return self
+            if self._state == "stopped":
+                raise NotRunning(f"{self!r} was stopped; create a new Elector to run again")
+            self._state = "running"
+            self._worker = threading.Thread(target=self._work_loop, name=f"consul-leader {self.prefix}", daemon=True)
+            self._watch = threading.Thread(target=self._watch_loop, name=f"consul-leader-watch {self.prefix}",
+                                           daemon=True)
+            self._worker.start()
+            self._watch.start()
+        log.info("%s runs for the keys under %r", self.identity, self.prefix)
+        return self
+
+    def stop(self) -> None:
+        """End every term (jobs joined, ``deposed`` delivered, locks
+        released), destroy the session and end the threads. Idempotent; from
+        a job or a receiver, returns without waiting."""
+        with self._lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._stopping.set()
+        self._queue.put(("stop",))
+        if self._on_own_thread():
+            return
+        self.wait_stopped()
+
+    def wait_stopped(self) -> None:
+        """Block until the elector stopped (another thread's :meth:`stop`)."""
+        worker = self._worker
+        while worker is not None and worker.is_alive():
+            worker.join(1.0)
+
+    # -- threads other than the worker ------------------------------------
+
+    def _on_own_thread(self) -> bool:
+        runners = [c._term.runner for c in self.candidacies() if c._term is not None and c._term.runner is not None]
+        return self._dispatcher.on_thread() or threading.current_thread() is self._worker or \
+            any(r.on_thread() for r in runners)
+
+    def _worker_alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def _step_down(self, term: _Term, reason: Reason) -> bool:
+        """End *term* from any thread: its flag turns off now; the worker does the rest."""
+        with self._lock:
+            if term.reason is not None:
+                return False
+            term.reason = reason
+            if term.candidacy._term is term:
+                term.candidacy._term = None
+        if term.runner is not None:
+            term.runner.stop()
+        self._queue.put(("end", term))
+        return True
+
+    def _watch_loop(self) -> None:
+        index = 0
+        while not self._stopping.is_set():
+            try:
+                new, entries = self.client.get_prefix(self.prefix, index=index or None,
+                                                      wait=self._wait if index else None)
+            except ConsulLeaderError as exc:
+                if self._stopping.is_set():
+                    return
+                self._report(exc)
+                self._stopping.wait(min(1.0, self.timing.heartbeat))
+                continue
+            reset = new < index
+            index = new if new > 0 and new >= index else (0 if reset else 1)
+            self._queue.put(("entries", new, entries, reset))
+
+    def _prove(self, session: Session, t0: float) -> None:
+        """A heartbeat round of *session* (started at *t0*, the check
+        passed): one read of the prefix extends each key's lease that it
+        shows still held by this session, and ends the others."""
+        with self._lock:
+            terms = [c._term for c in self._candidacies.values()
+                     if c._term is not None and c._term.session is session]
+        if not terms:
+            return
+        index, entries = self.client.get_prefix(self.prefix)
+        now = self._clock()
+        ended: list[tuple[_Term, Reason]] = []
+        with self._lock:
+            for term in terms:
+                if term.reason is not None or term.lapsed:
+                    continue
+                if now >= term.deadline:
+                    term.lapsed = True
+                    ended.append((term, Reason.LEASE_EXPIRED))
+                    continue
+                entry = entries.get(term.candidacy.key)
+                if entry is None or entry.get("Session") != session.id:
+                    ended.append((term, Reason.LOCK_LOST))
+                elif entry.get("Value") != term.candidacy.identity.encode("utf-8"):
+                    ended.append((term, Reason.KEY_OVERWRITTEN))
+                else:
+                    term.deadline = min(session.lease_deadline, t0 + self.timing.lease)
+        for term, reason in ended:
+            self._step_down(term, reason)
+        self._queue.put(("entries", index, entries, False))
+
+    def _report(self, error: ConsulLeaderError) -> None:
+        log.warning("election for the keys under %r: %s; retrying", self.prefix, error)
+        self._dispatcher.send(signals.election_error, self, error=error)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- the worker thread --------------------------------------------------
+
+    def _work_loop(self) -> None:
+        backoff = 0.0
+        while True:
+            timeout = max(0.0, min(self._next_timer - self._clock(), 60.0))
+            try:
+                items = [self._queue.get(timeout=timeout)]
+                while True:
+                    items.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                for item in items:
+                    self._handle(*item)
+                if self._stopping.is_set() and all(c._state in ("idle", "withdrawn") for c in self.candidacies()):
+                    break
+                self._sweep()
+                backoff = 0.0
+            except ConsulLeaderError as exc:
+                self._report(exc)
+                backoff = min(max(backoff * 2, 0.1), self.timing.check_ttl)
+                self._next_timer = self._clock() + backoff
+            except Exception:
+                log.exception("unexpected error in the election for the keys under %r; retrying", self.prefix)
+                self._next_timer = self._clock() + self.timing.check_ttl
+        self._finish()
+
+    def _finish(self) -> None:
+        watch = self._watch
+        if watch is not None:
+            interrupt(watch)  # it sits in a long blocking query
+            watch.join(self.client.config.timeout + 1)
+        if self._session is not None:
+            self._session.close()
+        with self._lock:
+            self._state = "stopped"
+            for candidacy in self._candidacies.values():
+                candidacy._events.close()
+        self._dispatcher.call(self._notify)
+        process.withdraw_default(self)
+        log.info("%s left the election for the keys under %r", self.identity, self.prefix)
+
+    def _handle(self, what: str, *args: Any) -> None:
+        if what == "entries":
+            index, entries, reset = args
+            if index >= self._index or reset:
+                self._index, self._entries = index, entries
+                self._observe_all(index)
+        elif what == "end":
+            self._continue_end(args[0])
+        elif what == "job-done":
+            if args[0].stage == "joining":
+                self._continue_end(args[0])
+        elif what == "release":
+            self._release(args[0])
+        elif what == "lost":
+            for candidacy in self.candidacies():
+                term = candidacy._term
+                if term is not None and term.session is args[0]:
+                    self._step_down(term, Reason.LOCK_LOST)
+                if candidacy._first is not None and candidacy._first[2] is args[0]:
+                    candidacy._first, candidacy._state = None, "idle"
+        elif what == "job":
+            term = args[0]._term
+            if term is not None:
+                self._start_job(term)
+        elif what == "withdraw":
+            self._withdraw(args[0])
+        elif what == "stop":
+            for candidacy in self.candidacies():
+                if candidacy._term is not None:
+                    self._step_down(candidacy._term, Reason.STOPPED)
+                self._drop_first_wait(candidacy)
+
+    def _withdraw(self, candidacy: Candidacy) -> None:
+        candidacy._withdrawn = True
+        if candidacy._term is not None:
+            self._step_down(candidacy._term, Reason.STOPPED)
+        self._drop_first_wait(candidacy)
+        if candidacy._state == "idle":
+            self._forget(candidacy)
+
+    def _forget(self, candidacy: Candidacy) -> None:
+        with self._lock:
+            candidacy._state = "withdrawn"
+            self._candidacies.pop(candidacy.key, None)
+        candidacy._events.close()
+        self._dispatcher.call(self._notify)
+
+    def _drop_first_wait(self, candidacy: Candidacy) -> None:
+        if candidacy._first is not None:
+            session = candidacy._first[2]
+            candidacy._first, candidacy._state = None, "idle"
+            assert session.id is not None
+            self.client.release(candidacy.key, session.id)
+
+    def _observe_all(self, index: int) -> None:
+        for candidacy in self.candidacies():
+            entry = self._entries.get(candidacy.key)
+            info = LeaderInfo.from_entry(entry)
+            if not info.same_leader(candidacy._observed):
+                candidacy._observed, candidacy._leader = info, info.identity
+                self._dispatcher.send(signals.leader_changed, candidacy, leader=info.identity)
+            term = candidacy._term
+            if term is not None and term.reason is None and index >= term.fencing_token:
+                if entry is None or entry.get("Session") != term.session.id:
+                    self._step_down(term, Reason.LOCK_LOST)
+                elif entry.get("Value") != candidacy.identity.encode("utf-8"):
+                    self._step_down(term, Reason.KEY_OVERWRITTEN)
+            first = candidacy._first
+            if first is not None and index >= (first[1].modify_index or 0) and \
+                    (entry is None or entry.get("Session") != first[2].id):
+                candidacy._first, candidacy._state = None, "idle"
+
+    def _sweep(self) -> None:
+        """Lapsed leases, first-holder waits that ended, and free keys to take."""
+        now = self._clock()
+        soon = math.inf
+        for candidacy in self.candidacies():
+            term = candidacy._term
+            if term is not None:
+                with self._lock:
+                    if not term.lapsed and now >= min(term.deadline, term.session.lease_deadline):
+                        term.lapsed = True
+                if term.lapsed:
+                    self._step_down(term, Reason.LEASE_EXPIRED)
+                else:
+                    soon = min(soon, term.deadline)
+            elif candidacy._first is not None:
+                if now >= candidacy._first[0]:
+                    self._lead_first(candidacy)
+                else:
+                    soon = min(soon, candidacy._first[0])
+            elif candidacy._state == "idle" and not candidacy._withdrawn and not self._stopping.is_set():
+                soon = min(soon, self._maybe_acquire(candidacy, now))
+        self._next_timer = soon
+
+    def _maybe_acquire(self, candidacy: Candidacy, now: float) -> float:
+        """Try to take *candidacy*'s key if it looks free; the time to look again."""
+        entry = self._entries.get(candidacy.key)
+        lock_index = int((entry or {}).get("LockIndex") or 0)
+        if candidacy._sit_out is not None and lock_index > candidacy._sit_out[1]:
+            candidacy._sit_out = None  # someone else took it since we stepped down
+        if entry is not None and entry.get("Session"):
+            return math.inf  # the watch tells when it is free
+        if candidacy._sit_out is not None:
+            if now < candidacy._sit_out[0]:
+                return candidacy._sit_out[0]
+            candidacy._sit_out = None
+        if now < candidacy._not_before:
+            return candidacy._not_before
+        if candidacy._tried_index >= self._index:
+            return math.inf  # refused as held at this index: wait for the watch
+        session = self._ensure_session()
+        assert session.id is not None
+        asked_at = self._clock()
+        try:
+            attempt = self.client.acquire(candidacy.key, candidacy.identity.encode("utf-8"), session.id,
+                                          flags=int(time.time() * 1000))
+        except SessionLost:
+            session.lost.set()
+            self._handle("lost", session)
+            raise
+        except RequestRejected as exc:
+            log.error("giving up %r: %s", candidacy.key, exc)
+            self._withdraw(candidacy)
+            return math.inf
+        if attempt.modify_index is None:
+            if attempt.delayed:
+                candidacy._not_before = self._clock() + self.timing.lock_delay
+                return candidacy._not_before
+            candidacy._tried_index = self._index
+            return math.inf
+        if attempt.lock_index == 1:
+            log.info("%s took %r as its first holder; waiting the lock-delay (%gs) before leading, in case it "
+                     "was deleted under another leader", candidacy.identity, candidacy.key, self.timing.lock_delay)
+            until = self._clock() + self.timing.lock_delay
+            candidacy._first, candidacy._state = (until, attempt, session), "first-wait"
+            return until
+        self._lead(candidacy, session, asked_at, attempt)
+        return math.inf
+
+    def _lead_first(self, candidacy: Candidacy) -> None:
+        """The first-holder wait ended: prove the key still ours, then lead."""
+        assert candidacy._first is not None
+        _, attempt, session = candidacy._first
+        candidacy._first, candidacy._state = None, "idle"
+        t0 = self._clock()
+        _, entry = self.client.get_key(candidacy.key)
+        if entry is not None and entry.get("Session") == session.id and not session.lost.is_set():
+            self._lead(candidacy, session, t0, attempt)
+
+    def _ensure_session(self) -> Session:
+        session = self._session
+        if session is not None and not session.lost.is_set():
+            return session
+        if session is not None:
+            session.close()
+        made: list[Session] = []
+        session = Session(self.client, self.timing, f"consul-leader {self.prefix} {self.identity}",
+                          on_error=self._report, stats=self.heartbeat_stats, clock=self._clock,
+                          on_lost=lambda s: self._queue.put(("lost", s)),
+                          on_round=lambda t0: self._prove(made[0], t0))
+        made.append(session)
+        session.open()
+        self._session = session
+        return session
+
+    def _lead(self, candidacy: Candidacy, session: Session, held_since: float, attempt: LockAttempt) -> None:
+        if not session.lease_valid():
+            session.beat()  # an idle session's last round may be too old
+        term = _Term(candidacy, session, attempt, min(session.lease_deadline, held_since + self.timing.lease))
+        assert session.id is not None
+        if self._clock() >= term.deadline or candidacy._withdrawn or self._stopping.is_set():
+            self.client.release(candidacy.key, session.id)
+            return
+        with self._lock:
+            candidacy._term, candidacy._state = term, "leading"
+            candidacy._leader = candidacy.identity
+        session.set_busy(True)
+        log.info("%s elected leader of %r (fencing token %d)", candidacy.identity, candidacy.key, term.fencing_token)
+        self._dispatcher.send(signals.elected, candidacy, fencing_token=term.fencing_token)
+        self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy.identity)
+        candidacy._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
+        self._dispatcher.call(self._notify)
+        self._start_job(term)
+
+    def _start_job(self, term: _Term) -> None:
+        job = term.candidacy._job
+        if job is None or term.runner is not None or term.reason is not None:
+            return
+
+        def work(stop_event: threading.Event) -> None:
+            try:
+                job(stop_event)
+            finally:
+                term.job_done = True
+                self._queue.put(("job-done", term))
+
+        def returned(ok: bool) -> None:
+            if not ok:
+                log.error("the job of %s raised while leading %r; resigning", term.candidacy.identity,
+                          term.candidacy.key)
+            self._step_down(term, Reason.JOB_FINISHED if ok else Reason.JOB_FAILED)
+
+        term.runner = JobRunner(work, lambda: min(term.deadline, term.session.lease_deadline) - self._clock(),
+                                f"{term.candidacy.identity} {term.candidacy.key}", on_return=returned,
+                                on_lease_end=lambda: self._queue.put(("kick",)))
+        term.runner.start()
+
+    def _continue_end(self, term: _Term) -> None:
+        """The one way out of a term, without blocking the worker: wait for
+        the job (its own thread queues ``job-done``), then deliver
+        ``deposed``; the signal thread queues the release after it."""
+        assert term.reason is not None
+        if term.stage == "leading":
+            term.stage = "joining"
+            if not any(c._term is not None and c._term.session is term.session for c in self.candidacies()):
+                term.session.set_busy(False)
+            if term.runner is not None and term.runner.started and not term.job_done:
+                log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
+                return
+        if term.stage != "joining":
+            return
+        term.stage = "delivering"
+        candidacy, reason = term.candidacy, term.reason
+        if reason.deposed:
+            log.warning("%s deposed as leader of %r: %s", candidacy.identity, candidacy.key, reason)
+        else:
+            log.info("%s stepped down as leader of %r: %s", candidacy.identity, candidacy.key, reason)
+        self._dispatcher.send(signals.deposed, candidacy, reason=reason)
+        candidacy._events.publish(LeadershipEvent(EventKind.DEPOSED, reason=reason))
+        self._dispatcher.call(self._notify)
+        # Queued behind the deposed receivers: they stop what on_elected
+        # started before anyone else can start it.
+        self._dispatcher.call(self._queue.put, ("release", term))
+
+    def _release(self, term: _Term) -> None:
+        candidacy, reason = term.candidacy, term.reason
+        assert reason is not None and term.session.id is not None
+        term.stage = "done"
+        if reason.must_release and not term.session.lost.is_set():
+            try:
+                self.client.release(candidacy.key, term.session.id)
+            except ConsulLeaderError as exc:
+                log.warning("could not release %r after %s (%s); Consul frees it when the session ends",
+                            candidacy.key, reason, exc)
+        if reason.voluntary:
+            candidacy._sit_out = (self._clock() + self.timing.check_ttl, term.lock_index)
+        candidacy._state = "idle"
+        if candidacy._withdrawn:
+            self._forget(candidacy)
+        self._dispatcher.call(self._notify)
+
+    def _after_fork_in_child(self) -> None:
+        # The threads and the session are the parent's: forget them without a request.
+        if self._session is not None:
+            self._session.abandon()
+        self._state = "stopped"
+        self._stopping.set()
+        for candidacy in self._candidacies.values():
+            candidacy._term = None
