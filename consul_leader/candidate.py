@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -161,6 +162,12 @@ class Candidate:
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
         self._key_checked = False
+        # The crowd on a key: every waiter sees a release at once. One that
+        # lost the last race waits a moment, watching the key, before trying,
+        # so the rest do not all send a (Raft) write that can only fail.
+        self._saw_free = False
+        self._lost_race = False
+        self._acquire_seconds: float | None = None
         self.heartbeat_stats = HeartbeatStats()
 
     def __repr__(self) -> str:
@@ -516,13 +523,17 @@ class Candidate:
             self._key_checked = True
         assert session.id is not None
         since_ms = int(time.time() * 1000)  # wall clock: shown to people as "leader since"
+        raced, self._saw_free = self._saw_free, False
         asked_at = self._clock()
         try:
             attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms)
         except SessionLost:
             session.lost.set()
             raise
+        took = self._clock() - asked_at
+        self._acquire_seconds = took if self._acquire_seconds is None else 0.8 * self._acquire_seconds + 0.2 * took
         if attempt.modify_index is not None:
+            self._lost_race = False
             self._lead(session, asked_at, attempt)
             return
         if attempt.delayed:
@@ -538,6 +549,9 @@ class Candidate:
         self._observe(entry)
         if entry is None or not entry.get("Session"):
             return  # held a moment ago, free now: the holder let go in between; try again at once
+        # Seen free, tried, and someone else was faster: a crowd waits on
+        # this key. Next time, let the others go first (see _wait).
+        self._lost_race = raced
         if not self.wait:
             held_by = LeaderInfo.from_entry(entry).identity
             self._failure = LockHeld(f"{self.key!r} is held by {held_by!r} and this candidate was made with "
@@ -579,11 +593,18 @@ class Candidate:
         (someone else took the lock since, even if they let it go again)."""
         entry = watch.entry if watch.index else watch.read()
         self._observe(entry)
+        staggered = False
         while not self._stopping.is_set():
             now = self._clock()
             held = entry is not None and bool(entry.get("Session"))
             if hold_off_until is None:
+                if not held and self._lost_race and not staggered and watch.index:
+                    staggered = True
+                    entry = watch.read(self._stagger())  # returns at once if someone takes it meanwhile
+                    self._observe(entry)
+                    continue
                 if not held:
+                    self._saw_free = True
                     return
             else:
                 if held or now >= hold_off_until:
@@ -596,6 +617,13 @@ class Candidate:
             self._observe(entry)
             if self._session is None or self._session.lost.is_set():
                 return
+
+    def _stagger(self) -> float:
+        """How long a waiter that lost the last race lets the others go
+        first: random, within a few acquisitions' time (at least 1 ms: Consul
+        reads a zero wait as its default of minutes)."""
+        window = min(max(4 * (self._acquire_seconds or 0.005), 0.005), 0.05)
+        return random.uniform(0.001, window)
 
     # -- a term ---------------------------------------------------------------
 
