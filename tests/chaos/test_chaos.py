@@ -9,7 +9,7 @@ Where the machine lets a test make network namespaces, the client agents
 and their candidates run on hosts of their own, and partitions are among
 the faults; elsewhere the run goes on without them and says so.
 
-The short run (every kind of fault at least once, about 90 s) is in the
+The short run (every kind of fault at least once, about two minutes) is in the
 default suite; ``make chaos`` runs the long one (``CHAOS_DURATION`` seconds,
 default 600; ``CHAOS_SEED``; ``CHAOS_N``)."""
 
