@@ -716,7 +716,11 @@ class ConsulCluster:
         /v1/agent/join``), as ``consul join`` would, for up to *timeout*
         seconds in all; one that does not answer (paused, say) is left to
         Consul's own reconnect. Without *rejoin*, the cluster heals at
-        Consul's own pace."""
+        Consul's own pace.
+
+        A server that was cut off comes back with a higher Raft term (it
+        kept calling elections alone) and makes the leader step down: expect
+        a second or so of ``500 No cluster leader`` after healing a server."""
         if self._network is None or self._network.closed:
             return
         moved = [a for a in self.agents if a.host is not None and self._network.group.get(a.host.name, 0) != 0]
