@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -256,3 +257,16 @@ def test_a_receiver_calling_sys_exit_does_not_keep_the_lock_forever(make_candida
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- a job that raises SystemExit leaves a leader without a job, for good ------
+
+@pytest.mark.xfail(strict=True, reason="JobRunner._work catches Exception only: SystemExit ends the job thread "
+                                       "silently, on_return never runs, the candidate leads on with no job")
+def test_a_job_calling_sys_exit_makes_the_candidate_step_down(make_candidate: Any, key: str) -> None:
+    a, b = make_candidate(key), make_candidate(key)
+    a.run(lambda stop_event: sys.exit(0), block=False)  # a job "that exits when done"
+    assert a.wait_for_leadership(30)
+    b.start()
+    # "If the job returns (or raises) while leading, the candidate resigns."
+    assert b.wait_for_leadership(30), "a leads on with no job, and nobody else can"
