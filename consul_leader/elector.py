@@ -233,7 +233,7 @@ class Elector:
         self._worker: threading.Thread | None = None
         self._watch: threading.Thread | None = None
         self._next_timer = math.inf
-        self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.prefix}")
+        self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
         self.heartbeat_stats = HeartbeatStats()
         process.register(self)
 
@@ -284,8 +284,8 @@ class Elector:
             if self._state == "stopped":
                 raise NotRunning(f"{self!r} was stopped; create a new Elector to run again")
             self._state = "running"
-            self._worker = threading.Thread(target=self._work_loop, name=f"consul-leader {self.prefix}", daemon=True)
-            self._watch = threading.Thread(target=self._watch_loop, name=f"consul-leader-watch {self.prefix}",
+            self._worker = threading.Thread(target=self._work_loop, name=f"consul-leader {self.identity} {self.prefix}", daemon=True)
+            self._watch = threading.Thread(target=self._watch_loop, name=f"consul-leader-watch {self.identity} {self.prefix}",
                                            daemon=True)
             self._worker.start()
             self._watch.start()
@@ -590,7 +590,7 @@ class Elector:
         if session is not None:
             session.close()
         made: list[Session] = []
-        session = Session(self.client, self.timing, f"consul-leader {self.prefix} {self.identity}",
+        session = Session(self.client, self.timing, f"consul-leader {self.identity} {self.prefix}",
                           on_error=self._report, stats=self.heartbeat_stats, clock=self._clock,
                           on_lost=lambda s: self._queue.put(("lost", s)),
                           on_round=lambda t0: self._prove(made[0], t0))

@@ -1,0 +1,314 @@
+"""Elector: many elections in one process on one session, against a real agent."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import tempfile
+import textwrap
+import threading
+import time
+from typing import Any, Dict, Iterator, List
+
+import pytest
+import requests
+
+from consul_leader import Candidacy, Elector, Reason, deposed, elected
+from consul_leader.testing import ConsulAgent, delete_key, destroy_session, session_id
+
+from conftest import PYTHON, prime_key, python_env, wait_until
+
+N = 120
+
+
+@pytest.fixture
+def electors(consul_agent: ConsulAgent) -> Iterator[List[Elector]]:
+    made: List[Elector] = []
+    yield made
+    for e in made:
+        e.stop()
+
+
+def make(made: List[Elector], agent: ConsulAgent, prefix: str, identity: str, n: int = N, **kwargs: Any) -> Elector:
+    e = Elector(prefix, identity=identity, address=agent.address, ttl=kwargs.pop("ttl", 1.0), **kwargs)
+    made.append(e)
+    for i in range(n):
+        e.candidate(f"k{i}")
+    return e
+
+
+def primed(agent: ConsulAgent, prefix: str, n: int = N) -> str:
+    """Keys that were locked and released once: no first-holder wait."""
+    for i in range(n):
+        prime_key(agent.url, f"{prefix}/k{i}")
+    return prefix
+
+
+def holders(agent: ConsulAgent, prefix: str) -> Dict[str, str]:
+    """key -> identity of its holder, as Consul sees it."""
+    entries = requests.get(f"{agent.url}/v1/kv/{prefix}/?recurse", timeout=5).json()
+    return {e["Key"]: base64.b64decode(e["Value"] or "").decode() for e in entries if e.get("Session")}
+
+
+def agent_connections(agent: ConsulAgent) -> int:
+    """Established TCP connections of this process to the agent's HTTP port."""
+    port = int(agent.address.rsplit(":", 1)[1])
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as fh:
+            for line in list(fh)[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if fields[3] == "01" and remote_port == port and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+def test_a_hundred_keys_share_one_session_one_check_and_four_threads(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    e = make(electors, consul_agent, primed(consul_agent, prefix), "one").start()
+    for c in e.candidacies():
+        assert c.wait_for_leadership(30)
+    assert len(holders(consul_agent, prefix)) == N
+    sessions = [s for s in requests.get(f"{consul_agent.url}/v1/session/list", timeout=5).json()
+                if prefix in s["Name"]]
+    assert [s["ID"] for s in sessions] == [session_id(e)]
+    checks = [c for c in requests.get(f"{consul_agent.url}/v1/agent/checks", timeout=5).json().values()
+              if prefix in c["Name"]]
+    assert len(checks) == 1
+    ours = [t.name for t in threading.enumerate() if prefix in t.name]
+    assert len(ours) <= 4, ours
+    time.sleep(2.5)  # a few heartbeat rounds and renewals while leading every key
+    assert agent_connections(consul_agent) <= 4
+    assert all(c.is_leader() for c in e.candidacies())
+
+
+def test_every_key_has_one_leader_across_two_processes(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    primed(consul_agent, prefix)
+    proc = subprocess.Popen([PYTHON, "-c", ELECTOR_PROC, consul_agent.address, prefix, "there", str(N), os.devnull],
+                            env=python_env())
+    try:
+        here = make(electors, consul_agent, prefix, "here").start()
+        wait_until(lambda: len(holders(consul_agent, prefix)) == N, timeout=30, what="every key held")
+        time.sleep(1.0)
+        seen = holders(consul_agent, prefix)
+        for c in here.candidacies():
+            assert c.is_leader() == (seen[c.key] == "here")
+            assert c.leader() == seen[c.key]
+        tokens = {c.key: c.fencing_token for c in here.candidacies() if c.is_leader()}
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: all(c.is_leader() for c in here.candidacies()), timeout=30,
+                   what="the survivor leads every key")
+        for c in here.candidacies():
+            if c.key in tokens:
+                assert c.fencing_token == tokens[c.key]  # its own terms went on undisturbed
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_one_key_hands_over_while_the_others_are_held(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    a = make(electors, consul_agent, primed(consul_agent, prefix), "a").start()
+    for c in a.candidacies():
+        assert c.wait_for_leadership(30)
+    b = make(electors, consul_agent, prefix, "b").start()
+    time.sleep(0.5)
+    tokens = {c.key: c.fencing_token for c in a.candidacies()}
+    moved, stays = a.candidacies()[7], a.candidacies()
+    assert moved.resign()
+    target = next(c for c in b.candidacies() if c.key == moved.key)
+    assert target.wait_for_leadership(10)
+    assert target.fencing_token is not None and target.fencing_token > tokens[moved.key]
+    assert not moved.is_leader()
+    wait_until(lambda: moved.leader() == "b", timeout=10, what="a sees b lead the key")
+    for c in stays:
+        if c is not moved:
+            assert c.is_leader() and c.fencing_token == tokens[c.key]
+    assert [c.key for c in b.candidacies() if c.is_leader()] == [moved.key]
+
+
+def test_a_destroyed_session_deposes_every_key_and_all_run_again(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    e = make(electors, consul_agent, primed(consul_agent, prefix), "one").start()
+    for c in e.candidacies():
+        assert c.wait_for_leadership(30)
+    tokens = {c.key: c.fencing_token for c in e.candidacies()}
+    reasons: List[str] = []
+    old = session_id(e)
+
+    def on_deposed(sender: Candidacy, reason: str, **_: Any) -> None:
+        if sender.elector is e:
+            reasons.append(reason)
+
+    deposed.connect(on_deposed)
+    try:
+        destroy_session(e)
+        wait_until(lambda: len(reasons) == N, timeout=30, what="every key deposed")
+        assert set(reasons) == {Reason.LOCK_LOST}
+        for c in e.candidacies():
+            assert c.wait_for_leadership(30)
+            assert c.fencing_token is not None and c.fencing_token > (tokens[c.key] or 0)
+        assert session_id(e) != old
+    finally:
+        deposed.disconnect(on_deposed)
+
+
+ELECTOR_PROC = textwrap.dedent("""
+    import sys, time
+    from consul_leader import Elector
+    address, prefix, identity, n, out = sys.argv[1:6]
+    e = Elector(prefix, address=address, identity=identity, ttl=1.0)
+    keys = [e.candidate(f"k{i}") for i in range(int(n))]
+    e.start()
+    with open(out, "a") as fh:
+        while True:
+            t = time.monotonic()
+            if keys[0].is_leader():
+                fh.write(f"{t}\\n")
+                fh.flush()
+            time.sleep(0.001)
+""")
+
+
+def test_a_key_deleted_under_a_paused_leader_is_taken_only_after_the_lock_delay(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    primed(consul_agent, prefix)
+    out = tempfile.mktemp(prefix="consul-leader-old-")
+    proc = subprocess.Popen([PYTHON, "-c", ELECTOR_PROC, consul_agent.address, prefix, "old", str(N), out],
+                            env=python_env())
+    try:
+        wait_until(lambda: os.path.exists(out) and os.path.getsize(out) > 0, timeout=30, what="old leads")
+        wait_until(lambda: len(holders(consul_agent, prefix)) == N, timeout=30, what="old holds every key")
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGSTOP)
+        fresh = make(electors, consul_agent, prefix, "fresh", n=1)
+        first = fresh.candidacies()[0]
+        delete_key(first)
+        led: List[float] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                t = time.monotonic()
+                if first.is_leader():
+                    led.append(t)
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        fresh.start()
+        time.sleep(0.6)
+        proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: bool(led), timeout=30, what="the fresh elector leads the deleted key")
+        time.sleep(0.5)
+        done.set()
+        sampler.join()
+    finally:
+        proc.kill()
+        proc.wait()
+    with open(out) as fh:
+        old = [float(line) for line in fh if line.strip()]
+    os.unlink(out)
+    assert led[0] >= stopped_at + fresh.timing.lease
+    assert max(old) < led[0]
+
+
+def test_a_slow_job_of_one_key_does_not_delay_the_handover_of_another(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    a = make(electors, consul_agent, primed(consul_agent, prefix, 2), "a", n=2)
+    slow, quick = a.candidacies()
+    let_go = threading.Event()
+    ran: Dict[str, List[float]] = {}
+
+    def job_for(c: Candidacy) -> Any:
+        def job(stop_event: threading.Event) -> None:
+            ran.setdefault(c.key, []).append(time.monotonic())
+            stop_event.wait()
+            if c is slow:
+                let_go.wait()  # a job that takes long to return after its stop_event
+            ran[c.key].append(time.monotonic())
+        return job
+
+    slow.run(job_for(slow), block=False)
+    quick.run(job_for(quick), block=False)
+    assert slow.wait_for_leadership(30) and quick.wait_for_leadership(30)
+    b = make(electors, consul_agent, prefix, "b", n=2).start()
+    b_slow, b_quick = b.candidacies()
+    wait_until(lambda: len(ran.get(slow.key, [])) == 1 and len(ran.get(quick.key, [])) == 1, what="both jobs run")
+    assert slow.resign() and quick.resign()
+    assert b_quick.wait_for_leadership(10)
+    assert not b_slow.is_leader() and b_slow.leader() == "a"  # held until its job returns
+    let_go.set()
+    assert b_slow.wait_for_leadership(10)
+    assert ran[slow.key][1] < time.monotonic()
+    assert b_slow.fencing_token is not None
+
+
+def test_a_term_ends_job_first_then_deposed_then_release(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    a = make(electors, consul_agent, primed(consul_agent, prefix, 1), "a", n=1)
+    b = make(electors, consul_agent, prefix, "b", n=1)
+    (ca,), (cb,) = a.candidacies(), b.candidacies()
+    order: List[str] = []
+
+    def job(stop_event: threading.Event) -> None:
+        stop_event.wait()
+        time.sleep(0.3)
+        order.append("job returned")
+
+    @ca.on_deposed
+    def gone(sender: Candidacy, reason: str, **_: Any) -> None:
+        time.sleep(0.3)
+        order.append(f"deposed {reason}")
+
+    @cb.on_elected
+    def won(sender: Candidacy, fencing_token: int, **_: Any) -> None:
+        order.append("b elected")
+
+    ca.run(job, block=False)
+    assert ca.wait_for_leadership(30)
+    b.start()
+    ca.resign()
+    assert cb.wait_for_leadership(10)
+    wait_until(lambda: len(order) == 3, what="b's elected receiver")
+    assert order == ["job returned", "deposed resigned", "b elected"]
+    elected.disconnect(won)
+    deposed.disconnect(gone)
+
+
+def test_stop_releases_every_key_at_once(consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    a = make(electors, consul_agent, primed(consul_agent, prefix), "leaving").start()
+    for c in a.candidacies():
+        assert c.wait_for_leadership(30)
+    b = make(electors, consul_agent, prefix, "b").start()
+    a.stop()
+    assert not any(c.is_leader() for c in a.candidacies())
+    for c in b.candidacies():
+        assert c.wait_for_leadership(a.timing.lock_delay)  # released, not invalidated: no lock-delay
+    # The signal thread idles on, as a Candidate's does; the others end.
+    assert not [t for t in threading.enumerate() if f"leaving {a.prefix}" in t.name and "signals" not in t.name]
+
+
+def test_a_withdrawn_key_is_released_and_the_others_stay(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    a = make(electors, consul_agent, primed(consul_agent, prefix, 3), "a", n=3).start()
+    for c in a.candidacies():
+        assert c.wait_for_leadership(30)
+    gone = a.candidacies()[1]
+    gone.stop()
+    assert not gone.is_leader() and gone not in a.candidacies()
+    assert f"{prefix}/k1" not in holders(consul_agent, prefix)
+    assert all(c.is_leader() for c in a.candidacies())
