@@ -284,9 +284,9 @@ class Elector:
             if self._state == "stopped":
                 raise NotRunning(f"{self!r} was stopped; create a new Elector to run again")
             self._state = "running"
-            self._worker = threading.Thread(target=self._work_loop, name=f"consul-leader {self.identity} {self.prefix}", daemon=True)
-            self._watch = threading.Thread(target=self._watch_loop, name=f"consul-leader-watch {self.identity} {self.prefix}",
-                                           daemon=True)
+            who = f"{self.identity} {self.prefix}"
+            self._worker = threading.Thread(target=self._work_loop, name=f"consul-leader {who}", daemon=True)
+            self._watch = threading.Thread(target=self._watch_loop, name=f"consul-leader-watch {who}", daemon=True)
             self._worker.start()
             self._watch.start()
         log.info("%s runs for the keys under %r", self.identity, self.prefix)
