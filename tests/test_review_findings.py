@@ -1,6 +1,5 @@
 """Review of the term-ending rewrite (issue 8): reproducers of the problems
-found, each against a real agent. They are marked xfail(strict=True) until
-fixed: remove the marker with the fix."""
+found, each against a real agent; each failed before its fix."""
 
 from __future__ import annotations
 
@@ -33,8 +32,6 @@ def key_entry(url: str, key: str) -> Optional[Dict[str, Any]]:
 
 # -- stop() from the job or a receiver never finishes stopping ----------------
 
-@pytest.mark.xfail(strict=True, reason="stop() called from the job or a receiver returns early and nothing "
-                                       "calls _finish_stop(): run() never returns, the session lives on")
 @pytest.mark.parametrize("caller", ["job", "elected receiver"])
 def test_stop_from_the_job_or_a_receiver_ends_run_and_leaves_the_election(
         make_candidate: Any, key: str, consul_agent: ConsulAgent, caller: str) -> None:
@@ -79,9 +76,6 @@ def test_stop_from_the_job_or_a_receiver_ends_run_and_leaves_the_election(
 
 # -- the first-lock wait is given away by a release -----------------------------
 
-@pytest.mark.xfail(strict=True, reason="stop() during the first-lock wait releases the key, so the next "
-                                       "candidate (LockIndex 2) leads at once, within a deleted-under "
-                                       "leader's lease")
 def test_stop_during_the_first_lock_wait_does_not_let_another_lead_before_the_lock_delay(
         make_candidate: Any, consul_agent: ConsulAgent) -> None:
     url = consul_agent.url
@@ -121,12 +115,14 @@ def test_stop_during_the_first_lock_wait_does_not_let_another_lead_before_the_lo
         requests.put(f"{url}/v1/session/destroy/{old}", timeout=5)
 
 
-# -- deposed receivers of a job-less term wait for a request timeout ----------
+# -- deposed waits for the heartbeat's request to a frozen agent ---------------
 
-@pytest.mark.xfail(strict=True, reason="without run(job) no lease watchdog wakes the election thread: deposed "
-                                       "is sent when the blocking read times out (wait + timeout), after the "
-                                       "next leader on another agent was elected")
-def test_deposed_receivers_run_before_another_agent_elects_when_the_leaders_agent_freezes() -> None:
+@pytest.mark.xfail(strict=True, reason="_end_term calls Session.set_leading(None), which waits for _beat_lock, "
+                                       "held by the heartbeat thread for its whole round: deposed goes out when "
+                                       "the request to the frozen agent times out (timeout=), after the next "
+                                       "leader on another agent was elected")
+@pytest.mark.parametrize("with_job", [False, True], ids=["receivers only", "with a job"])
+def test_deposed_receivers_run_before_another_agent_elects_when_the_leaders_agent_freezes(with_job: bool) -> None:
     order: List[str] = []
     with ConsulCluster(servers=1, clients=2) as cluster:
         c1, c2 = cluster.clients
@@ -139,6 +135,8 @@ def test_deposed_receivers_run_before_another_agent_elects_when_the_leaders_agen
         x.on_deposed(lambda c, **kw: order.append("x deposed"))
         y.on_elected(lambda c, **kw: order.append("y elected"))
         try:
+            if with_job:
+                x.run(lambda stop_event: stop_event.wait(), block=False)
             x.start()
             assert x.wait_for_leadership(60)
             y.start()
@@ -172,8 +170,6 @@ STUCK_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="the stop_on_signals handler runs stop() again on every signal, nested "
-                                       "in the stop() already waiting for the job: only SIGKILL ends the process")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_second_signal_ends_a_process_whose_job_does_not_return(consul_agent: ConsulAgent, key: str,
                                                                   signum: int) -> None:
@@ -200,8 +196,6 @@ def test_a_second_signal_ends_a_process_whose_job_does_not_return(consul_agent: 
 
 # -- every stopped candidate leaves its signal thread behind -------------------
 
-@pytest.mark.xfail(strict=True, reason="the Dispatcher has no close(): stop() leaves the signal thread blocked "
-                                       "in queue.get() for the life of the process, one per candidate")
 def test_stop_ends_every_thread_of_the_candidate(make_candidate: Any, key: str) -> None:
     for _ in range(3):
         c = make_candidate(key)
@@ -237,9 +231,6 @@ EXITING_RECEIVER_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="SystemExit from a receiver kills the signal thread (send() and the "
-                                       "Dispatcher catch Exception only); the term's flush() then waits "
-                                       "forever with the lock held and heart-beating: nobody leads again")
 def test_a_receiver_calling_sys_exit_does_not_keep_the_lock_forever(make_candidate: Any, key: str,
                                                                     consul_agent: ConsulAgent) -> None:
     proc = subprocess.Popen([PYTHON, "-c", EXITING_RECEIVER_CHILD, consul_agent.address, key],
@@ -261,8 +252,6 @@ def test_a_receiver_calling_sys_exit_does_not_keep_the_lock_forever(make_candida
 
 # -- a job that raises SystemExit leaves a leader without a job, for good ------
 
-@pytest.mark.xfail(strict=True, reason="JobRunner._work catches Exception only: SystemExit ends the job thread "
-                                       "silently, on_return never runs, the candidate leads on with no job")
 def test_a_job_calling_sys_exit_makes_the_candidate_step_down(make_candidate: Any, key: str) -> None:
     a, b = make_candidate(key), make_candidate(key)
     a.run(lambda stop_event: sys.exit(0), block=False)  # a job "that exits when done"
