@@ -34,11 +34,10 @@ or a run it has seen.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from datetime import datetime
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from celery.beat import PersistentScheduler  # type: ignore[import-untyped]
 from celery.utils.time import maybe_make_aware  # type: ignore[import-untyped]
@@ -60,7 +59,21 @@ def candidate_from_conf(app: Any) -> Candidate:
     :param app: the Celery app.
     :raises ConfigurationError: a setting is missing, unknown or invalid; the
         message names it."""
-    values = lowered({k: app.conf.get(k) for k in app.conf.keys()}, _PREFIX)
+    # A Django project reads its Celery settings with a namespace
+    # (config_from_object("django.conf:settings", namespace="CELERY")):
+    # CELERY_CONSUL_LEADER_KEY there is consul_leader_key here.
+    namespace = getattr(app, "namespace", None)
+    strip = f"{namespace}_".lower() if namespace else None
+    conf = {}
+    for name in app.conf.keys():
+        if not isinstance(name, str):
+            continue
+        option = name.lower()
+        if strip and option.startswith(strip):
+            option = option[len(strip):]
+        if option.startswith(_PREFIX):
+            conf[option] = app.conf.get(name)
+    values = lowered(conf, _PREFIX)
     return candidate_from_settings(values, lambda option: _PREFIX + option, "the Celery app's conf",
                                    extra=("state_key",))
 
@@ -108,6 +121,9 @@ class LeaderSchedulerMixin:
     _leader_candidate: Optional[Candidate] = None
     _leader_term: Optional[int] = None
     _leader_sent: Dict[str, Dict[str, Any]]
+    _leader_reserved: Dict[str, Any]
+    old_schedulers: Any
+    sync: Callable[[], None]
 
     @property
     def candidate(self) -> Candidate:
@@ -115,6 +131,7 @@ class LeaderSchedulerMixin:
         if self._leader_candidate is None:
             self._leader_candidate = candidate_from_conf(self.app)
             self._leader_sent = {}
+            self._leader_reserved = {}
         return self._leader_candidate
 
     @property
@@ -160,28 +177,94 @@ class LeaderSchedulerMixin:
                 continue
             last_run_at = maybe_make_aware(datetime.fromisoformat(run["last_run_at"]))
             if local.last_run_at is None or maybe_make_aware(local.last_run_at) < last_run_at:
-                local.last_run_at = last_run_at
-                local.total_run_count = max(int(run.get("total_run_count") or 0), local.total_run_count or 0)
+                # Also into a django-celery-beat model, marked for saving: its
+                # scheduler reloads entries from the database on any change,
+                # which would otherwise bring the older value back.
+                self._move(local, last_run_at, int(run.get("total_run_count") or 0))
                 self.schedule[name] = local
                 moved.append(name)
-        self._heap = None  # rebuilt from the moved entries on this tick
+        if moved and hasattr(self, "_dirty"):
+            self.sync()  # DatabaseScheduler: save the moved entries now
+        # Rebuilt from the moved entries. An empty heap rather than None:
+        # DatabaseScheduler consumes its "reloaded" flag only when it
+        # compares schedules, which a None heap skips.
+        self._heap = []
+        self.old_schedulers = None
         self._leader_sent = recorded
         self._leader_term = token
         log.info("beat %s leads %r (fencing token %d); continued %d entries from the last "
                  "leader's record", candidate.identity, candidate.key, token, len(moved))
         return True
 
+    def reserve(self, entry: Any) -> Any:
+        """The scheduler's own reserve (the entry's next state, with the
+        new ``last_run_at``), kept for :meth:`apply_entry`: not every
+        scheduler stores it in ``schedule`` (django-celery-beat's
+        DatabaseScheduler does not)."""
+        new_entry = super().reserve(entry)  # type: ignore[misc]
+        self._leader_reserved[entry.name] = new_entry
+        # Celery's own Scheduler stores the next state in `schedule`;
+        # DatabaseScheduler does not, and a heap rebuilt from `schedule`
+        # (after any reload of the database) then sees the run it just sent
+        # as due again.
+        schedule = self.schedule
+        if schedule.get(entry.name) is entry:
+            schedule[entry.name] = new_entry
+        return new_entry
+
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         """Record the run in Consul (fenced), then send it; send nothing if
         the record fails."""
-        reserved = self.schedule.get(entry.name, entry)  # tick() reserved it just before
+        reserved = self._leader_reserved.pop(entry.name, None)  # tick() reserved it just before
+        if reserved is None:
+            reserved = self.schedule.get(entry.name, entry)
+        if self._already_sent(entry, reserved):
+            return
         headers = self._record(reserved)
         if headers is None:
             log.warning("beat did not send %s: this term could not record it", entry.name)
             return
-        entry = copy.copy(entry)
+        # A shallow copy that leaves the scheduler's entry alone. Not
+        # copy.copy(): it rebuilds through __reduce__, which calls the
+        # entry's constructor with the arguments of a plain ScheduleEntry
+        # (django-celery-beat's ModelEntry takes a model instead).
+        copied = object.__new__(type(entry))
+        copied.__dict__.update(entry.__dict__)
+        entry = copied
         entry.options = {**entry.options, "headers": {**(entry.options.get("headers") or {}), **headers}}
         super().apply_entry(entry, producer=producer)  # type: ignore[misc]
+
+    def _already_sent(self, entry: Any, reserved: Any) -> bool:
+        """True (and the entry moved to the recorded run) if the record says
+        this run was sent already: the entry was due only because its
+        ``last_run_at`` is older than the last recorded run, e.g. after a
+        scheduler reloaded its entries from a database that does not have
+        the last run yet. django-celery-beat's DatabaseScheduler does that on
+        any change to its tables and every 5 minutes."""
+        run = self._leader_sent.get(entry.name)
+        if run is None or entry.last_run_at is None:
+            return False
+        recorded = maybe_make_aware(datetime.fromisoformat(run["last_run_at"]))
+        if maybe_make_aware(entry.last_run_at) >= recorded:
+            return False
+        if entry.schedule.is_due(recorded).is_due:
+            return False  # due even counting from the recorded run: a new run
+        self._move(reserved, recorded, int(run.get("total_run_count") or 0))
+        log.info("beat did not send %s again: the run of %s was sent already", entry.name, recorded.isoformat())
+        return True
+
+    def _move(self, entry: Any, last_run_at: datetime, total_run_count: int) -> None:
+        """Set *entry*'s last run (in memory, and where the scheduler keeps
+        it: the model of a django-celery-beat entry, saved on its next sync)."""
+        entry.last_run_at = last_run_at
+        entry.total_run_count = max(total_run_count, entry.total_run_count or 0)
+        model = getattr(entry, "model", None)
+        if model is not None and hasattr(model, "last_run_at"):
+            model.last_run_at = last_run_at
+            model.total_run_count = entry.total_run_count
+            dirty = getattr(self, "_dirty", None)
+            if isinstance(dirty, set):
+                dirty.add(entry.name)
 
     def _record(self, reserved: Any) -> Optional[Dict[str, Any]]:
         candidate = self.candidate
