@@ -152,6 +152,7 @@ class Candidate:
         # The last term's runner, until its job has returned.
         self._runner: JobRunner | None = None
         self._ending = False  # the election thread is ending a term
+        self._finish_deferred = False  # stop() was called from the job or a receiver
         self._leader: str | None = None
         self._observed = LeaderInfo()  # the leader as the key last showed it
         # After stepping down: sit out until then, or until the key's
@@ -303,7 +304,10 @@ class Candidate:
         inside = self._dispatcher.on_thread() or (runner is not None and runner.on_thread())
         thread = self._thread
         if inside:
-            return  # the election thread waits for our caller; it stops by itself afterwards
+            # The election thread waits for our caller: it finishes the stop
+            # itself once the term has ended (see _main).
+            self._finish_deferred = True
+            return
         if thread is not None and thread is not threading.current_thread():
             if not (was_leading or ending):
                 interrupt(thread)  # it may sit in a long blocking query
@@ -327,6 +331,7 @@ class Candidate:
         self._events.close()
         process.withdraw_default(self)
         log.info("%s left the election for %r", self.identity, self.key, extra=self._log_fields("stopped"))
+        self._dispatcher.close()
 
     def run(self, job: Job, *, block: bool = True) -> None:
         """Run ``job(stop_event)`` in a worker thread each time this candidate
@@ -357,8 +362,8 @@ class Candidate:
         self.start()
         with self._state_lock:
             term = self._term
-            if term is not None:
-                self._start_job(term)  # already leading: this term runs the job too
+            if term is not None and term.runner is not None and term.reason is None:
+                term.runner.start(self._job)  # already leading: this term runs the job too
         if not block:
             return
         try:
@@ -469,13 +474,16 @@ class Candidate:
                 # Never let the thread die silently: log, tell, and go on.
                 log.exception("unexpected error in the election for %r; retrying", self.key)
                 self._stopping.wait(self.timing.check_ttl)
-        if self._failure is not None:
+        if self._finish_deferred:
+            self._finish_stop()  # stop() came from the job or a receiver and left this to us
+        elif self._failure is not None:
             # Gave up by itself (wait=False): nobody will call stop() to clean up.
             if self._session is not None:
                 self._session.close()
             with self._state_lock:
                 self._state = "stopped"
             self._events.close()
+            self._dispatcher.close()
         with self._changed:
             self._changed.notify_all()
 
@@ -493,7 +501,7 @@ class Candidate:
         else:
             log.warning("election for %r: %s; retrying", self.key, error,
                         extra=self._log_fields("error", error=type(error).__name__))
-        self._dispatcher.send(signals.election_error, self, error=error)
+        self._dispatcher.send_latest(signals.election_error, self, error=error)
         self._events.publish(LeadershipEvent(EventKind.ERROR, error=error))
         self._dispatcher.call(self._notify)
 
@@ -581,7 +589,7 @@ class Candidate:
             self._leader = identity
             log.info("leader of %r is now %r", self.key, identity,
                      extra=self._log_fields("leader_changed", leader=identity))
-            self._dispatcher.send(signals.leader_changed, self, leader=identity)
+            self._dispatcher.send_latest(signals.leader_changed, self, leader=identity)
 
     def _wait(self, watch: KeyWatch, hold_off_until: float | None = None,
               after_lock_index: int | None = None) -> None:
@@ -660,11 +668,11 @@ class Candidate:
             log.info("%s elected leader of %r (fencing token %d)", self.identity, self.key, term.fencing_token,
                      extra=self._log_fields("elected", fencing_token=term.fencing_token))
             self._dispatcher.send(signals.elected, self, fencing_token=term.fencing_token)
-            self._dispatcher.send(signals.leader_changed, self, leader=self.identity)
+            self._dispatcher.send_latest(signals.leader_changed, self, leader=self.identity)
             self._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
             self._notify()
             with self._state_lock:
-                self._start_job(term)
+                self._start_term_runner(term)
             reason = self._hold(session, term, watch)
         finally:
             self._end_term(term, reason)
@@ -674,17 +682,13 @@ class Candidate:
         operator deleted it under a leader, Consul set no lock-delay, and
         that leader may not have noticed yet: hold the lock for one
         lock-delay before leading, as Consul would have made us wait. True
-        to go on leading; False if stopped meanwhile (the lock is released)."""
+        to go on leading; False if stopped meanwhile."""
         log.info("%s took %r as its first holder; waiting the lock-delay (%gs) before leading, in case it was "
                  "deleted under another leader", self.identity, self.key, self.timing.lock_delay)
-        if not self._stopping.wait(self.timing.lock_delay):
-            return True
-        assert session.id is not None
-        try:
-            self.client.release(self.key, session.id)
-        except ConsulLeaderError as exc:
-            log.warning("could not release %r (%s); Consul frees it when the session ends", self.key, exc)
-        return False
+        # Stopped meanwhile: no release, which would let the next candidate
+        # in at once; stop() destroys the session, and Consul then applies
+        # the lock-delay to whoever comes next.
+        return not self._stopping.wait(self.timing.lock_delay)
 
     def _hold(self, session: Session, term: _Term, watch: KeyWatch) -> Reason:
         """Watch the lock while leading; return why the term ended."""
@@ -705,6 +709,8 @@ class Candidate:
             except ConsulLeaderError as exc:
                 if term.reason is not None:
                     return term.reason  # woken
+                if not session.lease_valid():
+                    return Reason.LEASE_EXPIRED  # woken by the lease watchdog, or the agent hangs
                 # Not a lost lock by itself: the lease decides.
                 self._report(exc)
                 self._stopping.wait(min(self.timing.heartbeat / 2, max(session.lease_remaining(), 0.01)))
@@ -777,11 +783,9 @@ class Candidate:
 
     # -- the job ------------------------------------------------------------
 
-    def _start_job(self, term: _Term) -> None:
-        """Start the job for *term* (with the state lock held)."""
-        job = self._job
-        if job is None or term.runner is not None or term.reason is not None:
-            return
+    def _start_term_runner(self, term: _Term) -> None:
+        """Watch *term*'s lease, and run the job if there is one (with the
+        state lock held)."""
 
         def returned(ok: bool) -> None:
             if not ok:
@@ -791,11 +795,12 @@ class Candidate:
         def lease_ended() -> None:
             thread = self._thread
             if thread is not None and self._term is term:
-                wake(thread)  # end the term now rather than at the next round
+                wake(thread)  # end the term now, even if the thread waits on a frozen agent
 
-        runner = JobRunner(job, term.session.lease_remaining, f"{self.identity} {self.key}",
+        runner = JobRunner(self._job, term.session.lease_remaining, f"{self.identity} {self.key}",
                            on_return=returned, on_lease_end=lease_ended)
         term.runner = self._runner = runner
+        runner.watch_lease()
         runner.start()
 
     def _log_fields(self, event: str, **fields: Any) -> dict[str, Any]:

@@ -28,9 +28,12 @@ _SLOW_JOB_WARNING = 5.0
 
 
 class JobRunner:
-    """Runs *job* for one term.
+    """Runs one term's job, if there is one, and watches its lease: the
+    watchdog runs for every term, job or not, so that the end of a lease is
+    acted on at once even while the election thread waits on a frozen agent.
 
-    :param job: called as ``job(stop_event)`` on a worker thread.
+    :param job: called as ``job(stop_event)`` on a worker thread; None for a
+        term without a job (one can be started later with :meth:`start`).
     :param lease_remaining: seconds left of the term's lease (<= 0: over).
     :param name: for thread names and logs, e.g. ``"host:1 service/x"``.
     :param on_return: called on the worker thread with True (returned) or
@@ -40,7 +43,7 @@ class JobRunner:
         :attr:`stop_event` because the lease ran out.
     """
 
-    def __init__(self, job: Job, lease_remaining: Callable[[], float], name: str, *,
+    def __init__(self, job: Job | None, lease_remaining: Callable[[], float], name: str, *,
                  on_return: Callable[[bool], None], on_lease_end: Callable[[], None]) -> None:
         self.job = job
         self.name = name
@@ -50,13 +53,18 @@ class JobRunner:
         self._on_lease_end = on_lease_end
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start the job and the lease watchdog (once)."""
-        if self._thread is not None or self.stop_event.is_set():
+    def watch_lease(self) -> None:
+        """Start the lease watchdog (once, when the term begins)."""
+        threading.Thread(target=self._watchdog, name=f"consul-leader-lease {self.name}", daemon=True).start()
+
+    def start(self, job: Job | None = None) -> None:
+        """Start the job (*job*, or the one given at construction), once."""
+        if job is not None and self.job is None:
+            self.job = job
+        if self.job is None or self._thread is not None or self.stop_event.is_set():
             return
         self._thread = threading.Thread(target=self._work, name=f"consul-leader-job {self.name}", daemon=True)
         self._thread.start()
-        threading.Thread(target=self._watchdog, name=f"consul-leader-lease {self.name}", daemon=True).start()
 
     @property
     def started(self) -> bool:
@@ -89,9 +97,10 @@ class JobRunner:
 
     def _work(self) -> None:
         ok = True
+        assert self.job is not None
         try:
             self.job(self.stop_event)
-        except Exception:
+        except BaseException:  # SystemExit too: it would only end this thread, silently
             ok = False
             log.exception("the job of %s raised", self.name)
         if not self.stop_event.is_set():

@@ -104,13 +104,27 @@ def _after_fork() -> None:
         candidate._after_fork_in_child()
 
 
+# Set by a second signal while the first one's stop_all() still waits (for
+# a job that does not return): the operator insists, the process exits
+# without waiting, and Consul frees the locks after the check's TTL.
+_insisted = False
+_stopping_all = False
+
+
 def stop_all() -> None:
     """Stop every running candidate of this process (at exit, on a signal)."""
-    for candidate in list(_live):
-        try:
-            candidate.stop()
-        except Exception:
-            log.exception("stopping %r failed", candidate)
+    global _stopping_all
+    if _insisted:
+        return
+    _stopping_all = True
+    try:
+        for candidate in list(_live):
+            try:
+                candidate.stop()
+            except Exception:
+                log.exception("stopping %r failed", candidate)
+    finally:
+        _stopping_all = False
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -126,7 +140,9 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) 
 
     Call it from the main thread. Opt-in, because signal handlers belong to
     the application. Stopping waits for each candidate's job to return (see
-    :meth:`Candidate.stop() <consul_leader.Candidate.stop>`).
+    :meth:`Candidate.stop() <consul_leader.Candidate.stop>`); a second signal
+    while that wait goes on (a second Ctrl-C) exits at once, leaving the
+    locks for Consul to free after the check's TTL and the lock-delay.
 
     :param signums: the signal numbers to handle.
     :raises ConfigurationError: a number that is no signal, or SIGKILL/SIGSTOP."""
@@ -134,7 +150,15 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) 
         previous = signal.getsignal(signum)
 
         def handler(num: int, frame: FrameType | None, previous: Any = previous) -> None:
-            stop_all()
+            global _insisted
+            if _stopping_all:
+                # A second signal while the first still waits for a job that
+                # does not return: exit now rather than never.
+                _insisted = True
+                log.warning("signal %d again while stopping: exiting without waiting; Consul frees the locks "
+                            "after the check's TTL and the lock-delay", num)
+            else:
+                stop_all()
             if callable(previous):
                 previous(num, frame)
             elif previous == signal.SIG_IGN:

@@ -235,11 +235,20 @@ class Session:
 
         While leading, every round also reads the key: heartbeats succeed
         even after an operator deleted the key, so only a round that saw the
-        lock still held by this session may extend the lease."""
+        lock still held by this session may extend the lease.
+
+        Going back to idle does not wait for a round in progress: that round
+        may hang on a frozen agent for a whole request timeout, and the end
+        of a term must not (the term's end no longer reads the lease)."""
+        if key is None:
+            self._lock_key = None
+            self._leading = False
+            self._lease_started = self._lapsed = False
+            return
         with self._beat_lock:
             self._lock_key = key
             self._held_at = held_since
-            self._leading = key is not None
+            self._leading = True
             self._lease_started = self._lapsed = False
             self._update_deadline()
         self._kick.set()

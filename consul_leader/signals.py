@@ -19,11 +19,11 @@ receiver never stops an election.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import blinker
 
@@ -104,21 +104,32 @@ def _deliver(signal: blinker.NamedSignal, sender: Any, default: Any, kwargs: dic
             continue
         try:
             receiver(sender, **kwargs)
-        except Exception:
+        except BaseException:  # SystemExit too: it would end the signal thread, not the process
             log.exception("a receiver of the %r signal raised; the election goes on",
                           signal.name)
 
 
-_Item = Optional[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
-
 #: Seconds between the warnings about a receiver that does not return.
 _SLOW_RECEIVER_WARNING = 5.0
+
+
+class _Task:
+    __slots__ = ("fn", "args", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
 
 
 class Dispatcher:
     """Runs a candidate's receivers, and anything else that must not run on
     the election or heartbeat threads, one after the other on a daemon
     thread of its own, in the order they were queued.
+
+    Signals that report a state (``leader_changed``, ``election_error``) are
+    sent with :meth:`send_latest`: while one waits in the queue, a newer one
+    replaces its arguments instead of queueing behind it, so slow receivers
+    cannot pile up work, and the end of a term (which waits for the queue)
+    waits for a bounded number of receivers.
 
     :param name: the thread's name.
 
@@ -127,7 +138,9 @@ class Dispatcher:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._queue: collections.deque[_Task | None] = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._latest: dict[Any, _Task] = {}  # queued tasks that a newer one replaces
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -136,13 +149,38 @@ class Dispatcher:
         decorators' receivers go by the default candidate of this moment."""
         self.call(_deliver, signal, sender, get_default(), kwargs)
 
+    def send_latest(self, signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
+        """Like :meth:`send`, but if this signal is still queued, undelivered,
+        deliver these arguments in its place (the latest state only)."""
+        self._put(_Task(_deliver, (signal, sender, get_default(), kwargs), {}), latest=signal.name)
+
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Queue ``fn(*args, **kwargs)``; returns at once."""
+        self._put(_Task(fn, args, kwargs))
+
+    def _put(self, task: _Task | None, latest: Any = None) -> None:
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+            if task is not None and (self._thread is None or not self._thread.is_alive()):
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
-        self._queue.put((fn, args, kwargs))
+        with self._ready:
+            queued = self._latest.get(latest) if latest is not None else None
+            if queued is not None and task is not None:
+                queued.args = task.args
+                return
+            if latest is not None and task is not None:
+                self._latest[latest] = task
+            self._queue.append(task)
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Let the thread end once what is queued has run (a later
+        :meth:`call` starts a new one)."""
+        with self._lock:
+            alive = self._thread is not None and self._thread.is_alive()
+            self._thread = None
+        if alive:
+            self._put(None)
 
     def on_thread(self) -> bool:
         """True when called from the dispatcher's own thread (a receiver)."""
@@ -163,11 +201,17 @@ class Dispatcher:
 
     def _loop(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                task = self._queue.popleft()
+                if task is not None:
+                    for name, queued in list(self._latest.items()):
+                        if queued is task:
+                            del self._latest[name]  # from now on a newer one queues anew
+            if task is None:
                 return
-            fn, args, kwargs = item
             try:
-                fn(*args, **kwargs)
-            except Exception:  # send() already isolates receivers; this is a bug of ours
-                log.exception("unexpected error delivering %r", fn)
+                task.fn(*task.args, **task.kwargs)
+            except BaseException:  # send() already isolates receivers; this is a bug of ours
+                log.exception("unexpected error delivering %r", task.fn)

@@ -332,3 +332,35 @@ def test_resigning_on_every_election_hands_over_without_a_stall(make_candidate: 
     gaps = [nxt[2] - prev[2] for prev, nxt in zip(log, log[1:]) if prev[0] == "deposed" and nxt[0] == "elected"]
     # A stall is a whole check TTL (3 s) without a leader; a handover takes milliseconds.
     assert gaps and max(gaps) < a.timing.check_ttl / 2, sorted(gaps)[-5:]
+
+
+# -- slow receivers cannot pile up: state signals keep only the latest --------
+
+def test_slow_receivers_see_the_latest_error_and_the_term_end_waits_for_few(own_agent: ConsulAgent,
+                                                                           own_candidates: Any) -> None:
+    key = f"test/pile-{uuid.uuid4().hex[:8]}/leader"
+    prime_key(own_agent.url, key)
+    c = own_candidates(key, ttl=10.0, lease=3.0, heartbeat=0.3, timeout=0.2)
+    delivered: List[Any] = []
+
+    def slow(sender: Any, error: Any) -> None:
+        delivered.append(error)
+        time.sleep(1.0)
+
+    election_error.connect(slow, sender=c, weak=False)
+    errors: List[Any] = []
+    events = c.events()
+    threading.Thread(target=lambda: errors.extend(e for e in events if e.kind == "error"), daemon=True).start()
+    c.start()
+    assert c.wait_for_leadership(30)
+    own_agent.pause()
+    time.sleep(2.5)  # requests time out every few tenths of a second
+    own_agent.resume()
+    wait_until(lambda: len(errors) >= 6, timeout=10, what="several errors")
+    started = time.monotonic()
+    c.stop()  # waits for the receivers still queued, then releases
+    took = time.monotonic() - started
+    # Every error reached events(); the slow receiver got the latest ones,
+    # not a backlog of one second each.
+    assert len(delivered) < len(errors)
+    assert took < len(errors) * 1.0, (took, len(errors), len(delivered))
