@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional
 
+from . import elector
 from .contenders import LIBRARY, LOCK
 
 CLI = "consul-leader run"
@@ -71,6 +72,7 @@ def assemble(meta: Dict[str, Any], samples: Dict[str, Any], stats: Dict[str, Any
                                mean(ours["all_requests"]), mean(theirs["all_requests"]), None,
                                "counted at the agent; includes heartbeats in the window"))
     figures += partition_figures(samples.get("partition"))
+    figures += elector.figures(stats.get("elector"), handover.get(f"{LOCK} resign"))
     return {"meta": meta, "figures": figures, "samples": samples, "stats": stats}
 
 

@@ -57,6 +57,8 @@ class Mode:
     scale_handovers: int
     crash_in_background: bool
     partition_runs: int = 0
+    elector_keys: int = 1000
+    elector_handovers: int = 100
 
 
 MODES = {
@@ -67,7 +69,8 @@ MODES = {
                   timeit_number=200_000, scale_sizes=(1, 10, 50, 100), scale_handovers=3,
                   crash_in_background=True, partition_runs=1),
     "tiny": Mode("tiny", handovers=3, crash_runs=1, lock_crash_runs=0, idle_followers=1, idle_window=2.0,
-                 timeit_number=10_000, scale_sizes=(1, 3), scale_handovers=2, crash_in_background=True),
+                 timeit_number=10_000, scale_sizes=(1, 3), scale_handovers=2, crash_in_background=True,
+                 elector_keys=20, elector_handovers=3),
 }
 
 # Time for processes that lost a race to return to their blocking queries.
@@ -296,6 +299,18 @@ class Bench:
                 say(f"scale {kind} n={n}: {fmt(percentiles(latencies), 'ms')}, kv requests/change "
                     f"{mean(kv):.1f}, all {mean(everything):.1f}")
 
+    def many_keys(self) -> None:
+        """One process holding many keys with an Elector, another waiting on them."""
+        from . import elector
+
+        mode = self.mode
+        self.stats["elector"] = found = elector.measure(self.agent.address, self.agent.binary, self.workdir,
+                                                        mode.elector_keys, mode.elector_handovers,
+                                                        mode.idle_window)
+        say(f"many keys n={mode.elector_keys}: {fmt(percentiles(found['handover_ms']), 'ms')}, holder "
+            f"{found['holder']['requests_per_s']:.2f} req/s, {found['holder']['elector_threads']} threads, "
+            f"{found['holder']['connections']} connections")
+
     def wait_sessions(self, key: str, count: int, timeout: float = 120.0) -> None:
         """Wait until *count* sessions of the pool on *key* exist (every
         contender is in the race)."""
@@ -440,6 +455,7 @@ def run(mode: Mode, out: str = RESULTS, docs: Optional[str] = os.path.join(ROOT,
             else:
                 bench.crashes()
             bench.scale()
+            bench.many_keys()
         partitions(mode, workdir, bench.samples)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

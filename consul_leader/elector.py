@@ -18,7 +18,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import decorators, process, signals
@@ -80,6 +80,7 @@ class Candidacy:
         self._withdrawn = False
         self._not_before = -math.inf  # a lock-delay runs until then
         self._tried_index = -1  # refused as held while the prefix was at this index
+        self._modified = -1  # the ModifyIndex of the key's entry last looked at
         self._sit_out: tuple[float, int] | None = None
         self._first: tuple[float, LockAttempt, Session] | None = None
         self._observed = LeaderInfo()
@@ -233,6 +234,8 @@ class Elector:
         self._worker: threading.Thread | None = None
         self._watch: threading.Thread | None = None
         self._next_timer = math.inf
+        self._full = True  # look at every key at the next turn
+        self._dirty: set[Candidacy] = set()  # keys to look at at the next turn
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
         self.heartbeat_stats = HeartbeatStats()
         process.register(self)
@@ -407,15 +410,24 @@ class Elector:
                     self._handle(*item)
                 if self._stopping.is_set() and all(c._state in ("idle", "withdrawn") for c in self.candidacies()):
                     break
-                self._sweep()
+                # Every key when a timer is due; otherwise only those whose
+                # entry changed or that became idle: a handover costs the
+                # same with 1 key or 1,000.
+                if self._full or self._clock() >= self._next_timer:
+                    self._full = False
+                    self._dirty.clear()
+                    self._next_timer = self._sweep(self.candidacies())
+                elif self._dirty:
+                    some, self._dirty = self._dirty, set()
+                    self._next_timer = min(self._next_timer, self._sweep(some))
                 backoff = 0.0
             except ConsulLeaderError as exc:
                 self._report(exc)
                 backoff = min(max(backoff * 2, 0.1), self.timing.check_ttl)
-                self._next_timer = self._clock() + backoff
+                self._next_timer, self._full = self._clock() + backoff, True
             except Exception:
                 log.exception("unexpected error in the election for the keys under %r; retrying", self.prefix)
-                self._next_timer = self._clock() + self.timing.check_ttl
+                self._next_timer, self._full = self._clock() + self.timing.check_ttl, True
         self._finish()
 
     def _finish(self) -> None:
@@ -446,7 +458,10 @@ class Elector:
                 self._continue_end(args[0])
         elif what == "release":
             self._release(args[0])
+        elif what == "kick":
+            self._full = True
         elif what == "lost":
+            self._full = True
             for candidacy in self.candidacies():
                 term = candidacy._term
                 if term is not None and term.session is args[0]:
@@ -490,6 +505,11 @@ class Elector:
     def _observe_all(self, index: int) -> None:
         for candidacy in self.candidacies():
             entry = self._entries.get(candidacy.key)
+            modified = int(entry["ModifyIndex"]) if entry is not None else 0
+            if modified == candidacy._modified:
+                continue  # unchanged since the last look
+            candidacy._modified = modified
+            self._dirty.add(candidacy)
             info = LeaderInfo.from_entry(entry)
             if not info.same_leader(candidacy._observed):
                 candidacy._observed, candidacy._leader = info, info.identity
@@ -505,11 +525,12 @@ class Elector:
                     (entry is None or entry.get("Session") != first[2].id):
                 candidacy._first, candidacy._state = None, "idle"
 
-    def _sweep(self) -> None:
-        """Lapsed leases, first-holder waits that ended, and free keys to take."""
+    def _sweep(self, candidacies: Iterable[Candidacy]) -> float:
+        """Lapsed leases, first-holder waits that ended, and free keys to
+        take, among *candidacies*; returns when to look again."""
         now = self._clock()
         soon = math.inf
-        for candidacy in self.candidacies():
+        for candidacy in candidacies:
             term = candidacy._term
             if term is not None:
                 with self._lock:
@@ -526,7 +547,7 @@ class Elector:
                     soon = min(soon, candidacy._first[0])
             elif candidacy._state == "idle" and not candidacy._withdrawn and not self._stopping.is_set():
                 soon = min(soon, self._maybe_acquire(candidacy, now))
-        self._next_timer = soon
+        return soon
 
     def _maybe_acquire(self, candidacy: Candidacy, now: float) -> float:
         """Try to take *candidacy*'s key if it looks free; the time to look again."""
@@ -596,6 +617,9 @@ class Elector:
                           on_round=lambda t0: self._prove(made[0], t0))
         made.append(session)
         session.open()
+        # Always at the leader's rate (about one request a second): a key
+        # won is led at once, without a round of its own on the handover path.
+        session.set_busy(True)
         self._session = session
         return session
 
@@ -610,7 +634,6 @@ class Elector:
         with self._lock:
             candidacy._term, candidacy._state = term, "leading"
             candidacy._leader = candidacy.identity
-        session.set_busy(True)
         log.info("%s elected leader of %r (fencing token %d)", candidacy.identity, candidacy.key, term.fencing_token)
         self._dispatcher.send(signals.elected, candidacy, fencing_token=term.fencing_token)
         self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy.identity)
@@ -648,8 +671,6 @@ class Elector:
         assert term.reason is not None
         if term.stage == "leading":
             term.stage = "joining"
-            if not any(c._term is not None and c._term.session is term.session for c in self.candidacies()):
-                term.session.set_busy(False)
             if term.runner is not None and term.runner.started and not term.job_done:
                 log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
                 return
@@ -681,6 +702,7 @@ class Elector:
         if reason.voluntary:
             candidacy._sit_out = (self._clock() + self.timing.check_ttl, term.lock_index)
         candidacy._state = "idle"
+        self._dirty.add(candidacy)
         if candidacy._withdrawn:
             self._forget(candidacy)
         self._dispatcher.call(self._notify)
