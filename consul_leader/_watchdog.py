@@ -38,8 +38,10 @@ if hasattr(time, "CLOCK_BOOTTIME"):
 else:  # pragma: no cover - not Linux
     clock = time.monotonic
 
-_CHILD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE", "SIGXFSZ",
-                                                          "SIGCHLD")
+# What this process ignores (and Python itself: SIGPIPE, SIGXFSZ), the
+# command gets back at their defaults.
+_CHILD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGTSTP", "SIGTTIN",
+                                                          "SIGTTOU", "SIGPIPE", "SIGXFSZ", "SIGCHLD")
                        if hasattr(signal, name))
 
 
@@ -179,9 +181,10 @@ class _Server:
         return 0
 
     def serve(self) -> int:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            # The supervisor decides what the command gets, and forwards it.
-            signal.signal(signum, signal.SIG_IGN)
+        for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGTSTP", "SIGTTIN", "SIGTTOU"):
+            # The supervisor decides what the command gets, and forwards it;
+            # and this process must not be stopped while the command runs.
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
         if not hasattr(os, "pidfd_open"):  # pragma: no cover - not Linux
             r, w = os.pipe()
             os.set_blocking(w, False)
@@ -273,7 +276,10 @@ class Watchdog:
             argv = [sys.executable, "-I", "-S", script, str(theirs.fileno())]
         else:  # pragma: no cover - a zipped or frozen install
             argv = [sys.executable, "-m", "consul_leader._watchdog", str(theirs.fileno())]
-        self.process = subprocess.Popen(argv, pass_fds=(theirs.fileno(),))
+        # A session of its own: what stops or kills the supervisor's process
+        # group (Ctrl-Z in a terminal, kill -STOP -PGID) must not reach the
+        # watchdog too, or nothing would stop the command on time.
+        self.process = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), start_new_session=True)
         theirs.close()
         self.sock = ours
         self.gone = threading.Event()  # the watchdog process died
