@@ -114,6 +114,20 @@ def test_a_frozen_supervisor_does_not_let_its_command_run_beside_the_next_leader
     assert len((cli.tmp / "a.start").read_text().split("\n")) == 2  # one line and the final newline
 
 
+def test_on_sigterm_the_lock_is_released_only_once_the_command_is_dead(cli: Runs, key: str) -> None:
+    # Its command shrugs the forwarded SIGTERM off: killed after --grace,
+    # and only then may the waiting run take over.
+    a = life(cli, "a", "--ttl", "1s", "--grace", "1s", key=key)
+    _, a_pid = started(cli, "a")
+    life(cli, "b", "--ttl", "1s", "--grace", "1s", key=key)
+    wait_until(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(30) == 128 + signal.SIGKILL  # the command's status
+    b_start, _ = started(cli, "b")
+    assert (cli.tmp / "a.term").exists()
+    assert last_alive(cli, "a", a_pid) < b_start
+
+
 def test_the_lock_delay_is_derived_from_the_grace(cli: Runs, key: str, consul_agent: ConsulAgent) -> None:
     # Defaults: TTL 3s, lease 2.5s, grace 5s: the lock-delay must cover
     # lease + grace + 0.5s, so that a command stopped at the lease's end is
