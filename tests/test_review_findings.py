@@ -117,10 +117,6 @@ def test_stop_during_the_first_lock_wait_does_not_let_another_lead_before_the_lo
 
 # -- deposed waits for the heartbeat's request to a frozen agent ---------------
 
-@pytest.mark.xfail(strict=True, reason="_end_term calls Session.set_leading(None), which waits for _beat_lock, "
-                                       "held by the heartbeat thread for its whole round: deposed goes out when "
-                                       "the request to the frozen agent times out (timeout=), after the next "
-                                       "leader on another agent was elected")
 @pytest.mark.parametrize("with_job", [False, True], ids=["receivers only", "with a job"])
 def test_deposed_receivers_run_before_another_agent_elects_when_the_leaders_agent_freezes(with_job: bool) -> None:
     order: List[str] = []
