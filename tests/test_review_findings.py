@@ -193,6 +193,7 @@ def test_a_second_signal_ends_a_process_whose_job_does_not_return(consul_agent: 
 # -- every stopped candidate leaves its signal thread behind -------------------
 
 def test_stop_ends_every_thread_of_the_candidate(make_candidate: Any, key: str) -> None:
+    before = set(threading.enumerate())
     for _ in range(3):
         c = make_candidate(key)
         c.start()
@@ -200,8 +201,9 @@ def test_stop_ends_every_thread_of_the_candidate(make_candidate: Any, key: str) 
         c.stop()
     # A process that makes a candidate per task (a Celery task, a cron run)
     # must not grow a thread per candidate.
+
     def left() -> List[str]:
-        return [t.name for t in threading.enumerate() if key in t.name]
+        return [t.name for t in set(threading.enumerate()) - before]
 
     deadline = time.monotonic() + 20
     while left() and time.monotonic() < deadline:
