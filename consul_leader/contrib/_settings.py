@@ -13,6 +13,7 @@ from typing import Any, Callable, Collection, Dict, Mapping, Optional
 
 from ..candidate import Candidate
 from ..errors import ConfigurationError, ConfigurationTypeError
+from ._runtime import check_threads_usable
 
 __all__ = ["CANDIDATE_OPTIONS", "PerProcess", "candidate_from_settings", "lowered"]
 
@@ -73,9 +74,13 @@ class PerProcess:
 
     def ensure_started(self) -> Candidate:
         """Start the candidate unless it was already started in this process.
-        A candidate that was stopped here stays stopped."""
+        A candidate that was stopped here stays stopped.
+
+        :raises ConfigurationError: this process cannot run a candidate's
+            threads (gevent's monkey-patching, uWSGI without threads)."""
         pid = os.getpid()
         if self._pid != pid:
+            check_threads_usable()  # a gevent worker, uWSGI without threads: refuse, saying why
             # Two threads of a fresh worker may both get here; start() is
             # idempotent under the candidate's own lock.
             self._pid = pid

@@ -59,6 +59,7 @@ from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler  # type: ig
 
 from ..candidate import Candidate
 from ..validation import check_bool, check_timeout
+from ._runtime import check_threads_usable
 
 __all__ = ["LeaderScheduling", "run_on_leader"]
 
@@ -101,7 +102,11 @@ class LeaderScheduling:
 
     def start(self) -> "LeaderScheduling":
         """Start the scheduler paused (if it is not running yet) and the
-        candidate; the scheduler resumes when the candidate is elected."""
+        candidate; the scheduler resumes when the candidate is elected.
+
+        :raises ConfigurationError: this process cannot run a candidate's
+            threads (gevent's monkey-patching, uWSGI without threads)."""
+        check_threads_usable()
         if self.scheduler.state == STATE_STOPPED:
             self.scheduler.start(paused=True)
         else:

@@ -27,6 +27,7 @@ import json
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, MutableMapping, Optional, Union
 
 from ..candidate import Candidate
+from ._runtime import check_threads_usable
 from .readiness import LIVE_PATH, READY_PATH, live_status, ready_status
 
 __all__ = ["ReadinessMiddleware", "candidate_lifespan"]
@@ -79,6 +80,7 @@ def candidate_lifespan(candidate: Candidate) -> Callable[[Any], contextlib.Abstr
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[Dict[str, Any]]:
+        check_threads_usable()
         candidate.start()
         try:
             yield {"candidate": candidate}
