@@ -50,6 +50,7 @@ demo: $(DEMO_STAMP)
 # Redis (for the Celery beat tests) comes from Debian's packages when missing.
 services:
 	@if [ -x scripts/install-redis ]; then scripts/install-redis >/dev/null; fi
+	@if [ -x scripts/install-postgresql ]; then scripts/install-postgresql >/dev/null; fi
 
 test: venv consul services lint
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest $(PYTEST_ARGS)
