@@ -4,8 +4,8 @@ ticking while they wait), cancelled waits leave no thread behind, and an
 ``async def`` under leader_only stays a coroutine function that awaits to
 None (or raises NotLeader) on a follower.
 
-The tests call the functions of consul_leader.aio; where the Candidate and
-Follower methods and the @leader_only dispatch exist they are exercised too.
+The tests go through the Candidate and Follower methods, which call the
+functions of consul_leader.aio; leader_only_async is also called directly.
 """
 
 from __future__ import annotations
@@ -19,25 +19,22 @@ from typing import Any, Callable, List, Optional
 import pytest
 
 from consul_leader import Candidate, EventKind, Follower, NotLeader, NotRunning, leader_only
-from consul_leader.aio import SLICE, events_async, leader_only_async, wait_for_leader_async, wait_for_leadership_async
+from consul_leader.aio import SLICE, leader_only_async
 from consul_leader.testing import ConsulAgent
 
 from conftest import wait_until
 
 
 def _wait_for_leadership(candidate: Candidate, timeout: Optional[float] = None) -> Any:
-    method = getattr(candidate, "wait_for_leadership_async", None)
-    return method(timeout) if method is not None else wait_for_leadership_async(candidate, timeout)
+    return candidate.wait_for_leadership_async(timeout)
 
 
 def _events(candidate: Candidate) -> Any:
-    method = getattr(candidate, "events_async", None)
-    return method() if method is not None else events_async(candidate)
+    return candidate.events_async()
 
 
 def _wait_for_leader(follower: Follower, timeout: Optional[float] = None) -> Any:
-    method = getattr(follower, "wait_for_leader_async", None)
-    return method(timeout) if method is not None else wait_for_leader_async(follower, timeout)
+    return follower.wait_for_leader_async(timeout)
 
 
 class Ticker:
@@ -242,7 +239,6 @@ def test_leader_only_decorator_dispatches_coroutine_functions(make_candidate: Ca
         return 1
 
     wrapped = leader_only(candidate=follower_of_nobody)(job)
-    if not inspect.iscoroutinefunction(wrapped):
-        pytest.skip("@leader_only does not dispatch coroutine functions to consul_leader.aio yet")
+    assert inspect.iscoroutinefunction(wrapped)
     assert inspect.iscoroutinefunction(follower_of_nobody.leader_only(job))
     assert asyncio.run(wrapped()) is None
