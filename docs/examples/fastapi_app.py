@@ -14,13 +14,13 @@ import time
 from fastapi import FastAPI
 
 from consul_leader import Candidate
-from consul_leader.aio import leader_only_async, wait_for_leadership_async
 from consul_leader.contrib.asgi import ReadinessMiddleware
 
 candidate = Candidate(os.environ.get("LEADER_KEY", "myservice/leader"),
                       ttl=float(os.environ.get("LEADER_TTL", "3")))
 
 
+@candidate.leader_only  # awaited elsewhere, it gives None
 async def refresh_cache():
     """The singleton work: here, one line per run in a shared file."""
     record = {"pid": os.getpid(), "t": time.time(), "fencing_token": candidate.fencing_token}
@@ -30,13 +30,10 @@ async def refresh_cache():
             log.write(json.dumps(record) + "\n")
 
 
-refresh_if_leader = leader_only_async(refresh_cache, candidate=candidate)  # None elsewhere
-
-
 async def leader_loop():
     while True:
-        await wait_for_leadership_async(candidate)  # never blocks the event loop
-        await refresh_if_leader()
+        await candidate.wait_for_leadership_async()  # never blocks the event loop
+        await refresh_cache()
         await asyncio.sleep(0.1)
 
 
