@@ -339,7 +339,7 @@ def check(records: List[Record], lease: float) -> Report:
     freezes = [(int(r["frozen_pid"]), r["t"]) for r in records if r.get("ev") == "fault" and "frozen_pid" in r]
     all_work = works(records, freezes)
     faults = sorted((r for r in records if r.get("ev") == "fault"), key=lambda r: r["t"])
-    run = next((r for r in records if r.get("ev") == "run"), None)
+    run = next((r for r in records if r.get("ev") == "run" and "begin" in r), None)
     begin = run["begin"] if run else min((t.start for t in all_terms), default=0.0)
     end = run["end"] if run else max((t.end for t in all_terms), default=0.0)
     failovers: Dict[str, List[float]] = {}
@@ -398,7 +398,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     with open(args[0], encoding="utf-8") as fh:
         records = [json.loads(line) for line in fh if line.strip()]
-    run: Record = next((r for r in records if r.get("ev") == "run"), {})
+    run: Record = next((r for r in records if r.get("ev") == "run" and "begin" in r), {})
     lease = float(args[1]) if len(args) > 1 else 5 / 6 * float(run.get("ttl", 1.0))
     report = check(records, lease)
     print(report.table())
