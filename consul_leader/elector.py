@@ -410,6 +410,8 @@ class Elector:
                     self._handle(*item)
                 if self._stopping.is_set() and all(c._state in ("idle", "withdrawn") for c in self.candidacies()):
                     break
+                if not self._stopping.is_set():
+                    self._ensure_session()  # a waiting process keeps one too: ready to lead at once
                 # Every key when a timer is due; otherwise only those whose
                 # entry changed or that became idle: a handover costs the
                 # same with 1 key or 1,000.
