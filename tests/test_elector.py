@@ -312,3 +312,19 @@ def test_a_withdrawn_key_is_released_and_the_others_stay(
     assert not gone.is_leader() and gone not in a.candidacies()
     assert f"{prefix}/k1" not in holders(consul_agent, prefix)
     assert all(c.is_leader() for c in a.candidacies())
+
+
+def test_a_waiting_process_whose_session_was_destroyed_makes_a_new_one_at_once(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    a = make(electors, consul_agent, primed(consul_agent, prefix, 3), "a", n=3).start()
+    for c in a.candidacies():
+        assert c.wait_for_leadership(30)
+    b = make(electors, consul_agent, prefix, "b", n=3).start()
+    wait_until(lambda: session_id(b) is not None, timeout=10, what="b's session")
+    old = session_id(b)
+    destroy_session(b)
+    # Every key is held by a: b still keeps a session, ready to lead at once.
+    wait_until(lambda: session_id(b) not in (None, old), timeout=10, what="b's new session")
+    a.stop()
+    for c in b.candidacies():
+        assert c.wait_for_leadership(10)
