@@ -31,7 +31,8 @@ autodoc_default_options = {"members": True}
 autodoc_preserve_defaults = True
 # The docs build from the `docs` extra alone (as Read the Docs does): the
 # framework integrations' reference is read with the frameworks stubbed.
-autodoc_mock_imports = ["django", "celery", "flask", "prometheus_client"]
+autodoc_mock_imports = ["django", "celery", "flask", "prometheus_client", "apscheduler", "fastapi",
+                        "starlette"]
 
 exclude_patterns = ["_build"]
 # The examples are included with literalinclude, not built as pages.
