@@ -38,6 +38,7 @@ from .follower import KeyWatch, LeaderInfo
 from .health import Health
 from .job import Job, JobRunner
 from .process import stop_on_signals
+from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .validation import (
     check_bool,
@@ -188,7 +189,11 @@ class Candidate:
         candidate started becomes the process's default (see
         :func:`~consul_leader.set_default`).
 
-        :raises NotRunning: the candidate was stopped; make a new one."""
+        :raises NotRunning: the candidate was stopped; make a new one.
+        :raises ConfigurationError: this process cannot run the candidate's
+            threads (gevent or eventlet monkey-patching, uWSGI without
+            ``--enable-threads``); the message says what to do."""
+        check_threads_usable()
         with self._state_lock:
             if self._state == "running":
                 return self

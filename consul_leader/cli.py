@@ -181,6 +181,9 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"exit with {EXIT_LOCK_HELD} instead of waiting when another process holds the lock")
     run.add_argument("--metrics-port", type=int, metavar="PORT",
                      help="serve Prometheus metrics on this port (needs consul-leader[prometheus])")
+    run.add_argument("--health-port", type=int, metavar="PORT",
+                     help="serve Kubernetes probes on this port: GET /readyz answers 200 on the leader and 503 "
+                          "elsewhere, GET /livez 200 while the election runs and its heartbeat is current")
 
     status = command("status", _status, "show who leads KEY, since when, and the fencing token")
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -457,6 +460,15 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
 
         register(candidate)
         start_http_server(args.metrics_port)
+    probes = None
+    if args.health_port is not None:
+        from .contrib.readiness import serve_readiness
+
+        try:
+            probes = serve_readiness(candidate, args.health_port)
+        except OSError as exc:
+            watchdog.close()
+            raise ConfigurationError(f"--health-port {args.health_port}: cannot listen: {exc.strerror}") from exc
     previous = {s: signal.signal(s, runner.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     code: Optional[int] = None
     give_up = None if not args.timeout else time.monotonic() + args.timeout  # 0: no limit, as consul lock
@@ -494,6 +506,8 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
                 runner.shutting_down = True
         candidate.stop()
         watchdog.close()
+        if probes is not None:
+            probes.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return code

@@ -15,14 +15,11 @@ import subprocess
 import textwrap
 from typing import Any, Dict
 
-import pytest
 from fleet import Server
 
 from consul_leader.testing import ConsulAgent, free_ports
 
 from conftest import PYTHON, ROOT, python_env, wait_until
-
-pytest.importorskip("gevent")
 
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
 
@@ -39,7 +36,7 @@ CHECK = """
     {patch}
     import json
     from consul_leader import ConfigurationError
-    from consul_leader.contrib._runtime import check_threads_usable
+    from consul_leader.runtime import check_threads_usable
     try:
         check_threads_usable()
         print(json.dumps({{"refused": None}}))
@@ -82,8 +79,6 @@ START = """
 
 def test_a_candidate_refuses_to_start_under_gevent(consul_agent: ConsulAgent, key: str) -> None:
     result = run(START, LEADER_KEY=key, CONSUL_HTTP_ADDR=consul_agent.address)
-    if result["refused"] is None:
-        pytest.skip("Candidate.start() does not call check_threads_usable() yet")
     assert "gevent" in result["refused"] and not result["running"]
 
 

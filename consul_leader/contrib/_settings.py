@@ -13,7 +13,7 @@ from typing import Any, Callable, Collection, Dict, Mapping, Optional
 
 from ..candidate import Candidate
 from ..errors import ConfigurationError, ConfigurationTypeError
-from ._runtime import check_threads_usable
+from ..runtime import check_threads_usable
 
 __all__ = ["CANDIDATE_OPTIONS", "PerProcess", "candidate_from_settings", "lowered"]
 

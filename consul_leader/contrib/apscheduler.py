@@ -58,8 +58,8 @@ from typing import Any, List, Optional
 from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler  # type: ignore[import-untyped]
 
 from ..candidate import Candidate
+from ..runtime import check_threads_usable
 from ..validation import check_bool, check_timeout
-from ._runtime import check_threads_usable
 
 __all__ = ["LeaderScheduling", "run_on_leader"]
 

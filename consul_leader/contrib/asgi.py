@@ -27,7 +27,7 @@ import json
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, MutableMapping, Optional, Union
 
 from ..candidate import Candidate
-from ._runtime import check_threads_usable
+from ..runtime import check_threads_usable
 from .readiness import LIVE_PATH, READY_PATH, live_status, ready_status
 
 __all__ = ["ReadinessMiddleware", "candidate_lifespan"]

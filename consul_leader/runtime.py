@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from ..errors import ConfigurationError
+from .errors import ConfigurationError
 
 __all__ = ["check_threads_usable", "threads_problem"]
 
