@@ -287,7 +287,8 @@ INTERRUPTED_STOP_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="CPython 3.9-3.12 mark a thread stopped when a signal interrupts its "
+@pytest.mark.xfail(sys.version_info < (3, 13), strict=True,
+                   reason="CPython 3.9-3.12 mark a thread stopped when a signal interrupts its "
                                        "join() (gh-90882): the next stop() sees the election thread 'dead', "
                                        "destroys the session, and another leads while the job still runs")
 def test_a_stop_interrupted_by_a_signal_does_not_let_the_next_stop_release_beside_the_job(
