@@ -27,6 +27,7 @@ from .client import ConsulClient, ConsulConfig, KeyEntry, LockAttempt, clear_wak
 from .errors import (
     ConfigurationTypeError,
     ConsulLeaderError,
+    ConsulUnavailable,
     LockHeld,
     NotRunning,
     PermissionDenied,
@@ -154,6 +155,8 @@ class Candidate:
         self._runner: JobRunner | None = None
         self._ending = False  # the election thread is ending a term
         self._finish_deferred = False  # stop() was called from the job or a receiver
+        self._main_done = threading.Event()  # set when the election thread has finished
+        self._holding: _Term | None = None  # the term whose lock _hold watches
         self._leader: str | None = None
         self._observed = LeaderInfo()  # the leader as the key last showed it
         # After stepping down: sit out until then, or until the key's
@@ -310,18 +313,25 @@ class Candidate:
         thread = self._thread
         if inside:
             # The election thread waits for our caller: it finishes the stop
-            # itself once the term has ended (see _main).
+            # itself once the term has ended (see _main). Cut short a long
+            # blocking query it may sit in, once: it still has requests to make.
             self._finish_deferred = True
+            if thread is not None and not (was_leading or ending):
+                wake(thread)
             return
+        if thread is not None and thread is not threading.current_thread() and not (was_leading or ending):
+            interrupt(thread)  # it may sit in a long blocking query
         if thread is not None and thread is not threading.current_thread():
-            if not (was_leading or ending):
-                interrupt(thread)  # it may sit in a long blocking query
+            # Not Thread.join(): a signal handler that raises during a join
+            # makes CPython (before 3.13) take the thread for ended, and a
+            # later stop() would then destroy the session beside a running job.
             # Ending a term waits for its job however long it takes (it
             # warns); otherwise the thread is at most one request away.
-            thread.join(self.client.config.timeout + self.timing.heartbeat + 1)
-            while thread.is_alive() and (self._ending or self._runner is not None):
-                thread.join(1.0)
-            if thread.is_alive():
+            done = self._main_done
+            done.wait(self.client.config.timeout + self.timing.heartbeat + 1)
+            while not done.is_set() and (self._ending or self._runner is not None):
+                done.wait(1.0)
+            if not done.is_set():
                 log.warning("the election thread of %s did not end in time; it holds nothing and ends by itself",
                             self.identity)
         self._finish_stop()
@@ -455,6 +465,12 @@ class Candidate:
             raise NotRunning(f"{self!r} is not running; call start() first")
 
     def _main(self) -> None:
+        try:
+            self._election()
+        finally:
+            self._main_done.set()
+
+    def _election(self) -> None:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(
                 lambda exc: isinstance(exc, ConsulLeaderError) and not isinstance(exc, RequestRejected)),
@@ -480,6 +496,7 @@ class Candidate:
                 log.exception("unexpected error in the election for %r; retrying", self.key)
                 self._stopping.wait(self.timing.check_ttl)
         if self._finish_deferred:
+            clear_wake()
             self._finish_stop()  # stop() came from the job or a receiver and left this to us
         elif self._failure is not None:
             # Gave up by itself (wait=False): nobody will call stop() to clean up.
@@ -698,6 +715,13 @@ class Candidate:
     def _hold(self, session: Session, term: _Term, watch: KeyWatch) -> Reason:
         """Watch the lock while leading; return why the term ended."""
         end = None if self.term_limit is None else term.started + self.term_limit
+        self._holding = term
+        try:
+            return self._watch_lock(session, term, watch, end)
+        finally:
+            self._holding = None
+
+    def _watch_lock(self, session: Session, term: _Term, watch: KeyWatch, end: float | None) -> Reason:
         while True:
             clear_wake()  # before looking: a wake from now on cuts the read below short
             if term.reason is not None:  # stepped down by resign(), stop() or the job
@@ -759,16 +783,27 @@ class Candidate:
             # finish before anyone else can start it.
             self._dispatcher.flush(f"the deposed receivers of {self.identity}")
             if reason.must_release:
-                assert session.id is not None
-                try:
-                    if not self.client.release(self.key, session.id) and reason.voluntary:
-                        log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key,
-                                    reason, session.id)
-                except ConsulLeaderError as exc:
-                    log.warning("could not release %r after %s (%s); Consul frees it when the session ends",
-                                self.key, reason, exc)
+                self._release(session, reason)
         finally:
             self._ending = False
+
+    def _release(self, session: Session, reason: Reason) -> None:
+        assert session.id is not None
+        for attempt in (1, 2):
+            clear_wake()  # a wake meant for the term's watch must not fail its release
+            try:
+                if not self.client.release(self.key, session.id) and reason.voluntary:
+                    log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
+                                session.id)
+                return
+            except ConsulUnavailable as exc:
+                if attempt == 2:
+                    log.warning("could not release %r after %s (%s); Consul frees it when the session ends",
+                                self.key, reason, exc)
+            except ConsulLeaderError as exc:
+                log.warning("could not release %r after %s (%s); Consul frees it when the session ends", self.key,
+                            reason, exc)
+                return
 
     def _step_down(self, reason: Reason) -> bool:
         """End the current term from any thread: leadership turns off now;
@@ -782,7 +817,7 @@ class Candidate:
         if term.runner is not None:
             term.runner.stop()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread is not threading.current_thread() and self._holding is term:
             wake(thread)  # out of its blocking query on the key, to end the term now
         return True
 
@@ -799,7 +834,7 @@ class Candidate:
 
         def lease_ended() -> None:
             thread = self._thread
-            if thread is not None and self._term is term:
+            if thread is not None and self._holding is term:
                 wake(thread)  # end the term now, even if the thread waits on a frozen agent
 
         runner = JobRunner(self._job, term.session.lease_remaining, f"{self.identity} {self.key}",

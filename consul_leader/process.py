@@ -153,10 +153,14 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) 
             global _insisted
             if _stopping_all:
                 # A second signal while the first still waits for a job that
-                # does not return: exit now rather than never.
+                # does not return: exit now rather than never, and with the
+                # process, so that the job dies too (the lock must not be
+                # handed on while it runs).
                 _insisted = True
-                log.warning("signal %d again while stopping: exiting without waiting; Consul frees the locks "
-                            "after the check's TTL and the lock-delay", num)
+                log.warning("signal %d again while stopping: exiting at once; Consul frees the locks after "
+                            "the check's TTL and the lock-delay", num)
+                logging.shutdown()
+                os._exit(128 + num)
             else:
                 stop_all()
             if callable(previous):

@@ -113,6 +113,10 @@ def _deliver(signal: blinker.NamedSignal, sender: Any, default: Any, kwargs: dic
 _SLOW_RECEIVER_WARNING = 5.0
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Task:
     __slots__ = ("fn", "args", "kwargs")
 
@@ -166,8 +170,12 @@ class Dispatcher:
         with self._ready:
             queued = self._latest.get(latest) if latest is not None else None
             if queued is not None and task is not None:
-                queued.args = task.args
-                return
+                if self._queue and self._queue[-1] is queued:
+                    queued.args = task.args  # still the last: deliver the newer state in its place
+                    return
+                # Something was queued since (elected, deposed): keep the
+                # order, drop the stale one, queue the newer behind.
+                queued.fn, queued.args, queued.kwargs = _nothing, (), {}
             if latest is not None and task is not None:
                 self._latest[latest] = task
             self._queue.append(task)

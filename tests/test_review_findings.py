@@ -287,10 +287,6 @@ INTERRUPTED_STOP_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(sys.version_info < (3, 13), strict=True,
-                   reason="CPython 3.9-3.12 mark a thread stopped when a signal interrupts its "
-                                       "join() (gh-90882): the next stop() sees the election thread 'dead', "
-                                       "destroys the session, and another leads while the job still runs")
 def test_a_stop_interrupted_by_a_signal_does_not_let_the_next_stop_release_beside_the_job(
         make_candidate: Any, key: str, consul_agent: ConsulAgent) -> None:
     proc = subprocess.Popen([PYTHON, "-c", INTERRUPTED_STOP_CHILD, consul_agent.address, key],
