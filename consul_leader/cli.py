@@ -204,11 +204,8 @@ def _connection(args: argparse.Namespace) -> Dict[str, Any]:
         cert = (args.client_cert, args.client_key) if args.client_key else args.client_cert
     token = args.token
     if token is None and args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as fh:
-                token = fh.read().strip() or None
-        except OSError as exc:
-            raise ConfigurationError(f"-token-file {args.token_file!r} cannot be read: {exc.strerror}") from None
+        # Read where the library reads CONSUL_HTTP_TOKEN_FILE, with the same checks.
+        token = ConsulConfig.resolve(address=args.address, token_file=args.token_file).token
     return {"address": args.address, "token": token, "datacenter": args.datacenter, "verify": args.ca_file,
             "cert": cert}
 

@@ -88,3 +88,14 @@ def test_python_m_consul_leader_is_the_command(key: str) -> None:
     bad = subprocess.run([PYTHON, "-m", "consul_leader", "run", "--grace", "soon", key, "--", "true"],
                          env=python_env(), capture_output=True, text=True, timeout=60)
     assert bad.returncode == EXIT_USAGE and "invalid duration 'soon'" in bad.stderr
+
+
+def test_token_file_is_read_like_consul_http_token_file(tmp_path, consul_agent) -> None:
+    import subprocess as sp
+
+    from conftest import PYTHON, python_env
+
+    missing = tmp_path / "absent"
+    done = sp.run([PYTHON, "-m", "consul_leader", "status", "--token-file", str(missing), "--address",
+                   consul_agent.address, "a/b"], env=python_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"token_file={str(missing)!r} cannot be read" in done.stderr
