@@ -247,14 +247,16 @@ def test_a_slow_election_error_receiver_does_not_cost_the_lease(own_agent: Consu
                                                                 own_candidates: Any) -> None:
     key = f"test/slow-receiver-{uuid.uuid4().hex[:8]}/leader"
     prime_key(own_agent.url, key)
-    c = own_candidates(key, ttl=3.0, timeout=0.5)
+    # Heartbeats every 1.33 s; a request gets 0.3 s: a pause of 1.8 s makes
+    # at least one fail, and stays well inside the check's TTL (4 s).
+    c = own_candidates(key, ttl=4.0, timeout=0.3)
     threads: List[str] = []
     reasons: List[str] = []
 
     def slow(sender: Any, error: Any) -> None:
         threads.append(threading.current_thread().name)
         if len(threads) == 1:
-            time.sleep(4.0)  # longer than the check's TTL
+            time.sleep(6.0)  # longer than the check's TTL
         raise RuntimeError("and a receiver that raises, too")
 
     election_error.connect(slow, sender=c, weak=False)
@@ -263,10 +265,10 @@ def test_a_slow_election_error_receiver_does_not_cost_the_lease(own_agent: Consu
     assert c.wait_for_leadership(30)
     token = c.fencing_token
     own_agent.pause()
-    time.sleep(1.0)  # a heartbeat or a watch times out: election_error
+    time.sleep(1.8)  # a heartbeat round times out: election_error
     own_agent.resume()
     wait_until(lambda: bool(threads), timeout=10, what="election_error was sent")
-    time.sleep(5.0)
+    time.sleep(6.0)
     assert c.is_leader() and c.fencing_token == token and reasons == []
     assert not any(name.startswith("consul-leader-heartbeat") for name in threads)
 
