@@ -57,7 +57,7 @@ test: venv consul services lint
 	$(if $(strip $(MATRIX)),@$(MAKE) --no-print-directory matrix)
 
 matrix: venv consul services
-	PATH="$(MATRIX_PATH)" CONSUL_BIN=$$(scripts/install-consul) $(BIN)/tox run -e $(subst $(space),$(comma),$(strip $(MATRIX)))
+	PATH="$(MATRIX_PATH)" CONSUL_BIN=$$(scripts/install-consul) $(BIN)/tox run-parallel --parallel-no-spinner -p 2 -e $(subst $(space),$(comma),$(strip $(MATRIX)))
 
 # The long chaos run: CHAOS_DURATION seconds of faults (CHAOS_SEED replays a
 # run's faults). As root on Linux the agents run on hosts of their own and
