@@ -598,10 +598,19 @@ class Candidate:
         if session is not None:
             session.close()
         session = Session(self.client, self.timing, f"consul-leader {self.key} {self.identity}",
-                          on_error=self._report, stats=self.heartbeat_stats, clock=self._clock)
+                          on_error=self._report, on_lost=self._session_lost, stats=self.heartbeat_stats,
+                          clock=self._clock)
         session.open()
         self._session = session
         return session
+
+    def _session_lost(self, session: Session) -> None:
+        """From the heartbeat thread: a waiting candidate makes a new session
+        at once instead of when its long blocking query ends (while leading,
+        the watch of the lock sees the loss by itself)."""
+        thread = self._thread
+        if thread is not None and self._holding is None and not self._ending:
+            wake(thread)
 
     def _observe(self, entry: KeyEntry | None) -> None:
         info = LeaderInfo.from_entry(entry)
@@ -643,7 +652,13 @@ class Candidate:
                         and int(entry.get("LockIndex") or 0) > after_lock_index):
                     return
             wait = _IDLE_WAIT if hold_off_until is None else max(hold_off_until - now, 0.01)
-            entry = watch.read(wait)
+            try:
+                entry = watch.read(wait)
+            except ConsulLeaderError:
+                if self._session is not None and self._session.lost.is_set():
+                    clear_wake()
+                    return  # woken by the heartbeat: make a new session now
+                raise
             self._observe(entry)
             if self._session is None or self._session.lost.is_set():
                 return

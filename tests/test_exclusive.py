@@ -366,3 +366,21 @@ def test_slow_receivers_see_the_latest_error_and_the_term_end_waits_for_few(own_
     # not a backlog of one second each.
     assert len(delivered) < len(errors)
     assert took < len(errors) * 1.0, (took, len(errors), len(delivered))
+
+
+# -- a waiting candidate whose session is lost makes a new one at once --------
+
+def test_a_waiting_candidate_replaces_a_lost_session_at_once(make_candidate: Any, key: str) -> None:
+    from consul_leader.testing import destroy_session, session_id
+
+    a, b = make_candidate(key).start(), make_candidate(key)
+    assert a.wait_for_leadership(30)
+    b.start()
+    wait_until(lambda: b.leader() == a.identity and session_id(b) is not None, what="b waits")
+    old = session_id(b)
+    destroy_session(b)
+    # Not when its 30 s blocking query on the key ends: its heartbeat says so.
+    wait_until(lambda: session_id(b) not in (None, old) and b.health().ok, timeout=10,
+               what="b has a new session and a current heartbeat")
+    a.stop()
+    assert b.wait_for_leadership(30)
