@@ -129,11 +129,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     key = "consul-leader-demo/leader"
     results: Dict[str, float] = {}
     try:
-        demo.say(f"agent ready at {agent.address}; starting 3 candidates for key {key!r} (ttl={args.ttl:g}s)")
+        demo.say(f"agent ready at {agent.address}; starting 3 candidates for key {key!r} (ttl={args.ttl:g}s); "
+                 f"the key is new, so its first holder waits one lock-delay before leading")
         for name in ("alpha", "bravo", "charlie"):
             demo.spawn(agent.address, key, name)
         first = demo.wait_for("elected", demo.t0)
-        demo.say(f"leader: {first['who']}")
+        demo.say(f"first leader: {first['who']}")
 
         time.sleep(1.0)
         demo.say(f"asking {first['who']} to resign (graceful handover)")
