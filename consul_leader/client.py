@@ -114,16 +114,7 @@ def interrupt(thread: threading.Thread) -> None:
     """Make the request *thread* is blocked in, and every later one, fail at
     once (as :class:`ConsulUnavailable`), by shutting its sockets down. For
     a thread that is about to end."""
-    with _open_connections_lock:
-        _interrupted.add(thread)
-        conns = list(_open_connections.get(thread, ()))
-    for conn in conns:
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    _cut(thread, _interrupted)
 
 
 def wake(thread: threading.Thread) -> None:
@@ -131,8 +122,14 @@ def wake(thread: threading.Thread) -> None:
     calls :func:`clear_wake`) fail at once, as :class:`ConsulUnavailable`.
     Unlike :func:`interrupt`, later requests work: this cuts a blocking query
     short so that the thread looks at something that changed meanwhile."""
+    _cut(thread, _woken)
+
+
+def _cut(thread: threading.Thread, marks: weakref.WeakSet[threading.Thread]) -> None:
+    """Mark *thread* in *marks* (seen by _track when it connects) and shut
+    down the sockets it has open, failing the request it is blocked in."""
     with _open_connections_lock:
-        _woken.add(thread)
+        marks.add(thread)
         conns = list(_open_connections.get(thread, ()))
     for conn in conns:
         sock = getattr(conn, "sock", None)

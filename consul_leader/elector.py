@@ -35,6 +35,7 @@ from .errors import (
 from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import LeaderInfo
 from .job import Job, JobRunner
+from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .validation import check_bool, check_identity, check_job, check_key, check_number, check_timeout
 
@@ -280,7 +281,10 @@ class Elector:
     def start(self) -> Elector:
         """Start the threads. Idempotent.
 
-        :raises NotRunning: the elector was stopped; make a new one."""
+        :raises NotRunning: the elector was stopped; make a new one.
+        :raises ConfigurationError: this process cannot run the elector's
+            threads (gevent, uWSGI without threads), as for a Candidate."""
+        check_threads_usable()
         with self._lock:
             if self._state == "running":
                 return self
