@@ -1,16 +1,24 @@
-"""The two contenders, run as real processes against one agent.
+"""The contenders, run as real processes against one agent.
 
-A :class:`Pool` is a group of processes competing for one key: either
+A :class:`Pool` is a group of processes competing for one key, of one kind:
 consul-leader candidates (:mod:`benchmarks.worker`, one or more candidates
-per process) or ``consul lock`` processes from the agent's own binary. Both
-report "elected" with ``time.monotonic()``, which every process on Linux
-shares: the worker stamps it in the ``elected`` signal; the child of
-``consul lock`` writes its label into a FIFO the moment it starts, and a
-reader thread here stamps it on arrival.
+per process), ``consul-leader run`` supervising a command, or ``consul lock``
+from the agent's own binary supervising the same command. All report
+"elected" with ``time.monotonic()``, which every process on Linux shares: the
+worker stamps it in the ``elected`` signal; the supervised command (``sh``)
+writes its label into a FIFO the moment it starts, and a reader thread here
+stamps it on arrival. The command traps SIGTERM and writes ``end LABEL``
+before it exits, so the moment the old command stopped is seen from outside
+too.
+
+A :class:`KeyObserver` watches the lock's key with a blocking query and
+stamps each change (released, acquired), for the handover breakdown.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
 import queue
@@ -19,13 +27,26 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Callable, Dict, List, Optional, Tuple, Union
+from typing import IO, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = "consul-leader"
+CLI = "consul-leader run"
 LOCK = "consul lock"
+#: The kinds whose leader is a supervised command (its start and end are
+#: stamped through the FIFO).
+SUPERVISORS = (CLI, LOCK)
 
 Event = Tuple[str, str, float]  # (kind, member label, monotonic time)
+
+
+def child_script(label: str, fifo: str) -> str:
+    """The command both supervisors run: its label into *fifo* when it
+    starts; on SIGTERM, ``end LABEL`` into *fifo*, then it exits. ``sleep``
+    runs in the background because ``sh`` runs a trap only once the
+    foreground command has returned; ``wait`` returns at once on a signal."""
+    return (f"trap 'echo end {label} > {fifo}; kill $! 2>/dev/null; exit 0' TERM; "
+            f"echo {label} > {fifo}; sleep 1000000 & wait")
 
 
 def _env() -> Dict[str, str]:
@@ -81,17 +102,21 @@ class Member:
 
 
 class Pool:
-    """Processes of one *kind* (:data:`LIBRARY` or :data:`LOCK`) competing
-    for *key*.
+    """Processes of one *kind* (:data:`LIBRARY`, :data:`CLI` or :data:`LOCK`)
+    competing for *key*.
 
     :param address: the agent's address, or a function of a member's label
         giving it (to route each member through its own proxy port).
-    :param sizes: candidates per process (always 1 for ``consul lock``).
+    :param sizes: candidates per process (always 1 for the supervisors).
     :param ttl: consul-leader's ``ttl`` knob (``consul lock`` has none).
+    :param agent: the agent's own address; when given, consul-leader's key
+        is written (empty, unlocked) before the processes start, so the first
+        election does not wait the lock-delay that a missing key costs (a key
+        that is absent may have been deleted under a live leader).
     """
 
     def __init__(self, kind: str, address: Union[str, Callable[[str], str]], key: str, sizes: List[int],
-                 workdir: str, consul: str, ttl: float = 3.0) -> None:
+                 workdir: str, consul: str, ttl: float = 3.0, agent: Optional[str] = None) -> None:
         self.kind = kind
         self.key = key
         self.ttl = ttl
@@ -99,6 +124,8 @@ class Pool:
         self.workdir = workdir
         self._address = address if callable(address) else (lambda label, a=address: a)
         self.events: "queue.Queue[Event]" = queue.Queue()
+        #: Every event so far, in order of arrival (the queue is consumed).
+        self.log: List[Event] = []
         self.members: Dict[str, Member] = {}
         self.leader: Optional[str] = None
         self._serial = 0
@@ -107,7 +134,9 @@ class Pool:
         self._tag = f"{abs(hash(key)) % 10 ** 8}"
         self._fifo: Optional[str] = None
         self._fifo_fd: Optional[int] = None
-        if kind == LOCK:
+        if agent is not None and kind != LOCK:
+            _put(agent, key, b"")
+        if kind in SUPERVISORS:
             self._fifo = os.path.join(workdir, f"elected-{self._tag}.fifo")
             os.mkfifo(self._fifo)
             # O_RDWR: the reader never sees EOF between writers.
@@ -120,7 +149,8 @@ class Pool:
 
     def spawn(self, size: int = 1) -> Member:
         self._serial += 1
-        label = f"{'cl' if self.kind == LIBRARY else 'lock'}{self._tag}-{self._serial}"
+        prefix = {LIBRARY: "cl", CLI: "run", LOCK: "lock"}[self.kind]
+        label = f"{prefix}{self._tag}-{self._serial}"
         address = self._address(label)
         log = open(os.path.join(self.workdir, f"{label}.log"), "wb")
         if self.kind == LIBRARY:
@@ -128,9 +158,14 @@ class Pool:
             process = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        stderr=log, start_new_session=True)
         else:
-            child = f"echo {label} > {self._fifo}; exec sleep 1000000"
-            cmd = [self.consul, "lock", f"-http-addr={address}", self.key, child]
-            process = subprocess.Popen(cmd, env=_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            assert self._fifo is not None
+            child = child_script(label, self._fifo)
+            if self.kind == CLI:
+                cmd = [sys.executable, "-m", "consul_leader", "run", "--address", address, "--identity", label,
+                       "--ttl", f"{self.ttl:g}s", self.key, "--", "sh", "-c", child]
+            else:
+                cmd = [self.consul, "lock", f"-http-addr={address}", self.key, child]
+            process = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        start_new_session=True)
         log.close()
         member = Member(label, process, size)
@@ -152,7 +187,16 @@ class Pool:
             if event.get("ev") == "ready":
                 member.ready.set()
             elif event.get("ev") in ("elected", "resigning"):
-                self.events.put((event["ev"], member.label, float(event["t"])))
+                self._event((event["ev"], member.label, float(event["t"])))
+
+    def _event(self, event: Event) -> None:
+        self.log.append(event)
+        self.events.put(event)
+
+    @property
+    def lock_key(self) -> str:
+        """The KV key that is the lock (``consul lock PREFIX`` locks ``PREFIX/.lock``)."""
+        return f"{self.key}/.lock" if self.kind == LOCK else self.key
 
     def _read_fifo(self) -> None:
         assert self._fifo_fd is not None
@@ -169,7 +213,11 @@ class Pool:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    self.events.put(("elected", line.decode().strip(), now))
+                    text = line.decode().strip()
+                    if text.startswith("end "):
+                        self._event(("ended", text[4:], now))
+                    else:
+                        self._event(("elected", text, now))
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -208,9 +256,11 @@ class Pool:
         """Make the leader let go; return the monotonic time it began.
 
         *how*: ``"resign"`` (consul-leader: ``resign()``; consul lock: its
-        child exits), ``"sigterm"`` (the leading process gets SIGTERM), or
-        ``"sigkill"`` (a crash: SIGKILL to its process group). With
-        *replace*, a process that ends is replaced, so the pool keeps its size."""
+        child exits), ``"sigterm"`` (the leading process, and only it, gets
+        SIGTERM, as Kubernetes signals a container's PID 1: a supervisor must
+        stop its command itself), or ``"sigkill"`` (a crash: SIGKILL to its
+        process group). With *replace*, a process that ends is replaced, so
+        the pool keeps its size."""
         assert self.leader is not None
         member = self.members[self.leader]
         if how == "resign" and self.kind == LIBRARY:
@@ -222,8 +272,13 @@ class Pool:
         if how == "resign":
             for child in _children(member.pid):
                 os.kill(child, signal.SIGTERM)
+        elif how == "sigterm":
+            try:
+                os.kill(member.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         else:
-            member.signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+            member.signal(signal.SIGKILL)
         if not replace:
             return t0
         with self._lock:
@@ -264,6 +319,123 @@ class Pool:
                 os.unlink(self._fifo)
             except OSError:
                 pass
+
+
+def _put(address: str, key: str, value: bytes) -> None:
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("PUT", f"/v1/kv/{key}", body=value)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"PUT {key}: HTTP {response.status}")
+    finally:
+        conn.close()
+
+
+class Change(NamedTuple):
+    """One state of the key seen by a :class:`KeyObserver`."""
+
+    t: float  # time.monotonic() when the answer arrived
+    modify_index: int  # the key's ModifyIndex (0 when absent)
+    session: Optional[str]  # the holder's session; None when released or absent
+    value: Optional[bytes]  # None when absent
+
+
+class KeyObserver:
+    """A thread that keeps a blocking query on *key* and stamps each change
+    on arrival, re-arming at once (one connection of its own, no retry
+    library in between). Its stamps include its own wake-up latency:
+    :meth:`calibrate` measures that with writes of its own."""
+
+    def __init__(self, address: str, key: str, wait: str = "5s") -> None:
+        self.address = address
+        self.key = key
+        self.wait = wait
+        self.changes: List[Change] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"observer {key}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        host, port = self.address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        index = 0
+        last: Optional[Tuple[int, Optional[str], Optional[bytes]]] = None
+        while not self._stop.is_set():
+            try:
+                conn.request("GET", f"/v1/kv/{self.key}?index={index}&wait={self.wait}")
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                time.sleep(0.05)
+                continue
+            now = time.monotonic()
+            seen = int(response.getheader("X-Consul-Index") or 0)
+            index = seen if seen >= index else 0  # an index that went back: start over
+            if response.status == 200:
+                entry = json.loads(body)[0]
+                raw = entry.get("Value")
+                state: Tuple[int, Optional[str], Optional[bytes]] = (
+                    entry["ModifyIndex"], entry.get("Session") or None, base64.b64decode(raw) if raw else b"")
+            elif response.status == 404:
+                state = (0, None, None)
+            else:
+                time.sleep(0.05)
+                continue
+            if state != last:
+                last = state
+                self.changes.append(Change(now, *state))
+
+    def around(self, t0: float) -> Tuple[Optional[str], List[Change]]:
+        """The holder's session as last seen before *t0*, and the changes after it."""
+        before = [c for c in self.changes if c.t < t0]
+        return (before[-1].session if before else None), [c for c in self.changes if c.t >= t0]
+
+    def calibrate(self, rounds: int) -> List[Tuple[float, float]]:
+        """Write the observed key *rounds* times from this process; return,
+        for each write, the observer's stamp minus the moment the write was
+        sent and minus the moment its answer arrived (ms): the wake-up
+        latency of the observer lies between the two."""
+        found = []
+        for i in range(rounds):
+            value = f"calibrate-{i}-{time.monotonic_ns()}".encode()
+            sent = time.monotonic()
+            _put(self.address, self.key, value)
+            answered = time.monotonic()
+            deadline = answered + 10
+            while time.monotonic() < deadline:
+                stamp = next((c.t for c in reversed(self.changes) if c.value == value), None)
+                if stamp is not None:
+                    found.append(((stamp - sent) * 1000, (stamp - answered) * 1000))
+                    break
+                time.sleep(0.005)
+            time.sleep(0.05)
+        return found
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def breakdown(pool: Pool, observer: KeyObserver, old: str, t0: float, t1: float) -> Dict[str, Optional[float]]:
+    """Split the handover from *t0* (SIGTERM to *old*) to *t1* (the next
+    command started) into segments (ms) from the FIFO and the observer's
+    stamps; a segment is None when a stamp is missing (the observer can miss
+    a release that the next acquire follows before its query is re-armed)."""
+    ended = next((t for kind, label, t in pool.log if kind == "ended" and label == old and t >= t0), None)
+    old_session, after = observer.around(t0)
+    acquired = next((c for c in after if c.session is not None and c.session != old_session and c.t <= t1), None)
+    released = next((c for c in after if c.session is None and (acquired is None or c.t <= acquired.t)), None)
+
+    def span(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return None if a is None or b is None else (b - a) * 1000
+
+    t_released = released.t if released else None
+    t_acquired = acquired.t if acquired else None
+    return {"stop": span(t0, ended), "release": span(ended, t_released), "acquire": span(t_released, t_acquired),
+            "start": span(t_acquired, t1), "total": span(t0, t1)}
 
 
 def _children(pid: int) -> List[int]:

@@ -6,15 +6,28 @@ import os
 from typing import Any, Dict, List, Optional
 
 from . import elector
-from .contenders import LIBRARY, LOCK
+from .contenders import CLI, LIBRARY, LOCK
 
-CLI = "consul-leader run"
 PARTITION_EVENTS = (("old_stop", "old leader stops (flag False / command killed)"),
                     ("new_start", "new leader starts (flag True / command started)"),
                     ("overlap", "two leaders at once (flags / commands)"))
 
 LIB_KEY = "consul_leader"
 LOCK_KEY = "consul_lock"
+
+#: ``consul-leader run``'s graceful handover p50 against ``consul lock``'s in the same run.
+CLI_P50_RATIO = 0.7
+#: The segments of a supervisor's graceful handover (see benchmarks.contenders.breakdown).
+SEGMENT_NAMES = (("stop", "stop command: SIGTERM sent → the old command's last word"),
+                 ("release", "release: → the key seen released"),
+                 ("acquire", "acquire (wake-up + acquire): → the key seen held by the next"),
+                 ("start", "process start: → the next command's first word"),
+                 ("total", "whole handover"))
+
+
+def is_cli(figure: Dict[str, Any]) -> bool:
+    """A figure of the CLI table (``consul-leader run`` against ``consul lock``)."""
+    return CLI in figure["figure"]
 
 
 def figure_row(figure: str, unit: str, ours: Optional[float], theirs: Optional[float],
@@ -34,7 +47,7 @@ def assemble(meta: Dict[str, Any], samples: Dict[str, Any], stats: Dict[str, Any
     for how, what in (("resign", "resign() vs. the lock's child exiting"),
                       ("sigterm", "SIGTERM to the leading process")):
         ours, theirs = handover[f"{LIBRARY} {how}"], handover[f"{LOCK} {how}"]
-        for p, target in (("p50", 10.0), ("p95", None), ("p99", 50.0)):
+        for p, target in (("p50", 7.0), ("p95", None), ("p99", 20.0)):
             figures.append(figure_row(f"graceful handover {p}, {what}", "ms", ours[p], theirs[p], target,
                                    f"n={ours['n']} / {theirs['n']}"))
     failover = {name: percentiles(v) for name, v in samples["failover_s"].items()}
@@ -45,6 +58,7 @@ def assemble(meta: Dict[str, Any], samples: Dict[str, Any], stats: Dict[str, Any
         for p in ("p50", "max"):
             figures.append(figure_row(f"crash failover {p}, {setting} vs. consul lock defaults", "s", ours[p],
                                    lock[p], target if p == "max" else None, f"n={ours['n']} / {lock['n']}"))
+    figures += cli_figures(handover, failover)
     idle_ours, idle_lock = stats[f"idle {LIBRARY}"], stats[f"idle {LOCK}"]
     for role in ("follower", "leader"):
         figures.append(figure_row(f"idle Consul requests/s per {role}", "req/s", idle_ours[role]["requests_per_s"],
@@ -73,7 +87,51 @@ def assemble(meta: Dict[str, Any], samples: Dict[str, Any], stats: Dict[str, Any
                                "counted at the agent; includes heartbeats in the window"))
     figures += partition_figures(samples.get("partition"))
     figures += elector.figures(stats.get("elector"), handover.get(f"{LOCK} resign"))
-    return {"meta": meta, "figures": figures, "samples": samples, "stats": stats}
+    return {"meta": meta, "figures": figures, "samples": samples, "stats": stats,
+            "breakdown": breakdown_summary(samples)}
+
+
+def cli_figures(handover: Dict[str, Dict[str, Any]], failover: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """``consul-leader run`` against ``consul lock``: graceful handover (the
+    target is relative to ``consul lock``'s in the same run) and crash failover."""
+    ours, theirs = handover.get(f"{CLI} sigterm"), handover.get(f"{LOCK} sigterm")
+    if ours is None or theirs is None:
+        return []
+    figures = []
+    for p in ("p50", "p95", "p99"):
+        target, note = None, f"n={ours['n']} / {theirs['n']}"
+        if p == "p50" and theirs[p] is not None:
+            target, note = CLI_P50_RATIO * theirs[p], note + f"; target {CLI_P50_RATIO:g} × consul lock's"
+        elif p == "p99":
+            target, note = theirs[p], note + "; target: not worse than consul lock's"
+        figures.append(figure_row(f"{CLI}: graceful handover {p}, SIGTERM to the leading supervisor until the "
+                                  f"next command started", "ms", ours[p], theirs[p], target, note))
+    crash, lock = failover.get(f"{CLI} ttl=3"), failover.get(f"{LOCK} defaults")
+    if crash is not None and lock is not None:
+        for p in ("p50", "max"):
+            figures.append(figure_row(f"{CLI}: crash failover {p}, defaults vs. consul lock defaults", "s", crash[p],
+                                      lock[p], None, f"n={crash['n']} / {lock['n']}; SIGKILL to the "
+                                      "supervisor's process group until the next command started"))
+    return figures
+
+
+def breakdown_summary(samples: Dict[str, Any]) -> Dict[str, Any]:
+    """p50/p99 of each handover segment per supervisor, how many handovers
+    had the segment (the observer can miss a release), and the observer's
+    own wake-up latency."""
+    from .run import percentiles
+
+    found: Dict[str, Any] = {}
+    for kind, rounds in samples.get("handover_breakdown_ms", {}).items():
+        found[kind] = {}
+        for name, _ in SEGMENT_NAMES:
+            stats = percentiles([r[name] for r in rounds if r.get(name) is not None])
+            found[kind][name] = {"p50": stats["p50"], "p99": stats["p99"], "n": stats["n"], "of": len(rounds)}
+    lag = samples.get("observer_lag_ms") or {}
+    if lag:
+        found["observer_lag"] = {name: {k: v for k, v in percentiles(values).items() if k in ("n", "p50", "p99")}
+                                 for name, values in lag.items()}
+    return found
 
 
 def partition_summary(partition: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]]:
@@ -120,16 +178,20 @@ def _num(value: Optional[float]) -> str:
     return f"{value:.3g}"
 
 
-def table(results: Dict[str, Any]) -> str:
-    """The figures as a reST list-table, with the conditions of the run."""
-    meta = results["meta"]
+def _run_line(meta: Dict[str, Any]) -> str:
+    return (f"Run: **{meta['mode']}** mode, {meta['date']}, {meta['duration_s']:.0f} s; "
+            f"{meta['cpu']}, {meta['cores']} cores, Linux {meta['kernel']}, Python {meta['python']}, "
+            f"{meta['consul']}; load average {meta['loadavg_start']:.1f} at the start and "
+            f"{meta['loadavg_end']:.1f} at the end.")
+
+
+def table(results: Dict[str, Any], cli: bool = False) -> str:
+    """The figures as a reST list-table, with the conditions of the run:
+    those of ``consul-leader run`` with *cli*, the others without."""
     lines = [
         ".. This file is generated by benchmarks/run.py (make bench); do not edit.",
         "",
-        f"Run: **{meta['mode']}** mode, {meta['date']}, {meta['duration_s']:.0f} s; "
-        f"{meta['cpu']}, {meta['cores']} cores, Linux {meta['kernel']}, Python {meta['python']}, "
-        f"{meta['consul']}; load average {meta['loadavg_start']:.1f} at the start and "
-        f"{meta['loadavg_end']:.1f} at the end.",
+        _run_line(results["meta"]),
         "",
         ".. list-table::",
         "   :header-rows: 1",
@@ -137,13 +199,15 @@ def table(results: Dict[str, Any]) -> str:
         "",
         "   * - Figure",
         "     - Unit",
-        "     - consul-leader",
+        f"     - {CLI if cli else 'consul-leader'}",
         "     - consul lock",
         "     - Ratio",
         "     - Target",
         "     - Met",
     ]
     for f in results["figures"]:
+        if is_cli(f) != cli:
+            continue
         met = "—" if f["met"] is None else ("met" if f["met"] else "**missed**")
         target = "—" if f["target"] is None else f"≤ {_num(f['target'])}"
         ratio = "—" if f["ratio"] is None else f"{f['ratio']:.2g}"
@@ -153,12 +217,66 @@ def table(results: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ms(stats: Optional[Dict[str, Any]]) -> str:
+    if not stats or not stats.get("n"):
+        return "—"
+    text = f"{stats['p50']:.1f} ({stats['p99']:.1f})"
+    if stats.get("of", stats["n"]) != stats["n"]:
+        text += f", {stats['n']} of {stats['of']}"
+    return text
+
+
+def breakdown_table(results: Dict[str, Any]) -> str:
+    """The segments of the supervisors' graceful handover, as a reST list-table."""
+    found = results.get("breakdown") or {}
+    lines = [
+        ".. This file is generated by benchmarks/run.py (make bench); do not edit.",
+        "",
+    ]
+    if CLI not in found or LOCK not in found:
+        return "\n".join(lines + ["Not measured in the last run (``make bench`` measures it).", ""])
+    lines += [
+        "Milliseconds, p50 (p99) over the SIGTERM handovers of the run above; "
+        "\"n of m\": the segment was seen in n of the m handovers.",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 46 27 27",
+        "",
+        "   * - Segment",
+        f"     - {CLI}",
+        "     - consul lock",
+    ]
+    for name, what in SEGMENT_NAMES:
+        lines += [f"   * - {what}", f"     - {_ms(found[CLI][name])}", f"     - {_ms(found[LOCK][name])}"]
+    lag = found.get("observer_lag")
+    if lag:
+        lines += ["", f"The observer's own wake-up latency (its stamp of {lag['after_sent']['n']} writes of the "
+                  f"bench's own): p50 {lag['after_sent']['p50']:.2f} ms (p99 {lag['after_sent']['p99']:.2f} ms) "
+                  f"after the write was sent, {lag['after_answered']['p50']:.2f} ms "
+                  f"(p99 {lag['after_answered']['p99']:.2f} ms) after its answer arrived."]
+    return "\n".join(lines) + "\n"
+
+
+def cli_tables(results: Dict[str, Any]) -> str:
+    """``benchmarks_cli.rst``: the CLI table and the handover breakdown."""
+    if not any(is_cli(f) for f in results["figures"]):
+        return (".. This file is generated by benchmarks/run.py (make bench); do not edit.\n\n"
+                "Not measured in the last run (``make bench`` measures it).\n")
+    cli = table(results, cli=True)
+    body = breakdown_table(results).split("\n", 2)[2]
+    return cli + "\n.. rubric:: Where the graceful handover's time goes\n\n" + body
+
+
 def write_docs(results: Dict[str, Any], docs: str) -> None:
-    """Write ``benchmarks_table.rst`` and the ``_static/bench_*.png`` plots."""
+    """Write ``benchmarks_table.rst``, ``benchmarks_cli.rst`` and the
+    ``_static/bench_*.png`` plots."""
     static = os.path.join(docs, "_static")
     os.makedirs(static, exist_ok=True)
     with open(os.path.join(docs, "benchmarks_table.rst"), "w", encoding="utf-8") as fh:
         fh.write(table(results))
+    with open(os.path.join(docs, "benchmarks_cli.rst"), "w", encoding="utf-8") as fh:
+        fh.write(cli_tables(results))
     partition = results["samples"].get("partition")
     if partition:
         with open(os.path.join(docs, "benchmarks_partition.rst"), "w", encoding="utf-8") as fh:

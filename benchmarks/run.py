@@ -1,8 +1,9 @@
 """Benchmarks of consul-leader side by side with ``consul lock``.
 
 ``python -m benchmarks.run`` (``make bench``) starts its own Consul agent
-(:class:`consul_leader.testing.ConsulAgent`), measures both contenders
-against it in the same run, and writes ``benchmarks/results.json``,
+(:class:`consul_leader.testing.ConsulAgent`), measures the contenders
+(the library, ``consul-leader run`` and ``consul lock``) against it in the
+same run, and writes ``benchmarks/results.json``,
 ``docs/benchmarks_table.rst`` and the ``docs/_static/bench_*.png`` plots.
 ``--quick`` (``make bench-quick``) does fewer repetitions in a few
 minutes; ``--tiny`` only exercises the machinery (used by the tests).
@@ -38,7 +39,7 @@ from consul_leader import is_leader as module_is_leader
 from consul_leader.client import ConsulClient, ConsulConfig
 from consul_leader.testing import ConsulAgent
 
-from .contenders import LIBRARY, LOCK, ROOT, Pool, cpu_seconds
+from .contenders import CLI, LIBRARY, LOCK, ROOT, SUPERVISORS, KeyObserver, Pool, breakdown, cpu_seconds
 from .proxy import CountingProxy
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results.json")
@@ -105,7 +106,8 @@ class Bench:
         self.mode = mode
         self.agent = agent
         self.workdir = workdir
-        self.samples: Dict[str, Dict[str, Any]] = {"handover_ms": {}, "failover_s": {}, "scale": {}}
+        self.samples: Dict[str, Dict[str, Any]] = {"handover_ms": {}, "failover_s": {}, "scale": {},
+                                                   "handover_breakdown_ms": {}, "observer_lag_ms": {}}
         self.stats: Dict[str, Any] = {}
 
     def key(self, what: str) -> str:
@@ -113,39 +115,76 @@ class Bench:
 
     def pool(self, kind: str, what: str, sizes: List[int], ttl: float = TTL_DEFAULT, address: Any = None) -> Pool:
         return Pool(kind, address or self.agent.address, self.key(what), sizes, self.workdir,
-                    self.agent.binary, ttl=ttl)
+                    self.agent.binary, ttl=ttl, agent=self.agent.address)
 
     # -- graceful handover ----------------------------------------------------
 
     def handovers(self) -> None:
-        for how in ("resign", "sigterm"):
-            for kind in (LIBRARY, LOCK):
-                pool = self.pool(kind, f"handover-{how}", [1, 1, 1])
-                try:
+        """Graceful handovers, the kinds taking turns on their own keys (so
+        that the load of the moment falls on each alike): ``resign`` for the
+        library and ``consul lock``, SIGTERM to the leading process for all
+        three. For the supervisors, each SIGTERM handover is also split into
+        its segments, seen from outside (:func:`benchmarks.contenders.breakdown`)."""
+        for how, kinds in (("resign", (LIBRARY, LOCK)), ("sigterm", (LIBRARY, CLI, LOCK))):
+            pools = {kind: self.pool(kind, f"handover-{how}", [1, 1, 1]) for kind in kinds}
+            observers: Dict[str, KeyObserver] = {}
+            latencies: Dict[str, List[float]] = {kind: [] for kind in kinds}
+            segments: Dict[str, List[Dict[str, Optional[float]]]] = {kind: [] for kind in kinds}
+            try:
+                for kind, pool in pools.items():
                     pool.start()
-                    latencies = []
-                    for _ in range(self.mode.handovers):
-                        pool.settle()
+                    if how == "sigterm" and kind in SUPERVISORS:
+                        observers[kind] = KeyObserver(self.agent.address, pool.lock_key)
+                for _ in range(self.mode.handovers):
+                    for kind, pool in pools.items():
+                        for other in pools.values():
+                            other.settle()
                         time.sleep(SETTLE)
+                        old = pool.leader
+                        assert old is not None
                         t0, t1 = pool.handover(how)
-                        latencies.append((t1 - t0) * 1000)
-                finally:
+                        latencies[kind].append((t1 - t0) * 1000)
+                        if kind in observers:
+                            segments[kind].append(breakdown(pool, observers[kind], old, t0, t1))
+            finally:
+                for observer in observers.values():
+                    observer.close()
+                for pool in pools.values():
                     pool.close()
-                self.samples["handover_ms"][f"{kind} {how}"] = latencies
-                say(f"handover {kind} {how}: {fmt(percentiles(latencies), 'ms')}")
+            for kind in kinds:
+                self.samples["handover_ms"][f"{kind} {how}"] = latencies[kind]
+                say(f"handover {kind} {how}: {fmt(percentiles(latencies[kind]), 'ms')}")
+                if kind in observers:
+                    self.samples["handover_breakdown_ms"][kind] = segments[kind]
+                    say(f"handover {kind} {how} breakdown p50: " + ", ".join(
+                        f"{name} {_p50(v[name] for v in segments[kind])}" for name in SEGMENTS))
+        self.observer_lag()
+
+    def observer_lag(self) -> None:
+        """How late the observer's stamps are: writes from this process to a
+        key another observer watches (same code, same process)."""
+        observer = KeyObserver(self.agent.address, self.key("observer"))
+        try:
+            time.sleep(0.2)
+            found = observer.calibrate(max(10, self.mode.handovers * 2))
+        finally:
+            observer.close()
+        self.samples["observer_lag_ms"] = {"after_sent": [a for a, _ in found], "after_answered": [b for _, b in found]}
+        say(f"observer wake-up: {fmt(percentiles([a for a, _ in found]), 'ms')} after the write was sent, "
+            f"{fmt(percentiles([b for _, b in found]), 'ms')} after its answer")
 
     # -- crash failover -------------------------------------------------------
 
     def crashes(self) -> None:
         configs = [(LIBRARY, TTL_TUNED, self.mode.crash_runs), (LIBRARY, TTL_DEFAULT, self.mode.crash_runs),
-                   (LOCK, TTL_DEFAULT, self.mode.lock_crash_runs)]
+                   (CLI, TTL_DEFAULT, self.mode.crash_runs), (LOCK, TTL_DEFAULT, self.mode.lock_crash_runs)]
         threads = []
         for kind, ttl, runs in configs:
-            label = f"{kind} ttl={ttl:g}" if kind == LIBRARY else f"{kind} defaults"
+            label = f"{kind} defaults" if kind == LOCK else f"{kind} ttl={ttl:g}"
             thread = threading.Thread(target=self._crash_runs, args=(kind, ttl, runs, label), daemon=True)
             thread.start()
             threads.append(thread)
-            if kind == LIBRARY:
+            if kind != LOCK:
                 thread.join()  # our runs are short: keep the load of parallel starts apart
         for thread in threads:
             thread.join()
@@ -360,6 +399,15 @@ class Bench:
             elif inside:
                 picked.append(line)
         return picked
+
+
+#: The segments of a supervisor's graceful handover, in order.
+SEGMENTS = ("stop", "release", "acquire", "start")
+
+
+def _p50(values: Any) -> str:
+    data = [v for v in values if v is not None]
+    return f"{percentiles(data)['p50']:.3g}ms" if data else "—"
 
 
 def mean(values: Any) -> float:

@@ -44,14 +44,16 @@ def test_every_figure_has_both_contenders_where_they_compare(tiny: Any) -> None:
                          "idle Consul requests/s per follower", "idle Consul requests/s per leader",
                          "idle CPU per follower", "per call: Candidate.is_leader()", "per call: @leader_only",
                          "one request of the Python client", "1 waiting: handover p99",
-                         "3 waiting: KV requests per leadership change"]
+                         "3 waiting: KV requests per leadership change",
+                         "consul-leader run: graceful handover p50", "consul-leader run: graceful handover p99",
+                         "consul-leader run: crash failover p50", "consul-leader run: crash failover max"]
     for prefix in expected_prefixes:
         assert any(name.startswith(prefix) for name in figures), prefix
     for f in results["figures"]:
         assert _number(f["consul_leader"]), f
         if f["figure"].startswith(("per call", "one request")):
             assert f["consul_lock"] is None and f["ratio"] is None
-        elif f["figure"].startswith("crash failover"):
+        elif "crash failover" in f["figure"]:
             pass  # the tiny mode has no 43 s consul lock crash run
         else:
             assert _number(f["consul_lock"]), f
@@ -66,9 +68,13 @@ def test_samples_count_what_the_tiny_mode_asked_for(tiny: Any) -> None:
     for name, values in results["samples"]["handover_ms"].items():
         assert len(values) == mode.handovers, name
         assert all(_number(v) for v in values)
+    assert set(results["samples"]["handover_ms"]) == {
+        "consul-leader resign", "consul lock resign",
+        "consul-leader sigterm", "consul-leader run sigterm", "consul lock sigterm"}
     failover = results["samples"]["failover_s"]
     assert len(failover["consul-leader ttl=1"]) == mode.crash_runs
     assert len(failover["consul-leader ttl=3"]) == mode.crash_runs
+    assert len(failover["consul-leader run ttl=3"]) == mode.crash_runs
     for size in mode.scale_sizes:
         for kind in ("consul-leader", "consul lock"):
             sample = results["samples"]["scale"][f"{kind} {size}"]
@@ -81,11 +87,40 @@ def test_samples_count_what_the_tiny_mode_asked_for(tiny: Any) -> None:
     assert idle["leader"]["processes"] == 1 and idle["follower"]["processes"] == mode.idle_followers
 
 
+def test_each_supervisor_handover_is_split_into_its_segments(tiny: Any) -> None:
+    results, _, _ = tiny
+    mode = run.MODES["tiny"]
+    for kind in ("consul-leader run", "consul lock"):
+        rounds = results["samples"]["handover_breakdown_ms"][kind]
+        totals = results["samples"]["handover_ms"][f"{kind} sigterm"]
+        assert [r["total"] for r in rounds] == totals
+        for r in rounds:
+            # Both the old command's last word and the next one's first come
+            # through the FIFO: their segments are always there.
+            assert _number(r["stop"]) and _number(r["total"]), r
+            seen = [r[name] for name in ("stop", "release", "acquire", "start")]
+            if None not in seen:
+                # The segments are consecutive: together they are the handover.
+                assert math.isclose(sum(seen), r["total"], rel_tol=1e-6), r
+        summary = results["breakdown"][kind]
+        assert summary["stop"]["n"] == summary["total"]["n"] == mode.handovers
+    lag = results["breakdown"]["observer_lag"]
+    assert lag["after_sent"]["n"] >= 10
+    # The observer cannot see a write before it was sent.
+    assert min(results["samples"]["observer_lag_ms"]["after_sent"]) > 0
+
+
 def test_docs_table_and_plots_are_written(tiny: Any) -> None:
     results, _, docs = tiny
     table = (docs / "benchmarks_table.rst").read_text(encoding="utf-8")
+    cli = (docs / "benchmarks_cli.rst").read_text(encoding="utf-8")
     assert ".. list-table::" in table
-    assert table.count("   * - ") == len(results["figures"]) + 1
+    cli_rows = [f for f in results["figures"] if report.is_cli(f)]
+    assert any(f["figure"].startswith("consul-leader run: graceful handover") for f in cli_rows)
+    assert table.count("   * - ") == len(results["figures"]) - len(cli_rows) + 1
+    # The CLI table (its header and rows), then the breakdown (its header and five segments).
+    assert cli.count("   * - ") == len(cli_rows) + 1 + 6
+    assert "Where the graceful handover's time goes" in cli
     for name in ("bench_handover_cdf.png", "bench_failover_timeline.png", "bench_scale.png"):
         data = (docs / "_static" / name).read_bytes()
         assert data.startswith(b"\x89PNG"), name
