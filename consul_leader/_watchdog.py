@@ -351,11 +351,23 @@ class Watchdog:
         """Start *argv* with *env*, its lease ending at *deadline* (lease clock).
 
         :raises SpawnFailed: it cannot be executed, or the watchdog is gone."""
+        self.request_spawn(argv, env, deadline)
+        return self.spawned()
+
+    def request_spawn(self, argv: List[str], env: Dict[str, str], deadline: float) -> None:
+        """Ask for *argv* to be started, without waiting; :meth:`spawned`
+        then waits for the answer. Never blocks on the watchdog."""
         with self._cond:
             self._replies.clear()
             self._last_deadline = deadline
             self._send(op="spawn", argv=argv, env=env, deadline=deadline, grace=self.grace,
                        after_lease=self.after_lease)
+
+    def spawned(self) -> Spawned:
+        """Wait for the answer to :meth:`request_spawn`.
+
+        :raises SpawnFailed: it cannot be executed, or the watchdog is gone."""
+        with self._cond:
             while not self._replies:
                 if self.gone.is_set():
                     raise SpawnFailed(126, "the watchdog process is gone")

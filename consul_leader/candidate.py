@@ -63,6 +63,11 @@ R = TypeVar("R")
 #: that died without a reset is noticed within a minute.
 _IDLE_WAIT = 30.0
 
+#: How long a candidate leaving the election, having released the lock,
+#: waits for the next leader to take it before cleaning up (see
+#: Candidate._let_successor_in); a successor usually takes it within ms.
+_SUCCESSOR_WAIT = 0.1
+
 
 class _Term:
     __slots__ = ("session", "fencing_token", "lock_index", "started", "reason", "runner")
@@ -140,6 +145,12 @@ class Candidate:
             raise ConfigurationTypeError(f"clock must be a function returning seconds, got {type(clock).__name__}")
         self._clock: Clock = lease_clock if clock is None else clock
         self._job: Job | None = None
+        # Called on the election thread with (fencing token, lease deadline)
+        # the moment a term begins, before anything else: where
+        # ``consul-leader run`` asks its watchdog process to start the
+        # command, so that no thread switch lies on the handover path. It
+        # must not block (the lease does not wait for it).
+        self._term_hook: Callable[[int, float], None] | None = None
         self._reset()
         process.register(self)
 
@@ -162,6 +173,10 @@ class Candidate:
         # After stepping down: sit out until then, or until the key's
         # LockIndex passes the one of our term (someone else took it since).
         self._sit_out: tuple[float, int] | None = None
+        # The key's ModifyIndex our last release left (None: nothing released
+        # since): the sit-out blocks from there, and stop() waits there for
+        # a successor before cleaning up.
+        self._released_at: int | None = None
         self._failure: ConsulLeaderError | None = None
         self._last_error: ConsulLeaderError | None = None
         self._events: Broadcast[LeadershipEvent] = Broadcast()
@@ -339,6 +354,7 @@ class Candidate:
     def _finish_stop(self) -> None:
         session = self._session
         if session is not None:
+            self._let_successor_in()
             session.close()
         with self._state_lock:
             self._state = "stopped"
@@ -347,6 +363,20 @@ class Candidate:
         process.withdraw_default(self)
         log.info("%s left the election for %r", self.identity, self.key, extra=self._log_fields("stopped"))
         self._dispatcher.close()
+
+    def _let_successor_in(self) -> None:
+        """After releasing the lock on the way out, give the next leader a
+        moment to take it before destroying the session and deregistering
+        the check: those are writes too, and would queue beside its acquire
+        (``consul lock`` destroys its session at once)."""
+        index, self._released_at = self._released_at, None
+        if index is None:
+            return
+        clear_wake()
+        try:
+            self.client.get_key(self.key, index=index, wait=_SUCCESSOR_WAIT)
+        except ConsulLeaderError:
+            pass  # only a courtesy
 
     def run(self, job: Job, *, block: bool = True) -> None:
         """Run ``job(stop_event)`` in a worker thread each time this candidate
@@ -542,8 +572,15 @@ class Candidate:
             until, lock_index = self._sit_out
             log.debug("%s sits out until someone else leads %r or %.1fs pass", self.identity, self.key,
                       until - self._clock())
-            self._wait(KeyWatch(self.client, self.key), hold_off_until=until, after_lock_index=lock_index)
+            watch = KeyWatch(self.client, self.key)
+            released_at, self._released_at = self._released_at, None
+            if released_at is not None:
+                # Block from our own release on: no read of the key while
+                # the others hand it over among themselves.
+                watch.index = released_at
+            self._wait(watch, hold_off_until=until, after_lock_index=lock_index)
             self._sit_out = None
+            self._wait_if_held(watch)
             return
         if not self._key_checked:
             # Consul takes keys in a transaction's body that it refuses in a
@@ -572,7 +609,9 @@ class Candidate:
             # ended rather than spinning.
             log.debug("%s: a lock-delay runs on %r; trying again within %gs", self.identity, self.key,
                       self.timing.lock_delay)
-            self._wait(KeyWatch(self.client, self.key), hold_off_until=self._clock() + self.timing.lock_delay)
+            watch = KeyWatch(self.client, self.key)
+            self._wait(watch, hold_off_until=self._clock() + self.timing.lock_delay)
+            self._wait_if_held(watch)
             return
         watch = KeyWatch(self.client, self.key)
         entry = watch.read()
@@ -663,6 +702,14 @@ class Candidate:
             if self._session is None or self._session.lost.is_set():
                 return
 
+    def _wait_if_held(self, watch: KeyWatch) -> None:
+        """After a hold-off that ended because someone else took the lock:
+        wait for them to let go, rather than sending an acquire that can only
+        fail (a Raft write, in the middle of their handover)."""
+        entry = watch.entry
+        if watch.index and entry is not None and entry.get("Session") and not self._stopping.is_set():
+            self._wait(watch)
+
     def _stagger(self) -> float:
         """How long a waiter that lost the last race lets the others go
         first: random, within a few acquisitions' time (at least 1 ms: Consul
@@ -701,6 +748,12 @@ class Candidate:
             self._ending = True  # from here on, _end_term runs whatever happens
         reason = Reason.ERROR  # unless _hold says otherwise
         try:
+            hook = self._term_hook
+            if hook is not None:
+                try:
+                    hook(term.fencing_token, session.lease_deadline)
+                except Exception:
+                    log.exception("the term hook of %s raised", self.identity)
             self._leader = self.identity
             log.info("%s elected leader of %r (fencing token %d)", self.identity, self.key, term.fencing_token,
                      extra=self._log_fields("elected", fencing_token=term.fencing_token))
@@ -807,7 +860,8 @@ class Candidate:
         for attempt in (1, 2):
             clear_wake()  # a wake meant for the term's watch must not fail its release
             try:
-                if not self.client.release(self.key, session.id) and reason.voluntary:
+                self._released_at = self.client.unlock(self.key, session.id)
+                if self._released_at is None and reason.voluntary:
                     log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
                                 session.id)
                 return

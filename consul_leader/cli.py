@@ -309,6 +309,9 @@ class _Runner:
         self.terms = 0
         #: (exit code, whether leadership ended it) of the last command run.
         self.last: Optional[tuple[int, bool]] = None
+        #: a term whose command begin_term() asked the watchdog for.
+        self.requested: Optional[int] = None
+        self.env = dict(os.environ, CONSUL_LEADER_KEY=candidate.key, CONSUL_LEADER_IDENTITY=candidate.identity)
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.signum = signum
@@ -330,16 +333,32 @@ class _Runner:
         now = lease_clock()
         return now + self.candidate.health().lease_remaining
 
+    def begin_term(self, token: int, deadline: float) -> None:
+        """On the election thread, the moment a term begins: ask the
+        watchdog process for the command at once (it answers to :meth:`job`)."""
+        with self.lock:
+            if self.shutting_down or (self.once and self.terms):
+                return
+            self.watchdog.request_spawn(self.command, dict(self.env, CONSUL_LEADER_FENCING_TOKEN=str(token)),
+                                        deadline)
+            self.requested = token
+
     def job(self, stop_event: threading.Event) -> None:
         token = self.candidate.fencing_token
         with self.lock:
+            requested, self.requested = self.requested, None
             if self.shutting_down or token is None or (self.once and self.terms):
+                if requested is not None:
+                    self._abandon_spawn()
                 return
             self.terms += 1
-            env = dict(os.environ, CONSUL_LEADER_KEY=self.candidate.key, CONSUL_LEADER_FENCING_TOKEN=str(token),
-                       CONSUL_LEADER_IDENTITY=self.candidate.identity)
             try:
-                child = self.child = self.watchdog.spawn(self.command, env, self.lease_deadline())
+                if requested is not None and requested != token:
+                    self._abandon_spawn()  # asked for in a term that ended before its job ran
+                if requested != token:
+                    self.watchdog.request_spawn(self.command, dict(self.env, CONSUL_LEADER_FENCING_TOKEN=str(token)),
+                                                self.lease_deadline())
+                child = self.child = self.watchdog.spawned()
             except SpawnFailed as exc:
                 print(f"consul-leader run: {exc}", file=sys.stderr)
                 child = None
@@ -353,6 +372,16 @@ class _Runner:
             # Keep the term (and the lock) until the main thread stops the
             # candidate, so that no next term starts meanwhile.
             self.release.wait()
+
+    def _abandon_spawn(self) -> None:
+        """A command was asked for, but the term is not to run one after all
+        (stopping meanwhile): stop it as soon as it started."""
+        try:
+            child = self.watchdog.spawned()
+        except SpawnFailed:
+            return
+        self.watchdog.stop(signal.SIGTERM)
+        child.done.wait()
 
     def _supervise(self, child: Spawned, stop_event: threading.Event) -> None:
         # The watchdog enforces the lease by itself; this loop only tells it
@@ -452,6 +481,7 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
     watchdog = Watchdog(grace, timing.lock_delay - timing.lease - SAFETY_SLACK)
     runner = _Runner(candidate, command, watchdog, args.once)
     watchdog.on_event = runner.on_event
+    candidate._term_hook = runner.begin_term
     if args.metrics_port is not None:
         from .metrics import register, start_http_server
 

@@ -535,6 +535,29 @@ class ConsulClient:
         return bool(self._call("release lock", lambda: self._consul.kv.put(key, None, release=session_id),
                                key=key))
 
+    def unlock(self, key: str, session_id: str) -> int | None:
+        """Release the lock on *key* if the session holds it, in a
+        transaction that answers the key's ModifyIndex after the release (so
+        the releaser can block on the key from there without reading it
+        again). None if the session did not hold it.
+
+        .. versionadded:: 0.2"""
+        operations = [{"KV": {"Verb": "unlock", "Key": key, "Session": session_id}}]
+
+        def unlock() -> int | None:
+            try:
+                result = self._txn(operations)
+            except consul.ConsulException as exc:
+                text = str(exc)
+                if text.startswith("409") and "lock isn't held" in text:
+                    return None
+                if "Permission denied" in text or "ACL not found" in text:
+                    raise self._denied("release lock", text, key, 409) from exc
+                raise
+            return int(result["Results"][0]["KV"]["ModifyIndex"])
+
+        return self._call("release lock", unlock, key=key)
+
     def get_key(self, key: str, index: int | None = None, wait: float | None = None,
                 operation: str = "read key") -> tuple[int, KeyEntry | None]:
         """Read *key*; with *index*, a blocking query that returns when the key

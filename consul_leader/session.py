@@ -149,6 +149,11 @@ class HeartbeatStats:
             self.failures += 1
 
 
+#: How long a new leader's first heartbeat round waits (at most half the
+#: lease left), so that it does not compete with the start of the term.
+_QUIET_AFTER_ELECTION = 0.05
+
+
 class Session:
     """A Consul session bound to ``serfHealth`` and a TTL check of its own,
     with a daemon heartbeat thread that passes the check and renews it.
@@ -201,6 +206,8 @@ class Session:
         self._lapsed = False
         self._closed = threading.Event()
         self._kick = threading.Event()
+        # A kicked round waits until then (set_leading: see there).
+        self._beat_after = -math.inf
         self._beat_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -251,6 +258,11 @@ class Session:
             self._leading = True
             self._lease_started = self._lapsed = False
             self._update_deadline()
+            # Switch to the leader's rate now, but let the first round wait
+            # while the new term starts (its requests and the job's start
+            # would queue behind it): the lease, proved by the acquisition,
+            # still has most of its length.
+            self._beat_after = self._clock() + min(_QUIET_AFTER_ELECTION, max(self.lease_remaining() / 2, 0.0))
         self._kick.set()
 
     def set_busy(self, busy: bool) -> None:
@@ -326,6 +338,11 @@ class Session:
             period = self.timing.heartbeat if self._leading else self.timing.idle_heartbeat
             self._kick.wait(period)
             self._kick.clear()
+            hold = self._beat_after - self._clock()
+            if hold > 0 and not self._closed.is_set():
+                self._kick.wait(hold)  # kicked again (set_busy, close): go on at once
+                self._kick.clear()
+            self._beat_after = -math.inf
             if self._closed.is_set():
                 break
             try:

@@ -9,6 +9,7 @@ from typing import Any, List, Tuple
 
 import pytest
 import requests
+from garbling_proxy import GarblingProxy
 
 from consul_leader import (
     Candidate,
@@ -414,3 +415,26 @@ def test_a_request_consul_rejects_as_invalid_is_final_not_retried(make_candidate
         c.wait_for_leadership(30)
     wait_until(lambda: not c.running, what="the candidate gives up")
     assert len(errors) == 1
+
+
+def test_a_resigned_leader_writes_nothing_while_the_next_one_leads(consul_agent, make_candidate, key):
+    # During its sit-out the resigned leader blocks on the key from its own
+    # release: it neither reads the key again nor, once the other has taken
+    # it, sends an acquire that can only fail (a Raft write in the middle of
+    # the handover).
+    with GarblingProxy(consul_agent.url) as proxy:
+        a = make_candidate(key, address=proxy.address).start()
+        assert a.wait_for_leadership(30)
+        b = make_candidate(key).start()
+        wait_until(lambda: b.leader() == a.identity, what="b waits on a")
+        seen: List[Tuple[str, str]] = []
+        proxy.garble = lambda method, path: bool(seen.append((method, path)))
+        a.resign()
+        assert b.wait_for_leadership(10)
+        time.sleep(1.0)  # what a does while b leads
+        writes = [(m, p) for m, p in seen if m != "GET" and "/agent/check/pass/" not in p
+                  and "/session/renew/" not in p]
+        reads = [p for m, p in seen if m == "GET" and "index=" not in p]
+        assert writes == [("PUT", "/v1/txn")], f"one write: the release; got {writes}"
+        assert reads == [], f"no read of the key outside blocking queries; got {reads}"
+        assert not a.is_leader() and b.is_leader()
