@@ -419,14 +419,20 @@ class KeyObserver:
         self._stop.set()
 
 
-def breakdown(pool: Pool, observer: KeyObserver, old: str, t0: float, t1: float) -> Dict[str, Optional[float]]:
+def breakdown(pool: Pool, observer: KeyObserver, old: str, t0: float, t1: float,
+              slack: float = 0.25) -> Dict[str, Optional[float]]:
     """Split the handover from *t0* (SIGTERM to *old*) to *t1* (the next
     command started) into segments (ms) from the FIFO and the observer's
     stamps; a segment is None when a stamp is missing (the observer can miss
-    a release that the next acquire follows before its query is re-armed)."""
+    a release that the next acquire follows before its query is re-armed).
+
+    Call it a while after *t1*: the observer's stamp of the acquire may come
+    after the FIFO's stamp of the command's start (its own latency); stamps
+    up to *slack* after *t1* still count."""
     ended = next((t for kind, label, t in pool.log if kind == "ended" and label == old and t >= t0), None)
     old_session, after = observer.around(t0)
-    acquired = next((c for c in after if c.session is not None and c.session != old_session and c.t <= t1), None)
+    after = [c for c in after if c.t <= t1 + slack]
+    acquired = next((c for c in after if c.session is not None and c.session != old_session), None)
     released = next((c for c in after if c.session is None and (acquired is None or c.t <= acquired.t)), None)
 
     def span(a: Optional[float], b: Optional[float]) -> Optional[float]:

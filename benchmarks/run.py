@@ -124,18 +124,25 @@ class Bench:
         that the load of the moment falls on each alike): ``resign`` for the
         library and ``consul lock``, SIGTERM to the leading process for all
         three. For the supervisors, each SIGTERM handover is also split into
-        its segments, seen from outside (:func:`benchmarks.contenders.breakdown`)."""
+        its segments, seen from outside (:func:`benchmarks.contenders.breakdown`),
+        and the observers' own wake-up latency is measured between the rounds
+        on a key of the benchmark's own, written from this process."""
+        lag: List[Tuple[float, float]] = []
         for how, kinds in (("resign", (LIBRARY, LOCK)), ("sigterm", (LIBRARY, CLI, LOCK))):
             pools = {kind: self.pool(kind, f"handover-{how}", [1, 1, 1]) for kind in kinds}
             observers: Dict[str, KeyObserver] = {}
+            if how == "sigterm":
+                observers["calibration"] = KeyObserver(self.agent.address, self.key("observer"))
             latencies: Dict[str, List[float]] = {kind: [] for kind in kinds}
-            segments: Dict[str, List[Dict[str, Optional[float]]]] = {kind: [] for kind in kinds}
+            handed: Dict[str, List[Tuple[str, float, float]]] = {kind: [] for kind in kinds}
             try:
                 for kind, pool in pools.items():
                     pool.start()
                     if how == "sigterm" and kind in SUPERVISORS:
                         observers[kind] = KeyObserver(self.agent.address, pool.lock_key)
                 for _ in range(self.mode.handovers):
+                    if "calibration" in observers:
+                        lag += observers["calibration"].calibrate(2)
                     for kind, pool in pools.items():
                         for other in pools.values():
                             other.settle()
@@ -144,8 +151,10 @@ class Bench:
                         assert old is not None
                         t0, t1 = pool.handover(how)
                         latencies[kind].append((t1 - t0) * 1000)
-                        if kind in observers:
-                            segments[kind].append(breakdown(pool, observers[kind], old, t0, t1))
+                        handed[kind].append((old, t0, t1))
+                time.sleep(SETTLE)
+                segments = {kind: [breakdown(pool, observers[kind], *h) for h in handed[kind]]
+                            for kind, pool in pools.items() if kind in observers}
             finally:
                 for observer in observers.values():
                     observer.close()
@@ -158,20 +167,9 @@ class Bench:
                     self.samples["handover_breakdown_ms"][kind] = segments[kind]
                     say(f"handover {kind} {how} breakdown p50: " + ", ".join(
                         f"{name} {_p50(v[name] for v in segments[kind])}" for name in SEGMENTS))
-        self.observer_lag()
-
-    def observer_lag(self) -> None:
-        """How late the observer's stamps are: writes from this process to a
-        key another observer watches (same code, same process)."""
-        observer = KeyObserver(self.agent.address, self.key("observer"))
-        try:
-            time.sleep(0.2)
-            found = observer.calibrate(max(10, self.mode.handovers * 2))
-        finally:
-            observer.close()
-        self.samples["observer_lag_ms"] = {"after_sent": [a for a, _ in found], "after_answered": [b for _, b in found]}
-        say(f"observer wake-up: {fmt(percentiles([a for a, _ in found]), 'ms')} after the write was sent, "
-            f"{fmt(percentiles([b for _, b in found]), 'ms')} after its answer")
+        self.samples["observer_lag_ms"] = {"after_sent": [a for a, _ in lag], "after_answered": [b for _, b in lag]}
+        say(f"observer wake-up: {fmt(percentiles([a for a, _ in lag]), 'ms')} after the write was sent, "
+            f"{fmt(percentiles([b for _, b in lag]), 'ms')} after its answer")
 
     # -- crash failover -------------------------------------------------------
 
