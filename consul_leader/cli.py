@@ -309,6 +309,8 @@ class _Runner:
         self.terms = 0
         #: (exit code, whether leadership ended it) of the last command run.
         self.last: Optional[tuple[int, bool]] = None
+        #: the pid of the command that shut_down() forwarded the signal to.
+        self.forwarded: Optional[int] = None
         #: a term whose command begin_term() asked the watchdog for.
         self.requested: Optional[int] = None
         self.env = dict(os.environ, CONSUL_LEADER_KEY=candidate.key, CONSUL_LEADER_IDENTITY=candidate.identity)
@@ -389,7 +391,15 @@ class _Runner:
         # the lease does (lock lost, resigned).
         stopped = False
         while not child.done.wait(_LEASE_PUSH):
-            if not stopped and not self.shutting_down and (stop_event.is_set() or not self.candidate.is_leader()):
+            if self.shutting_down:
+                with self.lock:
+                    # Started while shut_down() looked: it could not forward the signal.
+                    forward = stop_event.is_set() and self.forwarded != child.pid
+                    if forward:
+                        self.forwarded = child.pid
+                if forward:
+                    self.watchdog.stop(self.signum or signal.SIGTERM)
+            elif not stopped and (stop_event.is_set() or not self.candidate.is_leader()):
                 stopped = True
                 log.warning("consul-leader run: leadership of %r ended; stopping pid %d", self.candidate.key,
                             child.pid)
@@ -406,6 +416,28 @@ class _Runner:
             log.error("consul-leader run: the watchdog process died; killed pid %d", child.pid)
         elif not deposed:
             log.info("consul-leader run: pid %d exited with %d", child.pid, code)
+
+    def shut_down(self, signum: int) -> Optional[int]:
+        """On SIGINT/SIGTERM: forward *signum* to the command now, and leave
+        the election, which waits for the command (the job) to end before
+        it releases the lock. Returns the command's exit code, or None when
+        none ran. The release follows the command's exit directly (the
+        job's thread, then the election thread), not through this thread."""
+        with self.lock:
+            self.shutting_down = True
+            child = self.child
+            if child is not None:
+                self.forwarded = child.pid
+        if child is not None:
+            log.info("consul-leader run: sending signal %d to pid %d", signum, child.pid)
+            self.watchdog.stop(signum)
+        self.release.set()
+        self.candidate.stop()
+        if child is None:
+            return None
+        child.done.wait()  # already: the term ended after the job, which waited for it
+        code = child.code if child.code is not None else -signal.SIGKILL
+        return code if code >= 0 else 128 - code
 
     def stop_command(self, signum: int) -> Optional[int]:
         """Send *signum* to the command's group (SIGKILL after the grace) and
@@ -506,7 +538,7 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
             runner.wake.wait(wait)
             runner.wake.clear()
             if runner.signum is not None:
-                status = runner.stop_command(runner.signum)
+                status = runner.shut_down(runner.signum)
                 code = 128 + runner.signum if status is None else status
             elif watchdog.gone.is_set():
                 print("consul-leader run: the watchdog process died; leaving the election", file=sys.stderr)
