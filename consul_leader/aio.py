@@ -28,13 +28,12 @@ candidate's signal thread) and are handed to the loop with
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Optional, ParamSpec, TypeVar
 
 from . import signals
-from .errors import ConfigurationTypeError, NotLeader, NotRunning
+from .errors import ConfigurationTypeError, NotRunning
 from .events import EventKind, LeadershipEvent
 from .validation import check_bool, check_timeout
 
@@ -213,15 +212,5 @@ def leader_only_async(func: Callable[P, Awaitable[R]], *, raise_not_leader: bool
         raise ConfigurationTypeError(f"@leader_only decorates a callable, got {type(func).__name__}")
     from . import decorators
 
-    @functools.wraps(func)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Optional[R]:
-        who = candidate if candidate is not None else decorators.get_default()
-        if who is not None and who.is_leader():
-            return await func(*args, **kwargs)
-        if raise_not_leader:
-            raise NotLeader(f"{getattr(func, '__qualname__', func)}() runs only on the leader, and "
-                            f"{'no candidate is running' if who is None else repr(who) + ' does not lead'}")
-        return None
-
-    return wrapper
+    return decorators.wrap_async(func, raise_not_leader=raise_not_leader, candidate=candidate)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from . import signals
@@ -71,32 +71,18 @@ def leader_only(func: Callable[..., Any] | None = None, *, raise_not_leader: boo
         raise ConfigurationTypeError(f"leader_only(candidate=...) takes a Candidate or None, "
                                      f"got {type(candidate).__name__}")
 
-    def refuse(fn: Callable[..., Any], who: Leadership | None) -> None:
-        if raise_not_leader:
-            raise NotLeader(f"{fn.__qualname__}() runs only on the leader, and "
-                            f"{'no candidate is running' if who is None else repr(who) + ' does not lead'}")
-
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
             raise ConfigurationTypeError(f"@leader_only decorates a callable, got {type(fn).__name__}")
-
         if inspect.iscoroutinefunction(fn):
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                who = candidate if candidate is not None else get_default()
-                if who is not None and who.is_leader():
-                    return await fn(*args, **kwargs)
-                refuse(fn, who)
-                return None
-
-            return async_wrapper
+            return wrap_async(fn, raise_not_leader=raise_not_leader, candidate=candidate)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             who = candidate if candidate is not None else get_default()
             if who is not None and who.is_leader():
                 return fn(*args, **kwargs)
-            refuse(fn, who)
+            _refuse(fn, who, raise_not_leader)
             return None
 
         return wrapper
@@ -104,6 +90,30 @@ def leader_only(func: Callable[..., Any] | None = None, *, raise_not_leader: boo
     if func is None:
         return decorate
     return decorate(func)
+
+
+def wrap_async(fn: Callable[P, Awaitable[R]], *, raise_not_leader: bool,
+               candidate: Leadership | None) -> Callable[P, Coroutine[Any, Any, R | None]]:
+    """The ``async def`` wrapper of :func:`leader_only` (and of
+    :func:`consul_leader.aio.leader_only_async`, which also takes a plain
+    function returning an awaitable): leadership is checked when the call
+    starts."""
+
+    @functools.wraps(fn)
+    async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        who = candidate if candidate is not None else get_default()
+        if who is not None and who.is_leader():
+            return await fn(*args, **kwargs)
+        _refuse(fn, who, raise_not_leader)
+        return None
+
+    return async_wrapper
+
+
+def _refuse(fn: Callable[..., Any], who: Leadership | None, raise_not_leader: bool) -> None:
+    if raise_not_leader:
+        raise NotLeader(f"{getattr(fn, '__qualname__', fn)}() runs only on the leader, and "
+                        f"{'no candidate is running' if who is None else repr(who) + ' does not lead'}")
 
 
 def on_elected(func: F) -> F:
