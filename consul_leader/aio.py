@@ -33,7 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Optional, ParamSpec, TypeVar
 
 from . import signals
-from .errors import ConfigurationTypeError, NotRunning
+from .errors import ConfigurationTypeError
 from .events import EventKind, LeadershipEvent
 from .validation import check_bool, check_timeout
 
@@ -141,10 +141,17 @@ async def events_async(candidate: "Candidate") -> AsyncIterator[LeadershipEvent]
     thread waits on the iterator's behalf, so leaving the ``async for``
     (``break``, cancellation) leaves nothing behind.
 
-    :param candidate: a started :class:`~consul_leader.Candidate`.
-    :raises NotRunning: the candidate is not running when the iteration starts."""
-    if not candidate.running:
-        raise NotRunning(f"{candidate!r} is not running; start() it before iterating over events_async()")
+    Before the candidate starts, it waits for the start (as
+    :meth:`~consul_leader.Candidate.events` does); for a stopped candidate
+    it ends at once.
+
+    :param candidate: a :class:`~consul_leader.Candidate`.
+
+    .. versionchanged:: 0.2
+       Waits for a candidate not yet started instead of raising
+       :class:`~consul_leader.NotRunning`."""
+    if candidate.state == "stopped":
+        return
     loop = asyncio.get_running_loop()
     queue: "asyncio.Queue[LeadershipEvent]" = asyncio.Queue()
 
@@ -172,7 +179,7 @@ async def events_async(candidate: "Candidate") -> AsyncIterator[LeadershipEvent]
             try:
                 event = await asyncio.wait_for(queue.get(), 0.25)
             except asyncio.TimeoutError:
-                if candidate.running:
+                if candidate.state in ("new", "running"):
                     continue
                 # Stopping: the last term's deposed is delivered before the
                 # stop completes; wait for that, then hand out what is left.

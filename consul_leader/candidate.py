@@ -256,6 +256,15 @@ class Candidate:
         """True between :meth:`start` and :meth:`stop` (or giving up)."""
         return self._state == "running" and not self._stopping.is_set()
 
+    @property
+    def state(self) -> str:
+        """``"new"`` (not started), ``"running"``, ``"stopping"`` (a stop or
+        giving up is under way: the last term is ending) or ``"stopped"``.
+
+        .. versionadded:: 0.2"""
+        state = self._state
+        return "stopping" if state == "running" and self._stopping.is_set() else state
+
     def health(self) -> Health:
         """A watchdog's view of this candidate (for a Kubernetes probe or a
         health endpoint): is its thread alive and its heartbeat current? A
@@ -435,7 +444,8 @@ class Candidate:
 
     def events_async(self) -> AsyncIterator[LeadershipEvent]:
         """``async for event in candidate.events_async()``: the asyncio form
-        of :meth:`events`; it never blocks the loop.
+        of :meth:`events`; it never blocks the loop. Like :meth:`events`,
+        before :meth:`start` it waits for the candidate to start.
 
         .. versionadded:: 0.2"""
         return aio.events_async(self)

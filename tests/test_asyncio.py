@@ -184,8 +184,26 @@ def test_leaving_events_async_early_disconnects(make_candidate: Callable[..., Ca
     asyncio.run(main())
     assert not helper_threads()
 
-    with pytest.raises(NotRunning):
-        asyncio.run(_events(make_candidate(key, ttl=1)).__anext__())
+
+def test_events_async_before_start_waits_for_the_start_as_events_does(make_candidate: Callable[..., Candidate],
+                                                                      key: str) -> None:
+    candidate = make_candidate(key, ttl=1)
+
+    async def main() -> Any:
+        first = asyncio.get_running_loop().create_task(_events(candidate).__anext__())
+        await asyncio.sleep(0.6)  # several polls of a candidate not yet started
+        assert not first.done()
+        await asyncio.to_thread(candidate.start)
+        return await asyncio.wait_for(first, 15)
+
+    event = asyncio.run(main())
+    assert event.kind == EventKind.ELECTED and event.fencing_token == candidate.fencing_token
+    candidate.stop()
+
+    async def after_stop() -> List[Any]:
+        return [e async for e in _events(candidate)]
+
+    assert asyncio.run(asyncio.wait_for(after_stop(), 5)) == []
 
 
 def test_waiting_for_a_leader_as_a_follower(consul_agent: ConsulAgent, make_candidate: Callable[..., Candidate],
