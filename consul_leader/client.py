@@ -73,6 +73,19 @@ _interrupted: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 _woken: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
+def _reset_after_fork() -> None:
+    # A fork copies the lock in whatever state another thread left it (it
+    # may be held for good), and the threads it names do not exist here.
+    global _open_connections_lock
+    _open_connections_lock = threading.Lock()
+    _open_connections.clear()
+    _interrupted.clear()
+    _woken.clear()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def _track(conn: Any) -> None:
     thread = threading.current_thread()
     with _open_connections_lock:

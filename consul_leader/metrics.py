@@ -27,6 +27,7 @@ Metrics, each labelled ``key`` and ``identity``:
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -43,6 +44,19 @@ __all__ = ["register", "start_http_server", "unregister"]
 
 _collectors: weakref.WeakKeyDictionary[Any, _Collector] = weakref.WeakKeyDictionary()
 _collectors_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    # As in consul_leader.client: a scrape's thread may have held these at
+    # the fork (a gunicorn --preload master serving metrics); the child's
+    # copies would stay held for good.
+    global _collectors_lock
+    _collectors_lock = threading.Lock()
+    for collector in list(_collectors.values()):
+        collector._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _prometheus() -> Any:

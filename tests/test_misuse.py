@@ -7,6 +7,7 @@ import json
 import os
 import select
 import signal
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict
@@ -14,6 +15,7 @@ from typing import Any, Callable, Dict
 import pytest
 
 from consul_leader import Candidate, NotRunning
+from consul_leader.client import ConsulClient, ConsulConfig, clear_wake, wake
 
 
 def test_stop_twice_is_harmless_and_releases_once(key, make_candidate):
@@ -188,3 +190,63 @@ def test_a_forked_child_can_start_the_candidate_again_with_its_own_session(key, 
     assert won["fencing_token"] > parent_token
     assert reports.next() == {"stopped": True, "holder": None}
     assert reports.exit_code() == 0
+
+
+def test_a_child_forked_while_another_thread_cuts_requests_can_still_ask_consul(consul_agent, key):
+    # The cuts of wake()/interrupt() take a module lock; a fork copies it in
+    # whatever state another thread left it, and a child that found it held
+    # hung on its first request.
+    stop = threading.Event()
+
+    def churn() -> None:
+        me = threading.current_thread()
+        while not stop.is_set():
+            wake(me)
+            clear_wake()
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        for _ in range(20):
+            def child(report: Callable[..., None]) -> None:
+                client = ConsulClient(ConsulConfig.from_args(address=consul_agent.address))
+                client.get_key(key)
+                report(asked=True)
+
+            reports = _Child(child)
+            assert reports.next(timeout=10) == {"asked": True}
+            assert reports.exit_code() == 0
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_child_forked_while_another_thread_registers_metrics_can_register_its_own(consul_agent, key):
+    # The sibling of the test above, for the metrics registry's locks.
+    from prometheus_client import CollectorRegistry
+
+    from consul_leader.metrics import register, unregister
+
+    registry = CollectorRegistry()
+    churned = Candidate(key, address=consul_agent.address)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            register(churned, registry)
+            unregister(churned, registry)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        for _ in range(20):
+            def child(report: Callable[..., None]) -> None:
+                register(Candidate(key + "-child", address=consul_agent.address), registry)
+                report(registered=True)
+
+            reports = _Child(child)
+            assert reports.next(timeout=10) == {"registered": True}
+            assert reports.exit_code() == 0
+    finally:
+        stop.set()
+        thread.join()
