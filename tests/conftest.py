@@ -9,7 +9,8 @@ import os
 import sys
 import time
 import uuid
-from typing import Callable, Iterator, List
+from pathlib import Path
+from typing import Any, Callable, Iterator, List
 
 import pytest
 import requests
@@ -115,3 +116,14 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str
 
 def leaders(candidates: List[Candidate]) -> List[Candidate]:
     return [c for c in candidates if c.is_leader()]
+
+
+@pytest.fixture
+def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Any]:
+    """``consul-leader`` processes against the session's agent (see
+    tests/cli_runs.py); whatever still runs at the end is killed."""
+    from cli_runs import Runs  # not at the top: cli_runs imports this module
+
+    runs = Runs(consul_agent, tmp_path)
+    yield runs
+    runs.close()

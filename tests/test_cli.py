@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import pytest
 import requests
+from cli_runs import Runs, alive, exit_code
 
 from consul_leader.cli import (
     EXIT_DEPOSED,
@@ -22,62 +22,11 @@ from consul_leader.cli import (
     EXIT_NOT_FOUND,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
-    main,
 )
 from consul_leader.client import ConsulClient, ConsulConfig
 from consul_leader.testing import ConsulAgent, free_ports
 
-from conftest import PYTHON, ROOT, python_env, wait_until
-
-CLI = [PYTHON, "-m", "consul_leader.cli"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead too: it only waits to be reaped (and may be, meanwhile).
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-class Runs:
-    """Starts ``consul-leader`` processes; whatever still runs at the end is killed."""
-
-    def __init__(self, agent: ConsulAgent, tmp: Path) -> None:
-        self.env = dict(python_env(), CONSUL_HTTP_ADDR=agent.address, DIR=str(tmp))
-        self.tmp = tmp
-        self.procs: List[subprocess.Popen[str]] = []
-
-    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(CLI + list(args), env=self.env, capture_output=True, text=True, timeout=timeout)
-
-    def start(self, *args: str, name: str = "run", stdout: Optional[int] = None) -> subprocess.Popen[str]:
-        log = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen(CLI + list(args), env=self.env, stdout=stdout or log, stderr=log, text=True)
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def log(self, name: str = "run") -> str:
-        return (self.tmp / f"{name}.log").read_text()
-
-    def status(self, key: str) -> dict:
-        return json.loads(self("status", "--json", key).stdout)
-
-
-@pytest.fixture
-def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Runs]:
-    runs = Runs(consul_agent, tmp_path)
-    yield runs
-    for proc in runs.procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+from conftest import ROOT, wait_until
 
 
 @pytest.fixture
@@ -216,14 +165,6 @@ def test_a_command_that_exits_while_leading_is_run_again_next_term(cli: Runs, ke
     first, second = map(int, (cli.tmp / "terms").read_text().split()[:2])
     assert second > first
     assert "stepped down as leader" in cli.log()
-
-
-def exit_code(argv: List[str]) -> int:
-    """Run the command in this process (argument handling needs no subprocess)."""
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse's errors and --help
-        return int(exc.code or 0)
 
 
 def test_usage_errors(key: str, capsys: pytest.CaptureFixture[str]) -> None:

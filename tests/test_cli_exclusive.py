@@ -15,7 +15,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 import requests
-from test_cli import Runs, alive, exit_code
+from cli_runs import Runs, alive, exit_code
 
 from consul_leader.cli import EXIT_SOFTWARE, EXIT_USAGE
 from consul_leader.testing import ConsulAgent
@@ -44,11 +44,7 @@ def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Runs]:
     runs = Runs(consul_agent, tmp_path)
     (tmp_path / "life.py").write_text(LIFE)
     yield runs
-    for proc in runs.procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-            proc.kill()
-            proc.wait()
+    runs.close()
     for start in tmp_path.glob("*.start"):  # a command the test left behind
         for line in start.read_text().split("\n"):
             if line:

@@ -4,26 +4,14 @@ supervisors over real HTTP."""
 from __future__ import annotations
 
 import signal
-from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Tuple
 
-import pytest
 import requests
-from test_cli import Runs
+from cli_runs import Runs
 
-from consul_leader.testing import ConsulAgent, free_ports
+from consul_leader.testing import free_ports
 
 from conftest import wait_until
-
-
-@pytest.fixture
-def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Runs]:
-    runs = Runs(consul_agent, tmp_path)
-    yield runs
-    for proc in runs.procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def probe(port: int, path: str) -> Tuple[int, dict]:

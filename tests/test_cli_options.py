@@ -6,27 +6,15 @@ from __future__ import annotations
 import argparse
 import subprocess
 import time
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
-from test_cli import Runs, exit_code
+from cli_runs import Runs, exit_code
 
 from consul_leader import Candidate
 from consul_leader.cli import EXIT_LOCK_HELD, EXIT_USAGE, duration
-from consul_leader.testing import ConsulAgent
 
 from conftest import PYTHON, python_env, wait_until
-
-
-@pytest.fixture
-def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Runs]:
-    runs = Runs(consul_agent, tmp_path)
-    yield runs
-    for proc in runs.procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize("text, seconds", [

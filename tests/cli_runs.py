@@ -1,0 +1,72 @@
+"""Running the ``consul-leader`` command in tests: :class:`Runs` (the
+``cli`` fixture of conftest.py hands one out) and helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import List, Optional
+
+from consul_leader.cli import main
+from consul_leader.testing import ConsulAgent
+
+from conftest import PYTHON, python_env
+
+CLI = [PYTHON, "-m", "consul_leader.cli"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too: it only waits to be reaped (and may be, meanwhile).
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Runs:
+    """Starts ``consul-leader`` processes; whatever still runs at the end is killed."""
+
+    def __init__(self, agent: ConsulAgent, tmp: Path) -> None:
+        self.env = dict(python_env(), CONSUL_HTTP_ADDR=agent.address, DIR=str(tmp))
+        self.tmp = tmp
+        self.procs: List[subprocess.Popen[str]] = []
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(CLI + list(args), env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def start(self, *args: str, name: str = "run", stdout: Optional[int] = None) -> subprocess.Popen[str]:
+        log = open(self.tmp / f"{name}.log", "w")
+        proc = subprocess.Popen(CLI + list(args), env=self.env, stdout=stdout or log, stderr=log, text=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str = "run") -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def status(self, key: str) -> dict:
+        return json.loads(self("status", "--json", key).stdout)
+
+    def close(self) -> None:
+        """Kill what still runs (woken first, should a test have stopped it)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+
+
+def exit_code(argv: List[str]) -> int:
+    """Run the command in this process (argument handling needs no subprocess)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's errors and --help
+        return int(exc.code or 0)
