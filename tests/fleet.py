@@ -15,6 +15,28 @@ import requests
 from conftest import python_env
 
 
+class Output:
+    """The output of *proc* (its stdout pipe), read on a thread of its own so
+    that the pipe never fills up and blocks the process."""
+
+    def __init__(self, proc: "subprocess.Popen[bytes]") -> None:
+        self._proc = proc
+        self._lines: List[bytes] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.append(line)
+
+    def text(self) -> str:
+        return b"".join(self._lines).decode("utf-8", "replace")
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
 class Server:
     """One server process (a process group of its own) listening on *port*.
 
@@ -30,20 +52,13 @@ class Server:
         self.proc = subprocess.Popen(list(argv), cwd=cwd, env={**python_env(), **(env or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
-        self._output: List[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._output.append(line)
+        self._output = Output(self.proc)
 
     def __repr__(self) -> str:
         return f"<Server {self.port} pid={self.proc.pid}>"
 
     def output(self) -> str:
-        return b"".join(self._output).decode("utf-8", "replace")
+        return self._output.text()
 
     @property
     def alive(self) -> bool:
@@ -78,7 +93,7 @@ class Server:
                 self.kill(signal.SIGKILL)
                 self.proc.wait(5)
         self.kill(signal.SIGKILL)  # leftovers of the group
-        self._reader.join(2)
+        self._output.join(2)
 
 
 def ready_ones(servers: Sequence[Server], path: str = "/readyz") -> List[Server]:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 import requests
 from chaos.procs import wait_until
+from fleet import Output
 
 from consul_leader import Candidate, ConfigurationError, get_default, set_default
 from consul_leader.testing import ConsulAgent, free_ports
@@ -139,17 +140,10 @@ class Fleet:
             [PYTHON, "-m", "gunicorn", "--preload", "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}",
              "--graceful-timeout", "5", app], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True)
-        self._output: List[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._output.append(line)
+        self._output = Output(self.proc)
 
     def output(self) -> str:
-        return b"".join(self._output).decode("utf-8", "replace")
+        return self._output.text()
 
     def worker_pids(self) -> List[int]:
         return children_of(self.proc.pid)
