@@ -303,8 +303,8 @@ def plot_handover_cdf(results: Dict[str, Any], path: str) -> None:
         data = sorted(values)
         if not data:
             continue
-        ax.step(data, [(i + 1) / len(data) for i in range(len(data))], where="post", label=name,
-                linestyle="-" if name.startswith(LIBRARY) else "--")
+        style = ":" if name.startswith(CLI) else "-" if name.startswith(LIBRARY) else "--"
+        ax.step(data, [(i + 1) / len(data) for i in range(len(data))], where="post", label=name, linestyle=style)
     ax.set_xscale("log")
     ax.set_xlabel("graceful handover latency (ms, log scale)")
     ax.set_ylabel("fraction of handovers")
