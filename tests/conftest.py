@@ -127,3 +127,12 @@ def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Any]:
     runs = Runs(consul_agent, tmp_path)
     yield runs
     runs.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server for the module's tests (tests/broker.py)."""
+    from broker import redis_server  # not at the top: broker imports this module
+
+    with redis_server() as url:
+        yield url

@@ -11,7 +11,6 @@ The app is the documented example, docs/examples/celery_app.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -25,42 +24,19 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 import redis
 import requests
+from broker import label, sent
 from celery import Celery
 from chaos.procs import wait_until
 
 from consul_leader import Candidate, ConfigurationError, set_default
 from consul_leader.contrib.celery import LeaderScheduler, candidate_from_conf, fenced_write
-from consul_leader.testing import ConsulAgent, free_ports
+from consul_leader.testing import ConsulAgent
 
 from conftest import PYTHON, ROOT, python_env
 
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
 sys.path.insert(0, EXAMPLES)
 import celery_app  # noqa: E402  (the documented example)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, no persistence."""
-    binary = subprocess.run([os.path.join(ROOT, "scripts", "install-redis")], check=True, capture_output=True,
-                            text=True).stdout.strip().splitlines()[-1]
-    port = free_ports(1)[0]
-    workdir = tempfile.mkdtemp(prefix="consul-leader-redis-")
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                               "no", "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return server.poll() is not None  # ends the wait; the assert below says why
-
-    wait_until(answers, 30, "redis-server answers PING")
-    assert server.poll() is None, f"redis-server exited with {server.returncode}"
-    yield f"redis://127.0.0.1:{port}/0"
-    server.terminate()
-    server.wait(10)
 
 
 class Beat:
@@ -98,18 +74,6 @@ def beats(consul_agent: ConsulAgent, key: str, redis_url: str) -> Iterator[Calla
         beat.stop()
     for beat in made:
         print(f"--- beat {beat.name} (pid {beat.proc.pid}) ---\n{''.join(beat.lines)[-4000:]}")
-
-
-def sent(redis_url: str) -> List[Dict[str, Any]]:
-    """The headers of every task message in the broker's ``celery`` queue,
-    oldest run first."""
-    messages = [json.loads(raw)["headers"] for raw in redis.Redis.from_url(redis_url).lrange("celery", 0, -1)]
-    return sorted(messages, key=lambda h: h["consul_leader_run_at"])
-
-
-def label(headers: Dict[str, Any]) -> str:
-    """The entry's argument, "every 1 s" or "every 4 s"."""
-    return str(headers["argsrepr"]).strip("()[],'\"")
 
 
 def sender_pid(headers: Dict[str, Any]) -> int:

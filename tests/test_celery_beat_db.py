@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import tempfile
 import time
 from typing import Any, Dict, Iterator, List
 
@@ -27,9 +26,10 @@ pytest.importorskip("django_celery_beat")
 pytest.importorskip("psycopg")
 
 import redis  # noqa: E402
+from broker import label, sent  # noqa: E402
 from pg import PostgresCluster  # noqa: E402
 
-from consul_leader.testing import ConsulAgent, free_ports  # noqa: E402
+from consul_leader.testing import ConsulAgent  # noqa: E402
 
 from conftest import PYTHON, ROOT, python_env, wait_until  # noqa: E402
 
@@ -48,28 +48,6 @@ def postgres() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    binary = subprocess.run([os.path.join(ROOT, "scripts", "install-redis")], check=True, capture_output=True,
-                            text=True).stdout.strip().splitlines()[-1]
-    port = free_ports(1)[0]
-    workdir = tempfile.mkdtemp(prefix="consul-leader-redis-")
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                               "no", "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return server.poll() is not None
-
-    wait_until(answers, 30, "redis-server answers PING")
-    yield f"redis://127.0.0.1:{port}/0"
-    server.terminate()
-    server.wait(10)
 
 
 def manage(env: Dict[str, str], *args: str) -> str:
@@ -116,16 +94,6 @@ class Beat:
     def output(self) -> str:
         with open(self.log, errors="replace") as fh:
             return "".join(line for line in fh if not line.rstrip().endswith("] ^"))
-
-
-def sent(url: str) -> List[Dict[str, Any]]:
-    """Headers of every message in the broker's queue, by run time."""
-    messages = [json.loads(raw)["headers"] for raw in redis.Redis.from_url(url).lrange("celery", 0, -1)]
-    return sorted(messages, key=lambda h: h["consul_leader_run_at"])
-
-
-def label(headers: Dict[str, Any]) -> str:
-    return str(headers["argsrepr"]).strip("()[],'\"")
 
 
 def sender_pid(headers: Dict[str, Any]) -> int:
