@@ -856,10 +856,10 @@ class Candidate:
                 log.info("%s stepped down as leader of %r: %s", self.identity, self.key, reason, extra=fields)
             self._dispatcher.send(signals.deposed, self, reason=reason)
             self._events.publish(LeadershipEvent(EventKind.DEPOSED, reason=reason))
-            self._dispatcher.call(self._notify)
             # The deposed receivers stop what on_elected started: let them
             # finish before anyone else can start it.
             self._dispatcher.flush(f"the deposed receivers of {self.identity}")
+            self._notify()
             if reason.must_release:
                 self._release(session, reason)
         finally:

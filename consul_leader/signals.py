@@ -145,17 +145,23 @@ class Dispatcher:
         self._queue: collections.deque[_Task | None] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
         self._latest: dict[Any, _Task] = {}  # queued tasks that a newer one replaces
+        self._busy = False  # a task is running
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def send(self, signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
         """Queue *signal* for its receivers; returns at once. The bare
-        decorators' receivers go by the default candidate of this moment."""
-        self.call(_deliver, signal, sender, get_default(), kwargs)
+        decorators' receivers go by the default candidate of this moment.
+        Nothing is queued when nobody listens (a handover then waits for
+        no thread)."""
+        if signal.has_receivers_for(sender):
+            self.call(_deliver, signal, sender, get_default(), kwargs)
 
     def send_latest(self, signal: blinker.NamedSignal, sender: Any, **kwargs: Any) -> None:
         """Like :meth:`send`, but if this signal is still queued, undelivered,
         deliver these arguments in its place (the latest state only)."""
+        if not signal.has_receivers_for(sender):
+            return
         self._put(_Task(_deliver, (signal, sender, get_default(), kwargs), {}), latest=signal.name)
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -200,6 +206,9 @@ class Dispatcher:
         returns at once (what it queued runs after it)."""
         if self.on_thread() or self._thread is None:
             return
+        with self._ready:
+            if not self._queue and not self._busy:
+                return  # nothing to wait for: no thread switch
         done = threading.Event()
         self.call(done.set)
         waited = 0.0
@@ -213,6 +222,7 @@ class Dispatcher:
                 while not self._queue:
                     self._ready.wait()
                 task = self._queue.popleft()
+                self._busy = task is not None
                 if task is not None:
                     for name, queued in list(self._latest.items()):
                         if queued is task:
@@ -223,3 +233,6 @@ class Dispatcher:
                 task.fn(*task.args, **task.kwargs)
             except BaseException:  # send() already isolates receivers; this is a bug of ours
                 log.exception("unexpected error delivering %r", task.fn)
+            finally:
+                with self._ready:
+                    self._busy = False
