@@ -237,6 +237,7 @@ class Elector:
         self._next_timer = math.inf
         self._full = True  # look at every key at the next turn
         self._dirty: set[Candidacy] = set()  # keys to look at at the next turn
+        self._added = False  # a key was added since the worker last looked at every key's entry
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
         self.heartbeat_stats = HeartbeatStats()
         process.register(self)
@@ -261,6 +262,7 @@ class Elector:
             if key in self._candidacies:
                 raise ConfigurationError(f"this elector already runs for {key!r}")
             candidacy = self._candidacies[key] = Candidacy(self, key, who)
+            self._added = True
         self._queue.put(("kick",))
         return candidacy
 
@@ -434,7 +436,9 @@ class Elector:
                 # same with 1 key or 1,000.
                 if self._full or self._clock() >= self._next_timer:
                     self._full = False
-                    if self._index:
+                    if self._added and self._index:
+                        # Its entry may never change again: the watch would not hand it over.
+                        self._added = False
                         self._observe_all(self._index)
                     self._dirty.clear()
                     self._next_timer = self._sweep(self.candidacies())
