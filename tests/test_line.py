@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import base64
 import collections
+import logging
 import shutil
 import signal
 import tempfile
 import threading
+import uuid
 from typing import Any, Dict, Iterator, List
 
 import pytest
 import requests
 from chaos.procs import CandidateProcess
 from garbling_proxy import GarblingProxy
+from security_helpers import acl_agent, documented_policy, make_token, node_name
 
 from consul_leader import Candidate, elected
 from consul_leader.testing import ConsulAgent
@@ -169,3 +172,37 @@ def test_a_killed_waiter_in_the_middle_of_the_line_is_skipped_and_its_entry_remo
     wait_until(lambda: first.leading() is not None, 30, "the first in line leads")
     first.stop()
     wait_until(lambda: last.leading() is not None, 30, "the last in line leads after it")
+
+
+# -- a token that may write only the lock key ---------------------------------
+
+@pytest.fixture(scope="module")
+def acl_consul() -> Iterator[ConsulAgent]:
+    with acl_agent() as a:
+        yield a
+
+
+def test_a_token_that_may_write_only_the_key_waits_without_the_line_and_says_so_once(
+        acl_consul: ConsulAgent, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_HTTP_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    prefix = f"acl/{uuid.uuid4().hex[:8]}"
+    key = f"{prefix}/leader"
+    rules = documented_policy(prefix, node_name(acl_consul)).replace(f'key_prefix "{prefix}/"', f'key "{key}"')
+    assert f'key "{key}"' in rules
+    token, _ = make_token(acl_consul, rules)
+    caplog.set_level(logging.WARNING, logger="consul_leader")
+    with candidate_factory(acl_consul, ttl=1.0, token=token) as make:
+        first = make(key, identity="first").start()
+        assert first.wait_for_leadership(30)
+        waiting = [make(key, identity=f"w{i}").start() for i in range(2)]
+
+        def warned() -> List[str]:
+            return [r.getMessage() for r in caplog.records if "waiting line" in r.getMessage()]
+
+        wait_until(lambda: len(warned()) == 2, 30, "each waiting candidate says why it waits without the line")
+        first.stop()
+        wait_until(lambda: len(leaders(waiting)) == 1, 30, "a waiting candidate leads")
+        leaders(waiting)[0].stop()
+        wait_until(lambda: any(c.is_leader() for c in waiting), 30, "the last candidate leads")
+        assert len(warned()) == 2, warned()  # once per candidate, not per wait
