@@ -550,10 +550,10 @@ class Candidate:
             watch = KeyWatch(self.client, self.key)
             self._wait(watch, hold_off_until=until, after_lock_index=lock_index)
             self._sit_out = None
-            entry = watch.entry
-            if self.wait and entry is not None and entry.get("Session") not in (None, session.id):
-                # Someone else took it meanwhile: to the end of the line,
-                # without a transaction that can only fail.
+            if self.wait:
+                # To the end of the line, even if the lock is free: those
+                # who waited go first (the first of them may be frozen, and
+                # costs its check TTL, not its turn).
                 self._wait_in_line(session, watch)
             return
         if not self._key_checked:

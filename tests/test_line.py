@@ -143,21 +143,24 @@ def _start_in_line(spawn: Any, url: str, key: str, n: int) -> List[CandidateProc
     return procs
 
 
-def test_a_frozen_first_in_line_costs_at_most_its_check_ttl(spawn: Any, consul_agent: ConsulAgent,
-                                                           key: str) -> None:
+def test_a_frozen_first_in_line_costs_at_most_its_check_ttl_and_not_its_turn(
+        spawn: Any, consul_agent: ConsulAgent, key: str) -> None:
     leader, frozen, second, third = _start_in_line(spawn, consul_agent.url, key, 4)
     frozen.signal(signal.SIGSTOP)
     try:
-        leader.stop()  # a graceful release, while the first in line cannot take it
+        leader.signal(signal.SIGUSR1)  # resign, while the first in line cannot take the lock
+        wait_until(lambda: leader.leading() is None, 30, "the leader resigned")
         # The frozen one's session ends with its check's TTL; its entry then
         # has no session, and the next in line moves up and takes the lock.
-        wait_until(lambda: second.leading() is not None, TTL + 15, "the second in line leads")
-        assert third.leading() is None and frozen.leading() is None
+        # The resigned leader, back from sitting out, stands behind them all.
+        wait_until(lambda: any(p.leading() is not None for p in (leader, second, third)), TTL + 15,
+                   "a new leader")
+        assert second.leading() is not None, [p.identity for p in (leader, second, third) if p.leading()]
     finally:
         frozen.signal(signal.SIGCONT)
     # Back, it makes a new session and stands at the end of the line.
-    wait_until(lambda: [e["Value"] for e in line(consul_agent.url, key)] == [_b64("p3"), _b64("p1")], 30,
-               "the thawed candidate at the end of the line")
+    wait_until(lambda: [e["Value"] for e in line(consul_agent.url, key)] == [_b64("p3"), _b64("p0"), _b64("p1")],
+               30, "the thawed candidate at the end of the line")
 
 
 def test_a_killed_waiter_in_the_middle_of_the_line_is_skipped_and_its_entry_removed(
