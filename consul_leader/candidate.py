@@ -659,6 +659,9 @@ class Candidate:
             assert session.id is not None
             try:
                 line.wait_turn(session.id, lambda: self._stopping.is_set() or session.lost.is_set())
+            except SessionLost:
+                session.lost.set()
+                return  # joining told us before the heartbeat did: make a new session now
             except ConsulLeaderError:
                 if session.lost.is_set():
                     clear_wake()

@@ -648,7 +648,7 @@ class ConsulClient:
         :returns: False if another session holds *key*.
         :raises SessionLost: the session is gone.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         return bool(self._call("join line", lambda: self._consul.kv.put(key, value, acquire=session_id),
                                missing=f"session {session_id} no longer exists", key=key))
 
@@ -658,7 +658,7 @@ class ConsulClient:
 
         :returns: False if the key changed meanwhile.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         return bool(self._call("delete key", lambda: self._consul.kv.delete(key, cas=index), key=key))
 
 
