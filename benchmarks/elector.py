@@ -169,3 +169,36 @@ def figures(elector: Optional[Dict[str, Any]], lock_handover: Optional[Dict[str,
                                stats[p], theirs.get(p), target,
                                f"n={stats['n']}; consul lock: one key alone, resign handover of this run"))
     return rows
+
+
+def main() -> None:
+    """``python -m benchmarks.elector [--keys N] [--handovers H]``: this
+    benchmark alone, on an agent of its own; prints the figures as JSON."""
+    import argparse
+    import shutil
+    import tempfile
+
+    from consul_leader.testing import ConsulAgent
+
+    from .run import percentiles
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--handovers", type=int, default=100)
+    parser.add_argument("--idle-window", type=float, default=10.0)
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="consul-leader-bench-elector-")
+    try:
+        with ConsulAgent(config={"limits": {"http_max_conns_per_client": 4096}}) as agent:
+            found = measure(agent.address, agent.binary, workdir, args.keys, args.handovers, args.idle_window)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = {"keys": found["keys"], "handover_ms": percentiles(found["handover_ms"]),
+               "samples_ms": [round(ms, 2) for ms in found["handover_ms"]]}
+    for role in ("holder", "waiting"):
+        summary[role] = {k: found[role][k] for k in ("elector_threads", "connections", "requests_per_s")}
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -344,6 +344,10 @@ class Elector:
 
     def _watch_loop(self) -> None:
         index = 0
+        # Each key's ModifyIndex in the last listing: only the entries that
+        # differ go to the worker, so a change costs the worker the same with
+        # 1 key or 1,000, and the listing itself is dropped at once.
+        known: dict[str, int] = {}
         while not self._stopping.is_set():
             try:
                 new, entries = self.client.get_prefix(self.prefix, index=index or None,
@@ -356,7 +360,16 @@ class Elector:
                 continue
             reset = new < index
             index = new if new > 0 and new >= index else (0 if reset else 1)
-            self._queue.put(("entries", new, entries, reset))
+            if reset:
+                known.clear()
+            changed = {key: entry for key, entry in entries.items() if known.get(key) != entry["ModifyIndex"]}
+            removed = known.keys() - entries.keys()
+            for key in removed:
+                del known[key]
+            for key, entry in changed.items():
+                known[key] = entry["ModifyIndex"]
+            del entries
+            self._queue.put(("changes", new, changed, removed, reset))
 
     def _prove(self, session: Session, t0: float) -> None:
         """A heartbeat round of *session* (started at *t0*, the check
@@ -421,6 +434,8 @@ class Elector:
                 # same with 1 key or 1,000.
                 if self._full or self._clock() >= self._next_timer:
                     self._full = False
+                    if self._index:
+                        self._observe_all(self._index)
                     self._dirty.clear()
                     self._next_timer = self._sweep(self.candidacies())
                 elif self._dirty:
@@ -452,11 +467,16 @@ class Elector:
         log.info("%s left the election for the keys under %r", self.identity, self.prefix)
 
     def _handle(self, what: str, *args: Any) -> None:
-        if what == "entries":
+        if what == "changes":  # the watch's: only the entries that changed since its last listing
+            index, changed, removed, reset = args
+            if reset:
+                self._apply_listing(index, changed, reset=True)
+            elif index >= self._index:
+                self._apply(index, changed, removed)
+        elif what == "entries":  # a full listing (the heartbeat's read)
             index, entries, reset = args
             if index >= self._index or reset:
-                self._index, self._entries = index, entries
-                self._observe_all(index)
+                self._apply_listing(index, entries, reset)
         elif what == "end":
             self._continue_end(args[0])
         elif what == "job-done":
@@ -508,28 +528,55 @@ class Elector:
             assert session.id is not None
             self.client.release(candidacy.key, session.id)
 
+    def _apply_listing(self, index: int, entries: dict[str, KeyEntry], reset: bool) -> None:
+        """A full listing: apply what differs from the one known."""
+        known = self._entries
+        changed = {key: entry for key, entry in entries.items()
+                   if (old := known.get(key)) is None or old["ModifyIndex"] != entry["ModifyIndex"]}
+        self._apply(index, changed, known.keys() - entries.keys(), reset)
+
+    def _apply(self, index: int, changed: dict[str, KeyEntry], removed: Iterable[str], reset: bool = False) -> None:
+        """The prefix at *index*: *changed* entries, *removed* keys, every
+        other key as it was; look at the keys of ours among them."""
+        if index < self._index and not reset:
+            return
+        self._index = index
+        for key in removed:
+            self._entries.pop(key, None)
+            candidacy = self._candidacies.get(key)
+            if candidacy is not None:
+                self._observe(candidacy, None, index)
+        for key, entry in changed.items():
+            self._entries[key] = entry
+            candidacy = self._candidacies.get(key)
+            if candidacy is not None:
+                self._observe(candidacy, entry, index)
+
     def _observe_all(self, index: int) -> None:
+        """Every key as last listed (a key added since was never looked at)."""
         for candidacy in self.candidacies():
-            entry = self._entries.get(candidacy.key)
-            modified = int(entry["ModifyIndex"]) if entry is not None else 0
-            if modified == candidacy._modified:
-                continue  # unchanged since the last look
-            candidacy._modified = modified
-            self._dirty.add(candidacy)
-            info = LeaderInfo.from_entry(entry)
-            if not info.same_leader(candidacy._observed):
-                candidacy._observed, candidacy._leader = info, info.identity
-                self._dispatcher.send(signals.leader_changed, candidacy, leader=info.identity)
-            term = candidacy._term
-            if term is not None and term.reason is None and index >= term.fencing_token:
-                if entry is None or entry.get("Session") != term.session.id:
-                    self._step_down(term, Reason.LOCK_LOST)
-                elif entry.get("Value") != candidacy.identity.encode("utf-8"):
-                    self._step_down(term, Reason.KEY_OVERWRITTEN)
-            first = candidacy._first
-            if first is not None and index >= (first[1].modify_index or 0) and \
-                    (entry is None or entry.get("Session") != first[2].id):
-                candidacy._first, candidacy._state = None, "idle"
+            self._observe(candidacy, self._entries.get(candidacy.key), index)
+
+    def _observe(self, candidacy: Candidacy, entry: KeyEntry | None, index: int) -> None:
+        modified = int(entry["ModifyIndex"]) if entry is not None else 0
+        if modified == candidacy._modified:
+            return  # unchanged since the last look
+        candidacy._modified = modified
+        self._dirty.add(candidacy)
+        info = LeaderInfo.from_entry(entry)
+        if not info.same_leader(candidacy._observed):
+            candidacy._observed, candidacy._leader = info, info.identity
+            self._dispatcher.send(signals.leader_changed, candidacy, leader=info.identity)
+        term = candidacy._term
+        if term is not None and term.reason is None and index >= term.fencing_token:
+            if entry is None or entry.get("Session") != term.session.id:
+                self._step_down(term, Reason.LOCK_LOST)
+            elif entry.get("Value") != candidacy.identity.encode("utf-8"):
+                self._step_down(term, Reason.KEY_OVERWRITTEN)
+        first = candidacy._first
+        if first is not None and index >= (first[1].modify_index or 0) and \
+                (entry is None or entry.get("Session") != first[2].id):
+            candidacy._first, candidacy._state = None, "idle"
 
     def _sweep(self, candidacies: Iterable[Candidacy]) -> float:
         """Lapsed leases, first-holder waits that ended, and free keys to

@@ -149,6 +149,28 @@ def test_one_key_hands_over_while_the_others_are_held(
     assert [c.key for c in b.candidacies() if c.is_leader()] == [moved.key]
 
 
+def test_a_key_added_to_a_running_elector_sees_its_leader_and_takes_over(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    # The watch hands the worker only the entries that changed: a key taken
+    # part in later, whose entry does not change, must still be looked at.
+    a = make(electors, consul_agent, primed(consul_agent, prefix, 3), "a", n=3).start()
+    for c in a.candidacies():
+        assert c.wait_for_leadership(30)
+    prime_key(consul_agent.url, f"{prefix}/other")
+    b = make(electors, consul_agent, prefix, "b", n=0)
+    b.candidate("other")
+    b.start()
+    assert b.candidacies()[0].wait_for_leadership(30)
+    time.sleep(1.5)  # b's watch and heartbeat have listed the prefix since
+    late = b.candidate("k1")
+    wait_until(lambda: late.leader() == "a", timeout=10, what="the added key sees its leader")
+    held = next(c for c in a.candidacies() if c.key == late.key)
+    token = held.fencing_token
+    assert held.resign()
+    assert late.wait_for_leadership(10)
+    assert late.fencing_token is not None and token is not None and late.fencing_token > token
+
+
 def test_a_destroyed_session_deposes_every_key_and_all_run_again(
         consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
     e = make(electors, consul_agent, primed(consul_agent, prefix), "one").start()
