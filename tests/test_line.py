@@ -93,17 +93,20 @@ def test_a_release_wakes_one_waiter_and_the_lock_goes_round_in_line_order(consul
                 after = snapshot()
                 per_handover.append({k: after.get(k, 0) - before.get(k, 0) for k in ("txn", "kv")})
                 leader = leaders(order)[0]
+            # (a stopping leader lets its successor in: stopping them all
+            # at the end elects more, down the line)
+            won_in_turn = list(won)
     print(f"requests per handover with {HERD - 1} waiting: {per_handover}")
     txns = [h["txn"] for h in per_handover]
-    # Only the first in line tries: one transaction per handover (a retry
-    # after a lost race may add one now and then). Without the line every
-    # waiter wakes and reads the key, and those that did not lose the last
-    # race try the transaction too.
-    assert sum(txns) <= HERD + 2, txns
+    # Only the first in line tries: two transactions per handover, the
+    # release and the acquire (a retry after a lost race may add one now
+    # and then). Without the line every waiter wakes and reads the key, and
+    # those that did not lose the last race try the transaction too.
+    assert sum(txns) <= 2 * HERD + 2, txns
     kv = [h["kv"] for h in per_handover]
     assert sum(kv) / len(kv) < 1.5 * (HERD - 1), kv
     # Fairness: each one led once, in the order it came, then the first again.
-    assert won == [c.identity for c in order] + [order[0].identity]
+    assert won_in_turn == [c.identity for c in order] + [order[0].identity], " ".join(won_in_turn)
 
 
 def _b64(text: str) -> str:
