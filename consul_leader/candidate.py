@@ -38,6 +38,7 @@ from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import KeyWatch, LeaderInfo
 from .health import Health
 from .job import Job, JobRunner
+from .line import WaitingLine
 from .process import stop_on_signals
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
@@ -188,6 +189,9 @@ class Candidate:
         self._saw_free = False
         self._lost_race = False
         self._acquire_seconds: float | None = None
+        # Only the first in line watches the lock; the others each watch the
+        # one before them, so that a release wakes one waiter, not all.
+        self._line = WaitingLine(self.client, self.key, self.identity)
         self.heartbeat_stats = HeartbeatStats()
 
     def __repr__(self) -> str:
@@ -361,6 +365,7 @@ class Candidate:
         self._finish_stop()
 
     def _finish_stop(self) -> None:
+        self._line.leave()  # before the session ends, so that the next waiter moves up once
         session = self._session
         if session is not None:
             self._let_successor_in()
@@ -590,7 +595,11 @@ class Candidate:
                 watch.index = released_at
             self._wait(watch, hold_off_until=until, after_lock_index=lock_index)
             self._sit_out = None
-            self._wait_if_held(watch)
+            if self.wait:
+                # To the end of the line, even if the lock is free: those
+                # who waited go first (the first of them may be frozen, and
+                # costs its check TTL, not its turn).
+                self._wait_in_line(session, watch)
             return
         if not self._key_checked:
             # Consul takes keys in a transaction's body that it refuses in a
@@ -603,7 +612,8 @@ class Candidate:
         raced, self._saw_free = self._saw_free, False
         asked_at = self._clock()
         try:
-            attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms)
+            attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms,
+                                          delete=self._line.entry)
         except SessionLost:
             session.lost.set()
             raise
@@ -611,6 +621,7 @@ class Candidate:
         self._acquire_seconds = took if self._acquire_seconds is None else 0.8 * self._acquire_seconds + 0.2 * took
         if attempt.modify_index is not None:
             self._lost_race = False
+            self._line.left()  # the transaction deleted our entry: the next waiter moves up
             self._lead(session, asked_at, attempt)
             return
         if attempt.delayed:
@@ -638,6 +649,26 @@ class Candidate:
             log.info("%s", self._failure)
             self._stopping.set()
             return
+        self._wait_in_line(session, watch)
+
+    def _wait_in_line(self, session: Session, watch: KeyWatch) -> None:
+        """Wait for the lock as one of a line: block on the waiter before
+        this one until it is first, then on the lock (see :mod:`.line`)."""
+        line = self._line
+        if line.enabled:
+            assert session.id is not None
+            try:
+                line.wait_turn(session.id, lambda: self._stopping.is_set() or session.lost.is_set())
+            except SessionLost:
+                session.lost.set()
+                return  # joining told us before the heartbeat did: make a new session now
+            except ConsulLeaderError:
+                if session.lost.is_set():
+                    clear_wake()
+                    return  # woken by the heartbeat: make a new session now
+                raise
+            if self._stopping.is_set() or session.lost.is_set():
+                return
         self._wait(watch)
 
     def _ensure_session(self) -> Session:

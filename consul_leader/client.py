@@ -57,6 +57,8 @@ _PERMISSION_HINTS = {
     "acquire lock": 'key_prefix "<key>" { policy = "write" }',
     "release lock": 'key_prefix "<key>" { policy = "write" }',
     "read key": 'key_prefix "<key>" { policy = "read" }',
+    "join line": 'key_prefix "<key>" { policy = "write" }',
+    "delete key": 'key_prefix "<key>" { policy = "write" }',
 }
 
 
@@ -516,14 +518,20 @@ class ConsulClient:
         """Destroy the session, releasing what it holds."""
         self._call("destroy session", lambda: self._consul.session.destroy(session_id))
 
-    def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0) -> LockAttempt:
+    def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0,
+                delete: str | None = None) -> LockAttempt:
         """Try to take the lock on *key* for the session, in one transaction
         that also answers the key's ModifyIndex (the fencing token) and why a
         refusal happened.
 
+        :param delete: a key to delete in the same transaction if, and only
+            if, the lock is taken (the candidate's place in the waiting line).
         :raises SessionLost: the session is gone (Consul says invalid session)."""
-        operations = [{"KV": {"Verb": "lock", "Key": key, "Value": base64.b64encode(value).decode("ascii"),
-                              "Session": session_id, "Flags": flags}}]
+        operations: list[Any] = [{"KV": {"Verb": "lock", "Key": key,
+                                         "Value": base64.b64encode(value).decode("ascii"),
+                                         "Session": session_id, "Flags": flags}}]
+        if delete is not None:
+            operations.append({"KV": {"Verb": "delete", "Key": delete}})
 
         def lock() -> LockAttempt:
             try:
@@ -634,7 +642,28 @@ class ConsulClient:
 
     def delete_key(self, key: str, recurse: bool = False) -> None:
         """Delete *key* (used by tests and tools)."""
-        self._call("delete key", lambda: self._consul.kv.delete(key, recurse=recurse or None))
+        self._call("delete key", lambda: self._consul.kv.delete(key, recurse=recurse or None), key=key)
+
+    def put_locked(self, key: str, value: bytes, session_id: str) -> bool:
+        """Write *key* locked by the session (a place in the waiting line):
+        a plain ``?acquire=`` write, told apart from the election's
+        transaction by whoever counts requests.
+
+        :returns: False if another session holds *key*.
+        :raises SessionLost: the session is gone.
+
+        .. versionadded:: 0.2"""
+        return bool(self._call("join line", lambda: self._consul.kv.put(key, value, acquire=session_id),
+                               missing=f"session {session_id} no longer exists", key=key))
+
+    def delete_key_if_index(self, key: str, index: int) -> bool:
+        """Delete *key* only if its ModifyIndex is still *index* (a
+        check-and-set delete).
+
+        :returns: False if the key changed meanwhile.
+
+        .. versionadded:: 0.2"""
+        return bool(self._call("delete key", lambda: self._consul.kv.delete(key, cas=index), key=key))
 
 
 def _duration(seconds: float | None) -> str:

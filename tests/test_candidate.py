@@ -421,7 +421,7 @@ def test_a_resigned_leader_writes_nothing_while_the_next_one_leads(consul_agent,
     # During its sit-out the resigned leader blocks on the key from its own
     # release: it neither reads the key again nor, once the other has taken
     # it, sends an acquire that can only fail (a Raft write in the middle of
-    # the handover).
+    # the handover); it only stands in line again.
     with GarblingProxy(consul_agent.url) as proxy:
         a = make_candidate(key, address=proxy.address).start()
         assert a.wait_for_leadership(30)
@@ -432,9 +432,9 @@ def test_a_resigned_leader_writes_nothing_while_the_next_one_leads(consul_agent,
         a.resign()
         assert b.wait_for_leadership(10)
         time.sleep(1.0)  # what a does while b leads
-        writes = [(m, p) for m, p in seen if m != "GET" and "/agent/check/pass/" not in p
-                  and "/session/renew/" not in p]
-        reads = [p for m, p in seen if m == "GET" and "index=" not in p]
-        assert writes == [("PUT", "/v1/txn")], f"one write: the release; got {writes}"
+        writes = [(m, p.split("?")[0].rsplit("/", 2)[-2]) for m, p in seen
+                  if m != "GET" and "/agent/check/pass/" not in p and "/session/renew/" not in p]
+        reads = [p for m, p in seen if m == "GET" and "index=" not in p and "/.waiting/" not in p]
+        assert writes == [("PUT", "v1"), ("PUT", ".waiting")], f"the release, then a place in line; got {writes}"
         assert reads == [], f"no read of the key outside blocking queries; got {reads}"
         assert not a.is_leader() and b.is_leader()
