@@ -125,6 +125,7 @@ class Chaos:
                 time.sleep(self.rng.uniform(0.5, 2.0))
         finally:
             self.end = time.monotonic()
+            self.wait_for_agents("the last fault")
             for p in self.procs:
                 if p.identity not in self.stopped:
                     self.stopped[p.identity] = p.stop()
@@ -246,6 +247,32 @@ class Chaos:
             wait_until(self.servers_healthy, timeout, "the servers are healthy", every=0.2)
         except AssertionError:
             self._note(f"the servers were not healthy {timeout:g}s after {after}")
+
+    def agents_answer(self) -> bool:
+        """Every agent answers over HTTP and knows the Raft leader, and the
+        servers are healthy: a candidate can then renew its session."""
+        for agent in self.cluster.agents:
+            if not agent.running:
+                continue
+            try:
+                r = requests.get(f"{agent.url}/v1/status/leader", timeout=2)
+            except requests.RequestException:
+                return False
+            if r.status_code != 200 or not r.json():
+                return False
+        return self.servers_healthy()
+
+    def wait_for_agents(self, after: str, timeout: float = 60.0) -> None:
+        """Before the final probe: an agent can stay unresponsive for a while
+        after a fault (a client agent that rejoined while a server was cut
+        off answered nobody for 20 s), and its candidates cannot be healthy
+        meanwhile; that is Consul's recovery, not a stuck candidate. Then
+        give the candidates a heartbeat period to renew."""
+        try:
+            wait_until(self.agents_answer, timeout, "every agent answers", every=0.2)
+        except AssertionError:
+            self._note(f"some agent still did not answer {timeout:g}s after {after}")
+        time.sleep(self.ttl)
 
     def _target(self) -> CandidateProcess:
         leader = self.wait_for_leader("the last fault")
