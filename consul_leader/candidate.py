@@ -658,7 +658,9 @@ class Candidate:
         if line.enabled:
             assert session.id is not None
             try:
-                line.wait_turn(session.id, lambda: self._stopping.is_set() or session.lost.is_set())
+                line.wait_turn(session.id, lambda: self._stopping.is_set() or session.lost.is_set(),
+                               look=lambda: self._observe(self.client.get_key(self.key)[1]),
+                               wait=min(_IDLE_WAIT, max(5.0, 3 * self.timing.check_ttl)))
             except SessionLost:
                 session.lost.set()
                 return  # joining told us before the heartbeat did: make a new session now

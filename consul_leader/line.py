@@ -90,10 +90,13 @@ class WaitingLine:
         except ConsulLeaderError as exc:
             log.debug("could not leave the line at %r: %s", entry, exc)
 
-    def wait_turn(self, session_id: str, done: Callable[[], bool]) -> None:
+    def wait_turn(self, session_id: str, done: Callable[[], bool], look: Callable[[], None] = lambda: None,
+                  wait: float = _IDLE_WAIT) -> None:
         """Return once this candidate is the first live waiter, the line
         cannot be used, or *done()* says to stop waiting. Blocks on the
-        waiter before it, never on the lock.
+        waiter before it, never on the lock, at most *wait* seconds at a
+        time; *look()* is called after each such wait (the candidate reads
+        the lock there, so that its ``leader()`` is at most *wait* old).
 
         :raises ConsulLeaderError: Consul could not be asked (the caller retries)."""
         if not self.join(session_id):
@@ -114,7 +117,8 @@ class WaitingLine:
             ahead = _ahead_of(mine, entries)
             if ahead is None:
                 return
-            self.client.get_key(ahead["Key"], index=int(ahead["ModifyIndex"]), wait=_IDLE_WAIT)
+            self.client.get_key(ahead["Key"], index=int(ahead["ModifyIndex"]), wait=wait)
+            look()
 
     def _disable(self, exc: PermissionDenied) -> None:
         if self.enabled:
