@@ -98,6 +98,13 @@ class JobRunner:
     def _work(self) -> None:
         ok = True
         assert self.job is not None
+        if self._lease_remaining() <= 0:
+            # The process was paused between the term's start and this
+            # thread's first step: the lease ran out meanwhile, and another
+            # candidate may be working already. Do not start the job; the
+            # lease watchdog ends the term.
+            log.warning("the lease of %s ran out before its job could start; not starting it", self.name)
+            return
         try:
             self.job(self.stop_event)
         except BaseException:  # SystemExit too: it would only end this thread, silently

@@ -116,3 +116,28 @@ def test_a_fractional_lock_delay_reaches_consul_exactly(client, consul_agent):
         assert info["LockDelay"] == 2_800_000_000 and info["TTL"] == "10s"
     finally:
         s.close()
+
+
+def test_a_job_whose_lease_ran_out_before_it_could_start_is_not_started():
+    # Pure timing logic (no agent needed): the process was paused between
+    # the term's start and the job thread's first step, and the lease ran
+    # out meanwhile; the job must not start then (another candidate may be
+    # working already). Found by the Elector's chaos run: a job started 4.8 s
+    # after its term, when its process resumed from SIGSTOP.
+    import threading
+
+    from consul_leader.job import JobRunner
+
+    called = threading.Event()
+    returned: list = []
+    runner = JobRunner(lambda stop: called.set(), lambda: -0.5, "test", on_return=returned.append,
+                       on_lease_end=lambda: None)
+    runner.start()
+    runner.join()
+    assert not called.is_set() and returned == []
+
+    live = JobRunner(lambda stop: called.set(), lambda: 5.0, "test", on_return=returned.append,
+                     on_lease_end=lambda: None)
+    live.start()
+    live.join()
+    assert called.is_set() and returned == [True]
