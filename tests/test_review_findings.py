@@ -304,7 +304,11 @@ def test_a_stop_interrupted_by_a_signal_does_not_let_the_next_stop_release_besid
         wait_until(lambda: any("leading" in x for x in lines), what="a leads")
         b = make_candidate(key)
         b.start()
-        wait_until(lambda: any("interrupted" in x for x in lines), what="a's stop() interrupted")
+        try:
+            wait_until(lambda: any("interrupted" in x for x in lines), what="a's stop() interrupted")
+        except AssertionError as exc:  # say what the child did instead
+            raise AssertionError(f"{exc}; a printed {[x for x in lines if x != 'tick'][-20:]}, "
+                                 f"exit code {proc.poll()}") from None
         # a's job still runs (it never returns): nobody else may lead.
         assert not b.wait_for_leadership(10), \
             f"b leads while a's job still runs; a printed {[x for x in lines if x != 'tick']}"
