@@ -12,16 +12,14 @@ from __future__ import annotations
 import base64
 import collections
 import logging
-import shutil
 import signal
-import tempfile
 import threading
 import uuid
 from typing import Any, Dict, Iterator, List
 
 import pytest
 import requests
-from chaos.procs import CandidateProcess
+from chaos.procs import CandidateProcess, candidate_processes
 from garbling_proxy import GarblingProxy
 from security_helpers import acl_agent, documented_policy, make_token, node_name
 
@@ -120,20 +118,8 @@ TTL = 1.0
 
 @pytest.fixture
 def spawn(consul_agent: ConsulAgent, key: str) -> Iterator[Any]:
-    made: List[CandidateProcess] = []
-    workdir = tempfile.mkdtemp(prefix="consul-leader-line-")
-
-    def make(identity: str) -> CandidateProcess:
-        p = CandidateProcess(consul_agent.address, key, identity, workdir, TTL).start()
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.stop()
-    for p in made:
-        print(f"--- {p.identity} output ---\n{p.output()}")
-    shutil.rmtree(workdir, ignore_errors=True)
+    with candidate_processes(consul_agent.address, key, TTL) as start:
+        yield start
 
 
 def _start_in_line(spawn: Any, url: str, key: str, n: int) -> List[CandidateProcess]:

@@ -4,14 +4,12 @@ believed; the faults are real signals: SIGKILL, SIGSTOP/SIGCONT."""
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from chaos.checker import check, lease_violations, overlaps, terms
-from chaos.procs import CandidateProcess, wait_until
+from chaos.procs import CandidateProcess, candidate_processes, wait_until
 
 from consul_leader.testing import ConsulAgent
 
@@ -20,21 +18,13 @@ TTL = 1.0  # keeps the faults short: lock-delay 1 s, lease 5/6 s
 
 @pytest.fixture
 def spawn(consul_agent: ConsulAgent, key: str) -> Iterator[Any]:
-    made: List[CandidateProcess] = []
-    workdir = tempfile.mkdtemp(prefix="consul-leader-procs-")
+    with candidate_processes(consul_agent.address, key, TTL) as start:
+        count = iter(range(1000))
 
-    def make(n: int) -> List[CandidateProcess]:
-        procs = [CandidateProcess(consul_agent.address, key, f"p{len(made) + i}", workdir, TTL).start()
-                 for i in range(n)]
-        made.extend(procs)
-        return procs
+        def make(n: int) -> List[CandidateProcess]:
+            return [start(f"p{next(count)}") for _ in range(n)]
 
-    yield make
-    for p in made:
-        p.stop()
-    for p in made:
-        print(f"--- {p.identity} output ---\n{p.output()}")
-    shutil.rmtree(workdir, ignore_errors=True)
+        yield make
 
 
 def the_leader(procs: List[CandidateProcess], after: float = float("-inf")) -> Optional[CandidateProcess]:

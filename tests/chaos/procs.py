@@ -3,12 +3,15 @@ supervisors (running ``command_proc.py``) driven from a test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from conftest import PYTHON, python_env
 
@@ -214,6 +217,27 @@ def read_records(path: str) -> List[Dict[str, Any]]:
     except FileNotFoundError:
         pass
     return out
+
+
+@contextlib.contextmanager
+def candidate_processes(address: str, key: str, ttl: float) -> Iterator[Callable[[str], CandidateProcess]]:
+    """Yield ``start(identity)``, which starts a :class:`CandidateProcess`
+    on *key*; afterwards every one is stopped and its output printed."""
+    made: List[CandidateProcess] = []
+    workdir = tempfile.mkdtemp(prefix="consul-leader-procs-")
+
+    def start(identity: str) -> CandidateProcess:
+        made.append(CandidateProcess(address, key, identity, workdir, ttl).start())
+        return made[-1]
+
+    try:
+        yield start
+    finally:
+        for p in made:
+            p.stop()
+        for p in made:
+            print(f"--- {p.identity} output ---\n{p.output()}")
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.05) -> Any:
