@@ -26,10 +26,6 @@ __all__ = ["WaitingLine", "line_prefix"]
 
 log = logging.getLogger("consul_leader")
 
-#: Longest blocking query on the waiter before us: bounded so that a
-#: connection that died without a reset is noticed.
-_IDLE_WAIT = 30.0
-
 
 def line_prefix(key: str) -> str:
     """The folder under which the candidates waiting for *key* stand in line."""
@@ -90,8 +86,8 @@ class WaitingLine:
         except ConsulLeaderError as exc:
             log.debug("could not leave the line at %r: %s", entry, exc)
 
-    def wait_turn(self, session_id: str, done: Callable[[], bool], look: Callable[[], None] = lambda: None,
-                  wait: float = _IDLE_WAIT) -> None:
+    def wait_turn(self, session_id: str, done: Callable[[], bool], look: Callable[[], None],
+                  wait: float) -> None:
         """Return once this candidate is the first live waiter, the line
         cannot be used, or *done()* says to stop waiting. Blocks on the
         waiter before it, never on the lock, at most *wait* seconds at a
