@@ -217,9 +217,6 @@ EXITING_RECEIVER_CHILD = textwrap.dedent("""
     import sys, time
     from consul_leader import Candidate
     address, key = sys.argv[1:3]
-    # Python's own SIGINT handler, also when started with SIGINT ignored
-    # (a shell's background job), which Python would keep.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     c = Candidate(key, address=address, identity="a")
     # A common wish: leave when deposed, and let the orchestrator restart us.
     c.on_deposed(lambda candidate, **kw: sys.exit(1))
