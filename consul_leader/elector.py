@@ -339,8 +339,9 @@ class Elector:
             term.reason = reason
             if term.candidacy._term is term:
                 term.candidacy._term = None
-        if term.runner is not None:
-            term.runner.stop()
+            runner = term.runner  # read under the lock: _start_job sets it under the lock
+        if runner is not None:
+            runner.stop()
         self._queue.put(("end", term))
         return True
 
@@ -418,8 +419,12 @@ class Elector:
         backoff = 0.0
         while True:
             timeout = max(0.0, min(self._next_timer - self._clock(), 60.0))
+            # A new list each turn: a timer that wakes the worker with
+            # nothing queued must not handle the last batch again (a second
+            # "end" of a term released its key before its job returned).
+            items: list[tuple[Any, ...]] = []
             try:
-                items = [self._queue.get(timeout=timeout)]
+                items.append(self._queue.get(timeout=timeout))
                 while True:
                     items.append(self._queue.get_nowait())
             except queue.Empty:
@@ -699,16 +704,12 @@ class Elector:
         self._start_job(term)
 
     def _start_job(self, term: _Term) -> None:
+        """Run the key's job for *term*, with a lease watchdog: at the
+        lease's end the job is told to stop even while this worker sits in a
+        request to a frozen agent."""
         job = term.candidacy._job
-        if job is None or term.runner is not None or term.reason is not None:
+        if job is None or term.runner is not None:
             return
-
-        def work(stop_event: threading.Event) -> None:
-            try:
-                job(stop_event)
-            finally:
-                term.job_done = True
-                self._queue.put(("job-done", term))
 
         def returned(ok: bool) -> None:
             if not ok:
@@ -716,10 +717,28 @@ class Elector:
                           term.candidacy.key)
             self._step_down(term, Reason.JOB_FINISHED if ok else Reason.JOB_FAILED)
 
-        term.runner = JobRunner(work, lambda: min(term.deadline, term.session.lease_deadline) - self._clock(),
-                                f"{term.candidacy.identity} {term.candidacy.key}", on_return=returned,
-                                on_lease_end=lambda: self._queue.put(("kick",)))
-        term.runner.start()
+        def exited() -> None:  # also when the lease ran out before the job could start
+            term.job_done = True
+            self._queue.put(("job-done", term))
+
+        runner = JobRunner(job, lambda: min(term.deadline, term.session.lease_deadline) - self._clock(),
+                           f"{term.candidacy.identity} {term.candidacy.key}", on_return=returned,
+                           on_lease_end=lambda: self._lapse(term), on_exit=exited)
+        with self._lock:
+            # A step-down from another thread (resign, the heartbeat's
+            # proof) either came before, and the job never starts, or comes
+            # after and finds the runner to stop.
+            if term.reason is not None:
+                return
+            term.runner = runner
+        runner.watch_lease()
+        runner.start()
+
+    def _lapse(self, term: _Term) -> None:
+        """*term*'s lease ran out (its watchdog's call): it stays out."""
+        with self._lock:
+            term.lapsed = True
+        self._step_down(term, Reason.LEASE_EXPIRED)
 
     def _continue_end(self, term: _Term) -> None:
         """The one way out of a term, without blocking the worker: wait for

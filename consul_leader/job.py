@@ -41,16 +41,23 @@ class JobRunner:
         i.e. while the term still runs.
     :param on_lease_end: called on the watchdog thread when it set
         :attr:`stop_event` because the lease ran out.
+    :param on_exit: called on the worker thread as it ends, whether or not
+        the job ran (its lease may have run out before it could start): an
+        owner that does not :meth:`join` learns there that the job is over.
     """
 
     def __init__(self, job: Job | None, lease_remaining: Callable[[], float], name: str, *,
-                 on_return: Callable[[bool], None], on_lease_end: Callable[[], None]) -> None:
+                 on_return: Callable[[bool], None], on_lease_end: Callable[[], None],
+                 on_exit: Callable[[], None] | None = None) -> None:
         self.job = job
         self.name = name
         self.stop_event = threading.Event()
         self._lease_remaining = lease_remaining
         self._on_return = on_return
         self._on_lease_end = on_lease_end
+        self._on_exit = on_exit
+        self._ending = threading.Lock()
+        self._lease_ended = False  # on_lease_end is called once, by the watchdog or the job's thread
         self._thread: threading.Thread | None = None
 
     def watch_lease(self) -> None:
@@ -96,14 +103,22 @@ class JobRunner:
                         "until it returns (a job must return soon after stop_event is set)", self.name, waited)
 
     def _work(self) -> None:
+        try:
+            self._run_job()
+        finally:
+            if self._on_exit is not None:
+                self._on_exit()
+
+    def _run_job(self) -> None:
         ok = True
         assert self.job is not None
         if self._lease_remaining() <= 0:
             # The process was paused between the term's start and this
             # thread's first step: the lease ran out meanwhile, and another
-            # candidate may be working already. Do not start the job; the
-            # lease watchdog ends the term.
+            # candidate may be working already. Do not start the job, and
+            # end the term as the watchdog would: the lease is over.
             log.warning("the lease of %s ran out before its job could start; not starting it", self.name)
+            self._lease_over()
             return
         try:
             self.job(self.stop_event)
@@ -113,12 +128,19 @@ class JobRunner:
         if not self.stop_event.is_set():
             self._on_return(ok)
 
+    def _lease_over(self) -> None:
+        with self._ending:
+            if self._lease_ended:
+                return
+            self._lease_ended = True
+        self.stop_event.set()
+        self._on_lease_end()
+
     def _watchdog(self) -> None:
         while not self.stop_event.is_set():
             remaining = self._lease_remaining()
             if remaining <= 0:
                 log.warning("the lease of %s ran out; telling the job to stop", self.name)
-                self.stop_event.set()
-                self._on_lease_end()
+                self._lease_over()
                 return
             self.stop_event.wait(remaining)

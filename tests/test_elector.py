@@ -359,3 +359,102 @@ def test_a_waiting_process_whose_session_was_destroyed_makes_a_new_one_at_once(
     a.stop()
     for c in b.candidacies():
         assert c.wait_for_leadership(10)
+
+
+def test_a_job_is_told_to_stop_at_its_lease_end_while_the_worker_waits_on_a_frozen_agent(
+        own_agent: ConsulAgent, electors: List[Elector]) -> None:
+    # The worker thread sits in a request to the frozen agent (the release
+    # of a resigned key, up to the 15 s request timeout) while the other
+    # key's lease runs out: the job must be told to stop at the lease's end,
+    # before anyone else can be elected (the check's TTL after the freeze),
+    # not when the worker's request gives up. It was told 15 s late: the
+    # Elector had no lease watchdog for its jobs.
+    prefix = primed(own_agent, "frozen-agent", 2)
+    a = make(electors, own_agent, prefix, "a", n=2, ttl=3.0, timeout=15.0)
+    working, idle = a.candidacies()
+    told: List[float] = []
+
+    def job(stop_event: threading.Event) -> None:
+        stop_event.wait()
+        told.append(time.monotonic())
+
+    working.run(job, block=False)
+    assert working.wait_for_leadership(30) and idle.wait_for_leadership(30)
+    own_agent.pause()
+    try:
+        frozen = time.monotonic()
+        assert idle.resign()  # the worker now sends the release and waits
+        wait_until(lambda: told, timeout=20, what="the job's stop_event")
+        assert told[0] - frozen < a.timing.check_ttl, (
+            f"told {told[0] - frozen:.2f}s after the freeze; another process could lead after "
+            f"{a.timing.check_ttl}s")
+        assert not working.is_leader()
+    finally:
+        own_agent.resume()
+
+
+def test_a_term_whose_lease_ran_out_before_its_job_started_is_released(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    # The process pauses between a term's start and its job thread's first
+    # step, long enough for the lease to run out: the job is not started,
+    # and the term must still end and release the key. It stayed held by the
+    # live session forever: the worker waited for a job that never ran. The
+    # pause is simulated with a clock that jumps for the job thread's first
+    # look at the lease.
+    jumped: List[bool] = []
+
+    def clock() -> float:
+        now = time.monotonic()
+        if not jumped and threading.current_thread().name.startswith("consul-leader-job"):
+            jumped.append(True)
+            return now + 60.0
+        return now
+
+    a = make(electors, consul_agent, primed(consul_agent, prefix, 1), "a", n=1, clock=clock)
+    ran: List[int] = []
+    (ca,) = a.candidacies()
+    ca.run(lambda stop_event: ran.append(ca.fencing_token or 0), block=False)
+    assert ca.wait_for_leadership(30)
+    first = ca.fencing_token
+    # The term ends and the key runs again: a new term, whose job runs.
+    wait_until(lambda: ran, timeout=15, what="a job (the key stayed held by a term whose job never started)")
+    assert jumped and first is not None and ran[0] > first
+
+
+def test_resigned_keys_are_released_only_after_their_jobs_returned_across_many_handovers(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    # Keys resigned back and forth between two electors, each job taking a
+    # moment to return after its stop_event: no key's two jobs may overlap.
+    # The worker used to handle its last batch of messages again when a
+    # timer woke it with nothing queued, and a second "end" of a term went
+    # on to release the key while its job still ran.
+    n = 30
+    primed(consul_agent, prefix, n)
+    ran: Dict[str, List[Any]] = {}
+    lock = threading.Lock()
+
+    def job_for(c: Candidacy) -> Any:
+        def job(stop_event: threading.Event) -> None:
+            start = time.monotonic()
+            stop_event.wait()
+            time.sleep(0.1)  # a job that takes a moment to wind down
+            with lock:
+                ran.setdefault(c.key, []).append((start, time.monotonic(), c.elector.identity))
+        return job
+
+    sides = [make(electors, consul_agent, prefix, name, n=n) for name in ("a", "b")]
+    for e in sides:
+        for c in e.candidacies():
+            c.run(job_for(c), block=False)
+    wait_until(lambda: len(holders(consul_agent, prefix)) == n, what="every key held")
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline:
+        for e in sides:
+            for c in e.candidacies():
+                c.resign()
+            time.sleep(0.3)
+    for key, jobs in ran.items():
+        jobs.sort()
+        for (_, e1, who1), (s2, _, who2) in zip(jobs, jobs[1:]):
+            assert s2 >= e1, f"{key}: {who2}'s job started {e1 - s2:.3f}s before {who1}'s returned"
+    assert sum(len(j) for j in ran.values()) > 2 * n
