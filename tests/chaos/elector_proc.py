@@ -3,8 +3,8 @@ recording, per key, what it believed and the work it ran.
 
 Run as ``python elector_proc.py --address A --prefix P --keys N --identity I
 --out F``. The records are those of ``candidate_proc.py`` (``start``,
-``up``, ``alive``, ``down``, ``work-start``, ``work-alive``, ``work-end``,
-``final``, ``exit``) with a ``key`` field, so that the checker can read each
+``up``, ``alive``, ``down``, ``elected``, ``deposed``, ``work-start``,
+``work-alive``, ``work-end``, ``final``, ``exit``) with a ``key`` field, so that the checker can read each
 key's records as one election: split them with :func:`by_key`. Each key runs
 a job (``Candidacy.run(job, block=False)``) like ``candidate_proc.Job``.
 
@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from consul_leader import Candidacy, Elector
+from consul_leader import Candidacy, Elector, deposed, elected
 from consul_leader.session import lease_clock
 
 ALIVE_EVERY = 0.05
@@ -133,6 +133,16 @@ def main() -> None:
     timing = elector.timing
     rec.write("start", ttl=timing.check_ttl, lease=timing.lease, lock_delay=timing.lock_delay, keys=args.keys)
     running: Dict[str, int] = {}
+
+    def on_elected(sender: Candidacy, fencing_token: int, **_: Any) -> None:
+        rec.write("elected", key=sender.key, token=fencing_token)
+
+    def on_deposed(sender: Candidacy, reason: str, **_: Any) -> None:
+        rec.write("deposed", key=sender.key, reason=str(reason))
+
+    for c in keys:
+        elected.connect(on_elected, sender=c, weak=False)
+        deposed.connect(on_deposed, sender=c, weak=False)
     jobs = {c.key: Job(c, rec, args.step, running) for c in keys}
     stop, resign, sampled = threading.Event(), threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 
 import requests
 
-from chaos.checker import check
+from chaos.checker import check, explain
 from chaos.elector_proc import by_key
 from consul_leader.testing import ConsulAgent
 
@@ -230,12 +230,15 @@ def test_chaos_over_a_hundred_keys_in_one_process() -> None:
     last_fault = max(r["t"] for r in records if r.get("ev") == "fault")
     lease = next(r["lease"] for r in records if r.get("ev") == "start")
     problems = []
+    timelines: List[str] = []
     failovers: Dict[str, List[float]] = {}
     work_failovers: Dict[str, List[float]] = {}
     for key, own in sorted(elections.items()):
         report = check(own, lease)
         if not report.ok:
             problems.append(f"{key}: {report.problems()}")
+            if len(timelines) < 3:
+                timelines.append(f"{key}:\n{explain(own, report)}")
         elif not any(w.end > last_fault for w in report.work):
             problems.append(f"{key}: no work after the last fault")
         for kind, took in report.failovers.items():
@@ -252,4 +255,6 @@ def test_chaos_over_a_hundred_keys_in_one_process() -> None:
                       else f"{0:>8}{'-':>7}{'-':>7}")
         rows.append(f"{kind:<34}{cells}")
     print(f"\nchaos over {KEYS} keys: seed={seed} duration={duration:g}s records={path}\n" + "\n".join(rows))
+    if timelines:
+        print("\n".join(timelines))
     assert not problems, "\n".join(problems[:10])
