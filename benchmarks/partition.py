@@ -44,9 +44,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from consul_leader.testing import ClusterAgent, ConsulCluster
 
-from .contenders import LIBRARY, LOCK, ROOT, _env
+from .contenders import CLI, LIBRARY, LOCK, ROOT, _env
 
-CLI = "consul-leader run"
 CONTENDERS = (LIBRARY, CLI, LOCK)
 #: How long after the cut to wait for both events (``consul lock`` kills its
 #: child after about 40 s).
