@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 import requests
@@ -136,3 +139,51 @@ def redis_url() -> Iterator[str]:
 
     with redis_server() as url:
         yield url
+
+
+def paused_leader_run(argv: List[str], out: str, *, ready: Callable[[], object], fault: Callable[[], object],
+                      start: Callable[[], object], is_leader: Callable[[], bool],
+                      pause: float) -> Tuple[float, List[float], List[float]]:
+    """A leader frozen while a fault hands its key to a fresh contender.
+
+    Runs *argv* (a process that appends the time to *out* whenever it
+    believes it leads) until *ready*, SIGSTOPs it, runs *fault* and *start*
+    (the fresh contender), SIGCONTs it *pause* seconds later, and samples
+    *is_leader* every millisecond until the contender has led for half a
+    second. Returns the time of the SIGSTOP, the contender's leading times
+    and the old leader's."""
+    proc = subprocess.Popen(argv, env=python_env())
+    led: List[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            t = time.monotonic()
+            if is_leader():
+                led.append(t)
+            time.sleep(0.001)
+
+    try:
+        wait_until(lambda: os.path.exists(out) and os.path.getsize(out) > 0, timeout=30, what="the old leader leads")
+        wait_until(ready, timeout=30, what="the old leader is ready")
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGSTOP)
+        fault()
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            start()
+            time.sleep(pause)
+            proc.send_signal(signal.SIGCONT)
+            wait_until(lambda: bool(led), timeout=30, what="the fresh contender leads")
+            time.sleep(0.5)
+        finally:
+            done.set()
+            sampler.join()
+    finally:
+        proc.kill()
+        proc.wait()
+    with open(out) as fh:
+        old = [float(line) for line in fh if line.strip()]
+    os.unlink(out)
+    return stopped_at, led, old

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import subprocess
 import tempfile
 import textwrap
@@ -18,7 +17,7 @@ import requests
 from consul_leader import Candidacy, Elector, Reason, deposed, elected
 from consul_leader.testing import ConsulAgent, delete_key, destroy_session, session_id
 
-from conftest import PYTHON, prime_key, python_env, wait_until
+from conftest import PYTHON, paused_leader_run, prime_key, python_env, wait_until
 
 N = 120
 
@@ -218,41 +217,12 @@ def test_a_key_deleted_under_a_paused_leader_is_taken_only_after_the_lock_delay(
         consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
     primed(consul_agent, prefix)
     out = tempfile.mktemp(prefix="consul-leader-old-")
-    proc = subprocess.Popen([PYTHON, "-c", ELECTOR_PROC, consul_agent.address, prefix, "old", str(N), out],
-                            env=python_env())
-    try:
-        wait_until(lambda: os.path.exists(out) and os.path.getsize(out) > 0, timeout=30, what="old leads")
-        wait_until(lambda: len(holders(consul_agent, prefix)) == N, timeout=30, what="old holds every key")
-        stopped_at = time.monotonic()
-        proc.send_signal(signal.SIGSTOP)
-        fresh = make(electors, consul_agent, prefix, "fresh", n=1)
-        first = fresh.candidacies()[0]
-        delete_key(first)
-        led: List[float] = []
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                t = time.monotonic()
-                if first.is_leader():
-                    led.append(t)
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        fresh.start()
-        time.sleep(0.6)
-        proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: bool(led), timeout=30, what="the fresh elector leads the deleted key")
-        time.sleep(0.5)
-        done.set()
-        sampler.join()
-    finally:
-        proc.kill()
-        proc.wait()
-    with open(out) as fh:
-        old = [float(line) for line in fh if line.strip()]
-    os.unlink(out)
+    fresh = make(electors, consul_agent, prefix, "fresh", n=1)
+    first = fresh.candidacies()[0]
+    stopped_at, led, old = paused_leader_run(
+        [PYTHON, "-c", ELECTOR_PROC, consul_agent.address, prefix, "old", str(N), out], out,
+        ready=lambda: len(holders(consul_agent, prefix)) == N, fault=lambda: delete_key(first),
+        start=fresh.start, is_leader=first.is_leader, pause=0.6)
     assert led[0] >= stopped_at + fresh.timing.lease
     assert max(old) < led[0]
 

@@ -5,9 +5,6 @@ test is the regression test of one way it broke, against a real agent."""
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
 import tempfile
 import textwrap
 import threading
@@ -24,7 +21,7 @@ from consul_leader.client import ConsulClient, ConsulConfig
 from consul_leader.session import Session, Timing
 from consul_leader.testing import ConsulAgent
 
-from conftest import PYTHON, candidate_factory, prime_key, python_env, wait_until
+from conftest import PYTHON, candidate_factory, paused_leader_run, prime_key, wait_until
 
 
 class Work:
@@ -148,38 +145,11 @@ PAUSABLE_LEADER = textwrap.dedent("""
 def test_key_deleted_under_a_paused_leader_then_a_fresh_candidate_never_overlaps(
         consul_agent: ConsulAgent, key: str, make_candidate: Any) -> None:
     out = tempfile.mktemp(prefix="consul-leader-old-")
-    proc = subprocess.Popen([PYTHON, "-c", PAUSABLE_LEADER, consul_agent.address, key, out], env=python_env())
-    try:
-        wait_until(lambda: os.path.exists(out) and os.path.getsize(out) > 0, timeout=30, what="old leads")
-        stopped_at = time.monotonic()
-        proc.send_signal(signal.SIGSTOP)
-        requests.delete(f"{consul_agent.url}/v1/kv/{key}", timeout=5).raise_for_status()
-        fresh = make_candidate(key)
-        led: List[float] = []
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                t = time.monotonic()
-                if fresh.is_leader():
-                    led.append(t)
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        fresh.start()
-        time.sleep(1.2)
-        proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: bool(led), timeout=30, what="the fresh candidate leads")
-        time.sleep(0.5)
-        done.set()
-        sampler.join()
-    finally:
-        proc.kill()
-        proc.wait()
-    with open(out) as fh:
-        old = [float(line) for line in fh if line.strip()]
-    os.unlink(out)
+    fresh = make_candidate(key)
+    stopped_at, led, old = paused_leader_run(
+        [PYTHON, "-c", PAUSABLE_LEADER, consul_agent.address, key, out], out, ready=lambda: True,
+        fault=lambda: requests.delete(f"{consul_agent.url}/v1/kv/{key}", timeout=5).raise_for_status(),
+        start=fresh.start, is_leader=fresh.is_leader, pause=1.2)
     # The old leader's lease may run until stopped_at + lease: nobody may lead before.
     assert led[0] >= stopped_at + fresh.timing.lease
     assert max(old) < led[0]
