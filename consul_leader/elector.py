@@ -84,6 +84,7 @@ class Candidacy:
         self._modified = -1  # the ModifyIndex of the key's entry last looked at
         self._sit_out: tuple[float, int] | None = None
         self._first: tuple[float, LockAttempt, Session] | None = None
+        self._released = -1  # the fencing token of the last term whose key was released
         self._observed = LeaderInfo()
         self._leader: str | None = None
         self._events: Broadcast[LeadershipEvent] = Broadcast()
@@ -430,8 +431,7 @@ class Elector:
             except queue.Empty:
                 pass
             try:
-                for item in items:
-                    self._handle(*item)
+                self._handle_all(items)
                 if self._stopping.is_set() and all(c._state in ("idle", "withdrawn") for c in self.candidacies()):
                     break
                 if not self._stopping.is_set():
@@ -475,6 +475,19 @@ class Elector:
         process.withdraw_default(self)
         log.info("%s left the election for the keys under %r", self.identity, self.prefix)
 
+    def _handle_all(self, items: list[tuple[Any, ...]]) -> None:
+        """Every message of a batch, even when one of them fails: a lost
+        "end", "job-done" or "release" would hold its key forever. The first
+        failure is raised after the others ran."""
+        failure: Exception | None = None
+        for item in items:
+            try:
+                self._handle(*item)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
     def _handle(self, what: str, *args: Any) -> None:
         if what == "changes":  # the watch's: only the entries that changed since its last listing
             index, changed, removed, reset = args
@@ -510,9 +523,11 @@ class Elector:
         elif what == "withdraw":
             self._withdraw(args[0])
         elif what == "stop":
+            # Every term first: a release that fails must not keep the others going.
             for candidacy in self.candidacies():
                 if candidacy._term is not None:
                     self._step_down(candidacy._term, Reason.STOPPED)
+            for candidacy in self.candidacies():
                 self._drop_first_wait(candidacy)
 
     def _withdraw(self, candidacy: Candidacy) -> None:
@@ -521,7 +536,11 @@ class Elector:
             self._step_down(candidacy._term, Reason.STOPPED)
         self._drop_first_wait(candidacy)
         if candidacy._state == "idle":
-            self._forget(candidacy)
+            entry = self._entries.get(candidacy.key)
+            if entry is not None and self._session is not None and entry.get("Session") == self._session.id:
+                self._release_left(candidacy)  # an earlier release failed: the key is still this session's
+            else:
+                self._forget(candidacy)
 
     def _forget(self, candidacy: Candidacy) -> None:
         with self._lock:
@@ -530,12 +549,28 @@ class Elector:
         candidacy._events.close()
         self._dispatcher.call(self._notify)
 
-    def _drop_first_wait(self, candidacy: Candidacy) -> None:
-        if candidacy._first is not None:
-            session = candidacy._first[2]
-            candidacy._first, candidacy._state = None, "idle"
-            assert session.id is not None
+    def _release_left(self, candidacy: Candidacy) -> None:
+        """A withdrawn key whose release failed: release it again, then forget it."""
+        session = self._session
+        if session is not None and session.id is not None and not session.lost.is_set() and \
+                not self._stopping.is_set():
             self.client.release(candidacy.key, session.id)
+        self._forget(candidacy)
+
+    def _drop_first_wait(self, candidacy: Candidacy) -> None:
+        if candidacy._first is None:
+            return
+        session = candidacy._first[2]
+        assert session.id is not None
+        try:
+            self.client.release(candidacy.key, session.id)
+        except ConsulLeaderError as exc:
+            if not self._stopping.is_set():
+                # The wait stays, and the sweep releases it again: the
+                # session lives on and would hold the key for good.
+                raise
+            log.warning("could not release %r (%s); Consul frees it when the session ends", candidacy.key, exc)
+        candidacy._first, candidacy._state = None, "idle"
 
     def _apply_listing(self, index: int, entries: dict[str, KeyEntry], reset: bool) -> None:
         """A full listing: apply what differs from the one known."""
@@ -602,8 +637,14 @@ class Elector:
                     self._step_down(term, Reason.LEASE_EXPIRED)
                 else:
                     soon = min(soon, term.deadline)
+            elif candidacy._withdrawn and candidacy._state == "idle":
+                self._release_left(candidacy)
             elif candidacy._first is not None:
-                if now >= candidacy._first[0]:
+                if candidacy._withdrawn:
+                    self._withdraw(candidacy)  # its release failed: again
+                elif self._stopping.is_set():
+                    self._drop_first_wait(candidacy)
+                elif now >= candidacy._first[0]:
                     self._lead_first(candidacy)
                 else:
                     soon = min(soon, candidacy._first[0])
@@ -617,8 +658,14 @@ class Elector:
         lock_index = int((entry or {}).get("LockIndex") or 0)
         if candidacy._sit_out is not None and lock_index > candidacy._sit_out[1]:
             candidacy._sit_out = None  # someone else took it since we stepped down
-        if entry is not None and entry.get("Session"):
-            return math.inf  # the watch tells when it is free
+        holder = entry.get("Session") if entry is not None else None
+        own = self._session.id if self._session is not None and not self._session.lost.is_set() else None
+        if holder and (holder != own or int((entry or {}).get("ModifyIndex") or 0) <= candidacy._released):
+            return math.inf  # the watch tells when it is free (ours: a listing from before the release)
+        # Held by this session while no term nor first-holder wait has it:
+        # an acquisition whose answer was lost, a term's start or release
+        # cut short by a failed request. Nobody else can take it: acquiring
+        # it again makes it a term.
         if candidacy._sit_out is not None:
             if now < candidacy._sit_out[0]:
                 return candidacy._sit_out[0]
@@ -660,9 +707,9 @@ class Elector:
         """The first-holder wait ended: prove the key still ours, then lead."""
         assert candidacy._first is not None
         _, attempt, session = candidacy._first
-        candidacy._first, candidacy._state = None, "idle"
         t0 = self._clock()
-        _, entry = self.client.get_key(candidacy.key)
+        _, entry = self.client.get_key(candidacy.key)  # if it fails, the wait stays and the sweep proves it again
+        candidacy._first, candidacy._state = None, "idle"
         if entry is not None and entry.get("Session") == session.id and not session.lost.is_set():
             self._lead(candidacy, session, t0, attempt)
 
@@ -769,17 +816,22 @@ class Elector:
         candidacy, reason = term.candidacy, term.reason
         assert reason is not None and term.session.id is not None
         term.stage = "done"
+        released = True
         if reason.must_release and not term.session.lost.is_set():
             try:
                 self.client.release(candidacy.key, term.session.id)
             except ConsulLeaderError as exc:
-                log.warning("could not release %r after %s (%s); Consul frees it when the session ends",
-                            candidacy.key, reason, exc)
+                # The session lives on for the other keys: the key is taken
+                # back and led again, or, withdrawn, released again.
+                released = False
+                log.warning("could not release %r after %s (%s); trying again", candidacy.key, reason, exc)
+        if released:
+            candidacy._released = term.fencing_token
         if reason.voluntary:
             candidacy._sit_out = (self._clock() + self.timing.check_ttl, term.lock_index)
         candidacy._state = "idle"
         self._dirty.add(candidacy)
-        if candidacy._withdrawn:
+        if candidacy._withdrawn and released:
             self._forget(candidacy)
         self._dispatcher.call(self._notify)
 

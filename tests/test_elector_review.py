@@ -1,0 +1,256 @@
+"""Elector: a request that fails in the middle of a step must not leave a
+key held forever, nor a term that never ends. Real agent; the failures come
+from a proxy in front of it that answers chosen requests with Consul's
+``500 No cluster leader`` (what a cluster electing a new server answers),
+before or after passing them on."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import threading
+import time
+from typing import Callable, Dict, Iterator, List, Optional
+
+import pytest
+import requests
+
+from consul_leader import Elector
+from consul_leader.testing import ConsulAgent
+
+from conftest import prime_key, wait_until
+
+#: ``fail(method, path, body)``: None passes the request on; "before" answers
+#: 500 without passing it on; "after" passes it on, then answers 500 (the
+#: answer was lost: Consul did it, the client does not know).
+Fail = Callable[[str, str, bytes], Optional[str]]
+
+
+class FailingProxy:
+    """Forwards every request to *upstream* unless :attr:`fail` says otherwise."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.fail: Fail = lambda method, path, body: None
+        self.failed: List[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                how = proxy.fail(self.command, self.path, body)
+                if how != "before":
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                    resp = requests.request(self.command, proxy.upstream + self.path, data=body or None,
+                                            headers=headers, timeout=600)
+                if how == "after":
+                    time.sleep(0.5)  # the elector's watch sees what Consul did before the client hears of it
+                if how is not None:
+                    proxy.failed.append(f"{how} {self.command} {self.path}")
+                    payload = b"No cluster leader"
+                    self.send_response(500)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                self.send_response(resp.status_code)
+                for k, v in resp.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(resp.content)))
+                self.end_headers()
+                self.wfile.write(resp.content)
+
+            do_GET = do_PUT = do_DELETE = do_POST = _handle
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FailingProxy:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def proxy(consul_agent: ConsulAgent) -> Iterator[FailingProxy]:
+    with FailingProxy(consul_agent.url) as p:
+        yield p
+
+
+@pytest.fixture
+def electors() -> Iterator[List[Elector]]:
+    made: List[Elector] = []
+    yield made
+    for e in made:
+        stopper = threading.Thread(target=e.stop, daemon=True)
+        stopper.start()
+        stopper.join(20)  # a test that failed may have left it unable to stop
+
+
+def holders(agent: ConsulAgent, prefix: str) -> Dict[str, str]:
+    """key -> identity of its holder, as Consul sees it."""
+    resp = requests.get(f"{agent.url}/v1/kv/{prefix}/?recurse", timeout=5)
+    entries = resp.json() if resp.status_code == 200 else []
+    return {e["Key"]: base64.b64decode(e["Value"] or "").decode() for e in entries if e.get("Session")}
+
+
+def releases_of(key: str) -> Fail:
+    return lambda method, path, body: "before" if method == "PUT" and path.startswith(f"/v1/kv/{key}?") \
+        and "release=" in path else None
+
+
+def in_background(fn: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_stop_ends_every_term_when_a_first_holders_release_fails(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # One key waits as its first holder (a new key), another leads with a
+    # job; stop() sends the first-holder's release, which fails. The other
+    # key's term must still end: stop() used to give up on every key after
+    # the first failed release, so the job was never told to stop, the key
+    # stayed led and stop() never returned.
+    prime_key(consul_agent.url, f"{prefix}/old")
+    e = Elector(prefix, identity="a", address=proxy.address, ttl=6.0)
+    electors.append(e)
+    new, old = e.candidate("new"), e.candidate("old")  # the new key comes first
+    told: List[float] = []
+
+    def job(stop_event: threading.Event) -> None:
+        stop_event.wait()
+        told.append(time.monotonic())
+
+    old.run(job, block=False)
+    assert old.wait_for_leadership(30)
+    wait_until(lambda: holders(consul_agent, prefix).get(f"{prefix}/new") == "a", what="the new key held")
+    assert not new.is_leader()  # it waits the lock-delay (6 s) as the first holder
+    proxy.fail = releases_of(f"{prefix}/new")
+    stopper = in_background(e.stop)
+    wait_until(lambda: proxy.failed, timeout=10, what="the first holder's release tried")
+    wait_until(lambda: told, timeout=15, what="the other key's job told to stop (stop() gave up on it)")
+    assert not old.is_leader()
+    proxy.fail = lambda method, path, body: None
+    stopper.join(30)
+    assert not stopper.is_alive(), "stop() did not return"
+    assert holders(consul_agent, prefix) == {}
+
+
+def test_a_withdrawn_first_holder_whose_release_failed_is_released_later(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # Candidacy.stop() of a key that waits as its first holder: the release
+    # fails once. The key must still be released while the elector runs, and
+    # stop() return: the candidacy was left neither waiting nor forgotten,
+    # its key held by the live session for as long as the elector ran.
+    e = Elector(prefix, identity="a", address=proxy.address, ttl=6.0)
+    electors.append(e)
+    new = e.candidate("new")
+    e.start()
+    wait_until(lambda: holders(consul_agent, prefix).get(f"{prefix}/new") == "a", what="the new key held")
+    failing = releases_of(f"{prefix}/new")
+    proxy.fail = lambda method, path, body: None if proxy.failed else failing(method, path, body)
+    withdrawer = in_background(new.stop)
+    withdrawer.join(30)
+    assert proxy.failed
+    assert not withdrawer.is_alive(), "Candidacy.stop() did not return"
+    wait_until(lambda: not holders(consul_agent, prefix), timeout=15,
+               what="the withdrawn key released (it stayed held by the elector's session)")
+    assert e.running
+
+
+def test_a_first_holder_whose_check_of_the_key_failed_still_leads(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # At the end of the first holder's wait, the read that proves the key
+    # still its own fails once. The key must still be led: it stayed held by
+    # the elector's own session, and nobody led it, for as long as the
+    # elector ran.
+    key = f"{prefix}/new"
+    e = Elector(prefix, identity="a", address=proxy.address, ttl=2.0)
+    electors.append(e)
+    new = e.candidate("new")
+    proxy.fail = lambda method, path, body: None if proxy.failed or not (
+        method == "GET" and path.split("?")[0] == f"/v1/kv/{key}" and "recurse" not in path) else "before"
+    e.start()
+    assert new.wait_for_leadership(20), f"not led; Consul says {holders(consul_agent, prefix)}"
+    assert proxy.failed
+
+
+def test_a_key_whose_acquisition_answer_was_lost_is_led(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # Consul took the lock but the answer never arrived: the key is held by
+    # the elector's session. It must be led all the same: it stayed held,
+    # and nobody led it, for as long as the elector ran.
+    key = f"{prefix}/k"
+    prime_key(consul_agent.url, key)
+    e = Elector(prefix, identity="a", address=proxy.address, ttl=2.0)
+    electors.append(e)
+    k = e.candidate("k")
+
+    def lose_the_answer(method: str, path: str, body: bytes) -> Optional[str]:
+        if proxy.failed or method != "PUT" or not path.startswith("/v1/txn"):
+            return None
+        return "after" if any(op["KV"]["Key"] == key for op in json.loads(body)) else None
+
+    proxy.fail = lose_the_answer
+    e.start()
+    assert k.wait_for_leadership(20), f"not led; Consul says {holders(consul_agent, prefix)}"
+    assert proxy.failed
+
+
+def test_a_withdrawn_leader_whose_release_failed_is_released_later(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # Candidacy.stop() of a led key, and the release after its job returned
+    # fails once: the key must still be released while the elector runs.
+    # It was forgotten with the lock held by the live session, for as long
+    # as the elector ran (the log said Consul would free it "when the
+    # session ends").
+    key = f"{prefix}/k"
+    prime_key(consul_agent.url, key)
+    e = Elector(prefix, identity="a", address=proxy.address, ttl=2.0)
+    electors.append(e)
+    k, other = e.candidate("k"), e.candidate("other")
+    k.run(lambda stop_event: stop_event.wait(), block=False)
+    assert k.wait_for_leadership(30)
+    failing = releases_of(key)
+    proxy.fail = lambda method, path, body: None if proxy.failed else failing(method, path, body)
+    k.stop()
+    assert proxy.failed
+    wait_until(lambda: key not in holders(consul_agent, prefix), timeout=15,
+               what="the withdrawn key released (it stayed held by the elector's session)")
+    assert e.running and other.running
+
+
+def test_a_resigned_key_whose_release_failed_is_led_again(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # resign(), and the release fails once: the key must be led again (it
+    # sits out, then runs again). It stayed held by the elector's live
+    # session and nobody led it, for as long as the elector ran.
+    key = f"{prefix}/k"
+    prime_key(consul_agent.url, key)
+    e = Elector(prefix, identity="a", address=proxy.address, ttl=2.0)
+    electors.append(e)
+    k = e.candidate("k")
+    k.run(lambda stop_event: stop_event.wait(), block=False)
+    assert k.wait_for_leadership(30)
+    failing = releases_of(key)
+    proxy.fail = lambda method, path, body: None if proxy.failed else failing(method, path, body)
+    assert k.resign()
+    wait_until(lambda: proxy.failed, timeout=10, what="the release tried")
+    assert k.wait_for_leadership(20), f"not led again; Consul says {holders(consul_agent, prefix)}"
