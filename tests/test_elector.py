@@ -382,13 +382,19 @@ def test_a_term_whose_lease_ran_out_before_its_job_started_is_released(
 
     a = make(electors, consul_agent, primed(consul_agent, prefix, 1), "a", n=1, clock=clock)
     ran: List[int] = []
+    won: List[int] = []
     (ca,) = a.candidacies()
+
+    @ca.on_elected
+    def record(sender: Candidacy, fencing_token: int, **_: Any) -> None:
+        won.append(fencing_token)
+
     ca.run(lambda stop_event: ran.append(ca.fencing_token or 0), block=False)
-    assert ca.wait_for_leadership(30)
-    first = ca.fencing_token
     # The term ends and the key runs again: a new term, whose job runs.
     wait_until(lambda: ran, timeout=15, what="a job (the key stayed held by a term whose job never started)")
-    assert jumped and first is not None and ran[0] > first
+    wait_until(lambda: len(won) >= 2, timeout=5, what="the second term's elected signal")
+    assert jumped and ran[0] == won[1] > won[0]
+    elected.disconnect(record)
 
 
 def test_resigned_keys_are_released_only_after_their_jobs_returned_across_many_handovers(
