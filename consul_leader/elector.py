@@ -340,7 +340,7 @@ class Elector:
             term.reason = reason
             if term.candidacy._term is term:
                 term.candidacy._term = None
-            runner = term.runner  # read under the lock: _start_job sets it under the lock
+            runner = term.runner  # read under the lock: _start_term_runner sets it under the lock
         if runner is not None:
             runner.stop()
         self._queue.put(("end", term))
@@ -519,7 +519,7 @@ class Elector:
         elif what == "job":
             term = args[0]._term
             if term is not None:
-                self._start_job(term)
+                self._start_term_runner(term)
         elif what == "withdraw":
             self._withdraw(args[0])
         elif what == "stop":
@@ -748,14 +748,14 @@ class Elector:
         self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy.identity)
         candidacy._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
         self._dispatcher.call(self._notify)
-        self._start_job(term)
+        self._start_term_runner(term)
 
-    def _start_job(self, term: _Term) -> None:
+    def _start_term_runner(self, term: _Term) -> None:
         """Run the key's job for *term*, with a lease watchdog: at the
-        lease's end the job is told to stop even while this worker sits in a
-        request to a frozen agent."""
-        job = term.candidacy._job
-        if job is None or term.runner is not None:
+        lease's end the job is told to stop and, once it returned, the
+        ``deposed`` receivers are, even while this worker sits in a request
+        to a frozen agent."""
+        if term.candidacy._job is None or term.runner is not None:
             return
 
         def returned(ok: bool) -> None:
@@ -765,10 +765,14 @@ class Elector:
             self._step_down(term, Reason.JOB_FINISHED if ok else Reason.JOB_FAILED)
 
         def exited() -> None:  # also when the lease ran out before the job could start
-            term.job_done = True
+            with self._lock:
+                term.job_done = True
+                ended = term.reason is not None
+            if ended:
+                self._continue_end(term)  # not through the worker, which may be stuck
             self._queue.put(("job-done", term))
 
-        runner = JobRunner(job, lambda: min(term.deadline, term.session.lease_deadline) - self._clock(),
+        runner = JobRunner(term.candidacy._job, lambda: min(term.deadline, term.session.lease_deadline) - self._clock(),
                            f"{term.candidacy.identity} {term.candidacy.key}", on_return=returned,
                            on_lease_end=lambda: self._lapse(term), on_exit=exited)
         with self._lock:
@@ -778,28 +782,35 @@ class Elector:
             if term.reason is not None:
                 return
             term.runner = runner
-        runner.watch_lease()
-        runner.start()
+            # Started under the lock too: the watchdog's ending of the term
+            # reads whether the job started.
+            runner.watch_lease()
+            runner.start()
 
     def _lapse(self, term: _Term) -> None:
-        """*term*'s lease ran out (its watchdog's call): it stays out."""
+        """*term*'s lease ran out (its watchdog's call): it stays out, and
+        its ending goes on here, not through the worker, which may be stuck
+        in a request to a frozen agent."""
         with self._lock:
             term.lapsed = True
         self._step_down(term, Reason.LEASE_EXPIRED)
+        self._continue_end(term)
 
     def _continue_end(self, term: _Term) -> None:
         """The one way out of a term, without blocking the worker: wait for
-        the job (its own thread queues ``job-done``), then deliver
-        ``deposed``; the signal thread queues the release after it."""
-        assert term.reason is not None
-        if term.stage == "leading":
-            term.stage = "joining"
-            if term.runner is not None and term.runner.started and not term.job_done:
-                log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
+        the job (its own thread goes on when it returned), then deliver
+        ``deposed``; the signal thread queues the release after it. From
+        the worker, the job's thread or the lease watchdog: each step once."""
+        with self._lock:
+            assert term.reason is not None
+            if term.stage == "leading":
+                term.stage = "joining"
+                if term.runner is not None and term.runner.started and not term.job_done:
+                    log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
+                    return
+            if term.stage != "joining":
                 return
-        if term.stage != "joining":
-            return
-        term.stage = "delivering"
+            term.stage = "delivering"
         candidacy, reason = term.candidacy, term.reason
         if reason.deposed:
             log.warning("%s deposed as leader of %r: %s", candidacy.identity, candidacy.key, reason)

@@ -254,3 +254,44 @@ def test_a_resigned_key_whose_release_failed_is_led_again(
     assert k.resign()
     wait_until(lambda: proxy.failed, timeout=10, what="the release tried")
     assert k.wait_for_leadership(20), f"not led again; Consul says {holders(consul_agent, prefix)}"
+
+
+@pytest.fixture
+def own_agent() -> Iterator[ConsulAgent]:
+    """An agent this test may freeze."""
+    with ConsulAgent() as agent:
+        yield agent
+
+
+def test_deposed_is_delivered_at_the_lease_end_while_the_worker_waits_on_a_frozen_agent(
+        own_agent: ConsulAgent) -> None:
+    # A key with a job, and work started by an on_elected receiver that the
+    # on_deposed receiver stops. The worker thread sits in a request to the
+    # frozen agent (the release of a resigned key, up to the 15 s request
+    # timeout) while the other key's lease runs out: its job is told by the
+    # lease watchdog, and deposed must reach the receivers as soon as the job
+    # returned, before anyone else can be elected (the check's TTL after the
+    # freeze). It came 15.0 s after the freeze, when the worker's request
+    # gave up: the watchdog's ending of the term went through the worker.
+    prefix = "frozen-receivers"
+    for name in ("working", "idle"):
+        prime_key(own_agent.url, f"{prefix}/{name}")
+    e = Elector(prefix, identity="a", address=own_agent.address, ttl=3.0, timeout=15.0)
+    working, idle = e.candidate("working"), e.candidate("idle")
+    told: List[float] = []
+    working.on_deposed(lambda sender, reason: told.append(time.monotonic()))
+    working.run(lambda stop_event: stop_event.wait(), block=False)
+    try:
+        assert working.wait_for_leadership(30) and idle.wait_for_leadership(30)
+        own_agent.pause()
+        try:
+            frozen = time.monotonic()
+            assert idle.resign()  # the worker now sends the release and waits
+            wait_until(lambda: told, timeout=20, what="deposed")
+            assert told[0] - frozen < e.timing.check_ttl, (
+                f"deposed {told[0] - frozen:.2f}s after the freeze; another process could lead after "
+                f"{e.timing.check_ttl}s")
+        finally:
+            own_agent.resume()
+    finally:
+        e.stop()
