@@ -560,10 +560,15 @@ class Elector:
     def _drop_first_wait(self, candidacy: Candidacy) -> None:
         if candidacy._first is None:
             return
-        session = candidacy._first[2]
-        assert session.id is not None
+        _, attempt, session = candidacy._first
+        assert session.id is not None and attempt.modify_index is not None
         try:
-            self.client.release(candidacy.key, session.id)
+            # Not released but deleted, as it was before this first holder
+            # took it: released, it would be led at once by the next
+            # candidate (LockIndex 2), inside the lock-delay that protects a
+            # leader it was deleted under. Absent, its next holder waits too.
+            if not self.client.delete_key_if_index(candidacy.key, attempt.modify_index):
+                self.client.release(candidacy.key, session.id)
         except ConsulLeaderError as exc:
             if not self._stopping.is_set():
                 # The wait stays, and the sweep releases it again: the

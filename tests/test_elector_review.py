@@ -111,8 +111,9 @@ def holders(agent: ConsulAgent, prefix: str) -> Dict[str, str]:
 
 
 def releases_of(key: str) -> Fail:
-    return lambda method, path, body: "before" if method == "PUT" and path.startswith(f"/v1/kv/{key}?") \
-        and "release=" in path else None
+    """The release of *key*, or its deletion (how a first holder lets go)."""
+    return lambda method, path, body: "before" if path.startswith(f"/v1/kv/{key}?") and (
+        method == "PUT" and "release=" in path or method == "DELETE") else None
 
 
 def in_background(fn: Callable[[], None]) -> threading.Thread:
@@ -295,3 +296,38 @@ def test_deposed_is_delivered_at_the_lease_end_while_the_worker_waits_on_a_froze
             own_agent.resume()
     finally:
         e.stop()
+
+
+def test_a_deleted_key_whose_first_holder_withdrew_is_led_only_after_the_lock_delay(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    # The key is deleted under its leader (no lock-delay from Consul). The
+    # next holder is its first (LockIndex 1) and waits the lock-delay before
+    # leading, so that a leader that has not yet noticed (paused) is not
+    # overlapped. If that first holder withdraws during its wait, the key
+    # must not become an ordinary released key that the next candidate leads
+    # at once: its release left LockIndex 1 behind, the next acquisition got
+    # LockIndex 2 and led without waiting.
+    key = f"{prefix}/k"
+    prime_key(consul_agent.url, key)
+    a = Elector(prefix, identity="a", address=consul_agent.address, ttl=3.0)
+    b = Elector(prefix, identity="b", address=consul_agent.address, ttl=3.0)
+    electors.extend([a, b])
+    ka, kb = a.candidate("k"), b.candidate("k")
+    a.start()
+    assert ka.wait_for_leadership(30)
+    b.start()
+    time.sleep(0.5)  # b watches the key
+    led: List[float] = []
+    for c in (ka, kb):
+        c.on_elected(lambda sender, fencing_token: led.append(time.monotonic()))
+    deleted = time.monotonic()
+    requests.delete(f"{consul_agent.url}/v1/kv/{key}", timeout=5).raise_for_status()
+    wait_until(lambda: holders(consul_agent, prefix).get(key), what="a first holder")
+    first = holders(consul_agent, prefix)[key]
+    assert not led  # the first holder waits
+    (kb if first == "b" else ka).stop()  # withdraws while it waits
+    other = ka if first == "b" else kb
+    assert other.wait_for_leadership(30)
+    assert led[0] - deleted >= a.timing.lock_delay, (
+        f"{other.identity} led {led[0] - deleted:.2f}s after the key was deleted; a leader that had not "
+        f"noticed could lead until {a.timing.lease}s after its last proof")
