@@ -5,7 +5,7 @@ Run as ``python elector_proc.py --address A --prefix P --keys N --identity I
 --out F``. The records are those of ``candidate_proc.py`` (``start``,
 ``up``, ``alive``, ``down``, ``elected``, ``deposed``, ``work-start``,
 ``work-alive``, ``work-end``, ``final``, ``exit``) with a ``key`` field, so that the checker can read each
-key's records as one election: split them with :func:`by_key`. Each key runs
+key's records as one election: ``test_chaos_elector.by_key`` splits them. Each key runs
 a job (``Candidacy.run(job, block=False)``) like ``candidate_proc.Job``.
 
 One sampler thread looks at every key every :data:`SAMPLE_EVERY` seconds; a
@@ -18,7 +18,6 @@ SIGTERM stops the elector (releasing every key) and exits.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -26,25 +25,13 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+from candidate_proc import Recorder  # this script's folder is on sys.path
+
 from consul_leader import Candidacy, Elector, deposed, elected
 from consul_leader.session import lease_clock
 
 ALIVE_EVERY = 0.05
 SAMPLE_EVERY = 0.002
-
-
-class Recorder:
-    def __init__(self, path: str, identity: str) -> None:
-        self.identity = identity
-        self._fh = open(path, "a", encoding="utf-8")
-        self._lock = threading.Lock()
-
-    def write(self, ev: str, t: Optional[float] = None, **fields: Any) -> None:
-        record = {"ev": ev, "id": self.identity, "pid": os.getpid(),
-                  "t": time.monotonic() if t is None else t, **fields}
-        with self._lock:
-            self._fh.write(json.dumps(record) + "\n")
-            self._fh.flush()
 
 
 def sample(keys: List[Candidacy], rec: Recorder, stop: threading.Event) -> None:
@@ -101,18 +88,6 @@ class Job:
         finally:
             self.running[self.c.key] -= 1
             self.rec.write("work-end", key=self.c.key, kind="job", work=work)
-
-
-def by_key(records: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
-    """Each key's records plus the records of the whole run (``run``,
-    ``fault``, ``stopped``, ...): one election each, for the checker."""
-    shared = [r for r in records if "key" not in r and r.get("ev") not in ("final", "exit")]
-    keys: Dict[str, List[Dict[str, Any]]] = {}
-    for r in records:
-        if "key" in r:
-            keys.setdefault(r["key"], []).append(r)
-    exits = [r for r in records if r.get("ev") == "exit"]
-    return {key: shared + exits + own for key, own in keys.items()}
 
 
 def main() -> None:

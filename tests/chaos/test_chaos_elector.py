@@ -18,8 +18,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -28,33 +26,40 @@ from typing import Any, Dict, List
 import requests
 
 from chaos.checker import check, explain
-from chaos.elector_proc import by_key
+from chaos.procs import CandidateProcess
 from consul_leader.testing import ConsulAgent
 
+from conftest import PYTHON
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 KEYS = 100
 TTL = 1.0
 
 
-class Proc:
+def by_key(records: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """Each key's records plus the records of the whole run (``run``,
+    ``fault``, ``stopped``, ...): one election each, for the checker."""
+    shared = [r for r in records if "key" not in r and r.get("ev") not in ("final", "exit")]
+    keys: Dict[str, List[Dict[str, Any]]] = {}
+    for r in records:
+        if "key" in r:
+            keys.setdefault(r["key"], []).append(r)
+    exits = [r for r in records if r.get("ev") == "exit"]
+    return {key: shared + exits + own for key, own in keys.items()}
+
+
+class Proc(CandidateProcess):
+    """An ``elector_proc.py`` child: an Elector for the run's keys."""
+
+    kind = "elector"
+
     def __init__(self, agent: ConsulAgent, prefix: str, identity: str, workdir: str) -> None:
-        self.identity = identity
-        self.out = os.path.join(workdir, f"{identity}.jsonl")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(HERE)]))
-        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "elector_proc.py"), "--address",
-                                      agent.address, "--prefix", prefix, "--keys", str(KEYS), "--identity", identity,
-                                      "--out", self.out, "--ttl", str(TTL)], env=env)
-        self.killed = False
+        super().__init__(agent.address, prefix, identity, workdir, ttl=TTL)
+        self.start()
 
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, signum: int) -> float:
-        t = time.monotonic()
-        self.proc.send_signal(signum)
-        return t
+    def argv(self) -> List[str]:
+        return [PYTHON, os.path.join(HERE, "elector_proc.py"), "--address", self.address, "--prefix", self.key,
+                "--keys", str(KEYS), "--identity", self.identity, "--out", self.out, "--ttl", str(self.ttl)]
 
     def wait_stopped(self) -> float:
         """Wait until every thread of the process is stopped (SIGSTOP); the time then."""
@@ -72,30 +77,8 @@ class Proc:
             time.sleep(0.0005)
 
     def stop(self, timeout: float = 60.0) -> Dict[str, Any]:
-        record: Dict[str, Any] = {"ev": "stopped", "id": self.identity, "proc": "elector",
-                                  "killed_by_fault": self.killed, "forced": False,
-                                  "ran_until_end": self.alive}
-        if self.alive:
-            self.proc.send_signal(signal.SIGCONT)
-            record["t"] = time.monotonic()
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                record["forced"] = True
-                self.proc.kill()
-                self.proc.wait()
-        record["code"] = self.proc.returncode
-        return record
-
-    def records(self) -> List[Dict[str, Any]]:
-        out = []
-        if os.path.exists(self.out):
-            with open(self.out, encoding="utf-8") as fh:
-                for line in fh:
-                    if line.endswith("\n"):
-                        out.append(json.loads(line))
-        return out
+        """As a candidate process's, with longer to release a hundred keys."""
+        return super().stop(timeout)
 
 
 class ElectorChaos:
