@@ -1,30 +1,37 @@
 """An HTTP proxy in front of a real Consul agent that can answer some
-requests with garbage, the way a broken proxy or a wrong port does: a
-``200 OK`` whose body is JSON of the wrong shape."""
+requests itself, the way a broken proxy, a wrong port or a cluster without
+a leader does: a ``200 OK`` whose body is JSON of the wrong shape
+(:class:`GarblingProxy`), or Consul's ``500 No cluster leader``, before or
+after passing the request on (:class:`FailingProxy`)."""
 
 from __future__ import annotations
 
 import http.server
 import threading
-from typing import Callable, Optional
+import time
+from typing import Callable, List, NamedTuple, Optional
 
 import requests
 
 
-class GarblingProxy:
-    """Forwards every request to *upstream* (``http://host:port``) unless
-    :attr:`garble` says otherwise for its path.
+class Answer(NamedTuple):
+    """What the proxy answers in Consul's place."""
 
-    :ivar garble: ``garble(method, path) -> bool``; True answers ``200`` with
-        :attr:`payload` instead of forwarding.
-    :ivar payload: the garbage; default ``[1]``, a list holding no KV entry.
-    """
+    status: int
+    body: bytes
+    content_type: str
+    #: True: pass the request on first (Consul did it; the client never hears).
+    forwarded: bool = False
+    #: Seconds to wait before answering.
+    delay: float = 0.0
+
+
+class ConsulProxy:
+    """Forwards every request to *upstream* (``http://host:port``) unless
+    :meth:`intercept` returns an :class:`Answer` for it."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
-        self.garble: Callable[[str, str], bool] = lambda method, path: False
-        self.garbled = 0
-        self.payload = b"[1]"
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -35,24 +42,24 @@ class GarblingProxy:
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                if proxy.garble(self.command, self.path):
-                    proxy.garbled += 1
-                    payload = proxy.payload
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
+                body = self.rfile.read(length) if length else b""
+                answer = proxy.intercept(self.command, self.path, body)
+                if answer is None or answer.forwarded:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                    resp = requests.request(self.command, proxy.upstream + self.path, data=body or None,
+                                            headers=headers, timeout=600)
+                if answer is not None:
+                    time.sleep(answer.delay)
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", answer.content_type)
                     self.send_header("X-Consul-Index", "1")
-                    self.send_header("Content-Length", str(len(payload)))
+                    self.send_header("Content-Length", str(len(answer.body)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    self.wfile.write(answer.body)
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                resp = requests.request(self.command, proxy.upstream + self.path, data=body, headers=headers,
-                                        timeout=600)
                 self.send_response(resp.status_code)
                 for k, v in resp.headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection",
-                                         "content-encoding"):
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(resp.content)))
                 self.end_headers()
@@ -64,11 +71,15 @@ class GarblingProxy:
         self._server.daemon_threads = True
         self._thread: Optional[threading.Thread] = None
 
+    def intercept(self, method: str, path: str, body: bytes) -> Optional[Answer]:
+        """None to pass the request on; an :class:`Answer` to answer it."""
+        return None
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "GarblingProxy":
+    def __enter__(self) -> "ConsulProxy":
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -76,3 +87,56 @@ class GarblingProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class GarblingProxy(ConsulProxy):
+    """Answers ``200`` with :attr:`payload` where :attr:`garble` says so.
+
+    :ivar garble: ``garble(method, path) -> bool``.
+    :ivar payload: the garbage; default ``[1]``, a list holding no KV entry.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.garble: Callable[[str, str], bool] = lambda method, path: False
+        self.garbled = 0
+        self.payload = b"[1]"
+
+    def intercept(self, method: str, path: str, body: bytes) -> Optional[Answer]:
+        if not self.garble(method, path):
+            return None
+        self.garbled += 1
+        return Answer(200, self.payload, "application/json")
+
+    def __enter__(self) -> "GarblingProxy":
+        super().__enter__()
+        return self
+
+
+#: ``fail(method, path, body)``: None passes the request on; "before"
+#: answers 500 without passing it on; "after" passes it on, then answers 500
+#: (the answer was lost: Consul did it, the client does not know).
+Fail = Callable[[str, str, bytes], Optional[str]]
+
+
+class FailingProxy(ConsulProxy):
+    """Answers Consul's ``500 No cluster leader`` where :attr:`fail` says so,
+    and lists those requests in :attr:`failed`."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.fail: Fail = lambda method, path, body: None
+        self.failed: List[str] = []
+
+    def intercept(self, method: str, path: str, body: bytes) -> Optional[Answer]:
+        how = self.fail(method, path, body)
+        if how is None:
+            return None
+        self.failed.append(f"{how} {method} {path}")
+        # After: the elector's watch sees what Consul did before the client hears of it.
+        return Answer(500, b"No cluster leader", "text/plain", forwarded=how == "after",
+                      delay=0.5 if how == "after" else 0.0)
+
+    def __enter__(self) -> "FailingProxy":
+        super().__enter__()
+        return self

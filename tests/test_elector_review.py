@@ -7,7 +7,6 @@ before or after passing them on."""
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import threading
 import time
@@ -15,76 +14,12 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 import requests
+from garbling_proxy import Fail, FailingProxy
 
 from consul_leader import Elector
 from consul_leader.testing import ConsulAgent
 
 from conftest import prime_key, wait_until
-
-#: ``fail(method, path, body)``: None passes the request on; "before" answers
-#: 500 without passing it on; "after" passes it on, then answers 500 (the
-#: answer was lost: Consul did it, the client does not know).
-Fail = Callable[[str, str, bytes], Optional[str]]
-
-
-class FailingProxy:
-    """Forwards every request to *upstream* unless :attr:`fail` says otherwise."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.rstrip("/")
-        self.fail: Fail = lambda method, path, body: None
-        self.failed: List[str] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                how = proxy.fail(self.command, self.path, body)
-                if how != "before":
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                    resp = requests.request(self.command, proxy.upstream + self.path, data=body or None,
-                                            headers=headers, timeout=600)
-                if how == "after":
-                    time.sleep(0.5)  # the elector's watch sees what Consul did before the client hears of it
-                if how is not None:
-                    proxy.failed.append(f"{how} {self.command} {self.path}")
-                    payload = b"No cluster leader"
-                    self.send_response(500)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                self.send_response(resp.status_code)
-                for k, v in resp.headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(resp.content)))
-                self.end_headers()
-                self.wfile.write(resp.content)
-
-            do_GET = do_PUT = do_DELETE = do_POST = _handle
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> FailingProxy:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture
