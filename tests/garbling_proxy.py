@@ -128,6 +128,10 @@ class FailingProxy(ConsulProxy):
         self.fail: Fail = lambda method, path, body: None
         self.failed: List[str] = []
 
+    def fail_once(self, fail: Fail) -> None:
+        """Fail the first request that *fail* picks, and no other."""
+        self.fail = lambda method, path, body: None if self.failed else fail(method, path, body)
+
     def intercept(self, method: str, path: str, body: bytes) -> Optional[Answer]:
         how = self.fail(method, path, body)
         if how is None:

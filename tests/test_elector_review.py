@@ -22,6 +22,13 @@ from consul_leader.testing import ConsulAgent
 from conftest import prime_key, wait_until
 
 
+def via(proxy: FailingProxy, prefix: str, electors: List[Elector], ttl: float) -> Elector:
+    """An elector "a" for *prefix* that talks to the agent through *proxy*."""
+    e = Elector(prefix, identity="a", address=proxy.address, ttl=ttl)
+    electors.append(e)
+    return e
+
+
 @pytest.fixture
 def proxy(consul_agent: ConsulAgent) -> Iterator[FailingProxy]:
     with FailingProxy(consul_agent.url) as p:
@@ -65,8 +72,7 @@ def test_stop_ends_every_term_when_a_first_holders_release_fails(
     # the first failed release, so the job was never told to stop, the key
     # stayed led and stop() never returned.
     prime_key(consul_agent.url, f"{prefix}/old")
-    e = Elector(prefix, identity="a", address=proxy.address, ttl=6.0)
-    electors.append(e)
+    e = via(proxy, prefix, electors, ttl=6.0)
     new, old = e.candidate("new"), e.candidate("old")  # the new key comes first
     told: List[float] = []
 
@@ -95,13 +101,11 @@ def test_a_withdrawn_first_holder_whose_release_failed_is_released_later(
     # fails once. The key must still be released while the elector runs, and
     # stop() return: the candidacy was left neither waiting nor forgotten,
     # its key held by the live session for as long as the elector ran.
-    e = Elector(prefix, identity="a", address=proxy.address, ttl=6.0)
-    electors.append(e)
+    e = via(proxy, prefix, electors, ttl=6.0)
     new = e.candidate("new")
     e.start()
     wait_until(lambda: holders(consul_agent, prefix).get(f"{prefix}/new") == "a", what="the new key held")
-    failing = releases_of(f"{prefix}/new")
-    proxy.fail = lambda method, path, body: None if proxy.failed else failing(method, path, body)
+    proxy.fail_once(releases_of(f"{prefix}/new"))
     withdrawer = in_background(new.stop)
     withdrawer.join(30)
     assert proxy.failed
@@ -118,8 +122,7 @@ def test_a_first_holder_whose_check_of_the_key_failed_still_leads(
     # the elector's own session, and nobody led it, for as long as the
     # elector ran.
     key = f"{prefix}/new"
-    e = Elector(prefix, identity="a", address=proxy.address, ttl=2.0)
-    electors.append(e)
+    e = via(proxy, prefix, electors, ttl=2.0)
     new = e.candidate("new")
     proxy.fail = lambda method, path, body: None if proxy.failed or not (
         method == "GET" and path.split("?")[0] == f"/v1/kv/{key}" and "recurse" not in path) else "before"
@@ -135,8 +138,7 @@ def test_a_key_whose_acquisition_answer_was_lost_is_led(
     # and nobody led it, for as long as the elector ran.
     key = f"{prefix}/k"
     prime_key(consul_agent.url, key)
-    e = Elector(prefix, identity="a", address=proxy.address, ttl=2.0)
-    electors.append(e)
+    e = via(proxy, prefix, electors, ttl=2.0)
     k = e.candidate("k")
 
     def lose_the_answer(method: str, path: str, body: bytes) -> Optional[str]:
@@ -159,13 +161,11 @@ def test_a_withdrawn_leader_whose_release_failed_is_released_later(
     # session ends").
     key = f"{prefix}/k"
     prime_key(consul_agent.url, key)
-    e = Elector(prefix, identity="a", address=proxy.address, ttl=2.0)
-    electors.append(e)
+    e = via(proxy, prefix, electors, ttl=2.0)
     k, other = e.candidate("k"), e.candidate("other")
     k.run(lambda stop_event: stop_event.wait(), block=False)
     assert k.wait_for_leadership(30)
-    failing = releases_of(key)
-    proxy.fail = lambda method, path, body: None if proxy.failed else failing(method, path, body)
+    proxy.fail_once(releases_of(key))
     k.stop()
     assert proxy.failed
     wait_until(lambda: key not in holders(consul_agent, prefix), timeout=15,
@@ -180,13 +180,11 @@ def test_a_resigned_key_whose_release_failed_is_led_again(
     # session and nobody led it, for as long as the elector ran.
     key = f"{prefix}/k"
     prime_key(consul_agent.url, key)
-    e = Elector(prefix, identity="a", address=proxy.address, ttl=2.0)
-    electors.append(e)
+    e = via(proxy, prefix, electors, ttl=2.0)
     k = e.candidate("k")
     k.run(lambda stop_event: stop_event.wait(), block=False)
     assert k.wait_for_leadership(30)
-    failing = releases_of(key)
-    proxy.fail = lambda method, path, body: None if proxy.failed else failing(method, path, body)
+    proxy.fail_once(releases_of(key))
     assert k.resign()
     wait_until(lambda: proxy.failed, timeout=10, what="the release tried")
     assert k.wait_for_leadership(20), f"not led again; Consul says {holders(consul_agent, prefix)}"
