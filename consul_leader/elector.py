@@ -840,7 +840,8 @@ class Elector:
                 # The session lives on for the other keys: the key is taken
                 # back and led again, or, withdrawn, released again.
                 released = False
-                log.warning("could not release %r after %s (%s); trying again", candidacy.key, reason, exc)
+                log.warning("could not release %r after %s (%s); %s", candidacy.key, reason, exc,
+                            "destroying the session frees it" if self._stopping.is_set() else "trying again")
         if released:
             candidacy._released = term.fencing_token
         if reason.voluntary:
