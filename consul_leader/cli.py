@@ -508,6 +508,9 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
     candidate = Candidate(args.key, identity=args.identity, ttl=args.ttl, lock_delay=timing.lock_delay,
                           wait=not args.no_wait, **_connection(args))
     grace = 5.0 if args.grace is None else args.grace
+    log.info("consul-leader run: %r with ttl %gs, lease %gs, grace %gs, lock-delay %gs (every other candidate of "
+             "this key needs the same ttl and lock-delay)", args.key, timing.check_ttl, timing.lease, grace,
+             timing.lock_delay)
     # Started before the election, so that no process start lies on the
     # handover path; it lives as long as this process.
     watchdog = Watchdog(grace, timing.lock_delay - timing.lease - SAFETY_SLACK)

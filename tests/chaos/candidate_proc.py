@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--identity", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--ttl", type=float, default=1.0)
+    parser.add_argument("--lock-delay", type=float, default=None)
     parser.add_argument("--receivers", choices=("none", "slow", "raising"), default="none",
                         help="one more receiver on every signal: sleeping --slow seconds, or raising")
     parser.add_argument("--slow", type=float, default=2.0)
@@ -192,7 +193,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(levelname)s %(message)s")
 
     rec = Recorder(args.out, args.identity)
-    candidate = Candidate(args.key, identity=args.identity, address=args.address, ttl=args.ttl)
+    candidate = Candidate(args.key, identity=args.identity, address=args.address, ttl=args.ttl,
+                          lock_delay=args.lock_delay)
     timing = candidate.timing
     rec.write("start", ttl=timing.check_ttl, lease=timing.lease, lock_delay=timing.lock_delay,
               receivers=args.receivers)

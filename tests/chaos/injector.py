@@ -67,6 +67,11 @@ class Chaos:
         self.stopped: Dict[str, Dict[str, Any]] = {}
         self._incarnation = 0
         self.lease = 5 / 6 * ttl
+        # One timing per key: the candidates beside supervisors use the
+        # lock-delay the supervisors derive from their grace, or a key
+        # deleted under a supervisor's command (which may run a grace past
+        # its lease) lets a candidate lead after its own, shorter one.
+        self.lock_delay = SupervisorProcess.derived_lock_delay(ttl) if supervisors else ttl
         self.recovery_timeout = RECOVERY_TIMEOUT
         self.begin = self.end = time.monotonic()
         self.hosts, self.hosts_reason = self._hosts_supported()
@@ -152,7 +157,7 @@ class Chaos:
                                   ignore_term=spec["ignore_term"], wrap=wrap)
         else:
             p = CandidateProcess(agent.address, self.key, f"p{self._incarnation}", self.workdir, self.ttl,
-                                 receivers=spec["receivers"], hold=hold, wrap=wrap)
+                                 receivers=spec["receivers"], hold=hold, wrap=wrap, lock_delay=self.lock_delay)
         p.start()
         self.procs.append(p)
         self.agent_of[p.identity] = agent
@@ -326,7 +331,7 @@ class Chaos:
         p = self._target()
         # Longer than the check's TTL plus the lock-delay: another takes over
         # while it sleeps, and it must know on waking that it lost.
-        pause = self.rng.uniform(2 * self.ttl + 0.5, 2 * self.ttl + 3)
+        pause = self.rng.uniform(self.ttl + self.lock_delay + 0.5, self.ttl + self.lock_delay + 3)
         t = p.signal(signal.SIGSTOP)
         self._fault("candidate SIGSTOP", t, target=p.identity, lease_bound=t, seconds=pause, frozen_pid=p.pid)
         time.sleep(pause)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -12,6 +13,8 @@ import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+
+from consul_leader import Timing
 
 from conftest import PYTHON, python_env
 
@@ -34,14 +37,16 @@ class CandidateProcess:
         until :meth:`go`.
     :param wrap: turns the argv into the one to run (e.g. inside a host's
         network namespace).
+    :param lock_delay: the candidate's ``lock_delay`` (default: from the TTL).
     """
 
     kind = "candidate"
 
     def __init__(self, address: str, key: str, identity: str, workdir: str, ttl: float = 1.0,
                  receivers: str = "none", hold: bool = False,
-                 wrap: Callable[[List[str]], List[str]] = list) -> None:
+                 wrap: Callable[[List[str]], List[str]] = list, lock_delay: Optional[float] = None) -> None:
         self.address, self.key, self.identity, self.ttl = address, key, identity, ttl
+        self.lock_delay = lock_delay
         self.receivers, self.hold, self.wrap = receivers, hold, wrap
         self.out = os.path.join(workdir, f"{identity}.jsonl")
         self.log = os.path.join(workdir, f"{identity}.log")
@@ -59,6 +64,7 @@ class CandidateProcess:
     def argv(self) -> List[str]:
         argv = [PYTHON, SCRIPT, "--address", self.address, "--key", self.key, "--identity", self.identity,
                 "--out", self.out, "--ttl", str(self.ttl), "--receivers", self.receivers]
+        argv += [] if self.lock_delay is None else ["--lock-delay", str(self.lock_delay)]
         return argv + (["--hold"] if self.hold else [])
 
     def start(self) -> "CandidateProcess":
@@ -186,6 +192,13 @@ class SupervisorProcess(CandidateProcess):
                  wrap: Callable[[List[str]], List[str]] = list) -> None:
         super().__init__(address, key, identity, workdir, ttl, wrap=wrap)
         self.ignore_term, self.grace = ignore_term, grace
+
+    @staticmethod
+    def derived_lock_delay(ttl: float, grace: float = 0.5) -> float:
+        """The lock-delay ``run --ttl TTL --grace GRACE`` sets (docs/cli.rst:
+        ``lease + grace + 0.5 s``, rounded up to a tenth): what every other
+        candidate of the key must use too ("One timing per key")."""
+        return math.ceil((Timing.from_ttl(ttl).lease + grace + 0.5) * 10) / 10
 
     def argv(self) -> List[str]:
         command = [PYTHON, COMMAND, "--out", self.out, "--identity", self.identity]
