@@ -333,7 +333,10 @@ class Chaos:
         # while it sleeps, and it must know on waking that it lost.
         pause = self.rng.uniform(self.ttl + self.lock_delay + 0.5, self.ttl + self.lock_delay + 3)
         t = p.signal(signal.SIGSTOP)
-        self._fault("candidate SIGSTOP", t, target=p.identity, lease_bound=t, seconds=pause, frozen_pid=p.pid)
+        # The bound is when every thread is seen stopped: a heartbeat round
+        # may start (and succeed) between the signal and then.
+        frozen = p.wait_stopped()
+        self._fault("candidate SIGSTOP", t, target=p.identity, lease_bound=frozen, seconds=pause, frozen_pid=p.pid)
         time.sleep(pause)
         p.signal(signal.SIGCONT)
 
@@ -432,9 +435,10 @@ class Chaos:
         pause = self.lease + 0.3
         t = time.monotonic()
         agent.pause()
-        # No heartbeat round that starts from now on succeeds until resume.
+        # No heartbeat round that starts from now on succeeds until resume
+        # (one that started before pause() returned may have).
         self._fault("agent SIGSTOP, lease lapses", t, target=p.identity, agent=agent.name, seconds=pause,
-                    lease_bound=t)
+                    lease_bound=time.monotonic())
         time.sleep(pause)
         agent.resume()
 
@@ -497,9 +501,10 @@ class Chaos:
         t = time.monotonic()
         self.cluster.partition(agent)
         # The candidates still reach their agent, but no renew reaches a
-        # server from now on.
+        # server from now on; one that started while the cut was being made
+        # may have (a lease 1.7 ms past a bound taken before the cut).
         self._fault("client host partitioned", t, target=p.identity, agent=agent.name, seconds=seconds,
-                    lease_bound=t)
+                    lease_bound=time.monotonic())
         time.sleep(seconds)
         self.cluster.heal()
 

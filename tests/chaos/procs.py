@@ -92,6 +92,22 @@ class CandidateProcess:
         os.kill(self.pid, signum)
         return t
 
+    def wait_stopped(self) -> float:
+        """After SIGSTOP: wait until every thread of the process is seen
+        stopped (the signal is delivered asynchronously); the time then."""
+        task = f"/proc/{self.pid}/task"
+        while True:
+            states = []
+            for tid in os.listdir(task):
+                try:
+                    with open(f"{task}/{tid}/stat", encoding="ascii") as fh:
+                        states.append(fh.read().rsplit(")", 1)[1].split()[0])
+                except OSError:
+                    continue
+            if states and all(state in ("T", "t") for state in states):
+                return time.monotonic()
+            time.sleep(0.0005)
+
     def kill(self) -> float:
         """SIGKILL it and reap it; return the time of the kill."""
         self.killed = True

@@ -61,21 +61,6 @@ class Proc(CandidateProcess):
         return [PYTHON, os.path.join(HERE, "elector_proc.py"), "--address", self.address, "--prefix", self.key,
                 "--keys", str(KEYS), "--identity", self.identity, "--out", self.out, "--ttl", str(self.ttl)]
 
-    def wait_stopped(self) -> float:
-        """Wait until every thread of the process is stopped (SIGSTOP); the time then."""
-        task = f"/proc/{self.proc.pid}/task"
-        while True:
-            states = []
-            for tid in os.listdir(task):
-                try:
-                    with open(f"{task}/{tid}/stat", encoding="ascii") as fh:
-                        states.append(fh.read().rsplit(")", 1)[1].split()[0])
-                except OSError:
-                    continue
-            if states and all(state in ("T", "t") for state in states):
-                return time.monotonic()
-            time.sleep(0.0005)
-
     def stop(self, timeout: float = 60.0) -> Dict[str, Any]:
         """As a candidate process's, with longer to release a hundred keys."""
         return super().stop(timeout)
