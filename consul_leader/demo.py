@@ -55,9 +55,17 @@ class _Demo:
         self.changed = threading.Condition()
         self.procs: Dict[str, "subprocess.Popen[str]"] = {}
         self.t0 = time.monotonic()
+        self._out_lock = threading.Lock()
 
     def say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.t0:7.3f}s] {text}", file=self.out, flush=True)
+        self._line(f"[{time.monotonic() - self.t0:7.3f}s] {text}")
+
+    def _line(self, text: str) -> None:
+        # One write under a lock: print() writes the text and the newline
+        # apart, and the reader threads of the candidates print too.
+        with self._out_lock:
+            self.out.write(text + "\n")
+            self.out.flush()
 
     def spawn(self, address: str, key: str, name: str) -> None:
         cmd = [sys.executable, "-m", "consul_leader.demo", "--child", address, key, name, str(self.ttl)]
@@ -78,7 +86,7 @@ class _Demo:
             detail = {"elected": f"elected (fencing token {event.get('token')})",
                       "deposed": f"deposed ({event.get('reason')})", "started": "started, running for election",
                       "resigning": "resigns"}.get(event["event"], event["event"])
-            print(f"[{event['t'] - self.t0:7.3f}s]   {event['who']}: {detail}", file=self.out, flush=True)
+            self._line(f"[{event['t'] - self.t0:7.3f}s]   {event['who']}: {detail}")
 
     def wait_for(self, event: str, after: float, exclude: Optional[str] = None,
                  timeout: float = 60.0) -> Dict[str, Any]:
