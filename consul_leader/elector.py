@@ -808,12 +808,16 @@ class Elector:
         the worker, the job's thread or the lease watchdog: each step once."""
         with self._lock:
             assert term.reason is not None
-            if term.stage == "leading":
+            first = term.stage == "leading"
+            if first:
                 term.stage = "joining"
-                if term.runner is not None and term.runner.started and not term.job_done:
-                    log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
-                    return
             if term.stage != "joining":
+                return
+            # Asked on every call, not only the first: the watchdog and the
+            # worker both carry an ending on, and the second must wait too.
+            if term.runner is not None and term.runner.started and not term.job_done:
+                if first:
+                    log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
                 return
             term.stage = "delivering"
         candidacy, reason = term.candidacy, term.reason

@@ -434,3 +434,40 @@ def test_resigned_keys_are_released_only_after_their_jobs_returned_across_many_h
         for (_, e1, who1), (s2, _, who2) in zip(jobs, jobs[1:]):
             assert s2 >= e1, f"{key}: {who2}'s job started {e1 - s2:.3f}s before {who1}'s returned"
     assert sum(len(j) for j in ran.values()) > 2 * n
+
+
+def test_a_job_whose_lease_ran_out_returns_before_its_key_is_released(
+        consul_agent: ConsulAgent, prefix: str, electors: List[Elector]) -> None:
+    # The lease watchdog finds the lease over first (as when a heartbeat
+    # sits in a slow renew at the lease's end; here its clock jumps), Consul
+    # still answers, and the job takes a second to return after its
+    # stop_event. The watchdog and then the worker each carried the term's
+    # ending on: the second went past the wait for the job, delivered
+    # deposed and released the key while the job still ran, and the other
+    # elector's job started beside it.
+    jumped = threading.Event()
+
+    def clock() -> float:
+        late = jumped.is_set() and threading.current_thread().name.startswith("consul-leader-lease")
+        return time.monotonic() + (1000.0 if late else 0.0)
+
+    a = make(electors, consul_agent, primed(consul_agent, prefix, 1), "a", n=1, ttl=3.0, clock=clock)
+    (ca,) = a.candidacies()
+    returned: List[float] = []
+    started: List[float] = []
+
+    def slow_to_return(stop_event: threading.Event) -> None:
+        stop_event.wait()
+        time.sleep(1.0)
+        returned.append(time.monotonic())
+
+    ca.run(slow_to_return, block=False)
+    assert ca.wait_for_leadership(15)
+    b = make(electors, consul_agent, prefix, "b", n=1, ttl=3.0)
+    (cb,) = b.candidacies()
+    cb.run(lambda stop_event: started.append(time.monotonic()) or stop_event.wait(), block=False)
+    time.sleep(0.5)  # b waits on the key
+    jumped.set()
+    wait_until(lambda: started, timeout=20, what="b's job")
+    wait_until(lambda: returned, timeout=5, what="a's job's return")
+    assert started[0] >= returned[0], f"b's job started {returned[0] - started[0]:.3f}s before a's returned"
