@@ -162,6 +162,11 @@ def clear_wake() -> None:
         _woken.discard(threading.current_thread())
 
 
+#: The least a request bounded by :meth:`ConsulClient.limit_requests` is
+#: given: one that could not even connect would only fail.
+_SHORTEST_TIMEOUT = 0.01
+
+
 class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
     """py-consul's client shares one ``requests.Session`` between all threads
     and across ``fork()``, where responses can get mixed up. This one keeps a
@@ -191,6 +196,14 @@ class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
     @session.setter
     def session(self, value: requests.Session) -> None:
         pass  # the base class assigns one shared session; ours are per thread
+
+    def timeout(self, params: Any) -> float | None:
+        timeout: float | None = super().timeout(params)
+        limit: Callable[[], float | None] | None = getattr(self._local, "limit", None)
+        left = None if limit is None else limit()
+        if left is None or timeout is None:
+            return timeout
+        return min(timeout, max(left, _SHORTEST_TIMEOUT))
 
 
 class _Consul(consul.Consul):  # type: ignore[misc]
@@ -424,6 +437,14 @@ class ConsulClient:
     def base_uri(self) -> str:
         """The URL every request starts with, e.g. ``http://[::1]:8500``."""
         return str(self._consul.http.base_uri)
+
+    def limit_requests(self, left: Callable[[], float | None] | None) -> None:
+        """Bound each later request of the calling thread, blocking queries
+        too, by ``left()`` seconds (at least 10 ms), asked as it starts;
+        ``left()`` returning None, or *left* None, leaves the usual bounds.
+        For a thread whose requests must not outlive a lease: one that
+        times out raises :class:`~consul_leader.ConsulUnavailable`."""
+        self._consul.http._local.limit = left
 
     def http_session(self) -> requests.Session:
         """The :class:`requests.Session` the calling thread uses: one per

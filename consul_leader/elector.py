@@ -417,6 +417,9 @@ class Elector:
     # -- the worker thread --------------------------------------------------
 
     def _work_loop(self) -> None:
+        # A key without a job has no lease watchdog of its own: the worker
+        # acts for it, so no request of the worker may outlive a lease.
+        self.client.limit_requests(self._requests_left)
         backoff = 0.0
         while True:
             timeout = max(0.0, min(self._next_timer - self._clock(), 60.0))
@@ -459,6 +462,28 @@ class Elector:
                 log.exception("unexpected error in the election for the keys under %r; retrying", self.prefix)
                 self._next_timer, self._full = self._clock() + self.timing.check_ttl, True
         self._finish()
+
+    def _requests_left(self) -> float | None:
+        """Asked by each request of the worker as it starts: how long it may
+        take, that is until the earliest lease of the keys led (None: no key
+        is). A lease found over ends its term first, right here: its
+        ``deposed`` receivers are told before the worker waits on anything."""
+        now = self._clock()
+        earliest = math.inf
+        over: list[_Term] = []
+        with self._lock:
+            for candidacy in self._candidacies.values():
+                term = candidacy._term
+                if term is None or term.reason is not None or term.lapsed:
+                    continue
+                end = min(term.deadline, term.session.lease_deadline)
+                if now >= end:
+                    over.append(term)
+                else:
+                    earliest = min(earliest, end)
+        for term in over:
+            self._lapse(term)
+        return None if earliest == math.inf else earliest - now
 
     def _finish(self) -> None:
         watch = self._watch

@@ -331,36 +331,49 @@ def test_a_waiting_process_whose_session_was_destroyed_makes_a_new_one_at_once(
         assert c.wait_for_leadership(10)
 
 
-def test_a_job_is_told_to_stop_at_its_lease_end_while_the_worker_waits_on_a_frozen_agent(
-        own_agent: ConsulAgent, electors: List[Elector]) -> None:
+@pytest.mark.parametrize("work", ["job", "receivers"])
+def test_the_work_is_told_to_stop_at_its_lease_end_while_the_worker_waits_on_a_frozen_agent(
+        own_agent: ConsulAgent, electors: List[Elector], work: str) -> None:
     # The worker thread sits in a request to the frozen agent (the release
     # of a resigned key, up to the 15 s request timeout) while the other
-    # key's lease runs out: the job must be told to stop at the lease's end,
-    # before anyone else can be elected (the check's TTL after the freeze),
-    # not when the worker's request gives up. It was told 15 s late: the
-    # Elector had no lease watchdog for its jobs.
+    # key's lease runs out: its work must be told to stop at the lease's
+    # end, before anyone else can be elected (the check's TTL after the
+    # freeze), not when the worker's request gives up. A job was told 15 s
+    # late (the Elector had no lease watchdog for its jobs); so was a key
+    # without a job, whose work an on_elected receiver started and only
+    # the deposed receivers can stop.
     prefix = primed(own_agent, "frozen-agent", 2)
     a = make(electors, own_agent, prefix, "a", n=2, ttl=3.0, timeout=15.0)
     working, idle = a.candidacies()
     told: List[float] = []
 
-    def job(stop_event: threading.Event) -> None:
-        stop_event.wait()
-        told.append(time.monotonic())
+    if work == "job":
+        def job(stop_event: threading.Event) -> None:
+            stop_event.wait()
+            told.append(time.monotonic())
 
-    working.run(job, block=False)
+        working.run(job, block=False)
+    else:
+        @working.on_deposed
+        def stop_work(sender: Candidacy, **_: Any) -> None:
+            told.append(time.monotonic())
+
+        a.start()
+
     assert working.wait_for_leadership(30) and idle.wait_for_leadership(30)
     own_agent.pause()
     try:
         frozen = time.monotonic()
         assert idle.resign()  # the worker now sends the release and waits
-        wait_until(lambda: told, timeout=20, what="the job's stop_event")
+        wait_until(lambda: told, timeout=20, what=f"the stop of the work ({work})")
         assert told[0] - frozen < a.timing.check_ttl, (
             f"told {told[0] - frozen:.2f}s after the freeze; another process could lead after "
             f"{a.timing.check_ttl}s")
         assert not working.is_leader()
     finally:
         own_agent.resume()
+        if work == "receivers":
+            deposed.disconnect(stop_work)
 
 
 def test_a_term_whose_lease_ran_out_before_its_job_started_is_released(
