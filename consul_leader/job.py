@@ -125,8 +125,15 @@ class JobRunner:
         except BaseException:  # SystemExit too: it would only end this thread, silently
             ok = False
             log.exception("the job of %s raised", self.name)
-        if not self.stop_event.is_set():
-            self._on_return(ok)
+        if self.stop_event.is_set():
+            return
+        if self._lease_remaining() <= 0:
+            # The lease ran out before the job returned (the process was
+            # paused; the watchdog thread has not looked yet): the term ends
+            # because of that, not as a step-down of its own.
+            self._lease_over()
+            return
+        self._on_return(ok)
 
     def _lease_over(self) -> None:
         with self._ending:

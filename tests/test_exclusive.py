@@ -16,7 +16,7 @@ import pytest
 import requests
 from garbling_proxy import GarblingProxy
 
-from consul_leader import Candidate, Follower, deposed, elected, election_error
+from consul_leader import Candidate, Elector, Follower, deposed, elected, election_error
 from consul_leader.client import ConsulClient, ConsulConfig
 from consul_leader.session import Session, Timing
 from consul_leader.testing import ConsulAgent
@@ -354,3 +354,46 @@ def test_a_waiting_candidate_replaces_a_lost_session_at_once(make_candidate: Any
                what="b has a new session and a current heartbeat")
     a.stop()
     assert b.wait_for_leadership(30)
+
+
+@pytest.mark.parametrize("kind", ["candidate", "elector"])
+def test_a_job_that_returns_after_its_lease_ran_out_ends_the_term_as_lease_expired(
+        consul_agent: ConsulAgent, key: str, kind: str) -> None:
+    # The process is paused past the lease while its job is ending by
+    # itself (consul-leader run's command killed by its watchdog process at
+    # the lease's end); thawed, the job's thread returns before the lease
+    # watchdog thread looks. The term ended as "job finished": a voluntary
+    # step-down, wrongly reported, that sits the candidate out. The pause is
+    # a clock that jumps just before the job returns.
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    go = threading.Event()
+
+    def job(stop_event: threading.Event) -> None:
+        go.wait()
+        offset[0] = 1000.0
+
+    reasons: List[str] = []
+    if kind == "candidate":
+        runner: Any = Candidate(key, identity="a", address=consul_agent.address, clock=clock)
+    else:
+        prefix, name = key.rsplit("/", 1)
+        elector = Elector(prefix, identity="a", address=consul_agent.address, clock=clock)
+        runner = elector.candidate(name)
+
+    @runner.on_deposed
+    def record(sender: Any, reason: Any, **_: Any) -> None:
+        reasons.append(str(reason))
+
+    try:
+        runner.run(job, block=False)
+        assert runner.wait_for_leadership(15)
+        go.set()
+        wait_until(lambda: reasons, timeout=15, what="the end of the term")
+        assert reasons[0] == "lease expired", reasons
+    finally:
+        deposed.disconnect(record)
+        (runner if kind == "candidate" else elector).stop()
