@@ -333,7 +333,8 @@ class Elector:
         return self._worker is not None and self._worker.is_alive()
 
     def _step_down(self, term: _Term, reason: Reason) -> bool:
-        """End *term* from any thread: its flag turns off now; the worker does the rest."""
+        """End *term* from any thread: its flag turns off now, and its
+        ending goes on here (see :meth:`_continue_end`)."""
         with self._lock:
             if term.reason is not None:
                 return False
@@ -343,7 +344,10 @@ class Elector:
             runner = term.runner  # read under the lock: _start_term_runner sets it under the lock
         if runner is not None:
             runner.stop()
-        self._queue.put(("end", term))
+        # Not through the worker: a term without a job has no watchdog, and
+        # the worker may be in a request that its lease no longer bounds
+        # (the term left the leases that bound the worker's requests).
+        self._continue_end(term)
         return True
 
     def _watch_loop(self) -> None:
@@ -424,8 +428,8 @@ class Elector:
         while True:
             timeout = max(0.0, min(self._next_timer - self._clock(), 60.0))
             # A new list each turn: a timer that wakes the worker with
-            # nothing queued must not handle the last batch again (a second
-            # "end" of a term released its key before its job returned).
+            # nothing queued must not handle the last batch again (a term's
+            # ending carried on twice released its key before its job returned).
             items: list[tuple[Any, ...]] = []
             try:
                 items.append(self._queue.get(timeout=timeout))
@@ -502,7 +506,7 @@ class Elector:
 
     def _handle_all(self, items: list[tuple[Any, ...]]) -> None:
         """Every message of a batch, even when one of them fails: a lost
-        "end", "job-done" or "release" would hold its key forever. The first
+        "job-done" or "release" would hold its key forever. The first
         failure is raised after the others ran."""
         failure: Exception | None = None
         for item in items:
@@ -524,8 +528,6 @@ class Elector:
             index, entries, reset = args
             if index >= self._index or reset:
                 self._apply_listing(index, entries, reset)
-        elif what == "end":
-            self._continue_end(args[0])
         elif what == "job-done":
             if args[0].stage == "joining":
                 self._continue_end(args[0])
@@ -770,13 +772,15 @@ class Elector:
         if self._clock() >= term.deadline or candidacy._withdrawn or self._stopping.is_set():
             self.client.release(candidacy.key, session.id)
             return
+        log.info("%s elected leader of %r (fencing token %d)", candidacy.identity, candidacy.key, term.fencing_token)
         with self._lock:
             candidacy._term, candidacy._state = term, "leading"
             candidacy._leader = candidacy.identity
-        log.info("%s elected leader of %r (fencing token %d)", candidacy.identity, candidacy.key, term.fencing_token)
-        self._dispatcher.send(signals.elected, candidacy, fencing_token=term.fencing_token)
-        self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy.identity)
-        candidacy._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
+            # Queued under the lock: a step-down from another thread (resign,
+            # the heartbeat's proof) queues deposed, and must queue it after.
+            self._dispatcher.send(signals.elected, candidacy, fencing_token=term.fencing_token)
+            self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy.identity)
+            candidacy._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
         self._dispatcher.call(self._notify)
         self._start_term_runner(term)
 
@@ -830,7 +834,8 @@ class Elector:
         """The one way out of a term, without blocking the worker: wait for
         the job (its own thread goes on when it returned), then deliver
         ``deposed``; the signal thread queues the release after it. From
-        the worker, the job's thread or the lease watchdog: each step once."""
+        whichever thread stepped down, the job's thread or the lease
+        watchdog: each step once."""
         with self._lock:
             assert term.reason is not None
             first = term.stage == "leading"
@@ -841,7 +846,7 @@ class Elector:
             # Asked on every call, not only the first: the watchdog and the
             # worker both carry an ending on, and the second must wait too.
             if term.runner is not None and term.runner.started and not term.job_done:
-                if first:
+                if first and not term.runner.on_thread():  # the job that returned: it is about to exit
                     log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
                 return
             term.stage = "delivering"

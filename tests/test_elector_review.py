@@ -264,3 +264,64 @@ def test_a_deleted_key_whose_first_holder_withdrew_is_led_only_after_the_lock_de
     assert led[0] - deleted >= a.timing.lock_delay, (
         f"{other.identity} led {led[0] - deleted:.2f}s after the key was deleted; a leader that had not "
         f"noticed could lead until {a.timing.lease}s after its last proof")
+
+
+def test_a_key_lost_while_the_worker_sends_a_slow_request_is_deposed_before_another_leads_it(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # "a" leads x with work that an on_elected receiver starts and an
+    # on_deposed receiver stops (no job, so no lease watchdog). In one
+    # transaction an operator deletes x and another holder lets go of y:
+    # a's worker sees x lost and y free in the same change, and sends y's
+    # acquisition, which the agent is slow to answer. x's deposed must reach
+    # a's receivers before "b", which runs for x, is elected (one lock-delay
+    # after the deletion). It came when the acquisition gave up (the 5 s
+    # request timeout): a term ended by anything but its lease's end waited
+    # for the worker, and the worker's requests were bounded only by the
+    # leases of the keys still led.
+    x, y = f"{prefix}/x", f"{prefix}/y"
+    prime_key(consul_agent.url, x)
+    sid = requests.put(f"{consul_agent.url}/v1/session/create", json={"LockDelay": "0s"}, timeout=5).json()["ID"]
+    try:
+        assert requests.put(f"{consul_agent.url}/v1/kv/{y}?acquire={sid}", data=b"z", timeout=5).json() is True
+        a = via(proxy, prefix, electors, ttl=3.0)
+        ax, _ = a.candidate("x"), a.candidate("y")
+        b = Elector(prefix, identity="b", address=consul_agent.address, ttl=3.0)
+        electors.append(b)
+        bx = b.candidate("x")
+        seen: List[str] = []
+        at: Dict[str, float] = {}
+
+        def note(what: str) -> None:
+            seen.append(what)
+            at[what] = time.monotonic()
+
+        ax.on_elected(lambda sender, fencing_token: note("a elected"))
+        ax.on_deposed(lambda sender, reason: note("a deposed"))
+        bx.on_elected(lambda sender, fencing_token: note("b elected"))
+        a.start()
+        assert ax.wait_for_leadership(30)
+        b.start()
+        wait_until(lambda: bx.leader() == "a", what="b sees a lead x")
+        slowed = threading.Event()
+
+        def slow_acquisition_of_y(method: str, path: str, body: bytes) -> Optional[str]:
+            if slowed.is_set() or method != "PUT" or not path.startswith("/v1/txn") or \
+                    not any(op["KV"]["Key"] == y for op in json.loads(body)):
+                return None
+            slowed.set()
+            time.sleep(a.client.config.timeout + 1)  # the agent answers after the client gave up
+            return "before"
+
+        proxy.fail = slow_acquisition_of_y
+        deleted = time.monotonic()
+        requests.put(f"{consul_agent.url}/v1/txn", json=[
+            {"KV": {"Verb": "delete", "Key": x}},
+            {"KV": {"Verb": "unlock", "Key": y, "Session": sid}},
+        ], timeout=5).raise_for_status()
+        wait_until(lambda: "b elected" in seen and "a deposed" in seen, timeout=20, what="b elected, a deposed")
+        assert slowed.is_set()
+        assert seen.index("a deposed") < seen.index("b elected"), (
+            "b was elected for x while a's receivers had not been told it lost x: " +
+            ", ".join(f"{what} {at[what] - deleted:+.2f}s" for what in seen if what in at))
+    finally:
+        requests.put(f"{consul_agent.url}/v1/session/destroy/{sid}", timeout=5)
