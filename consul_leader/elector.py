@@ -677,7 +677,7 @@ class Elector:
                 elif self._stopping.is_set():
                     self._drop_first_wait(candidacy)
                 elif now >= candidacy._first[0]:
-                    self._lead_first(candidacy)
+                    soon = min(soon, self._lead_first(candidacy))
                 else:
                     soon = min(soon, candidacy._first[0])
             elif candidacy._state == "idle" and not candidacy._withdrawn and not self._stopping.is_set():
@@ -732,18 +732,19 @@ class Elector:
             until = self._clock() + self.timing.lock_delay
             candidacy._first, candidacy._state = (until, attempt, session), "first-wait"
             return until
-        self._lead(candidacy, session, asked_at, attempt)
-        return math.inf
+        return self._lead(candidacy, session, asked_at, attempt)
 
-    def _lead_first(self, candidacy: Candidacy) -> None:
-        """The first-holder wait ended: prove the key still ours, then lead."""
+    def _lead_first(self, candidacy: Candidacy) -> float:
+        """The first-holder wait ended: prove the key still ours, then lead;
+        the time to look again."""
         assert candidacy._first is not None
         _, attempt, session = candidacy._first
         t0 = self._clock()
         _, entry = self.client.get_key(candidacy.key)  # if it fails, the wait stays and the sweep proves it again
         candidacy._first, candidacy._state = None, "idle"
         if entry is not None and entry.get("Session") == session.id and not session.lost.is_set():
-            self._lead(candidacy, session, t0, attempt)
+            return self._lead(candidacy, session, t0, attempt)
+        return math.inf
 
     def _ensure_session(self) -> Session:
         session = self._session
@@ -764,14 +765,18 @@ class Elector:
         self._session = session
         return session
 
-    def _lead(self, candidacy: Candidacy, session: Session, held_since: float, attempt: LockAttempt) -> None:
+    def _lead(self, candidacy: Candidacy, session: Session, held_since: float, attempt: LockAttempt) -> float:
+        """Start a term on the key just taken; the time to look again: its
+        lease's end, which the worker's timer acts on for a key without a
+        job (nothing else may wake the worker before: the watch and the
+        heartbeat's proof may wait on a frozen agent)."""
         if not session.lease_valid():
             session.beat()  # an idle session's last round may be too old
         term = _Term(candidacy, session, attempt, min(session.lease_deadline, held_since + self.timing.lease))
         assert session.id is not None
         if self._clock() >= term.deadline or candidacy._withdrawn or self._stopping.is_set():
             self.client.release(candidacy.key, session.id)
-            return
+            return math.inf
         log.info("%s elected leader of %r (fencing token %d)", candidacy.identity, candidacy.key, term.fencing_token)
         with self._lock:
             candidacy._term, candidacy._state = term, "leading"
@@ -783,6 +788,7 @@ class Elector:
             candidacy._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
         self._dispatcher.call(self._notify)
         self._start_term_runner(term)
+        return term.deadline
 
     def _start_term_runner(self, term: _Term) -> None:
         """Run the key's job for *term*, with a lease watchdog: at the

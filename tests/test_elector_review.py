@@ -325,3 +325,42 @@ def test_a_key_lost_while_the_worker_sends_a_slow_request_is_deposed_before_anot
             ", ".join(f"{what} {at[what] - deleted:+.2f}s" for what in seen if what in at))
     finally:
         requests.put(f"{consul_agent.url}/v1/session/destroy/{sid}", timeout=5)
+
+
+def test_a_key_won_just_before_the_agent_froze_is_deposed_at_its_lease_end(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # A key without a job (its work started by an on_elected receiver) is
+    # won, and the agent freezes right after answering the acquisition,
+    # before its watch or a heartbeat round showed the key taken: the worker
+    # then has nothing to do, and its timer must end the term at the lease's
+    # end. deposed must reach the receivers before anyone else can be
+    # elected (the check's TTL after the freeze). The timer left out the
+    # term just started, and the worker slept on (up to a minute).
+    key = f"{prefix}/k"
+    prime_key(consul_agent.url, key)
+    e = via(proxy, prefix, electors, ttl=3.0)
+    k = e.candidate("k")
+    told: List[float] = []
+    k.on_deposed(lambda sender, reason: told.append(time.monotonic()))
+    frozen: List[float] = []
+    thawed = threading.Event()
+
+    def freeze_after_the_acquisition(method: str, path: str, body: bytes) -> Optional[str]:
+        if frozen or (method == "GET" and "recurse" in path):  # the watch's listings: slow, then frozen
+            thawed.wait(60)
+            return "before"
+        if method == "PUT" and path.startswith("/v1/txn") and any(op["KV"]["Key"] == key for op in json.loads(body)):
+            frozen.append(time.monotonic())  # answered; nothing after it is
+        return None
+
+    proxy.fail = freeze_after_the_acquisition
+    e.start()
+    try:
+        assert k.wait_for_leadership(20)
+        wait_until(lambda: told, timeout=20, what="deposed")
+        assert told[0] - frozen[0] < e.timing.check_ttl, (
+            f"deposed {told[0] - frozen[0]:.2f}s after the freeze; another process could lead after "
+            f"{e.timing.check_ttl}s")
+    finally:
+        proxy.fail = lambda method, path, body: None
+        thawed.set()
