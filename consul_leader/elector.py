@@ -461,11 +461,19 @@ class Elector:
             except ConsulLeaderError as exc:
                 self._report(exc)
                 backoff = min(max(backoff * 2, 0.1), self.timing.check_ttl)
-                self._next_timer, self._full = self._clock() + backoff, True
+                self._back_off(backoff)
             except Exception:
                 log.exception("unexpected error in the election for the keys under %r; retrying", self.prefix)
-                self._next_timer, self._full = self._clock() + self.timing.check_ttl, True
+                self._back_off(self.timing.check_ttl)
         self._finish()
+
+    def _back_off(self, seconds: float) -> None:
+        """Look at every key again in *seconds*, or at the earliest lease's
+        end if sooner: for a key without a job, this timer is what acts on
+        it (a lease already over is ended here)."""
+        left = self._requests_left()
+        self._next_timer = self._clock() + (seconds if left is None else min(seconds, left))
+        self._full = True
 
     def _requests_left(self) -> float | None:
         """Asked by each request of the worker as it starts: how long it may

@@ -364,3 +364,49 @@ def test_a_key_won_just_before_the_agent_froze_is_deposed_at_its_lease_end(
     finally:
         proxy.fail = lambda method, path, body: None
         thawed.set()
+
+
+def test_a_key_without_a_job_is_deposed_at_its_lease_end_while_the_worker_backs_off(
+        own_agent: ConsulAgent, electors: List[Elector]) -> None:
+    # "a" leads x, whose work an on_elected receiver started (no job, so no
+    # lease watchdog), and runs for y, which is free but whose acquisition
+    # keeps failing: the worker's backoff grows to the check's TTL. Then the
+    # agent freezes, and a key is added: the worker's next request is cut
+    # short at x's lease end, and it backs off again. deposed must reach x's
+    # receivers before anyone else can be elected (the check's TTL after the
+    # freeze). It came a whole backoff after the lease's end: the backoff
+    # replaced the worker's timer, which held that end.
+    prefix = "frozen-backoff"
+    x, y = f"{prefix}/x", f"{prefix}/y"
+    for key in (x, y):
+        prime_key(own_agent.url, key)
+    with FailingProxy(own_agent.url) as proxy:
+        frozen: List[float] = []
+
+        def refuse_y_then_freeze(method: str, path: str, body: bytes) -> Optional[str]:
+            if not frozen and method == "PUT" and path.startswith("/v1/txn") and \
+                    any(op["KV"]["Key"] == y for op in json.loads(body)):
+                if len(proxy.failed) >= 8:  # the backoff is at its longest
+                    own_agent.pause()
+                    frozen.append(time.monotonic())
+                return "before"
+            return None
+
+        proxy.fail = refuse_y_then_freeze
+        a = via(proxy, prefix, electors, ttl=3.0)
+        ax, _ = a.candidate("x"), a.candidate("y")  # x first: y's failure ends each sweep
+        told: List[float] = []
+        ax.on_deposed(lambda sender, reason: told.append(time.monotonic()))
+        a.start()
+        try:
+            assert ax.wait_for_leadership(30)
+            wait_until(lambda: frozen, timeout=30, what="the backoff grown")
+            time.sleep(0.5)  # within x's lease, which the last proof (at most a heartbeat ago) extended
+            a.candidate("z")
+            wait_until(lambda: told, timeout=20, what="deposed")
+            assert told[0] - frozen[0] < a.timing.check_ttl, (
+                f"deposed {told[0] - frozen[0]:.2f}s after the freeze; another process could lead after "
+                f"{a.timing.check_ttl}s")
+        finally:
+            own_agent.resume()
+            a.stop()
