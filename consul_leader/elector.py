@@ -779,6 +779,10 @@ class Elector:
         job (nothing else may wake the worker before: the watch and the
         heartbeat's proof may wait on a frozen agent)."""
         if not session.lease_valid():
+            # This round may first wait for the heartbeat's, which can sit in
+            # a request to a hung agent for a whole timeout: every lease of
+            # the session is over, so end those terms before waiting.
+            self._requests_left()
             session.beat()  # an idle session's last round may be too old
         term = _Term(candidacy, session, attempt, min(session.lease_deadline, held_since + self.timing.lease))
         assert session.id is not None

@@ -410,3 +410,54 @@ def test_a_key_without_a_job_is_deposed_at_its_lease_end_while_the_worker_backs_
         finally:
             own_agent.resume()
             a.stop()
+
+
+def test_a_key_without_a_job_is_deposed_at_its_lease_end_while_the_worker_waits_for_a_heartbeat_round(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # "a" leads x, whose work an on_elected receiver started (no job, so no
+    # lease watchdog). The agent stops answering the heartbeat's check
+    # passes, and the process pauses (a clock that jumps a lease ahead) just
+    # as it wins y: to lead y, the worker waits for the heartbeat round that
+    # sits in a request to the agent. x's lease is over: deposed must reach
+    # its receivers before anyone else can be elected (the check's TTL after
+    # its last pass). It came when that round gave up (the 5 s timeout).
+    x, y = f"{prefix}/x", f"{prefix}/y"
+    prime_key(consul_agent.url, x)
+    prime_key(consul_agent.url, y)
+    sid = requests.put(f"{consul_agent.url}/v1/session/create", json={"LockDelay": "0s"}, timeout=5).json()["ID"]
+    try:
+        assert requests.put(f"{consul_agent.url}/v1/kv/{y}?acquire={sid}", data=b"z", timeout=5).json() is True
+        ahead = [0.0]
+        a = Elector(prefix, identity="a", address=proxy.address, ttl=3.0, clock=lambda: time.monotonic() + ahead[0])
+        electors.append(a)
+        ax, ay = a.candidate("x"), a.candidate("y")
+        told: List[float] = []
+        ax.on_deposed(lambda sender, reason: told.append(time.monotonic()))
+        a.start()
+        assert ax.wait_for_leadership(30)
+        wait_until(lambda: ay.leader() == "z", what="y seen held")
+        passes_hang: List[float] = []
+        thawed = threading.Event()
+
+        def hang_passes_then_pause_on_y(method: str, path: str, body: bytes) -> Optional[str]:
+            if method == "PUT" and path.startswith("/v1/agent/check/pass/"):
+                passes_hang.append(time.monotonic())
+                thawed.wait(60)
+                return "before"
+            if method == "PUT" and path.startswith("/v1/txn") and any(op["KV"]["Key"] == y for op in json.loads(body)):
+                ahead[0] += a.timing.lease  # the process pauses while Consul answers
+            return None
+
+        proxy.fail = hang_passes_then_pause_on_y
+        try:
+            wait_until(lambda: passes_hang, timeout=10, what="a heartbeat round waiting")
+            requests.put(f"{consul_agent.url}/v1/kv/{y}?release={sid}", timeout=5).raise_for_status()
+            wait_until(lambda: told, timeout=20, what="deposed")
+            assert told[0] - passes_hang[0] < a.timing.check_ttl, (
+                f"deposed {told[0] - passes_hang[0]:.2f}s after the check's last pass; another process could "
+                f"lead after {a.timing.check_ttl}s")
+        finally:
+            proxy.fail = lambda method, path, body: None
+            thawed.set()
+    finally:
+        requests.put(f"{consul_agent.url}/v1/session/destroy/{sid}", timeout=5)
