@@ -32,6 +32,12 @@ The checker fails a run if
     its command's status or 128+SIGTERM);
 (g) the election stalled: after a fault was undone, no holder of the key
     was running its work within the injector's recovery timeout.
+
+and, for runs whose processes record their ``elected`` and ``deposed``
+receivers (:func:`late_deposed`, called by the elector's chaos run):
+
+(h) a process was elected while another one's ``deposed`` receivers had
+    not run, though that one was neither frozen nor killed meanwhile.
 """
 
 from __future__ import annotations
@@ -242,6 +248,43 @@ def lease_violations(all_terms: List[Term], faults: List[Record], lease: float) 
             if t.id == target and t.start <= bound and t.end >= bound + lease:
                 bad.append(f"{target} (token {t.token}) believed it led until {t.end:.3f}, "
                            f"{t.end - bound:.3f}s after {f['kind']} at {bound:.3f}; lease is {lease}s")
+    return bad
+
+
+def late_deposed(records: List[Record]) -> List[str]:
+    """(h), for the records of one key that carry ``elected`` and
+    ``deposed`` (the receivers' side): each process's ``deposed`` receivers
+    had run when another process was elected, unless the first one was
+    frozen (a ``SIGSTOP`` fault with ``seconds``) or killed (a ``SIGKILL``
+    fault) in between, when nothing can run its receivers. Work that
+    ``on_elected`` starts is stopped by ``on_deposed``: a late one lets two
+    processes' work overlap, which no flag check sees."""
+    faults = [r for r in records if r.get("ev") == "fault" and r.get("target")]
+
+    def excused(who: str, since: float, until: float) -> bool:
+        for f in faults:
+            if f["target"] != who:
+                continue
+            if "SIGSTOP" in f["kind"]:
+                frozen, thawed = f.get("signalled", f["t"]), f["t"] + f.get("seconds", 0.0)
+                if frozen <= until and thawed >= since:
+                    return True
+            elif "SIGKILL" in f["kind"] and since <= f["t"] <= until:
+                return True
+        return False
+
+    bad: List[str] = []
+    leading: Dict[str, float] = {}  # process -> when it was elected, until its deposed
+    for r in sorted((r for r in records if r.get("ev") in ("elected", "deposed")), key=lambda r: r["t"]):
+        who = r["id"]
+        if r["ev"] == "deposed":
+            leading.pop(who, None)
+            continue
+        for other, since in leading.items():
+            if other != who and not excused(other, since, r["t"]):
+                bad.append(f"{who} was elected at {r['t']:.3f} before the deposed receivers of {other} "
+                           f"(elected at {since:.3f}) ran")
+        leading[who] = r["t"]
     return bad
 
 

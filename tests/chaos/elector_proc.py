@@ -5,8 +5,10 @@ Run as ``python elector_proc.py --address A --prefix P --keys N --identity I
 --out F``. The records are those of ``candidate_proc.py`` (``start``,
 ``up``, ``alive``, ``down``, ``elected``, ``deposed``, ``work-start``,
 ``work-alive``, ``work-end``, ``final``, ``exit``) with a ``key`` field, so that the checker can read each
-key's records as one election: ``test_chaos_elector.by_key`` splits them. Each key runs
-a job (``Candidacy.run(job, block=False)``) like ``candidate_proc.Job``.
+key's records as one election: ``test_chaos_elector.by_key`` splits them. The even keys run
+a job (``Candidacy.run(job, block=False)``) like ``candidate_proc.Job``; the odd ones have no
+job, and the same work is started by their ``on_elected`` receiver and stopped (and waited
+for) by their ``on_deposed`` receiver: the keys whose lease only the Elector's worker watches.
 
 One sampler thread looks at every key every :data:`SAMPLE_EVERY` seconds; a
 leading key writes ``alive`` at most every :data:`ALIVE_EVERY` seconds.
@@ -64,8 +66,9 @@ class Job:
     """``candidate_proc.Job`` for one key: steps of *step* seconds, each
     begun only while the key is led, until ``stop_event`` is set."""
 
-    def __init__(self, candidacy: Candidacy, rec: Recorder, step: float, running: Dict[str, int]) -> None:
-        self.c, self.rec, self.step, self.running = candidacy, rec, step, running
+    def __init__(self, candidacy: Candidacy, rec: Recorder, step: float, running: Dict[str, int],
+                 name: str = "job") -> None:
+        self.c, self.rec, self.step, self.running, self.name = candidacy, rec, step, running, name
         self.runs = 0
 
     def __call__(self, stop_event: threading.Event) -> None:
@@ -73,7 +76,7 @@ class Job:
         token = self.c.fencing_token
         self.runs += 1
         self.running[self.c.key] = self.running.get(self.c.key, 0) + 1
-        work = f"{os.getpid()}-{self.c.key}-job{self.runs}"
+        work = f"{os.getpid()}-{self.c.key}-{self.name}{self.runs}"
         try:
             self.rec.write("work-start", t, key=self.c.key, kind="job", work=work, token=token, step=t)
             while not stop_event.is_set():
@@ -83,11 +86,38 @@ class Job:
                     continue
                 self.rec.write("work-alive", begin, key=self.c.key, kind="job", work=work, step=begin)
                 while time.monotonic() - begin < self.step:
-                    time.sleep(ALIVE_EVERY / 2)
+                    # Work stopped by receivers stops mid-step: the deposed
+                    # receivers of every key share one thread, and each waits
+                    # for its key's work.
+                    cut = stop_event.wait(ALIVE_EVERY / 2) if self.name == "receivers" else time.sleep(ALIVE_EVERY / 2)
                     self.rec.write("work-alive", key=self.c.key, kind="job", work=work, step=begin)
+                    if cut:
+                        break
         finally:
             self.running[self.c.key] -= 1
             self.rec.write("work-end", key=self.c.key, kind="job", work=work)
+
+
+class ReceiverWork:
+    """The work of a key without a job: a thread that its ``on_elected``
+    receiver starts and its ``on_deposed`` receiver stops and waits for
+    (the release is queued behind the deposed receivers)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def elected(self) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.job, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def deposed(self) -> None:
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join()
+            self.thread = None
 
 
 def main() -> None:
@@ -109,23 +139,32 @@ def main() -> None:
     rec.write("start", ttl=timing.check_ttl, lease=timing.lease, lock_delay=timing.lock_delay, keys=args.keys)
     running: Dict[str, int] = {}
 
+    jobs = {c.key: Job(c, rec, args.step, running, "job" if i % 2 == 0 else "receivers")
+            for i, c in enumerate(keys)}
+    by_receivers = {c.key: ReceiverWork(jobs[c.key]) for i, c in enumerate(keys) if i % 2}
+
     def on_elected(sender: Candidacy, fencing_token: int, **_: Any) -> None:
         rec.write("elected", key=sender.key, token=fencing_token)
+        if sender.key in by_receivers:
+            by_receivers[sender.key].elected()
 
     def on_deposed(sender: Candidacy, reason: str, **_: Any) -> None:
+        if sender.key in by_receivers:
+            by_receivers[sender.key].deposed()
         rec.write("deposed", key=sender.key, reason=str(reason))
 
     for c in keys:
         elected.connect(on_elected, sender=c, weak=False)
         deposed.connect(on_deposed, sender=c, weak=False)
-    jobs = {c.key: Job(c, rec, args.step, running) for c in keys}
     stop, resign, sampled = threading.Event(), threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGUSR1, lambda *_: resign.set())
     sampler = threading.Thread(target=sample, args=(keys, rec, sampled), name="sampler", daemon=True)
     rec.write("run")
     for c in keys:
-        c.run(jobs[c.key], block=False)
+        if c.key not in by_receivers:
+            c.run(jobs[c.key], block=False)
+    elector.start()
     sampler.start()
     rng = random.Random(os.getpid())
     while not stop.is_set():

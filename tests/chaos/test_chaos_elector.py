@@ -1,11 +1,14 @@
 """Chaos over many keys in one process: three processes, each an Elector
-for the same 100 keys (each key running a job), under seeded random faults:
+for the same 100 keys (half of them running a job, the other half work that
+their elected and deposed receivers start and stop), under seeded random faults:
 SIGKILL and restart, SIGSTOP past the lease, the session destroyed, keys
 resigned, a graceful restart, a key deleted. Every key is one election for
 the checker (``chaos.checker.check``, as it is): no two processes believed
 they led a key at once, no two jobs of a key ran at once, tokens only grow
 (flag and work), no term outlived its lease after a fault that stops its
-heartbeat, every process healthy and consistent at the end.
+heartbeat, no process was elected before the last leader's deposed
+receivers ran (``chaos.checker.late_deposed``), every process healthy and
+consistent at the end.
 
 ``CHAOS_ELECTOR_DURATION`` (seconds, default 45) and ``CHAOS_SEED`` set the run.
 """
@@ -25,7 +28,7 @@ from typing import Any, Dict, List
 
 import requests
 
-from chaos.checker import check, explain
+from chaos.checker import check, explain, late_deposed
 from chaos.procs import CandidateProcess
 from consul_leader.testing import ConsulAgent
 
@@ -203,8 +206,9 @@ def test_chaos_over_a_hundred_keys_in_one_process() -> None:
     work_failovers: Dict[str, List[float]] = {}
     for key, own in sorted(elections.items()):
         report = check(own, lease)
-        if not report.ok:
-            problems.append(f"{key}: {report.problems()}")
+        late = late_deposed(own)
+        if not report.ok or late:
+            problems.append(f"{key}: {report.problems() if not report.ok else ''} {late or ''}")
             if len(timelines) < 3:
                 timelines.append(f"{key}:\n{explain(own, report)}")
         elif not any(w.end > last_fault for w in report.work):

@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from chaos.checker import check
+from chaos.checker import check, late_deposed
 
 LEASE = 0.8
 
@@ -186,3 +186,24 @@ def test_work_failover_comes_from_the_work() -> None:
     assert report.work_failovers == {"supervisor SIGSTOP": [1.5]}
     assert abs(report.work_availability - 2.5 / 4.0) < 1e-9
     assert "supervisor SIGSTOP" in report.table()
+
+
+def receivers(who: str, elected: float, deposed: float) -> List[Dict[str, Any]]:
+    return [{"ev": "elected", "id": who, "pid": 1, "t": elected, "key": "k"},
+            {"ev": "deposed", "id": who, "pid": 1, "t": deposed, "key": "k"}]
+
+
+def test_an_election_before_the_last_leaders_deposed_receivers_ran_is_found() -> None:
+    assert late_deposed(receivers("a", 0.0, 2.0) + receivers("b", 3.0, 4.0)) == []
+    late = late_deposed(receivers("a", 0.0, 3.5) + receivers("b", 3.0, 4.0))
+    assert len(late) == 1 and "before the deposed receivers of a" in late[0]
+
+
+@pytest.mark.parametrize("fault", [
+    {"ev": "fault", "kind": "elector SIGSTOP", "t": 1.0, "seconds": 2.5, "target": "a"},
+    {"ev": "fault", "kind": "elector SIGKILL", "t": 1.0, "target": "a"},
+])
+def test_a_late_deposed_of_a_frozen_or_killed_process_is_excused(fault: Dict[str, Any]) -> None:
+    records = receivers("a", 0.0, 3.5) + receivers("b", 3.0, 4.0)
+    assert late_deposed(records + [fault]) == []
+    assert len(late_deposed(records + [dict(fault, target="c")])) == 1  # another process's fault excuses nothing
