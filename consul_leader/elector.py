@@ -706,6 +706,14 @@ class Elector:
         # an acquisition whose answer was lost, a term's start or release
         # cut short by a failed request. Nobody else can take it: acquiring
         # it again makes it a term.
+        if holder and candidacy._sit_out is not None:
+            # Stepped down, and the release failed: release it again, as
+            # the step-down meant, rather than lead it again after the
+            # sit-out (nobody could take it meanwhile).
+            assert entry is not None and own is not None
+            self.client.release(candidacy.key, own)  # a failure is retried by the worker's next turn
+            candidacy._released = int(entry.get("ModifyIndex") or 0)
+            return math.inf
         if candidacy._sit_out is not None:
             if now < candidacy._sit_out[0]:
                 return candidacy._sit_out[0]

@@ -461,3 +461,27 @@ def test_a_key_without_a_job_is_deposed_at_its_lease_end_while_the_worker_waits_
             thawed.set()
     finally:
         requests.put(f"{consul_agent.url}/v1/session/destroy/{sid}", timeout=5)
+
+
+def test_a_resigned_key_whose_release_failed_goes_to_the_other_elector(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # resign() while another elector waits for the key, and the release
+    # fails once: the key must go to the other elector, as the resign
+    # meant. It stayed held by the resigner's live session through its
+    # sit-out (nobody led it), and then the resigner took it back and led
+    # it again, for good.
+    key = f"{prefix}/k"
+    prime_key(consul_agent.url, key)
+    a = via(proxy, prefix, electors, ttl=2.0)
+    ak = a.candidate("k")
+    a.start()
+    assert ak.wait_for_leadership(30)
+    b = Elector(prefix, identity="b", address=consul_agent.address, ttl=2.0)
+    electors.append(b)
+    bk = b.candidate("k")
+    b.start()
+    time.sleep(0.5)  # b waits on the key
+    proxy.fail_once(releases_of(key))
+    assert ak.resign()
+    wait_until(lambda: proxy.failed, timeout=10, what="the release tried")
+    assert bk.wait_for_leadership(15), f"the other elector never led; Consul says {holders(consul_agent, prefix)}"
