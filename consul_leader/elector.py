@@ -664,33 +664,46 @@ class Elector:
 
     def _sweep(self, candidacies: Iterable[Candidacy]) -> float:
         """Lapsed leases, first-holder waits that ended, and free keys to
-        take, among *candidacies*; returns when to look again."""
+        take, among *candidacies*; returns when to look again. A request
+        that fails for one key does not keep the others from being looked
+        at: the first failure is raised once every key was."""
         now = self._clock()
         soon = math.inf
+        failure: ConsulLeaderError | None = None
         for candidacy in candidacies:
-            term = candidacy._term
-            if term is not None:
-                with self._lock:
-                    if not term.lapsed and now >= min(term.deadline, term.session.lease_deadline):
-                        term.lapsed = True
-                if term.lapsed:
-                    self._step_down(term, Reason.LEASE_EXPIRED)
-                else:
-                    soon = min(soon, term.deadline)
-            elif candidacy._withdrawn and candidacy._state == "idle":
-                self._release_left(candidacy)
-            elif candidacy._first is not None:
-                if candidacy._withdrawn:
-                    self._withdraw(candidacy)  # its release failed: again
-                elif self._stopping.is_set():
-                    self._drop_first_wait(candidacy)
-                elif now >= candidacy._first[0]:
-                    soon = min(soon, self._lead_first(candidacy))
-                else:
-                    soon = min(soon, candidacy._first[0])
-            elif candidacy._state == "idle" and not candidacy._withdrawn and not self._stopping.is_set():
-                soon = min(soon, self._maybe_acquire(candidacy, now))
+            try:
+                soon = min(soon, self._look_at(candidacy, now))
+            except ConsulLeaderError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         return soon
+
+    def _look_at(self, candidacy: Candidacy, now: float) -> float:
+        """One key of :meth:`_sweep`; when to look at it again."""
+        term = candidacy._term
+        if term is not None:
+            with self._lock:
+                if not term.lapsed and now >= min(term.deadline, term.session.lease_deadline):
+                    term.lapsed = True
+            if term.lapsed:
+                self._step_down(term, Reason.LEASE_EXPIRED)
+                return math.inf
+            return term.deadline
+        if candidacy._withdrawn and candidacy._state == "idle":
+            self._release_left(candidacy)
+        elif candidacy._first is not None:
+            if candidacy._withdrawn:
+                self._withdraw(candidacy)  # its release failed: again
+            elif self._stopping.is_set():
+                self._drop_first_wait(candidacy)
+            elif now >= candidacy._first[0]:
+                return self._lead_first(candidacy)
+            else:
+                return candidacy._first[0]
+        elif candidacy._state == "idle" and not candidacy._withdrawn and not self._stopping.is_set():
+            return self._maybe_acquire(candidacy, now)
+        return math.inf
 
     def _maybe_acquire(self, candidacy: Candidacy, now: float) -> float:
         """Try to take *candidacy*'s key if it looks free; the time to look again."""

@@ -485,3 +485,21 @@ def test_a_resigned_key_whose_release_failed_goes_to_the_other_elector(
     assert ak.resign()
     wait_until(lambda: proxy.failed, timeout=10, what="the release tried")
     assert bk.wait_for_leadership(15), f"the other elector never led; Consul says {holders(consul_agent, prefix)}"
+
+
+def test_a_key_whose_acquisition_keeps_failing_does_not_keep_the_others_from_being_led(
+        consul_agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector]) -> None:
+    # Every acquisition of one key fails (as for a key the ACL token may not
+    # lock): the keys after it must still be taken. The failure raised out
+    # of the worker's look at the keys, and each retry failed again on the
+    # same key first, so the keys after it were never tried.
+    bad, good = f"{prefix}/bad", f"{prefix}/good"
+    for key in (bad, good):
+        prime_key(consul_agent.url, key)
+    proxy.fail = lambda method, path, body: "before" if path.startswith("/v1/txn") and \
+        f'"{bad}"'.encode() in body and b'"lock"' in body else None
+    e = via(proxy, prefix, electors, ttl=2.0)
+    bad_key, good_key = e.candidate("bad"), e.candidate("good")  # the failing key comes first
+    e.start()
+    assert good_key.wait_for_leadership(15), f"never led; Consul says {holders(consul_agent, prefix)}"
+    assert proxy.failed and not bad_key.is_leader()
