@@ -10,13 +10,13 @@ import base64
 import json
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import requests
 from garbling_proxy import Fail, FailingProxy
 
-from consul_leader import Elector
+from consul_leader import Candidacy, Elector
 from consul_leader.testing import ConsulAgent
 
 from conftest import prime_key, wait_until
@@ -27,6 +27,16 @@ def via(proxy: FailingProxy, prefix: str, electors: List[Elector], ttl: float) -
     e = Elector(prefix, identity="a", address=proxy.address, ttl=ttl)
     electors.append(e)
     return e
+
+
+def one_key(agent: ConsulAgent, proxy: FailingProxy, prefix: str, electors: List[Elector],
+            ttl: float) -> Tuple[str, Elector, Candidacy]:
+    """The key ``<prefix>/k``, locked and released once (no first-holder
+    wait), and its candidacy in an elector "a" through *proxy*."""
+    key = f"{prefix}/k"
+    prime_key(agent.url, key)
+    e = via(proxy, prefix, electors, ttl=ttl)
+    return key, e, e.candidate("k")
 
 
 @pytest.fixture
@@ -56,6 +66,14 @@ def releases_of(key: str) -> Fail:
     """The release of *key*, or its deletion (how a first holder lets go)."""
     return lambda method, path, body: "before" if path.startswith(f"/v1/kv/{key}?") and (
         method == "PUT" and "release=" in path or method == "DELETE") else None
+
+
+def deposed_in_time(told: List[float], since: float, e: Elector, after: str) -> None:
+    """``deposed`` reached the receivers (*told*) before anyone else could be
+    elected: within the check's TTL of *since* (*after* names that moment)."""
+    wait_until(lambda: told, timeout=20, what="deposed")
+    assert told[0] - since < e.timing.check_ttl, (
+        f"deposed {told[0] - since:.2f}s after {after}; another process could lead after {e.timing.check_ttl}s")
 
 
 def in_background(fn: Callable[[], None]) -> threading.Thread:
@@ -136,10 +154,7 @@ def test_a_key_whose_acquisition_answer_was_lost_is_led(
     # Consul took the lock but the answer never arrived: the key is held by
     # the elector's session. It must be led all the same: it stayed held,
     # and nobody led it, for as long as the elector ran.
-    key = f"{prefix}/k"
-    prime_key(consul_agent.url, key)
-    e = via(proxy, prefix, electors, ttl=2.0)
-    k = e.candidate("k")
+    key, e, k = one_key(consul_agent, proxy, prefix, electors, ttl=2.0)
 
     def lose_the_answer(method: str, path: str, body: bytes) -> Optional[str]:
         if proxy.failed or method != "PUT" or not path.startswith("/v1/txn"):
@@ -159,10 +174,8 @@ def test_a_withdrawn_leader_whose_release_failed_is_released_later(
     # It was forgotten with the lock held by the live session, for as long
     # as the elector ran (the log said Consul would free it "when the
     # session ends").
-    key = f"{prefix}/k"
-    prime_key(consul_agent.url, key)
-    e = via(proxy, prefix, electors, ttl=2.0)
-    k, other = e.candidate("k"), e.candidate("other")
+    key, e, k = one_key(consul_agent, proxy, prefix, electors, ttl=2.0)
+    other = e.candidate("other")
     k.run(lambda stop_event: stop_event.wait(), block=False)
     assert k.wait_for_leadership(30)
     proxy.fail_once(releases_of(key))
@@ -178,10 +191,7 @@ def test_a_resigned_key_whose_release_failed_is_led_again(
     # resign(), and the release fails once: the key must be led again (it
     # sits out, then runs again). It stayed held by the elector's live
     # session and nobody led it, for as long as the elector ran.
-    key = f"{prefix}/k"
-    prime_key(consul_agent.url, key)
-    e = via(proxy, prefix, electors, ttl=2.0)
-    k = e.candidate("k")
+    key, e, k = one_key(consul_agent, proxy, prefix, electors, ttl=2.0)
     k.run(lambda stop_event: stop_event.wait(), block=False)
     assert k.wait_for_leadership(30)
     proxy.fail_once(releases_of(key))
@@ -221,10 +231,7 @@ def test_deposed_is_delivered_at_the_lease_end_while_the_worker_waits_on_a_froze
         try:
             frozen = time.monotonic()
             assert idle.resign()  # the worker now sends the release and waits
-            wait_until(lambda: told, timeout=20, what="deposed")
-            assert told[0] - frozen < e.timing.check_ttl, (
-                f"deposed {told[0] - frozen:.2f}s after the freeze; another process could lead after "
-                f"{e.timing.check_ttl}s")
+            deposed_in_time(told, frozen, e, "the freeze")
         finally:
             own_agent.resume()
     finally:
@@ -336,10 +343,7 @@ def test_a_key_won_just_before_the_agent_froze_is_deposed_at_its_lease_end(
     # end. deposed must reach the receivers before anyone else can be
     # elected (the check's TTL after the freeze). The timer left out the
     # term just started, and the worker slept on (up to a minute).
-    key = f"{prefix}/k"
-    prime_key(consul_agent.url, key)
-    e = via(proxy, prefix, electors, ttl=3.0)
-    k = e.candidate("k")
+    key, e, k = one_key(consul_agent, proxy, prefix, electors, ttl=3.0)
     told: List[float] = []
     k.on_deposed(lambda sender, reason: told.append(time.monotonic()))
     frozen: List[float] = []
@@ -357,10 +361,7 @@ def test_a_key_won_just_before_the_agent_froze_is_deposed_at_its_lease_end(
     e.start()
     try:
         assert k.wait_for_leadership(20)
-        wait_until(lambda: told, timeout=20, what="deposed")
-        assert told[0] - frozen[0] < e.timing.check_ttl, (
-            f"deposed {told[0] - frozen[0]:.2f}s after the freeze; another process could lead after "
-            f"{e.timing.check_ttl}s")
+        deposed_in_time(told, frozen[0], e, "the freeze")
     finally:
         proxy.fail = lambda method, path, body: None
         thawed.set()
@@ -403,10 +404,7 @@ def test_a_key_without_a_job_is_deposed_at_its_lease_end_while_the_worker_backs_
             wait_until(lambda: frozen, timeout=30, what="the backoff grown")
             time.sleep(0.5)  # within x's lease, which the last proof (at most a heartbeat ago) extended
             a.candidate("z")
-            wait_until(lambda: told, timeout=20, what="deposed")
-            assert told[0] - frozen[0] < a.timing.check_ttl, (
-                f"deposed {told[0] - frozen[0]:.2f}s after the freeze; another process could lead after "
-                f"{a.timing.check_ttl}s")
+            deposed_in_time(told, frozen[0], a, "the freeze")
         finally:
             own_agent.resume()
             a.stop()
@@ -452,10 +450,7 @@ def test_a_key_without_a_job_is_deposed_at_its_lease_end_while_the_worker_waits_
         try:
             wait_until(lambda: passes_hang, timeout=10, what="a heartbeat round waiting")
             requests.put(f"{consul_agent.url}/v1/kv/{y}?release={sid}", timeout=5).raise_for_status()
-            wait_until(lambda: told, timeout=20, what="deposed")
-            assert told[0] - passes_hang[0] < a.timing.check_ttl, (
-                f"deposed {told[0] - passes_hang[0]:.2f}s after the check's last pass; another process could "
-                f"lead after {a.timing.check_ttl}s")
+            deposed_in_time(told, passes_hang[0], a, "the check's last pass")
         finally:
             proxy.fail = lambda method, path, body: None
             thawed.set()
@@ -470,10 +465,7 @@ def test_a_resigned_key_whose_release_failed_goes_to_the_other_elector(
     # meant. It stayed held by the resigner's live session through its
     # sit-out (nobody led it), and then the resigner took it back and led
     # it again, for good.
-    key = f"{prefix}/k"
-    prime_key(consul_agent.url, key)
-    a = via(proxy, prefix, electors, ttl=2.0)
-    ak = a.candidate("k")
+    key, a, ak = one_key(consul_agent, proxy, prefix, electors, ttl=2.0)
     a.start()
     assert ak.wait_for_leadership(30)
     b = Elector(prefix, identity="b", address=consul_agent.address, ttl=2.0)
