@@ -197,6 +197,10 @@ class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
     def session(self, value: requests.Session) -> None:
         pass  # the base class assigns one shared session; ours are per thread
 
+    def limit(self, left: Callable[[], float | None] | None) -> None:
+        """See :meth:`ConsulClient.limit_requests`."""
+        self._local.limit = left
+
     def timeout(self, params: Any) -> float | None:
         timeout: float | None = super().timeout(params)
         limit: Callable[[], float | None] | None = getattr(self._local, "limit", None)
@@ -444,7 +448,7 @@ class ConsulClient:
         ``left()`` returning None, or *left* None, leaves the usual bounds.
         For a thread whose requests must not outlive a lease: one that
         times out raises :class:`~consul_leader.ConsulUnavailable`."""
-        self._consul.http._local.limit = left
+        self._consul.http.limit(left)
 
     def http_session(self) -> requests.Session:
         """The :class:`requests.Session` the calling thread uses: one per

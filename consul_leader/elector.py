@@ -55,12 +55,16 @@ class _Term:
         self.session = session
         self.fencing_token = attempt.modify_index
         self.lock_index = attempt.lock_index or 0
-        self.deadline = deadline  # this key's lease: the session's, and the last read that showed it ours
+        self.deadline = deadline  # the lease from the last read that showed the key ours (at most the session's)
         self.lapsed = False  # a lapsed lease stays lapsed
         self.reason: Reason | None = None
         self.runner: JobRunner | None = None
         self.job_done = False
         self.stage = "leading"  # -> joining (the job) -> delivering (deposed) -> done (released)
+
+    def lease_end(self) -> float:
+        """When this key's lease ends: the session's, and the last read that showed the key ours."""
+        return min(self.deadline, self.session.lease_deadline)
 
 
 class Candidacy:
@@ -106,8 +110,7 @@ class Candidacy:
     def is_leader(self) -> bool:
         """True while this key is held *and* its own lease holds (a cheap read)."""
         term = self._term
-        return term is not None and not term.lapsed and \
-            self.elector._clock() < min(term.deadline, term.session.lease_deadline)
+        return term is not None and not term.lapsed and self.elector._clock() < term.lease_end()
 
     def leader(self) -> str | None:
         """The identity of this key's leader as last observed, or None."""
@@ -423,7 +426,7 @@ class Elector:
     def _work_loop(self) -> None:
         # A key without a job has no lease watchdog of its own: the worker
         # acts for it, so no request of the worker may outlive a lease.
-        self.client.limit_requests(self._requests_left)
+        self.client.limit_requests(self._lease_left)
         backoff = 0.0
         while True:
             timeout = max(0.0, min(self._next_timer - self._clock(), 60.0))
@@ -471,15 +474,16 @@ class Elector:
         """Look at every key again in *seconds*, or at the earliest lease's
         end if sooner: for a key without a job, this timer is what acts on
         it (a lease already over is ended here)."""
-        left = self._requests_left()
+        left = self._lease_left()
         self._next_timer = self._clock() + (seconds if left is None else min(seconds, left))
         self._full = True
 
-    def _requests_left(self) -> float | None:
-        """Asked by each request of the worker as it starts: how long it may
-        take, that is until the earliest lease of the keys led (None: no key
-        is). A lease found over ends its term first, right here: its
-        ``deposed`` receivers are told before the worker waits on anything."""
+    def _lease_left(self) -> float | None:
+        """End the terms whose lease is over, so that their ``deposed``
+        receivers are told before the worker waits on anything; return the
+        time until the earliest other lease of the keys led ends (None: no
+        key is). Asked by each request of the worker as it starts (its
+        bound), by the backoff, and before waiting for a heartbeat round."""
         now = self._clock()
         earliest = math.inf
         over: list[_Term] = []
@@ -488,7 +492,7 @@ class Elector:
                 term = candidacy._term
                 if term is None or term.reason is not None or term.lapsed:
                     continue
-                end = min(term.deadline, term.session.lease_deadline)
+                end = term.lease_end()
                 if now >= end:
                     over.append(term)
                 else:
@@ -514,8 +518,8 @@ class Elector:
 
     def _handle_all(self, items: list[tuple[Any, ...]]) -> None:
         """Every message of a batch, even when one of them fails: a lost
-        "job-done" or "release" would hold its key forever. The first
-        failure is raised after the others ran."""
+        "release" would hold its key forever. The first failure is raised
+        after the others ran."""
         failure: Exception | None = None
         for item in items:
             try:
@@ -536,9 +540,6 @@ class Elector:
             index, entries, reset = args
             if index >= self._index or reset:
                 self._apply_listing(index, entries, reset)
-        elif what == "job-done":
-            if args[0].stage == "joining":
-                self._continue_end(args[0])
         elif what == "release":
             self._release(args[0])
         elif what == "kick":
@@ -683,13 +684,10 @@ class Elector:
         """One key of :meth:`_sweep`; when to look at it again."""
         term = candidacy._term
         if term is not None:
-            with self._lock:
-                if not term.lapsed and now >= min(term.deadline, term.session.lease_deadline):
-                    term.lapsed = True
-            if term.lapsed:
-                self._step_down(term, Reason.LEASE_EXPIRED)
+            if term.lapsed or now >= term.lease_end():
+                self._lapse(term)
                 return math.inf
-            return term.deadline
+            return term.lease_end()
         if candidacy._withdrawn and candidacy._state == "idle":
             self._release_left(candidacy)
         elif candidacy._first is not None:
@@ -803,7 +801,7 @@ class Elector:
             # This round may first wait for the heartbeat's, which can sit in
             # a request to a hung agent for a whole timeout: every lease of
             # the session is over, so end those terms before waiting.
-            self._requests_left()
+            self._lease_left()
             session.beat()  # an idle session's last round may be too old
         term = _Term(candidacy, session, attempt, min(session.lease_deadline, held_since + self.timing.lease))
         assert session.id is not None
@@ -821,7 +819,7 @@ class Elector:
             candidacy._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
         self._dispatcher.call(self._notify)
         self._start_term_runner(term)
-        return term.deadline
+        return term.lease_end()
 
     def _start_term_runner(self, term: _Term) -> None:
         """Run the key's job for *term*, with a lease watchdog: at the
@@ -841,11 +839,10 @@ class Elector:
             with self._lock:
                 term.job_done = True
                 ended = term.reason is not None
-            if ended:
-                self._continue_end(term)  # not through the worker, which may be stuck
-            self._queue.put(("job-done", term))
+            if ended:  # else the step-down still to come carries the ending on, and finds the job done
+                self._continue_end(term)
 
-        runner = JobRunner(term.candidacy._job, lambda: min(term.deadline, term.session.lease_deadline) - self._clock(),
+        runner = JobRunner(term.candidacy._job, lambda: term.lease_end() - self._clock(),
                            f"{term.candidacy.identity} {term.candidacy.key}", on_return=returned,
                            on_lease_end=lambda: self._lapse(term), on_exit=exited)
         with self._lock:
@@ -861,13 +858,12 @@ class Elector:
             runner.start()
 
     def _lapse(self, term: _Term) -> None:
-        """*term*'s lease ran out (its watchdog's call): it stays out, and
-        its ending goes on here, not through the worker, which may be stuck
-        in a request to a frozen agent."""
+        """*term*'s lease ran out: it stays out, and its ending goes on in
+        the calling thread (the step-down's), not through the worker, which
+        may be stuck in a request to a frozen agent."""
         with self._lock:
             term.lapsed = True
         self._step_down(term, Reason.LEASE_EXPIRED)
-        self._continue_end(term)
 
     def _continue_end(self, term: _Term) -> None:
         """The one way out of a term, without blocking the worker: wait for
