@@ -462,35 +462,48 @@ _LEASE_PUSH = 0.05
 #: elected: covers the watchdog's wake-up and the kill's delivery.
 SAFETY_SLACK = 0.5
 
+#: Seconds from SIGTERM to SIGKILL when ``--grace`` is not given.
+DEFAULT_GRACE = 5.0
 
-def _timing(args: argparse.Namespace) -> Timing:
-    """The election's durations, with a lock-delay long enough that the
+
+def run_timing(ttl: float, grace: Optional[float] = None, lock_delay: Optional[float] = None) -> Timing:
+    """The election's durations of ``run --ttl TTL [--grace GRACE]
+    [--lock-delay LOCK_DELAY]``, with a lock-delay long enough that the
     command, stopped at the lease's end, is dead before anyone else can win.
+    Library candidates of the same key need its ``lock_delay`` too.
 
     Another process can be elected no earlier than ``lock_delay - lease``
     after the lease's end (an invalidated session, see docs/cli.rst), so the
     command gets SIGTERM at the lease's end and must be gone ``grace`` later:
-    ``lock_delay >= lease + grace + slack``."""
-    grace = 5.0 if args.grace is None else args.grace
-    given = "" if args.grace is not None else " (the default)"
-    base = Timing.from_ttl(args.ttl, lock_delay=args.lock_delay)
+    ``lock_delay >= lease + grace + slack``.
+
+    :param grace: seconds from SIGTERM to SIGKILL; None: the default, 5 s.
+    :raises ConfigurationError: *lock_delay* too short for *grace*, or the
+        lock-delay *grace* needs above Consul's 60 s."""
+    given = "" if grace is not None else " (the default)"
+    grace = DEFAULT_GRACE if grace is None else grace
+    base = Timing.from_ttl(ttl, lock_delay=lock_delay)
     need = base.lease + grace + SAFETY_SLACK
     if base.lock_delay >= need - 1e-9:
         return base
     room = max(0.0, base.lock_delay - base.lease - SAFETY_SLACK)
-    if args.lock_delay is not None:
+    if lock_delay is not None:
         raise ConfigurationError(
-            f"--grace {grace:g}s{given} is longer than --lock-delay {base.lock_delay:g}s with --ttl {args.ttl:g}s "
+            f"--grace {grace:g}s{given} is longer than --lock-delay {base.lock_delay:g}s with --ttl {ttl:g}s "
             f"allows: another process can be elected {base.lock_delay - base.lease:g}s after this one's lease "
             f"({base.lease:g}s) ends, and the command must be dead by then ({SAFETY_SLACK:g}s to spare). Use "
             f"--grace {math.floor(room * 10) / 10:g} or less, or --lock-delay {math.ceil(need * 10) / 10:g} or "
             f"more (at most 60), or leave --lock-delay out to have it derived from --grace.")
     if need > 60:
         raise ConfigurationError(
-            f"--grace {grace:g}s{given} with --ttl {args.ttl:g}s needs a lock-delay of {need:g}s (lease "
+            f"--grace {grace:g}s{given} with --ttl {ttl:g}s needs a lock-delay of {need:g}s (lease "
             f"{base.lease:g}s + grace + {SAFETY_SLACK:g}s), more than Consul's 60s: use --grace "
             f"{math.floor((60 - base.lease - SAFETY_SLACK) * 10) / 10:g} or less, or a smaller --ttl.")
-    return Timing.from_ttl(args.ttl, lock_delay=math.ceil(need * 10) / 10)
+    return Timing.from_ttl(ttl, lock_delay=math.ceil(need * 10) / 10)
+
+
+def _timing(args: argparse.Namespace) -> Timing:
+    return run_timing(args.ttl, args.grace, args.lock_delay)
 
 
 def _run(args: argparse.Namespace, command: List[str]) -> int:
@@ -507,7 +520,7 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
     timing = _timing(args)
     candidate = Candidate(args.key, identity=args.identity, ttl=args.ttl, lock_delay=timing.lock_delay,
                           wait=not args.no_wait, **_connection(args))
-    grace = 5.0 if args.grace is None else args.grace
+    grace = DEFAULT_GRACE if args.grace is None else args.grace
     log.info("consul-leader run: %r with ttl %gs, lease %gs, grace %gs, lock-delay %gs (every other candidate of "
              "this key needs the same ttl and lock-delay)", args.key, timing.check_ttl, timing.lease, grace,
              timing.lock_delay)

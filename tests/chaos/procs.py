@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -14,7 +13,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
-from consul_leader import Timing
+from consul_leader.cli import run_timing
 
 from conftest import PYTHON, python_env
 
@@ -211,10 +210,9 @@ class SupervisorProcess(CandidateProcess):
 
     @staticmethod
     def derived_lock_delay(ttl: float, grace: float = 0.5) -> float:
-        """The lock-delay ``run --ttl TTL --grace GRACE`` sets (docs/cli.rst:
-        ``lease + grace + 0.5 s``, rounded up to a tenth): what every other
-        candidate of the key must use too ("One timing per key")."""
-        return math.ceil((Timing.from_ttl(ttl).lease + grace + 0.5) * 10) / 10
+        """The lock-delay ``run --ttl TTL --grace GRACE`` sets: what every
+        other candidate of the key must use too ("One timing per key")."""
+        return run_timing(ttl, grace).lock_delay
 
     def argv(self) -> List[str]:
         command = [PYTHON, COMMAND, "--out", self.out, "--identity", self.identity]
