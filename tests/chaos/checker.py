@@ -274,17 +274,23 @@ def late_deposed(records: List[Record]) -> List[str]:
         return False
 
     bad: List[str] = []
-    leading: Dict[str, float] = {}  # process -> when it was elected, until its deposed
+    leading: Dict[str, Tuple[float, int]] = {}  # process -> (when it was elected, token), until its deposed
     for r in sorted((r for r in records if r.get("ev") in ("elected", "deposed")), key=lambda r: r["t"]):
         who = r["id"]
         if r["ev"] == "deposed":
             leading.pop(who, None)
             continue
-        for other, since in leading.items():
+        token = int(r.get("token") or 0)
+        if any(other != who and token < newer for other, (_, newer) in leading.items()):
+            # Told late of a term older than one already under way: the
+            # process was frozen between its acquisition and its receivers,
+            # and the term ended before the newer one began.
+            continue
+        for other, (since, _) in leading.items():
             if other != who and not excused(other, since, r["t"]):
                 bad.append(f"{who} was elected at {r['t']:.3f} before the deposed receivers of {other} "
                            f"(elected at {since:.3f}) ran")
-        leading[who] = r["t"]
+        leading[who] = (r["t"], token)
     return bad
 
 

@@ -67,8 +67,9 @@ class Job:
     begun only while the key is led, until ``stop_event`` is set."""
 
     def __init__(self, candidacy: Candidacy, rec: Recorder, step: float, running: Dict[str, int],
-                 name: str = "job") -> None:
+                 name: str = "job", stops_mid_step: bool = False) -> None:
         self.c, self.rec, self.step, self.running, self.name = candidacy, rec, step, running, name
+        self.stops_mid_step = stops_mid_step
         self.runs = 0
 
     def __call__(self, stop_event: threading.Event) -> None:
@@ -89,7 +90,7 @@ class Job:
                     # Work stopped by receivers stops mid-step: the deposed
                     # receivers of every key share one thread, and each waits
                     # for its key's work.
-                    cut = stop_event.wait(ALIVE_EVERY / 2) if self.name == "receivers" else time.sleep(ALIVE_EVERY / 2)
+                    cut = stop_event.wait(ALIVE_EVERY / 2) if self.stops_mid_step else time.sleep(ALIVE_EVERY / 2)
                     self.rec.write("work-alive", key=self.c.key, kind="job", work=work, step=begin)
                     if cut:
                         break
@@ -109,6 +110,10 @@ class ReceiverWork:
         self.thread: Optional[threading.Thread] = None
 
     def elected(self) -> None:
+        if not self.job.c.is_leader():
+            # Told of a term that already ended (the process was frozen
+            # between winning and its receivers): deposed follows at once.
+            return
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.job, args=(self.stop,), daemon=True)
         self.thread.start()
@@ -139,8 +144,8 @@ def main() -> None:
     rec.write("start", ttl=timing.check_ttl, lease=timing.lease, lock_delay=timing.lock_delay, keys=args.keys)
     running: Dict[str, int] = {}
 
-    jobs = {c.key: Job(c, rec, args.step, running, "job" if i % 2 == 0 else "receivers")
-            for i, c in enumerate(keys)}
+    jobs = {c.key: Job(c, rec, args.step, running) if i % 2 == 0 else
+            Job(c, rec, args.step, running, "receivers", stops_mid_step=True) for i, c in enumerate(keys)}
     by_receivers = {c.key: ReceiverWork(jobs[c.key]) for i, c in enumerate(keys) if i % 2}
 
     def on_elected(sender: Candidacy, fencing_token: int, **_: Any) -> None:

@@ -188,8 +188,8 @@ def test_work_failover_comes_from_the_work() -> None:
     assert "supervisor SIGSTOP" in report.table()
 
 
-def receivers(who: str, elected: float, deposed: float) -> List[Dict[str, Any]]:
-    return [{"ev": "elected", "id": who, "pid": 1, "t": elected, "key": "k"},
+def receivers(who: str, elected: float, deposed: float, token: int = 0) -> List[Dict[str, Any]]:
+    return [{"ev": "elected", "id": who, "pid": 1, "t": elected, "key": "k", "token": token},
             {"ev": "deposed", "id": who, "pid": 1, "t": deposed, "key": "k"}]
 
 
@@ -207,3 +207,10 @@ def test_a_late_deposed_of_a_frozen_or_killed_process_is_excused(fault: Dict[str
     records = receivers("a", 0.0, 3.5) + receivers("b", 3.0, 4.0)
     assert late_deposed(records + [fault]) == []
     assert len(late_deposed(records + [dict(fault, target="c")])) == 1  # another process's fault excuses nothing
+
+
+def test_a_late_elected_of_an_older_term_is_no_election() -> None:
+    # "b" won (token 5), froze before its receivers ran, and lost the key to
+    # "a" (token 9); thawed, it is told elected then deposed at once.
+    assert late_deposed(receivers("a", 3.0, 6.0, token=9) + receivers("b", 4.0, 4.01, token=5)) == []
+    assert len(late_deposed(receivers("a", 3.0, 6.0, token=9) + receivers("b", 4.0, 4.01, token=12))) == 1
