@@ -183,6 +183,9 @@ class Candidate:
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
         self._key_checked = False
+        # The key as the election thread last read it: a lock taken right
+        # after it was seen free is led at once (LockAttempt.follows).
+        self._seen: KeyEntry | None = None
         # The crowd on a key: every waiter sees a release at once. One that
         # lost the last race waits a moment, watching the key, before trying,
         # so the rest do not all send a (Raft) write that can only fail.
@@ -610,6 +613,7 @@ class Candidate:
         assert session.id is not None
         since_ms = int(time.time() * 1000)  # wall clock: shown to people as "leader since"
         raced, self._saw_free = self._saw_free, False
+        seen = self._seen
         asked_at = self._clock()
         try:
             attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms,
@@ -622,7 +626,7 @@ class Candidate:
         if attempt.modify_index is not None:
             self._lost_race = False
             self._line.left()  # the transaction deleted our entry: the next waiter moves up
-            self._lead(session, asked_at, attempt)
+            self._lead(session, asked_at, attempt, attempt.follows(seen, session.id))
             return
         if attempt.delayed:
             # The last holder's session was invalidated: nobody may take the
@@ -695,6 +699,7 @@ class Candidate:
             wake(thread)
 
     def _observe(self, entry: KeyEntry | None) -> None:
+        self._seen = entry
         info = LeaderInfo.from_entry(entry)
         if not info.same_leader(self._observed):
             self._observed = info
@@ -762,11 +767,13 @@ class Candidate:
 
     # -- a term ---------------------------------------------------------------
 
-    def _lead(self, session: Session, held_since: float, attempt: LockAttempt) -> None:
+    def _lead(self, session: Session, held_since: float, attempt: LockAttempt, follows: bool) -> None:
         """Lead from a lock taken no earlier than *held_since* by *attempt*,
-        until the term ends; every way out goes through :meth:`_end_term`."""
+        until the term ends; every way out goes through :meth:`_end_term`.
+        *follows*: the lock was taken right after it was seen free (see
+        :meth:`LockAttempt.follows`); if not, wait one lock-delay first."""
         assert attempt.modify_index is not None and session.id is not None
-        if attempt.lock_index == 1 and not self._first_lock_wait(session):
+        if not follows and not self._lock_delay_wait(attempt):
             return
         session.set_leading(self.key, held_since)
         try:
@@ -810,14 +817,15 @@ class Candidate:
         finally:
             self._end_term(term, reason)
 
-    def _first_lock_wait(self, session: Session) -> bool:
-        """We are the first to lock this key since it was created. If an
-        operator deleted it under a leader, Consul set no lock-delay, and
-        that leader may not have noticed yet: hold the lock for one
-        lock-delay before leading, as Consul would have made us wait. True
-        to go on leading; False if stopped meanwhile."""
-        log.info("%s took %r as its first holder; waiting the lock-delay (%gs) before leading, in case it was "
-                 "deleted under another leader", self.identity, self.key, self.timing.lock_delay)
+    def _lock_delay_wait(self, attempt: LockAttempt) -> bool:
+        """The lock was taken without being seen free first: its last holder
+        may still work, with no lock-delay to keep us out (a key deleted
+        under it, or a session invalidated as our acquisition was on its
+        way). Hold the lock for one lock-delay before leading, as Consul
+        would have made us wait. True to go on leading; False if stopped
+        meanwhile."""
+        log.info("%s took %r %s; waiting the lock-delay (%gs) before leading", self.identity, self.key,
+                 attempt.unfollowed_reason, self.timing.lock_delay)
         # Stopped meanwhile: no release, which would let the next candidate
         # in at once; stop() destroys the session, and Consul then applies
         # the lock-delay to whoever comes next.

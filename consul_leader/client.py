@@ -409,11 +409,45 @@ class LockAttempt(NamedTuple):
     :ivar delayed: not taken because a lock-delay runs (the key may be free).
     :ivar lock_index: the key's LockIndex if the lock was taken: how many
         sessions took it since the key was created (1: the first one).
+    :ivar create_index: the key's CreateIndex if the lock was taken.
     """
 
     modify_index: int | None
     delayed: bool
     lock_index: int | None = None
+    create_index: int | None = None
+
+    def follows(self, seen: KeyEntry | None, session_id: str) -> bool:
+        """Whether this lock is the next one taken after *seen*, the key as
+        read before the acquisition was sent, while free or this session's.
+
+        Only then did Consul check its lock-delay against this acquisition
+        after every invalidation that freed the key, so the last holder's
+        work is over. Otherwise it may not be: Consul checks the lock-delay
+        before it commits an acquisition, not when it applies it, so one
+        sent while another session held the key wins if that session is
+        invalidated in between, with no lock-delay at all. The first lock
+        of a key never follows anything: a key deleted under its holder
+        leaves no lock-delay either."""
+        if self.modify_index is None or seen is None or (self.lock_index or 0) < 2 or \
+                int(seen.get("CreateIndex") or 0) != self.create_index:
+            return False
+        before = int(seen.get("LockIndex") or 0)
+        holder = seen.get("Session")
+        if not holder:
+            return self.lock_index == before + 1
+        # Ours all along (an answer lost), or released by us and taken again.
+        return holder == session_id and self.lock_index in (before, before + 1)
+
+    @property
+    def unfollowed_reason(self) -> str:
+        """Why a lock that does not :meth:`follow <follows>` a free key is
+        not led at once, for logs."""
+        if self.lock_index == 1:
+            return ("as its first holder: if it was deleted under another leader, Consul set no lock-delay to "
+                    "keep us out")
+        return ("without seeing it free first: if its last holder's session was invalidated as the "
+                "acquisition was on its way, Consul set no lock-delay to keep us out")
 
 
 class ConsulClient:
@@ -576,7 +610,8 @@ class ConsulClient:
                     raise self._denied("acquire lock", text, key, 409) from exc
                 raise
             kv = result["Results"][0]["KV"]
-            return LockAttempt(int(kv["ModifyIndex"]), delayed=False, lock_index=int(kv.get("LockIndex") or 0))
+            return LockAttempt(int(kv["ModifyIndex"]), delayed=False, lock_index=int(kv.get("LockIndex") or 0),
+                               create_index=int(kv.get("CreateIndex") or 0))
 
         return self._call("acquire lock", lock, missing=f"session {session_id} no longer exists", key=key)
 

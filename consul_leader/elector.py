@@ -81,13 +81,15 @@ class Candidacy:
         self.key = key
         self.identity = identity
         self._term: _Term | None = None
-        self._state = "idle"  # idle, first-wait, leading, withdrawn; owned by the worker thread
+        self._state = "idle"  # idle, delay-wait, leading, withdrawn; owned by the worker thread
         self._withdrawn = False
         self._not_before = -math.inf  # a lock-delay runs until then
         self._tried_index = -1  # refused as held while the prefix was at this index
         self._modified = -1  # the ModifyIndex of the key's entry last looked at
         self._sit_out: tuple[float, int] | None = None
-        self._first: tuple[float, LockAttempt, Session] | None = None
+        # A lock taken that did not follow a free key (LockAttempt.follows):
+        # held until then before it is led.
+        self._delay_wait: tuple[float, LockAttempt, Session] | None = None
         self._released = -1  # the fencing token of the last term whose key was released
         self._observed = LeaderInfo()
         self._leader: str | None = None
@@ -550,8 +552,8 @@ class Elector:
                 term = candidacy._term
                 if term is not None and term.session is args[0]:
                     self._step_down(term, Reason.LOCK_LOST)
-                if candidacy._first is not None and candidacy._first[2] is args[0]:
-                    candidacy._first, candidacy._state = None, "idle"
+                if candidacy._delay_wait is not None and candidacy._delay_wait[2] is args[0]:
+                    candidacy._delay_wait, candidacy._state = None, "idle"
         elif what == "job":
             term = args[0]._term
             if term is not None:
@@ -564,13 +566,13 @@ class Elector:
                 if candidacy._term is not None:
                     self._step_down(candidacy._term, Reason.STOPPED)
             for candidacy in self.candidacies():
-                self._drop_first_wait(candidacy)
+                self._drop_delay_wait(candidacy)
 
     def _withdraw(self, candidacy: Candidacy) -> None:
         candidacy._withdrawn = True
         if candidacy._term is not None:
             self._step_down(candidacy._term, Reason.STOPPED)
-        self._drop_first_wait(candidacy)
+        self._drop_delay_wait(candidacy)
         if candidacy._state == "idle":
             entry = self._entries.get(candidacy.key)
             if entry is not None and self._session is not None and entry.get("Session") == self._session.id:
@@ -593,16 +595,17 @@ class Elector:
             self.client.release(candidacy.key, session.id)
         self._forget(candidacy)
 
-    def _drop_first_wait(self, candidacy: Candidacy) -> None:
-        if candidacy._first is None:
+    def _drop_delay_wait(self, candidacy: Candidacy) -> None:
+        if candidacy._delay_wait is None:
             return
-        _, attempt, session = candidacy._first
+        _, attempt, session = candidacy._delay_wait
         assert session.id is not None and attempt.modify_index is not None
         try:
-            # Not released but deleted, as it was before this first holder
-            # took it: released, it would be led at once by the next
-            # candidate (LockIndex 2), inside the lock-delay that protects a
-            # leader it was deleted under. Absent, its next holder waits too.
+            # Not released but deleted: released, it would be led at once by
+            # the next candidate, which saw it free, inside the lock-delay
+            # that Consul did not set for a leader it was deleted under, or
+            # whose session ended as we took it. Absent, its next holder is
+            # its first, and waits too.
             if not self.client.delete_key_if_index(candidacy.key, attempt.modify_index):
                 self.client.release(candidacy.key, session.id)
         except ConsulLeaderError as exc:
@@ -611,7 +614,7 @@ class Elector:
                 # session lives on and would hold the key for good.
                 raise
             log.warning("could not release %r (%s); Consul frees it when the session ends", candidacy.key, exc)
-        candidacy._first, candidacy._state = None, "idle"
+        candidacy._delay_wait, candidacy._state = None, "idle"
 
     def _apply_listing(self, index: int, entries: dict[str, KeyEntry], reset: bool) -> None:
         """A full listing: apply what differs from the one known."""
@@ -625,6 +628,8 @@ class Elector:
         other key as it was; look at the keys of ours among them."""
         if index < self._index and not reset:
             return
+        if not self._index:
+            self._full = True  # the first listing: every key, absent ones too, can be tried now
         self._index = index
         for key in removed:
             self._entries.pop(key, None)
@@ -658,13 +663,13 @@ class Elector:
                 self._step_down(term, Reason.LOCK_LOST)
             elif entry.get("Value") != candidacy.identity.encode("utf-8"):
                 self._step_down(term, Reason.KEY_OVERWRITTEN)
-        first = candidacy._first
-        if first is not None and index >= (first[1].modify_index or 0) and \
-                (entry is None or entry.get("Session") != first[2].id):
-            candidacy._first, candidacy._state = None, "idle"
+        waiting = candidacy._delay_wait
+        if waiting is not None and index >= (waiting[1].modify_index or 0) and \
+                (entry is None or entry.get("Session") != waiting[2].id):
+            candidacy._delay_wait, candidacy._state = None, "idle"
 
     def _sweep(self, candidacies: Iterable[Candidacy]) -> float:
-        """Lapsed leases, first-holder waits that ended, and free keys to
+        """Lapsed leases, lock-delay waits that ended, and free keys to
         take, among *candidacies*; returns when to look again. A request
         that fails for one key does not keep the others from being looked
         at: the first failure is raised once every key was."""
@@ -690,15 +695,15 @@ class Elector:
             return term.lease_end()
         if candidacy._withdrawn and candidacy._state == "idle":
             self._release_left(candidacy)
-        elif candidacy._first is not None:
+        elif candidacy._delay_wait is not None:
             if candidacy._withdrawn:
                 self._withdraw(candidacy)  # its release failed: again
             elif self._stopping.is_set():
-                self._drop_first_wait(candidacy)
-            elif now >= candidacy._first[0]:
-                return self._lead_first(candidacy)
+                self._drop_delay_wait(candidacy)
+            elif now >= candidacy._delay_wait[0]:
+                return self._lead_after_wait(candidacy)
             else:
-                return candidacy._first[0]
+                return candidacy._delay_wait[0]
         elif candidacy._state == "idle" and not candidacy._withdrawn and not self._stopping.is_set():
             return self._maybe_acquire(candidacy, now)
         return math.inf
@@ -713,7 +718,7 @@ class Elector:
         own = self._session.id if self._session is not None and not self._session.lost.is_set() else None
         if holder and (holder != own or int((entry or {}).get("ModifyIndex") or 0) <= candidacy._released):
             return math.inf  # the watch tells when it is free (ours: a listing from before the release)
-        # Held by this session while no term nor first-holder wait has it:
+        # Held by this session while no term nor lock-delay wait has it:
         # an acquisition whose answer was lost, a term's start or release
         # cut short by a failed request. Nobody else can take it: acquiring
         # it again makes it a term.
@@ -731,8 +736,11 @@ class Elector:
             candidacy._sit_out = None
         if now < candidacy._not_before:
             return candidacy._not_before
-        if candidacy._tried_index >= self._index:
-            return math.inf  # refused as held at this index: wait for the watch
+        if not self._index or candidacy._tried_index >= self._index:
+            # Not listed yet, or refused as held at this index: wait for the
+            # watch. Only a lock taken right after a listing showed the key
+            # free is led at once (LockAttempt.follows).
+            return math.inf
         session = self._ensure_session()
         assert session.id is not None
         asked_at = self._clock()
@@ -753,22 +761,22 @@ class Elector:
                 return candidacy._not_before
             candidacy._tried_index = self._index
             return math.inf
-        if attempt.lock_index == 1:
-            log.info("%s took %r as its first holder; waiting the lock-delay (%gs) before leading, in case it "
-                     "was deleted under another leader", candidacy.identity, candidacy.key, self.timing.lock_delay)
+        if not attempt.follows(entry, session.id):
+            log.info("%s took %r %s; waiting the lock-delay (%gs) before leading", candidacy.identity,
+                     candidacy.key, attempt.unfollowed_reason, self.timing.lock_delay)
             until = self._clock() + self.timing.lock_delay
-            candidacy._first, candidacy._state = (until, attempt, session), "first-wait"
+            candidacy._delay_wait, candidacy._state = (until, attempt, session), "delay-wait"
             return until
         return self._lead(candidacy, session, asked_at, attempt)
 
-    def _lead_first(self, candidacy: Candidacy) -> float:
-        """The first-holder wait ended: prove the key still ours, then lead;
+    def _lead_after_wait(self, candidacy: Candidacy) -> float:
+        """The lock-delay wait ended: prove the key still ours, then lead;
         the time to look again."""
-        assert candidacy._first is not None
-        _, attempt, session = candidacy._first
+        assert candidacy._delay_wait is not None
+        _, attempt, session = candidacy._delay_wait
         t0 = self._clock()
         _, entry = self.client.get_key(candidacy.key)  # if it fails, the wait stays and the sweep proves it again
-        candidacy._first, candidacy._state = None, "idle"
+        candidacy._delay_wait, candidacy._state = None, "idle"
         if entry is not None and entry.get("Session") == session.id and not session.lost.is_set():
             return self._lead(candidacy, session, t0, attempt)
         return math.inf

@@ -144,3 +144,33 @@ class FailingProxy(ConsulProxy):
     def __enter__(self) -> "FailingProxy":
         super().__enter__()
         return self
+
+
+#: ``hold(method, path, body)``: True holds the request back.
+Hold = Callable[[str, str, bytes], bool]
+
+
+class HoldingProxy(ConsulProxy):
+    """Holds back the first request that :attr:`hold` picks, until
+    :meth:`let_go` passes it on: a request on its way for as long as a test
+    needs other things to happen first."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.hold: Hold = lambda method, path, body: False
+        #: Set once the picked request arrived and is held.
+        self.held = threading.Event()
+        self._go = threading.Event()
+
+    def let_go(self) -> None:
+        self._go.set()
+
+    def intercept(self, method: str, path: str, body: bytes) -> Optional[Answer]:
+        if not self.held.is_set() and self.hold(method, path, body):
+            self.held.set()
+            self._go.wait(120)
+        return None
+
+    def __enter__(self) -> "HoldingProxy":
+        super().__enter__()
+        return self

@@ -347,12 +347,16 @@ def test_a_key_won_just_before_the_agent_froze_is_deposed_at_its_lease_end(
     told: List[float] = []
     k.on_deposed(lambda sender, reason: told.append(time.monotonic()))
     frozen: List[float] = []
+    listed: List[str] = []
     thawed = threading.Event()
 
     def freeze_after_the_acquisition(method: str, path: str, body: bytes) -> Optional[str]:
-        if frozen or (method == "GET" and "recurse" in path):  # the watch's listings: slow, then frozen
+        listing = method == "GET" and "recurse" in path
+        if frozen or (listing and listed):  # the listings after the first (which shows the key free): frozen
             thawed.wait(60)
             return "before"
+        if listing:
+            listed.append(path)
         if method == "PUT" and path.startswith("/v1/txn") and any(op["KV"]["Key"] == key for op in json.loads(body)):
             frozen.append(time.monotonic())  # answered; nothing after it is
         return None

@@ -151,7 +151,7 @@ def test_acquisition_sent_before_the_holders_invalidation_commits_wins_without_l
         wait_for(lambda: last_log_index(leader) > appended,
                  "the acquisition is appended to the leader's log after the destroy", cluster)
         commit(cluster, leader)
-        assert destroyed.result().status_code == 200
+        assert destroyed.result().status_code == 200, f"{destroyed.result().text}\n{cluster.log_tails(20)}"
         assert won.result() is True, "Consul refused the acquisition: it enforces the lock-delay on apply now"
 
     entry = read(url, key)
@@ -170,7 +170,7 @@ def test_the_same_acquisition_sent_after_the_invalidation_commits_is_held_off_by
     with ThreadPoolExecutor(1) as pool, nothing_commits(cluster) as leader:
         destroyed = destroy_in_log(pool, cluster, leader, holder)
         commit(cluster, leader)
-        assert destroyed.result().status_code == 200
+        assert destroyed.result().status_code == 200, f"{destroyed.result().text}\n{cluster.log_tails(20)}"
         assert acquire(leader.url, key, contender, endpoint) is False
 
     entry = read(url, key)

@@ -54,7 +54,7 @@ class Chaos:
     """
 
     def __init__(self, cluster: ConsulCluster, key: str, workdir: str, seed: int, n: int = 6,
-                 supervisors: int = 2, ttl: float = 1.0) -> None:
+                 supervisors: int = 2, ttl: float = 1.0, faults: Optional[List[str]] = None) -> None:
         assert cluster.clients, "candidates talk to client agents"
         assert n - supervisors >= 3, "one plain, one slow-receiver and one raising-receiver candidate process"
         self.cluster, self.key, self.workdir, self.ttl = cluster, key, workdir, ttl
@@ -102,6 +102,11 @@ class Chaos:
             self.kinds["server minority partitioned"] = self.partition_server
         else:
             self._note(f"partition faults left out: {self.hosts_reason}")
+        if faults:
+            # A storm of a few kinds, to measure how often one of them breaks something.
+            unknown = sorted(set(faults) - set(self.kinds))
+            assert not unknown, f"unknown fault kinds {unknown}; the kinds are {sorted(self.kinds)}"
+            self.kinds = {kind: fn for kind, fn in self.kinds.items() if kind in faults}
 
     def _hosts_supported(self) -> "tuple[bool, str]":
         if self.cluster.clients[0].host is not None:
