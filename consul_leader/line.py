@@ -97,24 +97,31 @@ class WaitingLine:
         :raises ConsulLeaderError: Consul could not be asked (the caller retries)."""
         if not self.join(session_id):
             return
+        ahead: KeyEntry | None = None
         while self.enabled and not done():
-            try:
-                _, entries = self.client.get_prefix(self.prefix)
-            except PermissionDenied as exc:
-                self._disable(exc)
-                return
-            mine = entries.get(self.entry or "")
-            if mine is None or mine.get("Session") != session_id:
-                self.entry = None  # deleted under us (by an operator): to the end of the line again
-                if not self.join(session_id):
-                    return
-                continue
-            self._sweep(entries)
-            ahead = _ahead_of(mine, entries)
             if ahead is None:
-                return
-            self.client.get_key(ahead["Key"], index=int(ahead["ModifyIndex"]), wait=wait)
+                try:
+                    _, entries = self.client.get_prefix(self.prefix)
+                except PermissionDenied as exc:
+                    self._disable(exc)
+                    return
+                mine = entries.get(self.entry or "")
+                if mine is None or mine.get("Session") != session_id:
+                    self.entry = None  # deleted under us (by an operator): to the end of the line again
+                    if not self.join(session_id):
+                        return
+                    continue
+                self._sweep(entries)
+                ahead = _ahead_of(mine, entries)
+                if ahead is None:
+                    return
+            _, now = self.client.get_key(ahead["Key"], index=int(ahead["ModifyIndex"]), wait=wait)
             look()
+            if now is None or now.get("ModifyIndex") != ahead["ModifyIndex"]:
+                ahead = None  # it left, or its session ended: list the line again
+            # else the wait ran out with the waiter before us unchanged: it
+            # is still the one to wait on (newcomers join behind us), so
+            # the line need not be listed again; a wait costs two requests.
 
     def _disable(self, exc: PermissionDenied) -> None:
         if self.enabled:
