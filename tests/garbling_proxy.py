@@ -7,6 +7,7 @@ after passing the request on (:class:`FailingProxy`)."""
 from __future__ import annotations
 
 import http.server
+import sys
 import threading
 import time
 from typing import Callable, List, NamedTuple, Optional
@@ -24,6 +25,17 @@ class Answer(NamedTuple):
     forwarded: bool = False
     #: Seconds to wait before answering.
     delay: float = 0.0
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # The client went first (its request timed out, its test ended): not
+        # the proxy's fault, and a traceback would hide the ones that are.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class ConsulProxy:
@@ -67,8 +79,7 @@ class ConsulProxy:
 
             do_GET = do_PUT = do_DELETE = do_POST = _handle
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread: Optional[threading.Thread] = None
 
     def intercept(self, method: str, path: str, body: bytes) -> Optional[Answer]:
