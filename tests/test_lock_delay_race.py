@@ -54,7 +54,22 @@ def cluster() -> Iterator[ConsulCluster]:
     # follower keeps leading for 2.5 s (0.5 s with 1), ample for the time the
     # followers are stopped here.
     with ConsulCluster(servers=3, raft_multiplier=5) as made:
+        wait_for(lambda: synced(made), "every server's first catalog sync", made, timeout=30)
         yield made
+
+
+def synced(cluster: ConsulCluster) -> bool:
+    """Every server agent has made its first sync of its node to the catalog
+    (the tagged addresses come from that sync, not from the leader's own
+    registration of the member). Its agent holds its state lock while that
+    write waits for a commit, and ``/v1/agent/self`` waits for that lock: a
+    leader whose sync is still pending when the followers are stopped cannot
+    tell its log index."""
+    leader = cluster.leader()
+    if leader is None:
+        return False
+    nodes = [leader.get(f"/v1/catalog/node/{server.name}") for server in cluster.servers]
+    return all(node and node["Node"].get("TaggedAddresses") for node in nodes)
 
 
 def create_session(url: str) -> str:
