@@ -22,7 +22,7 @@ the same as a clean takeover's.
 
 The window is normally well under a millisecond: on a dev agent, a destroy
 and an acquisition sent together from two threads give the acquisition the
-key about one try in nine. Here nothing commits while both followers of a
+key about one try in eight. Here nothing commits while both followers of a
 three-server cluster are stopped (SIGSTOP): the destroy, then the
 acquisition, are appended to the leader's log (its ``last_log_index``
 shows each), then the followers continue and both commit in that order.
@@ -118,7 +118,7 @@ def wait_for(predicate: Callable[[], bool], what: str, cluster: ConsulCluster, t
 def nothing_commits(cluster: ConsulCluster) -> Iterator[ClusterAgent]:
     """Stop both followers (the leader's writes reach its own log, and no
     quorum commits them) and yield the Raft leader; the followers continue
-    when the block ends, or at once through :func:`commit` ."""
+    when the block ends, or at once through :func:`commit`."""
     leader = cluster.wait_for_leader()
     followers = [s for s in cluster.servers if s is not leader]
     for follower in followers:
