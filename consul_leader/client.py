@@ -428,7 +428,10 @@ class LockAttempt(NamedTuple):
         sent while another session held the key wins if that session is
         invalidated in between, with no lock-delay at all. The first lock
         of a key never follows anything: a key deleted under its holder
-        leaves no lock-delay either."""
+        leaves no lock-delay either. *seen* must come from the Raft leader
+        (Consul's default consistency, which every read here uses): a
+        ``?stale`` read could show the key free before the leader applied
+        the invalidation that set the lock-delay."""
         if self.modify_index is None or seen is None or (self.lock_index or 0) < 2 or \
                 int(seen.get("CreateIndex") or 0) != self.create_index:
             return False
