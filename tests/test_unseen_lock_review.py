@@ -23,14 +23,14 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 import requests
-from garbling_proxy import Hold, HoldingProxy
+from garbling_proxy import Answer, FailingProxy, Hold, HoldingProxy
 
 from consul_leader import Candidate, Elector
-from consul_leader.testing import ClusterAgent, ConsulCluster
+from consul_leader.testing import ClusterAgent, ConsulAgent, ConsulCluster
 
 TTL = 3.0  # the candidates' lock-delay is min(ttl, 60): 3 s
 
@@ -187,3 +187,105 @@ def test_an_elector_does_not_lead_inside_the_lock_delay_of_a_holder_invalidated_
     assert led[0] - continued >= lock_delay, (
         f"led {led[0] - continued:.2f}s after the holder's destroy was committed; its work may run until "
         f"{lock_delay}s after that")
+
+
+class AnswerLost(HoldingProxy):
+    """Holds back the picked request as :class:`HoldingProxy` does, then
+    passes it on but answers ``500 No cluster leader``: Consul did it, the
+    client never hears (an HTTP timeout on a slow commit does the same)."""
+
+    def intercept(self, method: str, path: str, body: bytes) -> Optional[Answer]:
+        picked = not self.held.is_set() and self.hold(method, path, body)
+        super().intercept(method, path, body)
+        if picked:
+            return Answer(500, b"No cluster leader", "text/plain", forwarded=True, delay=0.5)
+        return None
+
+
+@pytest.mark.parametrize("engine", ["candidate", "elector"])
+def test_a_lock_won_unseen_whose_answer_was_lost_is_not_led_at_once_when_taken_again(
+        cluster: ConsulCluster, stoppers: List[Callable[[], None]], engine: str) -> None:
+    # The unseen acquisition wins (the race above) but its answer is lost;
+    # the candidate then finds the key held by its own session and takes it
+    # again. That second acquisition follows an entry "held by this session",
+    # yet the lock was won by the first one, unseen: the lock-delay wait is
+    # still owed.
+    leader = cluster.wait_for_leader()
+    prefix = f"test/unseen-review-{uuid.uuid4().hex[:8]}"
+    key = f"{prefix}/k"
+    lock_delay = Candidate(key, identity="x", address=leader.address, ttl=TTL).timing.lock_delay
+    throwaway = session_with_lock_delay(leader.url, 0)
+    assert requests.put(f"{leader.url}/v1/kv/{key}?acquire={throwaway}", data=b"", timeout=10).json() is True
+    requests.put(f"{leader.url}/v1/session/destroy/{throwaway}", timeout=10).raise_for_status()
+    holder = ""
+    if engine == "candidate":
+        # Held when the candidate reads it: its first acquisition is unseen.
+        holder = session_with_lock_delay(leader.url, lock_delay)
+        assert requests.put(f"{leader.url}/v1/kv/{key}?acquire={holder}", data=b"s", timeout=10).json() is True
+
+    with AnswerLost(leader.url) as proxy:
+        proxy.hold = acquisition_of(key)
+        c: Any
+        if engine == "candidate":
+            c = Candidate(key, identity="c", address=proxy.address, ttl=TTL)
+            stoppers.append(c.stop)
+            start = c.start
+        else:
+            e = Elector(prefix, identity="c", address=proxy.address, ttl=TTL)
+            stoppers.append(e.stop)
+            c = e.candidate("k")
+            start = e.start
+        led = election_times(c)
+        try:
+            start()
+            wait_for(proxy.held.is_set, "the acquisition on its way", poll=0.01)
+            if engine == "elector":
+                # Free when the elector listed it: taken and lost under its acquisition.
+                holder = session_with_lock_delay(leader.url, lock_delay)
+                assert requests.put(f"{leader.url}/v1/kv/{key}?acquire={holder}", data=b"s",
+                                    timeout=10).json() is True
+            continued = invalidated_under_the_acquisition(cluster, leader, proxy, holder)
+        finally:
+            proxy.let_go()
+        wait_for(lambda: (entry(leader.url, key) or {}).get("Session") not in (None, holder),
+                 "the held acquisition took the key", poll=0.01)
+        # Taken again, it is refused: the holder's lock-delay runs now, and
+        # Consul refuses even the session that holds the key. Once it ended,
+        # it must lead: nobody else can take the key its session holds.
+        assert c.wait_for_leadership(30), (
+            f"not leading {time.monotonic() - continued:.0f}s after its session took the key, which it still holds "
+            f"({entry(leader.url, key).get('Session')}): it waits for itself to let go")
+    assert led[0] - continued >= lock_delay, (
+        f"led {led[0] - continued:.2f}s after the holder's destroy was committed; its work may run until "
+        f"{lock_delay}s after that")
+
+
+def test_a_candidate_whose_release_failed_after_resigning_does_not_keep_the_key_from_everyone(
+        consul_agent: ConsulAgent, key: str, stoppers: List[Callable[[], None]]) -> None:
+    # Its release answered "500 No cluster leader" twice (a Raft election
+    # takes longer than its two tries); its session lives on, renewed by its
+    # heartbeat, so the key stays its own. It must not then wait, in line,
+    # for the key's holder to let go: that holder is itself, and nobody else
+    # can ever lead.
+    with FailingProxy(consul_agent.url) as proxy:
+        a = Candidate(key, identity="a", address=proxy.address, ttl=TTL)
+        stoppers.append(a.stop)
+        b = Candidate(key, identity="b", address=consul_agent.address, ttl=TTL)
+        stoppers.append(b.stop)
+        a.start()
+        assert a.wait_for_leadership(30)
+        b.start()
+        wait_for(lambda: b.leader() == "a", "b sees a lead", poll=0.01)
+
+        def unlock(method: str, path: str, body: bytes) -> Optional[str]:
+            if method == "PUT" and path.startswith("/v1/txn") and b'"unlock"' in body and len(proxy.failed) < 2:
+                return "before"
+            return None
+
+        proxy.fail = unlock
+        assert a.resign()
+        wait_for(lambda: len(proxy.failed) == 2, "both tries of the release failed", poll=0.01)
+        proxy.fail = lambda method, path, body: None
+        led = b.wait_for_leadership(30) or a.wait_for_leadership(1)
+        holder = (entry(consul_agent.url, key) or {}).get("Session")
+        assert led, f"nobody leads 30 s after a's release failed; the key is held by session {holder}"
