@@ -14,6 +14,13 @@ lock-delay has passed: until then S's work may still run.
 tests/test_unseen_lock.py stages the same with a session that has no
 lock-delay; these run the actual race: nothing here is a stand-in for
 Consul's behaviour.
+
+When such an acquisition's answer is lost, the candidate later finds the key
+held by its own session. Taking it again is refused while the holder's
+lock-delay runs (Consul refuses even the session that holds the key), so it
+is led only after that lock-delay; but a Candidate then waited, in line,
+for the key's holder to let go: itself, so nobody ever led again. The same
+happens to a Candidate whose release failed twice after it resigned.
 """
 
 from __future__ import annotations
