@@ -210,7 +210,7 @@ class AnswerLost(HoldingProxy):
 
 
 @pytest.mark.parametrize("engine", ["candidate", "elector"])
-def test_a_lock_won_unseen_whose_answer_was_lost_is_not_led_at_once_when_taken_again(
+def test_a_lock_won_unseen_whose_answer_was_lost_is_led_once_the_lock_delay_passed_not_before(
         cluster: ConsulCluster, stoppers: List[Callable[[], None]], engine: str) -> None:
     # The unseen acquisition wins (the race above) but its answer is lost;
     # the candidate then finds the key held by its own session and takes it
