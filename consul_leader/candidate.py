@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import tenacity
 
 from . import aio, decorators, process, signals
-from .client import ConsulClient, ConsulConfig, KeyEntry, LockAttempt, clear_wake, interrupt, wake
+from .client import ConsulClient, ConsulConfig, FreeSince, KeyEntry, LockAttempt, clear_wake, interrupt, wake
 from .errors import (
     ConfigurationTypeError,
     ConsulLeaderError,
@@ -178,6 +178,9 @@ class Candidate:
         # since): the sit-out blocks from there, and stop() waits there for
         # a successor before cleaning up.
         self._released_at: int | None = None
+        # A term's release failed: its session still holds the key, and
+        # nobody else can take it until this one lets it go.
+        self._unreleased: Session | None = None
         self._failure: ConsulLeaderError | None = None
         self._last_error: ConsulLeaderError | None = None
         self._events: Broadcast[LeadershipEvent] = Broadcast()
@@ -186,6 +189,7 @@ class Candidate:
         # The key as the election thread last read it: a lock taken right
         # after it was seen free is led at once (LockAttempt.follows).
         self._seen: KeyEntry | None = None
+        self._free_since = FreeSince()
         # The crowd on a key: every waiter sees a release at once. One that
         # lost the last race waits a moment, watching the key, before trying,
         # so the rest do not all send a (Raft) write that can only fail.
@@ -586,6 +590,11 @@ class Candidate:
         self._last_error = None
         if self._stopping.is_set():
             return
+        if self._unreleased is not None:
+            if self._unreleased is session:
+                assert session.id is not None
+                self._released_at = self.client.unlock(self.key, session.id)  # raises: retried with backoff
+            self._unreleased = None
         if self._sit_out is not None:
             until, lock_index = self._sit_out
             log.debug("%s sits out until someone else leads %r or %.1fs pass", self.identity, self.key,
@@ -626,7 +635,7 @@ class Candidate:
         if attempt.modify_index is not None:
             self._lost_race = False
             self._line.left()  # the transaction deleted our entry: the next waiter moves up
-            self._lead(session, asked_at, attempt, attempt.follows(seen, session.id))
+            self._lead(session, asked_at, attempt, seen)
             return
         if attempt.delayed:
             # The last holder's session was invalidated: nobody may take the
@@ -700,6 +709,7 @@ class Candidate:
 
     def _observe(self, entry: KeyEntry | None) -> None:
         self._seen = entry
+        self._free_since.see(entry, self._clock())
         info = LeaderInfo.from_entry(entry)
         if not info.same_leader(self._observed):
             self._observed = info
@@ -722,7 +732,7 @@ class Candidate:
         staggered = False
         while not self._stopping.is_set():
             now = self._clock()
-            held = entry is not None and bool(entry.get("Session"))
+            held = self._held_by_another(entry)
             if hold_off_until is None:
                 if not held and self._lost_race and not staggered and watch.index:
                     staggered = True
@@ -754,9 +764,18 @@ class Candidate:
         """After a hold-off that ended because someone else took the lock:
         wait for them to let go, rather than sending an acquire that can only
         fail (a Raft write, in the middle of their handover)."""
-        entry = watch.entry
-        if watch.index and entry is not None and entry.get("Session") and not self._stopping.is_set():
+        if watch.index and self._held_by_another(watch.entry) and not self._stopping.is_set():
             self._wait(watch)
+
+    def _held_by_another(self, entry: KeyEntry | None) -> bool:
+        """Whether another session holds the lock. Our own session holding it
+        while no term has it (an acquisition whose answer was lost, refused
+        when taken again because a lock-delay runs): taking it again is the
+        only way it ever becomes free or led."""
+        holder = entry.get("Session") if entry is not None else None
+        session = self._session
+        own = session.id if session is not None and not session.lost.is_set() else None
+        return bool(holder) and holder != own
 
     def _stagger(self) -> float:
         """How long a waiter that lost the last race lets the others go
@@ -767,13 +786,16 @@ class Candidate:
 
     # -- a term ---------------------------------------------------------------
 
-    def _lead(self, session: Session, held_since: float, attempt: LockAttempt, follows: bool) -> None:
+    def _lead(self, session: Session, held_since: float, attempt: LockAttempt, seen: KeyEntry | None) -> None:
         """Lead from a lock taken no earlier than *held_since* by *attempt*,
         until the term ends; every way out goes through :meth:`_end_term`.
-        *follows*: the lock was taken right after it was seen free (see
-        :meth:`LockAttempt.follows`); if not, wait one lock-delay first."""
+        *seen*: the key as last read before the acquisition; unless the lock
+        follows it, hold the lock one lock-delay first (see
+        :meth:`LockAttempt.hold_off`)."""
         assert attempt.modify_index is not None and session.id is not None
-        if not follows and not self._lock_delay_wait(attempt):
+        hold, why = attempt.hold_off(seen, session.id, self._free_since.of(seen), self._clock(),
+                                     self.timing.lock_delay)
+        if hold > 0 and not self._lock_delay_wait(hold, why):
             return
         session.set_leading(self.key, held_since)
         try:
@@ -817,19 +839,17 @@ class Candidate:
         finally:
             self._end_term(term, reason)
 
-    def _lock_delay_wait(self, attempt: LockAttempt) -> bool:
-        """The lock was taken without being seen free first: its last holder
-        may still work, with no lock-delay to keep us out (a key deleted
-        under it, or a session invalidated as our acquisition was on its
-        way). Hold the lock for one lock-delay before leading, as Consul
+    def _lock_delay_wait(self, hold: float, why: str) -> bool:
+        """The last holder may still work, with no lock-delay to keep us out
+        (*why*): hold the lock *hold* seconds before leading, as Consul
         would have made us wait. True to go on leading; False if stopped
         meanwhile."""
-        log.info("%s took %r %s; waiting the lock-delay (%gs) before leading", self.identity, self.key,
-                 attempt.unfollowed_reason, self.timing.lock_delay)
+        log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", self.identity, self.key,
+                 why, hold, self.timing.lock_delay)
         # Stopped meanwhile: no release, which would let the next candidate
         # in at once; stop() destroys the session, and Consul then applies
         # the lock-delay to whoever comes next.
-        return not self._stopping.wait(self.timing.lock_delay)
+        return not self._stopping.wait(hold)
 
     def _hold(self, session: Session, term: _Term, watch: KeyWatch) -> Reason:
         """Watch the lock while leading; return why the term ended."""
@@ -918,11 +938,11 @@ class Candidate:
                 return
             except ConsulUnavailable as exc:
                 if attempt == 2:
-                    log.warning("could not release %r after %s (%s); Consul frees it when the session ends",
-                                self.key, reason, exc)
+                    log.warning("could not release %r after %s (%s); trying again", self.key, reason, exc)
+                    self._unreleased = session
             except ConsulLeaderError as exc:
-                log.warning("could not release %r after %s (%s); Consul frees it when the session ends", self.key,
-                            reason, exc)
+                log.warning("could not release %r after %s (%s); trying again", self.key, reason, exc)
+                self._unreleased = session
                 return
 
     def _step_down(self, reason: Reason) -> bool:

@@ -442,15 +442,67 @@ class LockAttempt(NamedTuple):
         # Ours all along (an answer lost), or released by us and taken again.
         return holder == session_id and self.lock_index in (before, before + 1)
 
-    @property
-    def unfollowed_reason(self) -> str:
-        """Why a lock that does not :meth:`follow <follows>` a free key is
-        not led at once, for logs."""
-        if self.lock_index == 1:
-            return ("as its first holder: if it was deleted under another leader, Consul set no lock-delay to "
-                    "keep us out")
-        return ("without seeing it free first: if its last holder's session was invalidated as the "
-                "acquisition was on its way, Consul set no lock-delay to keep us out")
+    def hold_off(self, seen: KeyEntry | None, session_id: str, seen_free_at: float | None, now: float,
+                 lock_delay: float) -> tuple[float, str]:
+        """How long to hold this lock before leading it (0: lead now), and
+        why, for the log.
+
+        A lock that does not :meth:`follow <follows>` *seen* waits one
+        *lock_delay*. One that does, where *seen* was freed by an
+        invalidation (a free entry that still carries its last holder's
+        value; a release empties it), is led no earlier than one
+        *lock_delay* after it was first seen so (*seen_free_at*, on the
+        caller's clock; None: unknown): Consul keeps lock-delays in each
+        server's memory, set as it applies the invalidation, so a Raft
+        leader elected before it applied it, or restored from a snapshot,
+        enforces none. Normally Consul's own lock-delay already kept the
+        acquisition out that long, and this costs nothing."""
+        if not self.follows(seen, session_id):
+            if self.lock_index == 1:
+                why = "as its first holder: if it was deleted under another leader, Consul set no lock-delay"
+            else:
+                why = ("without seeing it free first: if its last holder's session was invalidated as the "
+                       "acquisition was on its way, Consul applied no lock-delay")
+            return lock_delay, why
+        if not invalidated(seen):
+            return 0.0, ""
+        first = now if seen_free_at is None else seen_free_at
+        return max(0.0, first + lock_delay - now), ("after its last holder's session was invalidated: a Raft "
+                                                   "leader that had not applied that applies no lock-delay")
+
+
+def invalidated(entry: KeyEntry | None) -> bool:
+    """Whether *entry* is free because its holder's session was invalidated
+    (it keeps the holder's value; a release empties it)."""
+    return entry is not None and not entry.get("Session") and bool(entry.get("Value"))
+
+
+class FreeSince:
+    """When one key was first seen free after an invalidation, for
+    :meth:`LockAttempt.hold_off`."""
+
+    __slots__ = ("_mark", "_at")
+
+    def __init__(self) -> None:
+        self._mark: tuple[int, int] | None = None
+        self._at = 0.0
+
+    def see(self, entry: KeyEntry | None, now: float) -> None:
+        """Note *entry*, read at *now*."""
+        if entry is not None and invalidated(entry):
+            mark = _mark(entry)
+            if mark != self._mark:
+                self._mark, self._at = mark, now
+
+    def of(self, entry: KeyEntry | None) -> float | None:
+        """When *entry*, free after an invalidation, was first seen; None if
+        it was not seen so."""
+        return self._at if entry is not None and _mark(entry) == self._mark else None
+
+
+def _mark(entry: KeyEntry) -> tuple[int, int]:
+    # One free state of a key: a new lock or a re-created key changes it.
+    return int(entry.get("CreateIndex") or 0), int(entry.get("LockIndex") or 0)
 
 
 class ConsulClient:

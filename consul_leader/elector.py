@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from . import decorators, process, signals
 from .candidate import _default_identity
-from .client import ConsulClient, ConsulConfig, KeyEntry, LockAttempt, interrupt
+from .client import ConsulClient, ConsulConfig, FreeSince, KeyEntry, LockAttempt, interrupt
 from .errors import (
     ConfigurationError,
     ConfigurationTypeError,
@@ -90,6 +90,7 @@ class Candidacy:
         # A lock taken that did not follow a free key (LockAttempt.follows):
         # held until then before it is led.
         self._delay_wait: tuple[float, LockAttempt, Session] | None = None
+        self._free_since = FreeSince()
         self._released = -1  # the fencing token of the last term whose key was released
         self._observed = LeaderInfo()
         self._leader: str | None = None
@@ -652,6 +653,7 @@ class Elector:
         if modified == candidacy._modified:
             return  # unchanged since the last look
         candidacy._modified = modified
+        candidacy._free_since.see(entry, self._clock())
         self._dirty.add(candidacy)
         info = LeaderInfo.from_entry(entry)
         if not info.same_leader(candidacy._observed):
@@ -761,10 +763,12 @@ class Elector:
                 return candidacy._not_before
             candidacy._tried_index = self._index
             return math.inf
-        if not attempt.follows(entry, session.id):
-            log.info("%s took %r %s; waiting the lock-delay (%gs) before leading", candidacy.identity,
-                     candidacy.key, attempt.unfollowed_reason, self.timing.lock_delay)
-            until = self._clock() + self.timing.lock_delay
+        now = self._clock()
+        hold, why = attempt.hold_off(entry, session.id, candidacy._free_since.of(entry), now, self.timing.lock_delay)
+        if hold > 0:
+            log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", candidacy.identity,
+                     candidacy.key, why, hold, self.timing.lock_delay)
+            until = now + hold
             candidacy._delay_wait, candidacy._state = (until, attempt, session), "delay-wait"
             return until
         return self._lead(candidacy, session, asked_at, attempt)

@@ -155,6 +155,7 @@ def test_a_candidate_started_while_the_key_is_held_does_not_lead_inside_the_lock
         now = entry(leader.url, key)
         assert now["LockIndex"] == held_at + 1, "the race was not run: someone else took the key in between"
         assert c.wait_for_leadership(30)
+    wait_for(lambda: bool(led), "the elected receiver", poll=0.01)  # it runs just after is_leader() turns True
     assert led[0] - continued >= lock_delay, (
         f"led {led[0] - continued:.2f}s after the holder's destroy was committed; its work may run until "
         f"{lock_delay}s after that")
@@ -191,6 +192,7 @@ def test_an_elector_does_not_lead_inside_the_lock_delay_of_a_holder_invalidated_
                  "the elector's acquisition took the key", poll=0.01)
         assert entry(leader.url, key)["LockIndex"] == free_at + 2
         assert k.wait_for_leadership(30)
+    wait_for(lambda: bool(led), "the elected receiver", poll=0.01)  # it runs just after is_leader() turns True
     assert led[0] - continued >= lock_delay, (
         f"led {led[0] - continued:.2f}s after the holder's destroy was committed; its work may run until "
         f"{lock_delay}s after that")
@@ -262,6 +264,7 @@ def test_a_lock_won_unseen_whose_answer_was_lost_is_led_once_the_lock_delay_pass
         assert c.wait_for_leadership(30), (
             f"not leading {time.monotonic() - continued:.0f}s after its session took the key, which it still holds "
             f"({entry(leader.url, key).get('Session')}): it waits for itself to let go")
+    wait_for(lambda: bool(led), "the elected receiver", poll=0.01)  # it runs just after is_leader() turns True
     assert led[0] - continued >= lock_delay, (
         f"led {led[0] - continued:.2f}s after the holder's destroy was committed; its work may run until "
         f"{lock_delay}s after that")
