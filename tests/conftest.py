@@ -187,3 +187,15 @@ def paused_leader_run(argv: List[str], out: str, *, ready: Callable[[], object],
         old = [float(line) for line in fh if line.strip()]
     os.unlink(out)
     return stopped_at, led, old
+
+
+@pytest.fixture
+def stoppers() -> Iterator[List[Callable[[], None]]]:
+    """Stop functions to call after the test, each on a thread of its own
+    and for at most 20 s (a test that failed may have left one unable to)."""
+    made: List[Callable[[], None]] = []
+    yield made
+    for stop in made:
+        stopper = threading.Thread(target=stop, daemon=True)
+        stopper.start()
+        stopper.join(20)

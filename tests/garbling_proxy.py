@@ -7,6 +7,7 @@ after passing the request on (:class:`FailingProxy`)."""
 from __future__ import annotations
 
 import http.server
+import json
 import sys
 import threading
 import time
@@ -159,6 +160,16 @@ class FailingProxy(ConsulProxy):
 
 #: ``hold(method, path, body)``: True holds the request back.
 Hold = Callable[[str, str, bytes], bool]
+
+
+def acquisition_of(key: str) -> Hold:
+    """Picks the transaction that locks *key* (how candidates acquire)."""
+    def pick(method: str, path: str, body: bytes) -> bool:
+        if method != "PUT" or not path.startswith("/v1/txn"):
+            return False
+        return any(op.get("KV", {}).get("Verb") == "lock" and op["KV"].get("Key") == key
+                   for op in json.loads(body or b"[]"))
+    return pick
 
 
 class HoldingProxy(ConsulProxy):

@@ -36,7 +36,7 @@ import contextlib
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Tuple
 
 import pytest
 import requests
@@ -146,13 +146,20 @@ def destroy_in_log(pool: ThreadPoolExecutor, cluster: ConsulCluster, leader: Clu
     return destroyed
 
 
-@pytest.mark.parametrize("endpoint", ["kv", "txn"])
-def test_acquisition_sent_before_the_holders_invalidation_commits_wins_without_lock_delay(
-        cluster: ConsulCluster, endpoint: str) -> None:
+def held_key(cluster: ConsulCluster) -> Tuple[str, str, str, str]:
+    """A new key held by one session, and another session that will
+    contend for it: ``(leader URL, key, holder, contender)``."""
     url = cluster.wait_for_leader().url
     key = f"test/lock-delay-race-{uuid.uuid4().hex[:8]}/leader"
     holder, contender = create_session(url), create_session(url)
     assert acquire(url, key, holder, "kv")
+    return url, key, holder, contender
+
+
+@pytest.mark.parametrize("endpoint", ["kv", "txn"])
+def test_acquisition_sent_before_the_holders_invalidation_commits_wins_without_lock_delay(
+        cluster: ConsulCluster, endpoint: str) -> None:
+    url, key, holder, contender = held_key(cluster)
     seen = read(url, key)  # what the contender knows when it sends: the key is held
     assert seen.get("Session") == holder
 
@@ -177,10 +184,7 @@ def test_acquisition_sent_before_the_holders_invalidation_commits_wins_without_l
 @pytest.mark.parametrize("endpoint", ["kv", "txn"])
 def test_the_same_acquisition_sent_after_the_invalidation_commits_is_held_off_by_the_lock_delay(
         cluster: ConsulCluster, endpoint: str) -> None:
-    url = cluster.wait_for_leader().url
-    key = f"test/lock-delay-race-{uuid.uuid4().hex[:8]}/leader"
-    holder, contender = create_session(url), create_session(url)
-    assert acquire(url, key, holder, "kv")
+    url, key, holder, contender = held_key(cluster)
 
     with ThreadPoolExecutor(1) as pool, nothing_commits(cluster) as leader:
         destroyed = destroy_in_log(pool, cluster, leader, holder)

@@ -25,8 +25,6 @@ happens to a Candidate whose release failed twice after it resigned.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +32,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 import requests
-from garbling_proxy import Answer, FailingProxy, Hold, HoldingProxy
+from garbling_proxy import Answer, FailingProxy, HoldingProxy, acquisition_of
 
 from consul_leader import Candidate, Elector
 from consul_leader.testing import ClusterAgent, ConsulAgent, ConsulCluster
@@ -48,25 +46,6 @@ def cluster() -> Iterator[ConsulCluster]:
     # leading for 2.5 s, ample for the moment the followers are stopped.
     with ConsulCluster(servers=3, raft_multiplier=5) as made:
         yield made
-
-
-@pytest.fixture
-def stoppers() -> Iterator[List[Callable[[], None]]]:
-    made: List[Callable[[], None]] = []
-    yield made
-    for stop in made:
-        stopper = threading.Thread(target=stop, daemon=True)
-        stopper.start()
-        stopper.join(20)
-
-
-def acquisition_of(key: str) -> Hold:
-    def pick(method: str, path: str, body: bytes) -> bool:
-        if method != "PUT" or not path.startswith("/v1/txn"):
-            return False
-        return any(op.get("KV", {}).get("Verb") == "lock" and op["KV"].get("Key") == key
-                   for op in json.loads(body or b"[]"))
-    return pick
 
 
 def session_with_lock_delay(url: str, lock_delay: float) -> str:
