@@ -87,8 +87,8 @@ class Candidacy:
         self._tried_index = -1  # refused as held while the prefix was at this index
         self._modified = -1  # the ModifyIndex of the key's entry last looked at
         self._sit_out: tuple[float, int] | None = None
-        # A lock taken that did not follow a free key (LockAttempt.follows):
-        # held until then before it is led.
+        # A lock taken that must be held a while before it is led
+        # (LockAttempt.hold_off): until then.
         self._delay_wait: tuple[float, LockAttempt, Session] | None = None
         self._free_since = FreeSince()
         self._released = -1  # the fencing token of the last term whose key was released
