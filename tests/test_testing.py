@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from consul_leader.testing import ConsulAgent, find_consul
+from consul_leader.testing import ConsulAgent, find_consul, free_ports
 
 
 def test_entering_a_started_agent_does_not_launch_a_second_one():
@@ -39,3 +39,15 @@ def test_consul_is_found_through_consul_bin_then_path(monkeypatch, tmp_path):
     (tmp_path / "consul").symlink_to(real)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert find_consul() == str(tmp_path / "consul")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/sys/net/ipv4/ip_local_port_range"),
+                    reason="the kernel's ephemeral port range is read from Linux's /proc")
+def test_free_ports_stay_below_the_ephemeral_range_that_outgoing_connections_take():
+    # A port from that range was taken by some outgoing connection between
+    # free_ports() and the agent's bind: "address already in use" (CI).
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+        low = int(fh.read().split()[0])
+    ports = free_ports(200)
+    assert len(set(ports)) == 200
+    assert max(ports) < low

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,17 +40,46 @@ def find_consul() -> str:
 
 
 def free_ports(count: int) -> List[int]:
-    """*count* distinct TCP ports free on 127.0.0.1 right now."""
-    socks = []
+    """*count* distinct TCP ports free on 127.0.0.1 right now, below the
+    kernel's ephemeral range where it has one.
+
+    A port is only free until someone binds it, and the kernel hands out
+    ephemeral ports to every outgoing connection on the machine: one taken
+    from that range can be in use by the time the agent binds it (seen:
+    "bind: address already in use" with a few hundred connections open).
+
+    .. versionchanged:: 0.2 below the ephemeral range."""
+    low = _ephemeral_low()
+    socks: List[socket.socket] = []
     try:
-        for _ in range(count):
+        tries = 0
+        while len(socks) < count:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            port = random.randrange(_LOWEST, low) if low - _LOWEST >= 1000 and tries < 100 * count else 0
+            tries += 1
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
             s.close()
+
+
+#: Below this, ports are often fixed by services (databases, brokers).
+_LOWEST = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux), else IANA's (49152: BSD, macOS, Windows)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
 
 
 class ConsulAgent:
