@@ -18,18 +18,14 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 from fleet import Server
 
 from consul_leader import Candidate
+from consul_leader.contrib.apscheduler import run_on_leader
 from consul_leader.testing import ConsulAgent, free_ports
 
 from conftest import PYTHON, ROOT, wait_until
-
-pytest.importorskip("apscheduler")
-
-from apscheduler.schedulers.background import BackgroundScheduler  # noqa: E402
-
-from consul_leader.contrib.apscheduler import run_on_leader  # noqa: E402
 
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
 EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)

@@ -21,17 +21,13 @@ import time
 from typing import Any, Dict, Iterator, List
 
 import pytest
+import redis
+from broker import label, sent
+from pg import PostgresCluster
 
-pytest.importorskip("django_celery_beat")
-pytest.importorskip("psycopg")
+from consul_leader.testing import ConsulAgent
 
-import redis  # noqa: E402
-from broker import label, sent  # noqa: E402
-from pg import PostgresCluster  # noqa: E402
-
-from consul_leader.testing import ConsulAgent  # noqa: E402
-
-from conftest import PYTHON, ROOT, python_env, wait_until  # noqa: E402
+from conftest import PYTHON, ROOT, python_env, wait_until
 
 PROJECT = os.path.join(ROOT, "docs", "examples", "beatproject")
 TTL = 1.0

@@ -20,9 +20,6 @@ from consul_leader.testing import ConsulAgent, free_ports
 
 from conftest import PYTHON, ROOT, wait_until
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
 
 
