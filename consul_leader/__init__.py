@@ -14,7 +14,7 @@
 import logging as _logging
 
 from .candidate import Candidate, Health, LeadershipEvent, stop_on_signals
-from .client import ConsulConfig
+from .config import ConsulConfig
 from .decorators import get_default, is_leader, leader_only, on_deposed, on_elected, set_default
 from .elector import Candidacy, Elector
 from .errors import (

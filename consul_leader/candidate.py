@@ -23,7 +23,8 @@ from typing import Any, ParamSpec, TypeVar, overload
 import tenacity
 
 from . import aio, decorators, process, signals
-from .client import ConsulClient, ConsulConfig, FreeSince, KeyEntry, LockAttempt, clear_wake, interrupt, wake
+from .client import ConsulClient
+from .config import ConsulConfig
 from .errors import (
     ConfigurationTypeError,
     ConsulLeaderError,
@@ -37,8 +38,10 @@ from .errors import (
 from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import KeyWatch, LeaderInfo
 from .health import Health
+from .interrupt import clear_wake, interrupt, wake
 from .job import Job, JobRunner
 from .line import WaitingLine
+from .lockdelay import FreeSince, KeyEntry, LockAttempt
 from .process import stop_on_signals
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock

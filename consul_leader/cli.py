@@ -26,7 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ._watchdog import Spawned, SpawnFailed, Watchdog
 from .candidate import Candidate
-from .client import ConsulClient, ConsulConfig
+from .client import ConsulClient
+from .config import ConsulConfig
 from .errors import ConfigurationError, ConsulLeaderError, LockHeld, PermissionDenied
 from .follower import Follower, LeaderInfo
 from .session import Timing, lease_clock

@@ -13,25 +13,18 @@ import base64
 import json
 import logging
 import os
-import socket
 import threading
-import urllib.parse
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import consul
 import consul.callback
 import consul.exceptions
 import consul.std
 import requests
-import urllib3
-import urllib3.connection
 
+from .config import ConsulConfig
 from .errors import (
-    ConfigurationError,
-    ConfigurationTypeError,
     ConsulLeaderError,
     ConsulTLSError,
     ConsulUnavailable,
@@ -40,11 +33,15 @@ from .errors import (
     RequestRejected,
     SessionLost,
 )
+from .interrupt import clear_wake, interrupt, track, wake
+from .lockdelay import FreeSince, KeyEntry, LockAttempt, invalidated
+
+__all__ = ["ConsulClient", "ConsulConfig", "FreeSince", "KeyEntry", "LockAttempt", "clear_wake", "interrupt",
+           "invalidated", "wake"]
 
 log = logging.getLogger("consul_leader")
 
 T = TypeVar("T")
-KeyEntry = dict[str, Any]
 
 #: What each operation needs from an ACL policy, named in PermissionDenied.
 _PERMISSION_HINTS = {
@@ -60,106 +57,6 @@ _PERMISSION_HINTS = {
     "join line": 'key_prefix "<key>" { policy = "write" }',
     "delete key": 'key_prefix "<key>" { policy = "write" }',
 }
-
-
-# Connections by the thread that opened them, so that stop() can cut short a
-# blocking query another thread is waiting in (Consul may hold it for minutes).
-_open_connections: weakref.WeakKeyDictionary[threading.Thread, weakref.WeakSet[Any]] = \
-    weakref.WeakKeyDictionary()
-_open_connections_lock = threading.Lock()
-
-
-_interrupted: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
-# Threads that wake() asked to give up the request they are (about to be) in,
-# once: a connection they open before clear_wake() fails at once.
-_woken: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    # A fork copies the lock in whatever state another thread left it (it
-    # may be held for good), and the threads it names do not exist here.
-    global _open_connections_lock
-    _open_connections_lock = threading.Lock()
-    _open_connections.clear()
-    _interrupted.clear()
-    _woken.clear()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _track(conn: Any) -> None:
-    thread = threading.current_thread()
-    with _open_connections_lock:
-        _open_connections.setdefault(thread, weakref.WeakSet()).add(conn)
-        if thread in _interrupted:
-            # interrupt() already swept this thread's sockets: refuse to open
-            # one it could not see.
-            conn.sock.close()
-            raise OSError("consul-leader: request interrupted because the candidate stops")
-        if thread in _woken:
-            # wake() shut down the pooled socket before this request took it;
-            # urllib3 then reconnects, and the wake must not be lost.
-            _woken.discard(thread)
-            conn.sock.close()
-            raise OSError("consul-leader: request woken")
-
-
-class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        _track(self)
-
-
-class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _track(self)
-
-
-class _TrackedHTTPConnectionPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _TrackedHTTPConnection
-
-
-class _TrackedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _TrackedHTTPSConnection
-
-
-def interrupt(thread: threading.Thread) -> None:
-    """Make the request *thread* is blocked in, and every later one, fail at
-    once (as :class:`ConsulUnavailable`), by shutting its sockets down. For
-    a thread that is about to end."""
-    _cut(thread, _interrupted)
-
-
-def wake(thread: threading.Thread) -> None:
-    """Make the request *thread* is blocked in (or its next one, until it
-    calls :func:`clear_wake`) fail at once, as :class:`ConsulUnavailable`.
-    Unlike :func:`interrupt`, later requests work: this cuts a blocking query
-    short so that the thread looks at something that changed meanwhile."""
-    _cut(thread, _woken)
-
-
-def _cut(thread: threading.Thread, marks: weakref.WeakSet[threading.Thread]) -> None:
-    """Mark *thread* in *marks* (seen by _track when it connects) and shut
-    down the sockets it has open, failing the request it is blocked in."""
-    with _open_connections_lock:
-        marks.add(thread)
-        conns = list(_open_connections.get(thread, ()))
-    for conn in conns:
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-def clear_wake() -> None:
-    """Forget a :func:`wake` of the calling thread (call it before looking
-    at what a wake would announce, then make the request)."""
-    with _open_connections_lock:
-        _woken.discard(threading.current_thread())
 
 
 #: The least a request bounded by :meth:`ConsulClient.limit_requests` is
@@ -186,9 +83,7 @@ class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
             # CPU than the bytes cost (a listing of 1,000 keys: 3.9 ms with
             # gzip, 2.9 ms without, on the handover path of an Elector).
             session.headers["Accept-Encoding"] = "identity"
-            for adapter in session.adapters.values():
-                adapter.poolmanager.pool_classes_by_scheme = {  # type: ignore[attr-defined]
-                    "http": _TrackedHTTPConnectionPool, "https": _TrackedHTTPSConnectionPool}
+            track(session)
             local.session = session
             local.pid = pid
         return local.session  # type: ignore[no-any-return]
@@ -215,294 +110,6 @@ class _Consul(consul.Consul):  # type: ignore[misc]
                      cert: Any = None) -> _PerThreadHTTPClient:
         return _PerThreadHTTPClient(host, port, scheme, verify, cert,
                                     connections_timeout=self.connections_timeout)
-
-
-@dataclass(frozen=True)
-class ConsulConfig:
-    """Where and how to reach the Consul agent.
-
-    Built by :meth:`from_args`, which fills what is not given from the
-    environment variables the ``consul`` CLI reads. The token is hidden from
-    ``repr()`` so that it never reaches a log.
-
-    :ivar host: the agent's host name or IP address.
-    :ivar port: the agent's HTTP(S) port.
-    :ivar scheme: ``"http"`` or ``"https"``.
-    :ivar token: the ACL token, or None.
-    :ivar datacenter: the datacenter to address, or None for the agent's own.
-    :ivar verify: TLS verification: True, False or a CA bundle path.
-    :ivar cert: client certificate: a path, a ``(cert, key)`` pair, or None.
-    :ivar timeout: seconds allowed for a request that does not block.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8500
-    scheme: str = "http"
-    token: str | None = None
-    datacenter: str | None = None
-    verify: bool | str = True
-    cert: None | str | tuple[str, str] = None
-    timeout: float = 5.0
-
-    def __repr__(self) -> str:
-        return (f"ConsulConfig(address={self.address!r}, datacenter={self.datacenter!r}, "
-                f"token={'<hidden>' if self.token else None}, verify={self.verify!r}, "
-                f"cert={self.cert!r}, timeout={self.timeout!r})")
-
-    @property
-    def address(self) -> str:
-        """The agent's address as ``scheme://host:port``."""
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    @classmethod
-    def from_args(
-        cls,
-        address: str | None = None,
-        token: str | None = None,
-        datacenter: str | None = None,
-        verify: None | bool | str = None,
-        cert: None | str | tuple[str, str] = None,
-        timeout: float = 5.0,
-        environ: dict[str, str] | None = None,
-        token_file: str | None = None,
-    ) -> ConsulConfig:
-        """Resolve the settings: arguments first (*token*, else the file
-        *token_file*), then ``CONSUL_HTTP_ADDR``,
-        ``CONSUL_HTTP_TOKEN`` (or ``CONSUL_HTTP_TOKEN_FILE``), ``CONSUL_HTTP_SSL``,
-        ``CONSUL_HTTP_SSL_VERIFY``, ``CONSUL_CACERT``, ``CONSUL_CLIENT_CERT`` and
-        ``CONSUL_CLIENT_KEY``, then the defaults (``127.0.0.1:8500``).
-
-        :raises ConfigurationError: an address that does not parse, a
-            certificate file that does not exist, a timeout that is not positive.
-        """
-        env = os.environ if environ is None else environ
-        source = "address" if address is not None else "CONSUL_HTTP_ADDR"
-        raw = address if address is not None else env.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500")
-        if not isinstance(raw, str):
-            raise ConfigurationTypeError(f"address must be a str like '127.0.0.1:8500', got {type(raw).__name__}")
-        ssl = env.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true", "yes")
-        scheme, host, port = _parse_address(raw, source, "https" if ssl else "http")
-
-        if token is None and token_file is not None:
-            token = _read_token_file(token_file, "token_file")
-        elif token is None:
-            token = env.get("CONSUL_HTTP_TOKEN") or None
-            env_file = env.get("CONSUL_HTTP_TOKEN_FILE")
-            if token is None and env_file:
-                token = _read_token_file(env_file, "CONSUL_HTTP_TOKEN_FILE")
-        elif not isinstance(token, str):
-            raise ConfigurationTypeError(f"token must be a str, got {type(token).__name__}")
-        if token and not (token.isascii() and token.isprintable() and not any(ch.isspace() for ch in token)):
-            # Never echo it: it is a secret, even when malformed.
-            raise ConfigurationError("token (or CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE) must be an ACL token: "
-                                     "printable ASCII without spaces; the value given is not (not shown)")
-
-        if datacenter is not None and (not isinstance(datacenter, str) or not datacenter):
-            raise ConfigurationError(f"datacenter must be a non-empty str or None, got {datacenter!r}")
-
-        if verify is None:
-            if env.get("CONSUL_HTTP_SSL_VERIFY", "").lower() in ("0", "false", "no"):
-                verify = False
-            else:
-                verify = env.get("CONSUL_CACERT") or True
-        if isinstance(verify, str) and not os.path.exists(verify):
-            raise ConfigurationError(f"verify (or CONSUL_CACERT) names a CA file that does not exist: {verify!r}")
-        if not isinstance(verify, (bool, str)):
-            raise ConfigurationTypeError(f"verify must be a bool or a CA file path, got {type(verify).__name__}")
-
-        if cert is None and env.get("CONSUL_CLIENT_CERT"):
-            client_key = env.get("CONSUL_CLIENT_KEY")
-            cert = (env["CONSUL_CLIENT_CERT"], client_key) if client_key else env["CONSUL_CLIENT_CERT"]
-        if isinstance(cert, list):
-            cert = tuple(cert)
-        if cert is not None and not isinstance(cert, str) and not (isinstance(cert, tuple) and len(cert) == 2):
-            raise ConfigurationTypeError(f"cert must be a file path or a (cert_file, key_file) pair, "
-                                         f"got {type(cert).__name__} {cert!r}")
-        for path in (cert,) if isinstance(cert, str) else (cert or ()):
-            if not isinstance(path, str) or not os.path.isfile(path):
-                raise ConfigurationError(
-                    f"cert (or CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY) names a file that does not exist: {path!r}")
-
-        return cls(host=host, port=port, scheme=scheme, token=token, datacenter=datacenter,
-                   verify=verify, cert=cert, timeout=_check_timeout(timeout))
-
-    @classmethod
-    def resolve(cls, *, consul: Any = None, address: str | None = None, token: str | None = None,
-                token_file: str | None = None, datacenter: str | None = None,
-                verify: None | bool | str = None, cert: None | str | tuple[str, str] = None,
-                timeout: float = 5.0) -> ConsulConfig:
-        """The one way :class:`~consul_leader.Candidate`,
-        :class:`~consul_leader.Follower` and the ``consul-leader`` command
-        turn their connection arguments into settings: an existing
-        ``consul.Consul`` (*consul*) or the other arguments, not both; what
-        is not given comes from the ``consul`` CLI's environment variables.
-
-        :raises ConfigurationError: both *consul* and another connection
-            argument, or an argument that :meth:`from_args` refuses."""
-        if consul is not None:
-            given = [name for name, value in (("address", address), ("token", token), ("token_file", token_file),
-                                              ("datacenter", datacenter), ("verify", verify), ("cert", cert))
-                     if value is not None]
-            if given:
-                raise ConfigurationTypeError(f"give either consul= or {', '.join(given)}, not both: consul= "
-                                             f"already says where and how to connect")
-            return cls.from_consul(consul, timeout=timeout)
-        return cls.from_args(address=address, token=token, token_file=token_file, datacenter=datacenter,
-                             verify=verify, cert=cert, timeout=timeout)
-
-    @classmethod
-    def from_consul(cls, client: Any, timeout: float = 5.0) -> ConsulConfig:
-        """Take the settings of an existing ``consul.Consul`` (py-consul or
-        python-consul). Only its settings are used: consul-leader makes its own
-        connections, bounded by timeouts and private to each thread.
-
-        :raises ConfigurationTypeError: *client* is not a ``consul.Consul``."""
-        http: Any = getattr(client, "http", None)
-        if not all(hasattr(http, name) for name in ("host", "port", "scheme", "verify", "cert")) or \
-                not hasattr(client, "token") or not hasattr(client, "dc"):
-            raise ConfigurationTypeError(f"consul must be a consul.Consul client (py-consul or python-consul), "
-                                         f"got {type(client).__name__}")
-        return cls(host=http.host, port=int(http.port), scheme=http.scheme, token=client.token or None,
-                   datacenter=client.dc, verify=http.verify, cert=http.cert, timeout=_check_timeout(timeout))
-
-
-def _read_token_file(path: str, source: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip() or None
-    except OSError as exc:
-        raise ConfigurationError(f"{source}={path!r} cannot be read: {exc.strerror}") from None
-
-
-def _check_timeout(timeout: Any) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ConfigurationTypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-    if not 0 < timeout <= 300:
-        raise ConfigurationError(f"timeout must be in (0, 300] seconds, got {timeout!r}")
-    return float(timeout)
-
-
-def _parse_address(raw: str, source: str, default_scheme: str) -> tuple[str, str, int]:
-    text = raw.strip()
-    if text.startswith("unix://"):
-        raise ConfigurationError(f"{source}={raw!r}: unix sockets are not supported; give host:port")
-    try:
-        parsed = urllib.parse.urlsplit(text if "//" in text else "//" + text)
-        port = parsed.port
-    except ValueError:  # an unbalanced '[' of an IPv6 address, a port that is no number
-        parsed, port = urllib.parse.urlsplit(""), -1
-    scheme = parsed.scheme or default_scheme
-    host = parsed.hostname or ""
-    if scheme not in ("http", "https") or not host or not (host.isascii() and host.isprintable()) or \
-            any(ch.isspace() for ch in host) or (port is not None and not 0 < port < 65536):
-        raise ConfigurationError(
-            f"{source}={raw!r} is not an agent address; expected host:port or http(s)://host:port")
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 address: py-consul puts the host into its URLs as it is
-    return scheme, host, port if port is not None else (8501 if scheme == "https" else 8500)
-
-
-class LockAttempt(NamedTuple):
-    """What :meth:`ConsulClient.acquire` found.
-
-    :ivar modify_index: the key's ModifyIndex if the lock was taken, else None.
-    :ivar delayed: not taken because a lock-delay runs (the key may be free).
-    :ivar lock_index: the key's LockIndex if the lock was taken: how many
-        sessions took it since the key was created (1: the first one).
-    :ivar create_index: the key's CreateIndex if the lock was taken.
-    """
-
-    modify_index: int | None
-    delayed: bool
-    lock_index: int | None = None
-    create_index: int | None = None
-
-    def follows(self, seen: KeyEntry | None, session_id: str) -> bool:
-        """Whether this lock is the next one taken after *seen*, the key as
-        read before the acquisition was sent, while free or this session's.
-
-        Only then did Consul check its lock-delay against this acquisition
-        after every invalidation that freed the key, so the last holder's
-        work is over. Otherwise it may not be: Consul checks the lock-delay
-        before it commits an acquisition, not when it applies it, so one
-        sent while another session held the key wins if that session is
-        invalidated in between, with no lock-delay at all. The first lock
-        of a key never follows anything: a key deleted under its holder
-        leaves no lock-delay either. *seen* must come from the Raft leader
-        (Consul's default consistency, which every read here uses): a
-        ``?stale`` read could show the key free before the leader applied
-        the invalidation that set the lock-delay."""
-        if self.modify_index is None or seen is None or (self.lock_index or 0) < 2 or \
-                int(seen.get("CreateIndex") or 0) != self.create_index:
-            return False
-        before = int(seen.get("LockIndex") or 0)
-        holder = seen.get("Session")
-        if not holder:
-            return self.lock_index == before + 1
-        # Ours all along (an answer lost), or released by us and taken again.
-        return holder == session_id and self.lock_index in (before, before + 1)
-
-    def hold_off(self, seen: KeyEntry | None, session_id: str, seen_free_at: float | None, now: float,
-                 lock_delay: float) -> tuple[float, str]:
-        """How long to hold this lock before leading it (0: lead now), and
-        why, for the log.
-
-        A lock that does not :meth:`follow <follows>` *seen* waits one
-        *lock_delay*. One that does, where *seen* was freed by an
-        invalidation (a free entry that still carries its last holder's
-        value; a release empties it), is led no earlier than one
-        *lock_delay* after it was first seen so (*seen_free_at*, on the
-        caller's clock; None: unknown): Consul keeps lock-delays in each
-        server's memory, set as it applies the invalidation, so a Raft
-        leader elected before it applied it, or restored from a snapshot,
-        enforces none. Normally Consul's own lock-delay already kept the
-        acquisition out that long, and this costs nothing."""
-        if not self.follows(seen, session_id):
-            if self.lock_index == 1:
-                why = "as its first holder: if it was deleted under another leader, Consul set no lock-delay"
-            else:
-                why = ("without seeing it free first: if its last holder's session was invalidated as the "
-                       "acquisition was on its way, Consul applied no lock-delay")
-            return lock_delay, why
-        if not invalidated(seen):
-            return 0.0, ""
-        first = now if seen_free_at is None else seen_free_at
-        return max(0.0, first + lock_delay - now), ("after its last holder's session was invalidated: a Raft "
-                                                   "leader that had not applied that applies no lock-delay")
-
-
-def invalidated(entry: KeyEntry | None) -> bool:
-    """Whether *entry* is free because its holder's session was invalidated
-    (it keeps the holder's value; a release empties it)."""
-    return entry is not None and not entry.get("Session") and bool(entry.get("Value"))
-
-
-class FreeSince:
-    """When one key was first seen free after an invalidation, for
-    :meth:`LockAttempt.hold_off`."""
-
-    __slots__ = ("_mark", "_at")
-
-    def __init__(self) -> None:
-        self._mark: tuple[int, int] | None = None
-        self._at = 0.0
-
-    def see(self, entry: KeyEntry | None, now: float) -> None:
-        """Note *entry*, read at *now*."""
-        if entry is not None and invalidated(entry):
-            mark = _mark(entry)
-            if mark != self._mark:
-                self._mark, self._at = mark, now
-
-    def of(self, entry: KeyEntry | None) -> float | None:
-        """When *entry*, free after an invalidation, was first seen; None if
-        it was not seen so."""
-        return self._at if entry is not None and _mark(entry) == self._mark else None
-
-
-def _mark(entry: KeyEntry) -> tuple[int, int]:
-    # One free state of a key: a new lock or a re-created key changes it.
-    return int(entry.get("CreateIndex") or 0), int(entry.get("LockIndex") or 0)
 
 
 class ConsulClient:

@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 from . import decorators, process, signals
 from .candidate import _default_identity
-from .client import ConsulClient, ConsulConfig, FreeSince, KeyEntry, LockAttempt, interrupt
+from .client import ConsulClient
+from .config import ConsulConfig
 from .errors import (
     ConfigurationError,
     ConfigurationTypeError,
@@ -34,7 +35,9 @@ from .errors import (
 )
 from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import LeaderInfo
+from .interrupt import interrupt
 from .job import Job, JobRunner
+from .lockdelay import FreeSince, KeyEntry, LockAttempt
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .validation import check_bool, check_identity, check_job, check_key, check_number, check_timeout

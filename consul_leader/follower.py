@@ -16,9 +16,12 @@ from typing import Any, cast
 import tenacity
 
 from . import aio, signals
-from .client import ConsulClient, ConsulConfig, KeyEntry, interrupt
+from .client import ConsulClient
+from .config import ConsulConfig
 from .errors import ConsulLeaderError, NotRunning
 from .events import Broadcast
+from .interrupt import interrupt
+from .lockdelay import KeyEntry
 from .validation import check_key, check_number
 
 log = logging.getLogger("consul_leader")

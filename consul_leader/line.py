@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from .client import ConsulClient, KeyEntry
+from .client import ConsulClient
 from .errors import ConsulLeaderError, PermissionDenied
+from .lockdelay import KeyEntry
 
 __all__ = ["WaitingLine", "line_prefix"]
 

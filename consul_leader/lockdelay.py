@@ -1,0 +1,121 @@
+"""Consul's lock-delay, and where it does not protect a lock.
+
+Consul enforces a lock-delay after a session is invalidated, but checks it
+on the Raft leader before it commits an acquisition (not as it applies it),
+keeps it only in each server's memory, and sets none for a key deleted
+under its holder or for a release. These rules decide, from what a
+candidate read before it sent an acquisition and what the acquisition
+answered, whether the new holder may lead at once or must first wait out a
+lock-delay of its own. Pure code: no I/O, no clock of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+#: A KV entry as Consul's HTTP API returns it (``Key``, ``Value``,
+#: ``Session``, ``LockIndex``, ``ModifyIndex``, ``CreateIndex``, ``Flags``).
+KeyEntry = dict[str, Any]
+
+class LockAttempt(NamedTuple):
+    """What :meth:`ConsulClient.acquire` found.
+
+    :ivar modify_index: the key's ModifyIndex if the lock was taken, else None.
+    :ivar delayed: not taken because a lock-delay runs (the key may be free).
+    :ivar lock_index: the key's LockIndex if the lock was taken: how many
+        sessions took it since the key was created (1: the first one).
+    :ivar create_index: the key's CreateIndex if the lock was taken.
+    """
+
+    modify_index: int | None
+    delayed: bool
+    lock_index: int | None = None
+    create_index: int | None = None
+
+    def follows(self, seen: KeyEntry | None, session_id: str) -> bool:
+        """Whether this lock is the next one taken after *seen*, the key as
+        read before the acquisition was sent, while free or this session's.
+
+        Only then did Consul check its lock-delay against this acquisition
+        after every invalidation that freed the key, so the last holder's
+        work is over. Otherwise it may not be: Consul checks the lock-delay
+        before it commits an acquisition, not when it applies it, so one
+        sent while another session held the key wins if that session is
+        invalidated in between, with no lock-delay at all. The first lock
+        of a key never follows anything: a key deleted under its holder
+        leaves no lock-delay either. *seen* must come from the Raft leader
+        (Consul's default consistency, which every read here uses): a
+        ``?stale`` read could show the key free before the leader applied
+        the invalidation that set the lock-delay."""
+        if self.modify_index is None or seen is None or (self.lock_index or 0) < 2 or \
+                int(seen.get("CreateIndex") or 0) != self.create_index:
+            return False
+        before = int(seen.get("LockIndex") or 0)
+        holder = seen.get("Session")
+        if not holder:
+            return self.lock_index == before + 1
+        # Ours all along (an answer lost), or released by us and taken again.
+        return holder == session_id and self.lock_index in (before, before + 1)
+
+    def hold_off(self, seen: KeyEntry | None, session_id: str, seen_free_at: float | None, now: float,
+                 lock_delay: float) -> tuple[float, str]:
+        """How long to hold this lock before leading it (0: lead now), and
+        why, for the log.
+
+        A lock that does not :meth:`follow <follows>` *seen* waits one
+        *lock_delay*. One that does, where *seen* was freed by an
+        invalidation (a free entry that still carries its last holder's
+        value; a release empties it), is led no earlier than one
+        *lock_delay* after it was first seen so (*seen_free_at*, on the
+        caller's clock; None: unknown): Consul keeps lock-delays in each
+        server's memory, set as it applies the invalidation, so a Raft
+        leader elected before it applied it, or restored from a snapshot,
+        enforces none. Normally Consul's own lock-delay already kept the
+        acquisition out that long, and this costs nothing."""
+        if not self.follows(seen, session_id):
+            if self.lock_index == 1:
+                why = "as its first holder: if it was deleted under another leader, Consul set no lock-delay"
+            else:
+                why = ("without seeing it free first: if its last holder's session was invalidated as the "
+                       "acquisition was on its way, Consul applied no lock-delay")
+            return lock_delay, why
+        if not invalidated(seen):
+            return 0.0, ""
+        first = now if seen_free_at is None else seen_free_at
+        return max(0.0, first + lock_delay - now), ("after its last holder's session was invalidated: a Raft "
+                                                   "leader that had not applied that applies no lock-delay")
+
+
+def invalidated(entry: KeyEntry | None) -> bool:
+    """Whether *entry* is free because its holder's session was invalidated
+    (it keeps the holder's value; a release empties it)."""
+    return entry is not None and not entry.get("Session") and bool(entry.get("Value"))
+
+
+class FreeSince:
+    """When one key was first seen free after an invalidation, for
+    :meth:`LockAttempt.hold_off`."""
+
+    __slots__ = ("_mark", "_at")
+
+    def __init__(self) -> None:
+        self._mark: tuple[int, int] | None = None
+        self._at = 0.0
+
+    def see(self, entry: KeyEntry | None, now: float) -> None:
+        """Note *entry*, read at *now*."""
+        if entry is not None and invalidated(entry):
+            mark = _mark(entry)
+            if mark != self._mark:
+                self._mark, self._at = mark, now
+
+    def of(self, entry: KeyEntry | None) -> float | None:
+        """When *entry*, free after an invalidation, was first seen; None if
+        it was not seen so."""
+        return self._at if entry is not None and _mark(entry) == self._mark else None
+
+
+def _mark(entry: KeyEntry) -> tuple[int, int]:
+    # One free state of a key: a new lock or a re-created key changes it.
+    return int(entry.get("CreateIndex") or 0), int(entry.get("LockIndex") or 0)
+
