@@ -1,284 +1,31 @@
-"""The ``consul-leader`` command.
-
-``run KEY -- CMD`` runs a command only while this process leads (like
-``consul lock``, but a crashed leader is replaced in seconds, not a minute);
-``status KEY`` shows who leads; ``watch KEY`` prints each change of leader;
-``demo`` runs :mod:`consul_leader.demo`. Connection options and environment
-variables are those of the ``consul`` CLI. See ``consul-leader --help`` and
-the "Command line" page of the docs for the exit codes.
-"""
+"""``consul-leader run KEY -- CMD``: run a command only while this process
+leads *KEY*, through the watchdog process (:mod:`.watchdog`) that enforces
+the lease on it."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import sys
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from ._watchdog import Spawned, SpawnFailed, Watchdog
-from .candidate import Candidate
-from .client import ConsulClient
-from .config import ConsulConfig
-from .errors import ConfigurationError, ConsulLeaderError, LockHeld, PermissionDenied
-from .follower import Follower, LeaderInfo
-from .session import Timing, lease_clock
-from .validation import check_key
+from ..candidate import Candidate
+from ..errors import ConfigurationError, LockHeld
+from ..session import Timing, lease_clock
+from .codes import EXIT_CANNOT_EXECUTE, EXIT_DEPOSED, EXIT_LOCK_HELD, EXIT_NOT_FOUND, EXIT_SOFTWARE, EXIT_USAGE
+from .commands import connection
+from .watchdog import Spawned, SpawnFailed, Watchdog
 
-__all__ = ["main"]
+__all__ = ["DEFAULT_GRACE", "SAFETY_SLACK", "run_command", "run_timing"]
 
 log = logging.getLogger("consul_leader")
 
-EXIT_OK = 0
-#: ``status``: nobody holds the lock.
-EXIT_NO_LEADER = 1
-#: Bad usage or configuration (argparse's own code).
-EXIT_USAGE = 2
-#: Consul could not be reached or answered with an error.
-EXIT_UNAVAILABLE = 69
-#: ``run --no-wait``: the lock is held by another process.
-EXIT_LOCK_HELD = 75
-#: ``run --once``: leadership was lost, so the command was stopped.
-EXIT_DEPOSED = 76
-#: ``run``: the watchdog process that enforces the lease on the command died.
-EXIT_SOFTWARE = 70
-#: The ACL token was refused.
-EXIT_PERMISSION = 77
-#: The command exists but cannot be executed / cannot be found (as in a shell).
-EXIT_CANNOT_EXECUTE = 126
-EXIT_NOT_FOUND = 127
-
-EXIT_CODES = f"""\
-exit codes:
-  run      the command's exit status, with --once when it exits by itself
-           while leading, or after SIGINT/SIGTERM was forwarded to it
-           (128+N when it died of signal N); 128+N on signal N when no command
-           ran; {EXIT_DEPOSED} with --once when leadership was lost and the command stopped;
-           {EXIT_LOCK_HELD} with --no-wait when another process holds the lock, with --timeout when
-           not elected in time; {EXIT_SOFTWARE} the watchdog process died (the command was killed);
-           {EXIT_CANNOT_EXECUTE}/{EXIT_NOT_FOUND} the command cannot be executed / is not found
-  status   {EXIT_OK} someone leads, {EXIT_NO_LEADER} nobody leads
-  watch    {EXIT_OK} after SIGINT/SIGTERM
-  all      {EXIT_USAGE} usage or configuration error, {EXIT_UNAVAILABLE} Consul unreachable or erring,
-           {EXIT_PERMISSION} ACL token refused
-"""
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``consul-leader`` command.
-
-    :param argv: the arguments, without the program name; default ``sys.argv[1:]``.
-    :returns: the exit code (see ``consul-leader --help``).
-    """
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["demo"]:
-        from .demo import main as demo_main
-
-        return demo_main(args_list[1:])
-    command: List[str] = []
-    if "--" in args_list:
-        cut = args_list.index("--")
-        args_list, command = args_list[:cut], args_list[cut + 1:]
-    parser = _parser()
-    args = parser.parse_args(args_list)
-    if command and args.handler is not _run:
-        parser.error(f"{args.command}: unexpected arguments after --")
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        return int(args.handler(args, command))
-    except ConfigurationError as exc:
-        print(f"consul-leader: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except PermissionDenied as exc:
-        print(f"consul-leader: {exc}", file=sys.stderr)
-        return EXIT_PERMISSION
-    except ConsulLeaderError as exc:
-        print(f"consul-leader: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration(text: str) -> float:
-    """Seconds from ``2.5`` (seconds) or a duration as ``consul lock`` (Go)
-    writes it: ``500ms``, ``1s``, ``1m30s``, ``3h``."""
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d*)?|\.\d+", text):
-        seconds = float(text)
-    else:
-        pos, seconds = 0, 0.0
-        for match in _DURATION.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNITS[match.group(2)]
-            pos = match.end()
-        if pos == 0 or pos != len(text):
-            raise argparse.ArgumentTypeError(
-                f"invalid duration {text!r}: give seconds (2.5) or a duration such as 500ms, 10s, 1m30s, 3h")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be 0 or more")
-    return seconds
-
-
-def _parser() -> argparse.ArgumentParser:
-    connection = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    group = connection.add_argument_group("connection (as the consul CLI; defaults from its environment variables)")
-    group.add_argument("-http-addr", "--http-addr", "--address", dest="address", metavar="ADDR",
-                       help="the agent, host:port or https://host:port (CONSUL_HTTP_ADDR; default 127.0.0.1:8500)")
-    group.add_argument("-token", "--token", help="ACL token (CONSUL_HTTP_TOKEN)")
-    group.add_argument("-token-file", "--token-file", metavar="FILE",
-                       help="file holding the ACL token (CONSUL_HTTP_TOKEN_FILE)")
-    group.add_argument("-datacenter", "--datacenter", metavar="DC", help="datacenter of the key and session")
-    group.add_argument("-ca-file", "--ca-file", metavar="FILE", help="CA bundle for TLS (CONSUL_CACERT)")
-    group.add_argument("-client-cert", "--client-cert", metavar="FILE",
-                       help="client certificate for TLS (CONSUL_CLIENT_CERT)")
-    group.add_argument("-client-key", "--client-key", metavar="FILE",
-                       help="client certificate's key (CONSUL_CLIENT_KEY)")
-    connection.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                            help="log to stderr from this level (default: info)")
-
-    parser = argparse.ArgumentParser(
-        prog="consul-leader", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Leader election on Consul: run a command only while leading, see who leads.",
-        epilog=EXIT_CODES)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(name: str, handler: Callable[[argparse.Namespace, List[str]], int], help: str,
-                usage: Optional[str] = None) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[connection], help=help, description=help, usage=usage,
-                                  allow_abbrev=False, epilog=EXIT_CODES,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("key", metavar="KEY", help="the Consul KV key that is the lock, e.g. service/x/leader")
-        sub.set_defaults(handler=handler)
-        return sub
-
-    run = command("run", _run, "run CMD only while this process leads KEY; stop it when leadership is lost",
-                  usage="consul-leader run [options] KEY -- CMD [ARG ...]")
-    run.add_argument("--identity", help="what this process writes into the key (default hostname:pid)")
-    run.add_argument("--ttl", type=duration, default=3.0, metavar="DURATION",
-                     help="health check TTL: the one knob for failover speed (default 3s)")
-    run.add_argument("--lock-delay", type=duration, metavar="DURATION",
-                     help="Consul lock-delay after a leader's session is invalidated (default: the lease plus "
-                          "--grace plus 0.5s, so the command is dead before another process can be elected; "
-                          "at least --ttl, at most 60s)")
-    run.add_argument("--grace", type=duration, metavar="DURATION",
-                     help="time between SIGTERM and SIGKILL when stopping the command (default 5s)")
-    run.add_argument("--timeout", type=duration, metavar="DURATION",
-                     help=f"wait at most this long to be elected, then exit with {EXIT_LOCK_HELD} "
-                          "(as consul lock -timeout; 0, the default, waits for as long as it takes)")
-    run.add_argument("--once", action="store_true",
-                     help="exit after the first term instead of waiting for the next one")
-    run.add_argument("--no-wait", action="store_true",
-                     help=f"exit with {EXIT_LOCK_HELD} instead of waiting when another process holds the lock")
-    run.add_argument("--metrics-port", type=int, metavar="PORT",
-                     help="serve Prometheus metrics on this port (needs consul-leader[prometheus])")
-    run.add_argument("--health-port", type=int, metavar="PORT",
-                     help="serve Kubernetes probes on this port: GET /readyz answers 200 on the leader and 503 "
-                          "elsewhere, GET /livez 200 while the election runs and its heartbeat is current")
-
-    status = command("status", _status, "show who leads KEY, since when, and the fencing token")
-    status.add_argument("--json", action="store_true", help="print one JSON object")
-    watch = command("watch", _watch, "print a line each time the leader of KEY changes, until SIGINT/SIGTERM")
-    watch.add_argument("--json", action="store_true", help="print one JSON object per line")
-    commands.add_parser("demo", help="run the demo: candidates on a throwaway Consul agent (demo --help)",
-                        add_help=False)
-    return parser
-
-
-def _connection(args: argparse.Namespace) -> Dict[str, Any]:
-    """Candidate/Follower keyword arguments from the connection options;
-    ConsulConfig.from_args fills the rest from the environment."""
-    if args.client_key and not args.client_cert:
-        raise ConfigurationError("-client-key needs -client-cert")
-    cert: Any = None
-    if args.client_cert:
-        cert = (args.client_cert, args.client_key) if args.client_key else args.client_cert
-    token = args.token
-    if token is None and args.token_file:
-        # Read where the library reads CONSUL_HTTP_TOKEN_FILE, with the same checks.
-        token = ConsulConfig.resolve(address=args.address, token_file=args.token_file).token
-    return {"address": args.address, "token": token, "datacenter": args.datacenter, "verify": args.ca_file,
-            "cert": cert}
-
-
-def _iso(unix: Optional[float]) -> Optional[str]:
-    if unix is None:
-        return None
-    return datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _now() -> float:
-    return datetime.now(timezone.utc).timestamp()
-
-
-def _info_dict(key: str, info: LeaderInfo) -> Dict[str, Any]:
-    return {"key": key, "leader": info.identity, "since": info.since, "since_iso": _iso(info.since),
-            "fencing_token": info.modify_index, "session": info.session}
-
-
-# -- status -----------------------------------------------------------------
-
-def _status(args: argparse.Namespace, command: List[str]) -> int:
-    key = check_key(args.key)
-    client = ConsulClient(ConsulConfig.from_args(**_connection(args)))
-    _, entry = client.get_key(key)
-    info = LeaderInfo.from_entry(entry)
-    if args.json:
-        print(json.dumps(_info_dict(key, info)))
-    elif info.identity is None:
-        print(f"key:           {key}\nleader:        (none)")
-    else:
-        since = "unknown" if info.since is None else f"{_iso(info.since)} ({_now() - info.since:.1f} s ago)"
-        print(f"key:           {key}\nleader:        {info.identity}\nsince:         {since}\n"
-              f"fencing token: {info.modify_index}\nsession:       {info.session}")
-    return EXIT_OK if info.identity is not None else EXIT_NO_LEADER
-
-
-# -- watch ------------------------------------------------------------------
-
-class _Interrupted(Exception):
-    pass
-
-
-def _watch(args: argparse.Namespace, command: List[str]) -> int:
-    follower = Follower(check_key(args.key), **_connection(args))
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise _Interrupted()
-
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    follower.start()
-    try:
-        for identity in follower.changes():
-            info = follower.info()
-            if info.identity != identity:  # changed again meanwhile; the next line shows it
-                info = LeaderInfo(identity=identity)
-            if args.json:
-                print(json.dumps({"time": _iso(_now()), **_info_dict(follower.key, info)}), flush=True)
-            elif identity is None:
-                print(f"{_iso(_now())} (no leader)", flush=True)
-            else:
-                print(f"{_iso(_now())} {identity} (fencing token {info.modify_index})", flush=True)
-    except _Interrupted:
-        pass
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        follower.stop()
-    return EXIT_OK
-
-
-# -- run --------------------------------------------------------------------
 
 def _check_command(command: List[str]) -> Optional[int]:
     """The shell's exit code if *command* cannot run, else None."""
@@ -507,7 +254,7 @@ def _timing(args: argparse.Namespace) -> Timing:
     return run_timing(args.ttl, args.grace, args.lock_delay)
 
 
-def _run(args: argparse.Namespace, command: List[str]) -> int:
+def run_command(args: argparse.Namespace, command: List[str]) -> int:
     if not command:
         print("consul-leader run: give the command after --, e.g. run KEY -- my-job --flag", file=sys.stderr)
         return EXIT_USAGE
@@ -520,7 +267,7 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
         return unusable
     timing = _timing(args)
     candidate = Candidate(args.key, identity=args.identity, ttl=args.ttl, lock_delay=timing.lock_delay,
-                          wait=not args.no_wait, **_connection(args))
+                          wait=not args.no_wait, **connection(args))
     grace = DEFAULT_GRACE if args.grace is None else args.grace
     log.info("consul-leader run: %r with ttl %gs, lease %gs, grace %gs, lock-delay %gs (every other candidate of "
              "this key needs the same ttl and lock-delay)", args.key, timing.check_ttl, timing.lease, grace,
@@ -532,13 +279,13 @@ def _run(args: argparse.Namespace, command: List[str]) -> int:
     watchdog.on_event = runner.on_event
     candidate._term_hook = runner.begin_term
     if args.metrics_port is not None:
-        from .metrics import register, start_http_server
+        from ..metrics import register, start_http_server
 
         register(candidate)
         start_http_server(args.metrics_port)
     probes = None
     if args.health_port is not None:
-        from .contrib.readiness import serve_readiness
+        from ..contrib.readiness import serve_readiness
 
         try:
             probes = serve_readiness(candidate, args.health_port)
@@ -596,7 +343,3 @@ def _started(runner: _Runner) -> bool:
             return True
         runner.shutting_down = True
         return False
-
-
-if __name__ == "__main__":
-    sys.exit(main())

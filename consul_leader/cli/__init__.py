@@ -1,0 +1,77 @@
+"""The ``consul-leader`` command.
+
+``run KEY -- CMD`` runs a command only while this process leads (like
+``consul lock``, but a crashed leader is replaced in seconds, not a minute);
+``status KEY`` shows who leads; ``watch KEY`` prints each change of leader;
+``demo`` runs :mod:`consul_leader.demo`. Connection options and environment
+variables are those of the ``consul`` CLI. See ``consul-leader --help`` and
+the "Command line" page of the docs for the exit codes.
+
+The package: :mod:`.parser` (the arguments), :mod:`.codes` (the exit codes),
+:mod:`.commands` (``status``, ``watch``), :mod:`.run` (``run``) and
+:mod:`.watchdog` (the process that enforces the lease on ``run``'s command).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ..errors import ConfigurationError, ConsulLeaderError, PermissionDenied
+from .codes import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_CODES,
+    EXIT_DEPOSED,
+    EXIT_LOCK_HELD,
+    EXIT_NO_LEADER,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    EXIT_SOFTWARE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
+from .commands import status, watch
+from .parser import build_parser, duration
+from .run import DEFAULT_GRACE, SAFETY_SLACK, run_command, run_timing
+
+__all__ = ["DEFAULT_GRACE", "EXIT_CANNOT_EXECUTE", "EXIT_CODES", "EXIT_DEPOSED", "EXIT_LOCK_HELD", "EXIT_NOT_FOUND",
+           "EXIT_NO_LEADER", "EXIT_OK", "EXIT_PERMISSION", "EXIT_SOFTWARE", "EXIT_UNAVAILABLE", "EXIT_USAGE",
+           "SAFETY_SLACK", "duration", "main", "run_timing"]
+
+_HANDLERS: Dict[str, Callable[..., int]] = {"run": run_command, "status": status, "watch": watch}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``consul-leader`` command.
+
+    :param argv: the arguments, without the program name; default ``sys.argv[1:]``.
+    :returns: the exit code (see ``consul-leader --help``).
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["demo"]:
+        from ..demo import main as demo_main
+
+        return demo_main(args_list[1:])
+    command: List[str] = []
+    if "--" in args_list:
+        cut = args_list.index("--")
+        args_list, command = args_list[:cut], args_list[cut + 1:]
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if command and args.command != "run":
+        parser.error(f"{args.command}: unexpected arguments after --")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return int(_HANDLERS[args.command](args, command))
+    except ConfigurationError as exc:
+        print(f"consul-leader: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PermissionDenied as exc:
+        print(f"consul-leader: {exc}", file=sys.stderr)
+        return EXIT_PERMISSION
+    except ConsulLeaderError as exc:
+        print(f"consul-leader: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
