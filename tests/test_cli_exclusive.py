@@ -113,6 +113,67 @@ def test_a_frozen_supervisor_does_not_let_its_command_run_beside_the_next_leader
     assert len((cli.tmp / "a.start").read_text().split("\n")) == 2  # one line and the final newline
 
 
+# ``consul-leader run`` that stops itself (SIGSTOP) at its first "elected"
+# log line: on the election thread, right after the term began and the
+# command was asked for, before the term's job thread starts. A supervisor
+# paused at that moment until its lease is over finds its term over when it
+# resumes: the job never runs, and nothing but the term's end can wait for
+# the command that was spawned.
+PAUSE_AT_ELECTION = """\
+import logging, os, signal, sys
+from consul_leader.cli import main
+
+class PauseOnce(logging.Handler):
+    paused = False
+
+    def emit(self, record):
+        if not self.paused and "elected leader of" in record.getMessage():
+            self.paused = True
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+logging.getLogger("consul_leader").addHandler(PauseOnce())
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_term_whose_lease_ends_before_its_job_starts_releases_the_lock_only_once_the_command_is_dead(
+        cli: Runs, key: str) -> None:
+    # --ttl 6s: lease 5s; the check's TTL runs out 1s after the lease, and a
+    # must resume in between, so that it (not Consul, with a lock-delay)
+    # frees the lock. --grace 2s: a's command, shrugging off the SIGTERM the
+    # watchdog sends at the lease's end, lives 2s on.
+    (cli.tmp / "pause.py").write_text(PAUSE_AT_ELECTION)
+    options = ["--ttl", "6s", "--grace", "2s"]
+    with open(cli.tmp / "a.log", "w") as log:
+        a = subprocess.Popen([PYTHON, str(cli.tmp / "pause.py"), "run", *options, "--identity", "a", key, "--",
+                              PYTHON, "-S", str(cli.tmp / "life.py")], env=cli.env, stdout=log, stderr=log)
+    cli.procs.append(a)
+    _, a_pid = started(cli, "a")
+    wait_until(lambda: process_state(a.pid) == "T", what="a to pause right after its term began")
+    life(cli, "b", *options, key=key)
+    wait_until(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
+    wait_until(lambda: (cli.tmp / "a.term").exists(), what="a's lease to end (its command gets SIGTERM)")
+    a.send_signal(signal.SIGCONT)
+    a_end = last_alive(cli, "a", a_pid)
+    assert f"(pid {a_pid})" not in cli.log("a"), "a's job ran: this test no longer pauses a before the job starts"
+    # The next command, b's or a's own in a later term, starts only after that.
+    wait_until(lambda: next_starts(cli), what="the next term's command to start")
+    assert a_end < min(next_starts(cli)), f"the two commands overlapped for {a_end - min(next_starts(cli)):.3f}s"
+
+
+def next_starts(cli: Runs) -> List[float]:
+    """When each command started after the first one of a."""
+    starts = [line for name in ("a", "b") if (cli.tmp / f"{name}.start").exists()
+              for line in (cli.tmp / f"{name}.start").read_text().split("\n")[slice(1 if name == "a" else 0, None)]
+              if line]
+    return [float(line.split()[0]) for line in starts]
+
+
 def test_on_sigterm_the_lock_is_released_only_once_the_command_is_dead(cli: Runs, key: str) -> None:
     # Its command shrugs the forwarded SIGTERM off: killed after --grace,
     # and only then may the waiting run take over.

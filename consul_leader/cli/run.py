@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+from .. import signals
 from ..candidate import Candidate
 from ..errors import ConfigurationError, LockHeld
 from ..session import Timing, lease_clock
@@ -122,6 +123,19 @@ class _Runner:
             # Keep the term (and the lock) until the main thread stops the
             # candidate, so that no next term starts meanwhile.
             self.release.wait()
+
+    def term_ended(self, candidate: Candidate, **kwargs: Any) -> None:
+        """``deposed`` receiver: the candidate releases the lock only after
+        its ``deposed`` receivers returned. A command asked for as the term
+        began whose job never ran (the lease was over before the job could
+        start: the process was paused) has nobody else to wait for it: stop
+        it and wait for it here, before the lock can go to another."""
+        with self.lock:
+            requested, self.requested = self.requested, None
+        if requested is not None:
+            log.warning("consul-leader run: the term of %r (fencing token %d) ended before its command could be "
+                        "supervised; stopping the command before releasing the lock", self.candidate.key, requested)
+            self._abandon_spawn()
 
     def _abandon_spawn(self) -> None:
         """A command was asked for, but the term is not to run one after all
@@ -278,6 +292,7 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
     runner = _Runner(candidate, command, watchdog, args.once)
     watchdog.on_event = runner.on_event
     candidate._term_hook = runner.begin_term
+    candidate.on_deposed(runner.term_ended)
     if args.metrics_port is not None:
         from ..metrics import register, start_http_server
 
@@ -328,6 +343,7 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
             with runner.lock:
                 runner.shutting_down = True
         candidate.stop()
+        signals.deposed.disconnect(runner.term_ended)
         watchdog.close()
         if probes is not None:
             probes.close()
