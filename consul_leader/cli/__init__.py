@@ -14,14 +14,16 @@ The package: :mod:`.parser` (the arguments), :mod:`.codes` (the exit codes),
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from ..errors import ConfigurationError, ConsulLeaderError, PermissionDenied
 from .codes import (
     EXIT_CANNOT_EXECUTE,
     EXIT_CODES,
+    EXIT_CONSUL_LOCK,
     EXIT_DEPOSED,
     EXIT_LOCK_HELD,
     EXIT_NO_LEADER,
@@ -33,12 +35,12 @@ from .codes import (
     EXIT_USAGE,
 )
 from .commands import status, watch
-from .parser import build_parser, duration
+from .parser import build_parser, duration, split_command
 from .run import DEFAULT_GRACE, SAFETY_SLACK, run_command, run_timing
 
-__all__ = ["DEFAULT_GRACE", "EXIT_CANNOT_EXECUTE", "EXIT_CODES", "EXIT_DEPOSED", "EXIT_LOCK_HELD", "EXIT_NOT_FOUND",
-           "EXIT_NO_LEADER", "EXIT_OK", "EXIT_PERMISSION", "EXIT_SOFTWARE", "EXIT_UNAVAILABLE", "EXIT_USAGE",
-           "SAFETY_SLACK", "duration", "main", "run_timing"]
+__all__ = ["DEFAULT_GRACE", "EXIT_CANNOT_EXECUTE", "EXIT_CODES", "EXIT_CONSUL_LOCK", "EXIT_DEPOSED",
+           "EXIT_LOCK_HELD", "EXIT_NOT_FOUND", "EXIT_NO_LEADER", "EXIT_OK", "EXIT_PERMISSION", "EXIT_SOFTWARE",
+           "EXIT_UNAVAILABLE", "EXIT_USAGE", "SAFETY_SLACK", "duration", "main", "run_timing"]
 
 _HANDLERS: Dict[str, Callable[..., int]] = {"run": run_command, "status": status, "watch": watch}
 
@@ -54,24 +56,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ..demo import main as demo_main
 
         return demo_main(args_list[1:])
-    command: List[str] = []
-    if "--" in args_list:
-        cut = args_list.index("--")
-        args_list, command = args_list[:cut], args_list[cut + 1:]
-    parser = build_parser()
-    args = parser.parse_args(args_list)
-    if command and args.command != "run":
-        parser.error(f"{args.command}: unexpected arguments after --")
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    parsers = build_parser()
+    name = args_list[0] if args_list else ""
+    sub = parsers.commands.get(name)
+    if sub is None:  # --help, --version, no or an unknown command: argparse answers and exits
+        parsers.top.parse_args(args_list)
+        return EXIT_USAGE  # pragma: no cover - parse_args exited
+    # Parsed by the sub-command's own parser, so that an error shows its usage.
     try:
-        return int(_HANDLERS[args.command](args, command))
+        own, command = split_command(parsers, args_list[1:])
+    except argparse.ArgumentTypeError as exc:
+        sub.error(str(exc))
+    args = sub.parse_args(own)
+    if command and name != "run":
+        sub.error("unexpected arguments after KEY (or after --): only run takes a command")
+    if name == "run" and not command:
+        sub.error("give the command after KEY, e.g. run KEY -- my-job --flag (with -- before it when its "
+                  "first word starts with -)")
+    level = "debug" if args.verbose else args.log_level or ("info" if name == "run" else "warning")
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return int(_HANDLERS[name](args, command))
     except ConfigurationError as exc:
-        print(f"consul-leader: {exc}", file=sys.stderr)
+        print(f"consul-leader {name}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PermissionDenied as exc:
-        print(f"consul-leader: {exc}", file=sys.stderr)
+        print(f"consul-leader {name}: {exc}", file=sys.stderr)
         return EXIT_PERMISSION
     except ConsulLeaderError as exc:
-        print(f"consul-leader: {exc}", file=sys.stderr)
+        print(f"consul-leader {name}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -18,11 +18,18 @@ from .codes import EXIT_NO_LEADER, EXIT_OK
 
 __all__ = ["connection", "status", "watch"]
 
+
 def connection(args: argparse.Namespace) -> Dict[str, Any]:
     """Candidate/Follower keyword arguments from the connection options;
     ConsulConfig.from_args fills the rest from the environment."""
     if args.client_key and not args.client_cert:
         raise ConfigurationError("-client-key needs -client-cert")
+    if args.ca_path:
+        raise ConfigurationError(f"-ca-path {args.ca_path}: a directory of CA certificates is not supported; "
+                                 "put them in one file and give it with -ca-file (or CONSUL_CACERT)")
+    if args.tls_server_name:
+        raise ConfigurationError(f"-tls-server-name {args.tls_server_name}: not supported; give -http-addr "
+                                 "https://NAME:PORT with the host name the agent's certificate names")
     cert: Any = None
     if args.client_cert:
         cert = (args.client_cert, args.client_key) if args.client_key else args.client_cert
@@ -37,7 +44,11 @@ def connection(args: argparse.Namespace) -> Dict[str, Any]:
 def _iso(unix: Optional[float]) -> Optional[str]:
     if unix is None:
         return None
-    return datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        moment = datetime.fromtimestamp(unix, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None  # flags that are no time: consul lock's own, on its .lock key
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _now() -> float:
@@ -61,7 +72,8 @@ def status(args: argparse.Namespace, command: List[str]) -> int:
     elif info.identity is None:
         print(f"key:           {key}\nleader:        (none)")
     else:
-        since = "unknown" if info.since is None else f"{_iso(info.since)} ({_now() - info.since:.1f} s ago)"
+        when = _iso(info.since)
+        since = "unknown" if info.since is None or when is None else f"{when} ({_now() - info.since:.1f} s ago)"
         print(f"key:           {key}\nleader:        {info.identity}\nsince:         {since}\n"
               f"fencing token: {info.modify_index}\nsession:       {info.session}")
     return EXIT_OK if info.identity is not None else EXIT_NO_LEADER

@@ -17,10 +17,22 @@ from typing import Any, Dict, List, Optional
 
 from .. import signals
 from ..candidate import Candidate
-from ..errors import ConfigurationError, LockHeld
+from ..errors import ConfigurationError, ConsulUnavailable, LockHeld
 from ..session import Timing, lease_clock
-from .codes import EXIT_CANNOT_EXECUTE, EXIT_DEPOSED, EXIT_LOCK_HELD, EXIT_NOT_FOUND, EXIT_SOFTWARE, EXIT_USAGE
+from .backoff import CrashBackoff
+from .codes import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_CONSUL_LOCK,
+    EXIT_DEPOSED,
+    EXIT_LOCK_HELD,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from .commands import connection
+from .consul_lock import ConsulLockConflict, guard
 from .watchdog import Spawned, SpawnFailed, Watchdog
 
 __all__ = ["DEFAULT_GRACE", "SAFETY_SLACK", "run_command", "run_timing"]
@@ -44,7 +56,8 @@ class _Runner:
     the command when leadership ends; ``job`` runs as the candidate's job,
     the rest in the main thread."""
 
-    def __init__(self, candidate: Candidate, command: List[str], watchdog: Watchdog, once: bool) -> None:
+    def __init__(self, candidate: Candidate, command: List[str], watchdog: Watchdog, once: bool,
+                 what: str) -> None:
         self.candidate = candidate
         self.command = command
         self.watchdog = watchdog
@@ -62,6 +75,7 @@ class _Runner:
         self.forwarded: Optional[int] = None
         #: a term whose command begin_term() asked the watchdog for.
         self.requested: Optional[int] = None
+        self.backoff = CrashBackoff(what)
         self.env = dict(os.environ, CONSUL_LEADER_KEY=candidate.key, CONSUL_LEADER_IDENTITY=candidate.identity)
 
     def on_signal(self, signum: int, frame: Any) -> None:
@@ -114,6 +128,7 @@ class _Runner:
                 print(f"consul-leader run: {exc}", file=sys.stderr)
                 child = None
                 self.last = (exc.code, False)
+        started = time.monotonic()
         if child is not None:
             log.info("consul-leader run: started %s (pid %d) as leader of %r, fencing token %d",
                      self.command[0], child.pid, self.candidate.key, token)
@@ -123,6 +138,13 @@ class _Runner:
             # Keep the term (and the lock) until the main thread stops the
             # candidate, so that no next term starts meanwhile.
             self.release.wait()
+        elif self.last is not None and not self.last[1] and not stop_event.is_set():
+            # The command exited by itself: the term ends when this returns.
+            # After a crash at start, wait first, so that a crash loop does
+            # not take and release the lock every few seconds.
+            wait = self.backoff.after_exit(time.monotonic() - started, None if child is None else self.last[0])
+            if wait:
+                stop_event.wait(wait)
 
     def term_ended(self, candidate: Candidate, **kwargs: Any) -> None:
         """``deposed`` receiver: the candidate releases the lock only after
@@ -269,15 +291,24 @@ def _timing(args: argparse.Namespace) -> Timing:
 
 
 def run_command(args: argparse.Namespace, command: List[str]) -> int:
-    if not command:
-        print("consul-leader run: give the command after --, e.g. run KEY -- my-job --flag", file=sys.stderr)
-        return EXIT_USAGE
+    """``consul-leader run``: the exit code."""
     if os.name != "posix":
         raise ConfigurationError("run needs a POSIX system (process groups and signals)")
+    if args.limit != 1:
+        raise ConfigurationError(f"-n {args.limit}: consul-leader run elects one leader (-n 1); consul lock's "
+                                 "semaphores (more than one holder) are not supported: keep consul lock -n for "
+                                 "this prefix")
+    what = command[0]
+    if args.shell:
+        # As consul lock -shell: the words joined into one script for $SHELL -c.
+        command = [os.environ.get("SHELL") or "/bin/sh", "-c", " ".join(command)]
     unusable = _check_command(command)
     if unusable is not None:
+        hint = ""
+        if unusable == EXIT_NOT_FOUND and " " in command[0]:
+            hint = " (to run it through a shell, as consul lock does by default, add -shell)"
         print(f"consul-leader run: {command[0]!r}: " +
-              ("command not found" if unusable == EXIT_NOT_FOUND else "not executable"), file=sys.stderr)
+              ("command not found" if unusable == EXIT_NOT_FOUND else "not executable") + hint, file=sys.stderr)
         return unusable
     timing = _timing(args)
     candidate = Candidate(args.key, identity=args.identity, ttl=args.ttl, lock_delay=timing.lock_delay,
@@ -289,7 +320,7 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
     # Started before the election, so that no process start lies on the
     # handover path; it lives as long as this process.
     watchdog = Watchdog(grace, timing.lock_delay - timing.lease - SAFETY_SLACK)
-    runner = _Runner(candidate, command, watchdog, args.once)
+    runner = _Runner(candidate, command, watchdog, args.once, what)
     watchdog.on_event = runner.on_event
     candidate._term_hook = runner.begin_term
     candidate.on_deposed(runner.term_ended)
@@ -311,7 +342,9 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
     code: Optional[int] = None
     give_up = None if not args.timeout else time.monotonic() + args.timeout  # 0: no limit, as consul lock
     try:
-        candidate.run(runner.job, block=False)
+        code = _guard(runner, give_up)
+        if code is None:
+            candidate.run(runner.job, block=False)
         while code is None:
             wait = 0.2 if give_up is None else max(0.0, min(0.2, give_up - time.monotonic()))
             runner.wake.wait(wait)
@@ -325,10 +358,10 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
             elif args.once and runner.last is not None:
                 status, deposed = runner.last
                 code = EXIT_DEPOSED if deposed else status
+                if args.child_exit_code and not deposed:
+                    code = EXIT_OK if status == 0 else EXIT_USAGE  # consul lock -child-exit-code's codes
             elif give_up is not None and time.monotonic() >= give_up and not _started(runner):
-                print(f"consul-leader run: not elected leader of {candidate.key!r} within {args.timeout:g}s",
-                      file=sys.stderr)
-                code = EXIT_LOCK_HELD
+                code = _not_elected(candidate, args.timeout)
             else:
                 try:
                     candidate.wait_for_leadership(0)
@@ -350,6 +383,43 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return code
+
+
+def _guard(runner: _Runner, give_up: Optional[float]) -> Optional[int]:
+    """Check that ``consul lock`` does not use the key (see :mod:`.consul_lock`)
+    before running for election; an unreachable Consul is waited for, as the
+    election would. The exit code if ``run`` ends here, else None."""
+    candidate = runner.candidate
+    said = False
+    while True:
+        try:
+            guard(candidate.client, candidate.key)
+            return None
+        except ConsulLockConflict as exc:
+            print(f"consul-leader run: {exc}", file=sys.stderr)
+            return EXIT_CONSUL_LOCK
+        except ConsulUnavailable as exc:
+            if give_up is not None and time.monotonic() >= give_up:
+                print(f"consul-leader run: could not reach Consul within the --timeout: {exc}", file=sys.stderr)
+                return EXIT_UNAVAILABLE
+            if not said:
+                said = True
+                log.warning("consul-leader run: %s; trying again every second", exc)
+        runner.wake.wait(1.0 if give_up is None else max(0.0, min(1.0, give_up - time.monotonic())))
+        runner.wake.clear()
+        if runner.signum is not None:
+            return 128 + runner.signum
+
+
+def _not_elected(candidate: Candidate, timeout: float) -> int:
+    """``--timeout`` ran out before a term began: say why, and the code."""
+    health = candidate.health()
+    if not health.ok and health.last_error is not None:
+        print(f"consul-leader run: could not run for leadership of {candidate.key!r} within {timeout:g}s: Consul "
+              f"is unreachable or failing ({health.last_error})", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(f"consul-leader run: not elected leader of {candidate.key!r} within {timeout:g}s", file=sys.stderr)
+    return EXIT_LOCK_HELD
 
 
 def _started(runner: _Runner) -> bool:
