@@ -17,6 +17,30 @@ from conftest import PYTHON, python_env
 
 CLI = [PYTHON, "-m", "consul_leader.cli"]
 
+# A command that records its own life on CLOCK_BOOTTIME, which every
+# process of the machine shares: its start (NAME.start: time and pid), then
+# "still alive" every few ms (NAME.alive: a SIGKILL leaves no last word, so
+# the last note is its end). NAME is its first argument, or the identity
+# ``run`` gives it. It shrugs SIGTERM off (noting it in NAME.term), unless
+# told --exit-on-term. Each Runs writes it as life.py in its folder.
+LIFE = """\
+import os, signal, sys, time
+now = lambda: time.clock_gettime(time.CLOCK_BOOTTIME)
+args = [a for a in sys.argv[1:] if a != "--exit-on-term"]
+base = os.path.join(os.environ["DIR"], args[0] if args else os.environ["CONSUL_LEADER_IDENTITY"])
+if "--exit-on-term" in sys.argv:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+else:
+    signal.signal(signal.SIGTERM, lambda *_: open(base + ".term", "a").write(repr(now()) + "\\n"))
+with open(base + ".start", "a") as f:
+    f.write(f"{now()!r} {os.getpid()}\\n")
+while True:
+    with open(base + ".alive.tmp", "w") as f:
+        f.write(repr(now()))
+    os.replace(base + ".alive.tmp", base + ".alive")
+    time.sleep(0.003)
+"""
+
 
 def alive(pid: int) -> bool:
     try:
@@ -38,6 +62,9 @@ class Runs:
         self.env = dict(python_env(), CONSUL_HTTP_ADDR=agent.address, DIR=str(tmp))
         self.tmp = tmp
         self.procs: List[subprocess.Popen[str]] = []
+        #: The command of :data:`LIFE`, to run as ``PYTHON -S life``.
+        self.life = tmp / "life.py"
+        self.life.write_text(LIFE)
 
     def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(CLI + list(args), env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -56,12 +83,20 @@ class Runs:
         return json.loads(self("status", "--json", key).stdout)
 
     def close(self) -> None:
-        """Kill what still runs (woken first, should a test have stopped it)."""
+        """Kill what still runs (woken first, should a test have stopped it),
+        and the commands of :data:`LIFE` a test left behind."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
                 proc.kill()
                 proc.wait()
+        for start in self.tmp.glob("*.start"):
+            for line in start.read_text().split("\n"):
+                if line:
+                    try:
+                        os.kill(int(line.split()[1]), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
 
 def exit_code(argv: List[str]) -> int:

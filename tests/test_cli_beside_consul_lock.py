@@ -8,57 +8,23 @@ CLOCK_BOOTTIME, which every process of the machine shares."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
-import pytest
 from cli_runs import Runs, alive
 
 from consul_leader.cli import EXIT_CONSUL_LOCK
-from consul_leader.testing import ConsulAgent, find_consul
+from consul_leader.testing import find_consul
 
 from conftest import PYTHON, wait_until
-
-# The command, under either tool: notes its start, then "still alive" every
-# few ms until SIGTERM ends it (the last note is its end).
-LIFE = """\
-import os, signal, sys, time
-now = lambda: time.clock_gettime(time.CLOCK_BOOTTIME)
-base = os.path.join(os.environ["DIR"], sys.argv[1])
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-with open(base + ".start", "a") as f:
-    f.write(f"{now()!r} {os.getpid()}\\n")
-while True:
-    with open(base + ".alive.tmp", "w") as f:
-        f.write(repr(now()))
-    os.replace(base + ".alive.tmp", base + ".alive")
-    time.sleep(0.003)
-"""
-
-
-@pytest.fixture
-def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Runs]:
-    runs = Runs(consul_agent, tmp_path)
-    (tmp_path / "life.py").write_text(LIFE)
-    yield runs
-    runs.close()
-    for start in tmp_path.glob("*.start"):
-        for line in start.read_text().split("\n"):
-            if line:
-                try:
-                    os.kill(int(line.split()[1]), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 def consul_lock(cli: Runs, prefix: str, name: str) -> subprocess.Popen[str]:
     """``consul lock PREFIX`` running the command named *name* (stderr in NAME.log)."""
     log = open(cli.tmp / f"{name}.log", "w")
-    proc = subprocess.Popen([find_consul(), "lock", "-shell=false", prefix, PYTHON, "-S", str(cli.tmp / "life.py"),
-                             name], env=cli.env, stdout=log, stderr=log, text=True)
+    proc = subprocess.Popen([find_consul(), "lock", "-shell=false", prefix, PYTHON, "-S", str(cli.life),
+                             name, "--exit-on-term"], env=cli.env, stdout=log, stderr=log, text=True)
     log.close()
     cli.procs.append(proc)
     return proc
@@ -67,8 +33,8 @@ def consul_lock(cli: Runs, prefix: str, name: str) -> subprocess.Popen[str]:
 def run(cli: Runs, key: str, name: str) -> subprocess.Popen[str]:
     """``consul-leader run KEY`` running the command named *name*, written as
     a consul lock user would (single dash, no ``--``)."""
-    return cli.start("run", "-ttl=1s", "-grace=1s", "-name", name, key, PYTHON, "-S", str(cli.tmp / "life.py"),
-                     name, name=name)
+    return cli.start("run", "-ttl=1s", "-grace=1s", "-name", name, key, PYTHON, "-S", str(cli.life),
+                     name, "--exit-on-term", name=name)
 
 
 def life(cli: Runs, name: str) -> Tuple[float, float]:
@@ -84,13 +50,17 @@ def never_ran(cli: Runs, name: str) -> bool:
     return not (cli.tmp / f"{name}.start").exists()
 
 
+def refuses(cli: Runs, proc: subprocess.Popen[str], name: str) -> int:
+    """*proc*'s exit code, once it ended without starting its command *name*."""
+    wait_until(lambda: proc.poll() is not None or not never_ran(cli, name), what=f"{name} to refuse or to lead")
+    assert never_ran(cli, name), f"{name}'s command started beside the other tool's"
+    return proc.wait(30)
+
+
 def test_run_refuses_a_key_whose_prefix_consul_lock_holds(cli: Runs, prefix: str) -> None:
     lock = consul_lock(cli, prefix, "old")
     wait_until(lambda: (cli.tmp / "old.start").exists(), what="consul lock's command to start")
-    new = run(cli, prefix, "new")
-    wait_until(lambda: new.poll() is not None or not never_ran(cli, "new"), what="run to refuse or to lead")
-    assert never_ran(cli, "new"), "run's command started while consul lock's ran"
-    assert new.wait(30) == EXIT_CONSUL_LOCK
+    assert refuses(cli, run(cli, prefix, "new"), "new") == EXIT_CONSUL_LOCK
     assert f"{prefix}/.lock is in use by consul lock" in cli.log("new")
     assert f"give run consul lock's own key, {prefix}/.lock" in cli.log("new")  # what to do instead
     lock.send_signal(signal.SIGTERM)
@@ -100,15 +70,12 @@ def test_run_refuses_a_key_whose_prefix_consul_lock_holds(cli: Runs, prefix: str
 def test_consul_lock_refuses_a_prefix_that_run_uses(cli: Runs, prefix: str) -> None:
     new = run(cli, prefix, "new")
     wait_until(lambda: (cli.tmp / "new.start").exists(), what="run's command to start")
-    late = consul_lock(cli, prefix, "late")
-    wait_until(lambda: late.poll() is not None or not never_ran(cli, "late"), what="consul lock to refuse or lead")
-    assert never_ran(cli, "late"), "consul lock's command started while run's ran"
-    assert late.wait(30) == 1  # consul lock's own refusal
+    assert refuses(cli, consul_lock(cli, prefix, "late"), "late") == 1  # consul lock's own refusal
     assert "does not match lock use" in (cli.tmp / "late.log").read_text()
     new.send_signal(signal.SIGTERM)
     new.wait(30)
     # The note stays while run is gone: a consul lock started now refuses too.
-    assert consul_lock(cli, prefix, "later").wait(30) == 1 and never_ran(cli, "later")
+    assert refuses(cli, consul_lock(cli, prefix, "later"), "later") == 1
 
 
 def test_run_on_consul_locks_own_key_takes_turns_with_it_and_then_keeps_it(cli: Runs, prefix: str) -> None:
@@ -121,8 +88,8 @@ def test_run_on_consul_locks_own_key_takes_turns_with_it_and_then_keeps_it(cli: 
     assert old.wait(30) == 0
     old_life, new_life = life(cli, "old"), None
     wait_until(lambda: (cli.tmp / "new.start").exists(), what="run's command to start")
-    late = consul_lock(cli, prefix, "late")  # an old host restarted: it must not lead beside run
-    assert late.wait(30) == 1 and never_ran(cli, "late")
+    # An old host restarted: it must not lead beside run.
+    assert refuses(cli, consul_lock(cli, prefix, "late"), "late") == 1
     new.send_signal(signal.SIGTERM)
     new.wait(30)
     new_life = life(cli, "new")

@@ -10,8 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import pytest
 import requests
@@ -21,37 +20,6 @@ from consul_leader.cli import EXIT_SOFTWARE, EXIT_USAGE
 from consul_leader.testing import ConsulAgent
 
 from conftest import PYTHON, wait_until
-
-# The command: notes its start, shrugs SIGTERM off, and notes "still alive"
-# every few ms (a SIGKILL leaves no last word, so the last note is its end).
-LIFE = """\
-import os, signal, sys, time
-now = lambda: time.clock_gettime(time.CLOCK_BOOTTIME)
-base = os.path.join(os.environ["DIR"], os.environ["CONSUL_LEADER_IDENTITY"])
-signal.signal(signal.SIGTERM, lambda *_: open(base + ".term", "a").write(repr(now()) + "\\n"))
-with open(base + ".start", "a") as f:
-    f.write(f"{now()!r} {os.getpid()}\\n")
-while True:
-    with open(base + ".alive.tmp", "w") as f:
-        f.write(repr(now()))
-    os.replace(base + ".alive.tmp", base + ".alive")
-    time.sleep(0.003)
-"""
-
-
-@pytest.fixture
-def cli(consul_agent: ConsulAgent, tmp_path: Path) -> Iterator[Runs]:
-    runs = Runs(consul_agent, tmp_path)
-    (tmp_path / "life.py").write_text(LIFE)
-    yield runs
-    runs.close()
-    for start in tmp_path.glob("*.start"):  # a command the test left behind
-        for line in start.read_text().split("\n"):
-            if line:
-                try:
-                    os.kill(int(line.split()[1]), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 def started(cli: Runs, name: str) -> Tuple[float, int]:
@@ -69,7 +37,7 @@ def last_alive(cli: Runs, name: str, pid: int) -> float:
 
 
 def life(cli: Runs, name: str, *options: str, key: str) -> subprocess.Popen[str]:
-    return cli.start("run", *options, "--identity", name, key, "--", PYTHON, "-S", str(cli.tmp / "life.py"),
+    return cli.start("run", *options, "--identity", name, key, "--", PYTHON, "-S", str(cli.life),
                      name=name)
 
 
@@ -151,7 +119,7 @@ def test_a_term_whose_lease_ends_before_its_job_starts_releases_the_lock_only_on
     options = ["--ttl", "6s", "--grace", "2s"]
     with open(cli.tmp / "a.log", "w") as log:
         a = subprocess.Popen([PYTHON, str(cli.tmp / "pause.py"), "run", *options, "--identity", "a", key, "--",
-                              PYTHON, "-S", str(cli.tmp / "life.py")], env=cli.env, stdout=log, stderr=log)
+                              PYTHON, "-S", str(cli.life)], env=cli.env, stdout=log, stderr=log)
     cli.procs.append(a)
     _, a_pid = started(cli, "a")
     wait_until(lambda: process_state(a.pid) == "T", what="a to pause right after its term began")

@@ -77,12 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     try:
         return int(_HANDLERS[name](args, command))
-    except ConfigurationError as exc:
-        print(f"consul-leader {name}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except PermissionDenied as exc:
-        print(f"consul-leader {name}: {exc}", file=sys.stderr)
-        return EXIT_PERMISSION
     except ConsulLeaderError as exc:
         print(f"consul-leader {name}: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        if isinstance(exc, ConfigurationError):
+            return EXIT_USAGE
+        return EXIT_PERMISSION if isinstance(exc, PermissionDenied) else EXIT_UNAVAILABLE

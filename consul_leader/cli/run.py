@@ -125,7 +125,7 @@ class _Runner:
                                                 self.lease_deadline())
                 child = self.child = self.watchdog.spawned()
             except SpawnFailed as exc:
-                print(f"consul-leader run: {exc}", file=sys.stderr)
+                say(f"{exc}")
                 child = None
                 self.last = (exc.code, False)
         started = time.monotonic()
@@ -238,6 +238,12 @@ class _Runner:
         return code if code >= 0 else 128 - code
 
 
+def say(message: str) -> None:
+    """Tell the user *message* on stderr, not through the log: what ``run``
+    answers, as opposed to what it reports along the way."""
+    print(f"consul-leader run: {message}", file=sys.stderr)
+
+
 #: How often the job thread tells the watchdog of the lease's renewals: far
 #: below the heartbeat, so the watchdog's copy of the deadline lags little.
 _LEASE_PUSH = 0.05
@@ -307,8 +313,7 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
         hint = ""
         if unusable == EXIT_NOT_FOUND and " " in command[0]:
             hint = " (to run it through a shell, as consul lock does by default, add -shell)"
-        print(f"consul-leader run: {command[0]!r}: " +
-              ("command not found" if unusable == EXIT_NOT_FOUND else "not executable") + hint, file=sys.stderr)
+        say(f"{command[0]!r}: " + ("command not found" if unusable == EXIT_NOT_FOUND else "not executable") + hint)
         return unusable
     timing = _timing(args)
     candidate = Candidate(args.key, identity=args.identity, ttl=args.ttl, lock_delay=timing.lock_delay,
@@ -353,7 +358,7 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
                 status = runner.shut_down(runner.signum)
                 code = 128 + runner.signum if status is None else status
             elif watchdog.gone.is_set():
-                print("consul-leader run: the watchdog process died; leaving the election", file=sys.stderr)
+                say("the watchdog process died; leaving the election")
                 code = EXIT_SOFTWARE
             elif args.once and runner.last is not None:
                 status, deposed = runner.last
@@ -366,7 +371,7 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
                 try:
                     candidate.wait_for_leadership(0)
                 except LockHeld as exc:
-                    print(f"consul-leader run: {exc}", file=sys.stderr)
+                    say(f"{exc}")
                     code = EXIT_LOCK_HELD
     finally:
         runner.release.set()
@@ -396,11 +401,11 @@ def _guard(runner: _Runner, give_up: Optional[float]) -> Optional[int]:
             guard(candidate.client, candidate.key)
             return None
         except ConsulLockConflict as exc:
-            print(f"consul-leader run: {exc}", file=sys.stderr)
+            say(f"{exc}")
             return EXIT_CONSUL_LOCK
         except ConsulUnavailable as exc:
             if give_up is not None and time.monotonic() >= give_up:
-                print(f"consul-leader run: could not reach Consul within the --timeout: {exc}", file=sys.stderr)
+                say(f"could not reach Consul within the --timeout: {exc}")
                 return EXIT_UNAVAILABLE
             if not said:
                 said = True
@@ -415,10 +420,10 @@ def _not_elected(candidate: Candidate, timeout: float) -> int:
     """``--timeout`` ran out before a term began: say why, and the code."""
     health = candidate.health()
     if not health.ok and health.last_error is not None:
-        print(f"consul-leader run: could not run for leadership of {candidate.key!r} within {timeout:g}s: Consul "
-              f"is unreachable or failing ({health.last_error})", file=sys.stderr)
+        say(f"could not run for leadership of {candidate.key!r} within {timeout:g}s: Consul is unreachable or "
+            f"failing ({health.last_error})")
         return EXIT_UNAVAILABLE
-    print(f"consul-leader run: not elected leader of {candidate.key!r} within {timeout:g}s", file=sys.stderr)
+    say(f"not elected leader of {candidate.key!r} within {timeout:g}s")
     return EXIT_LOCK_HELD
 
 
