@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from consul_leader.cli import main
 from consul_leader.testing import ConsulAgent
 
-from conftest import PYTHON, python_env
+from conftest import PYTHON, python_env, wait_until
 
 CLI = [PYTHON, "-m", "consul_leader.cli"]
 
@@ -70,11 +70,28 @@ class Runs:
         return subprocess.run(CLI + list(args), env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def start(self, *args: str, name: str = "run", stdout: Optional[int] = None) -> subprocess.Popen[str]:
+        """``consul-leader ARGS``, its output in NAME.log."""
+        return self.spawn(CLI + list(args), name=name, stdout=stdout)
+
+    def spawn(self, argv: List[str], name: str, stdout: Optional[int] = None) -> subprocess.Popen[str]:
+        """Any program (``consul lock``), its output in NAME.log."""
         log = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen(CLI + list(args), env=self.env, stdout=stdout or log, stderr=log, text=True)
+        proc = subprocess.Popen(argv, env=self.env, stdout=stdout or log, stderr=log, text=True)
         log.close()
         self.procs.append(proc)
         return proc
+
+    def started(self, name: str) -> Tuple[float, int]:
+        """When the :data:`LIFE` command *name* started (its first run), and its pid."""
+        path = self.tmp / f"{name}.start"
+        wait_until(lambda: path.exists() and path.read_text().endswith("\n"), what=f"{name}'s command to start")
+        at, pid = path.read_text().split("\n")[0].split()
+        return float(at), int(pid)
+
+    def last_alive(self, name: str, pid: int) -> float:
+        """The last sign of life of the :data:`LIFE` command *name*, once it is dead."""
+        wait_until(lambda: not alive(pid), timeout=60, what=f"{name}'s command (pid {pid}) to end")
+        return float((self.tmp / f"{name}.alive").read_text())
 
     def log(self, name: str = "run") -> str:
         return (self.tmp / f"{name}.log").read_text()

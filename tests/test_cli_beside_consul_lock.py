@@ -12,7 +12,7 @@ import signal
 import subprocess
 from typing import List, Tuple
 
-from cli_runs import Runs, alive
+from cli_runs import Runs
 
 from consul_leader.cli import EXIT_CONSUL_LOCK
 from consul_leader.testing import find_consul
@@ -22,12 +22,8 @@ from conftest import PYTHON, wait_until
 
 def consul_lock(cli: Runs, prefix: str, name: str) -> subprocess.Popen[str]:
     """``consul lock PREFIX`` running the command named *name* (stderr in NAME.log)."""
-    log = open(cli.tmp / f"{name}.log", "w")
-    proc = subprocess.Popen([find_consul(), "lock", "-shell=false", prefix, PYTHON, "-S", str(cli.life),
-                             name, "--exit-on-term"], env=cli.env, stdout=log, stderr=log, text=True)
-    log.close()
-    cli.procs.append(proc)
-    return proc
+    return cli.spawn([find_consul(), "lock", "-shell=false", prefix, PYTHON, "-S", str(cli.life), name,
+                      "--exit-on-term"], name=name)
 
 
 def run(cli: Runs, key: str, name: str) -> subprocess.Popen[str]:
@@ -39,11 +35,8 @@ def run(cli: Runs, key: str, name: str) -> subprocess.Popen[str]:
 
 def life(cli: Runs, name: str) -> Tuple[float, float]:
     """When *name*'s command started and, once it is dead, its last sign of life."""
-    path = cli.tmp / f"{name}.start"
-    wait_until(lambda: path.exists() and path.read_text().endswith("\n"), what=f"{name}'s command to start")
-    start, pid = path.read_text().split("\n")[0].split()
-    wait_until(lambda: not alive(int(pid)), timeout=60, what=f"{name}'s command (pid {pid}) to end")
-    return float(start), float((cli.tmp / f"{name}.alive").read_text())
+    start, pid = cli.started(name)
+    return start, cli.last_alive(name, pid)
 
 
 def never_ran(cli: Runs, name: str) -> bool:
@@ -59,7 +52,7 @@ def refuses(cli: Runs, proc: subprocess.Popen[str], name: str) -> int:
 
 def test_run_refuses_a_key_whose_prefix_consul_lock_holds(cli: Runs, prefix: str) -> None:
     lock = consul_lock(cli, prefix, "old")
-    wait_until(lambda: (cli.tmp / "old.start").exists(), what="consul lock's command to start")
+    cli.started("old")
     assert refuses(cli, run(cli, prefix, "new"), "new") == EXIT_CONSUL_LOCK
     assert f"{prefix}/.lock is in use by consul lock" in cli.log("new")
     assert f"give run consul lock's own key, {prefix}/.lock" in cli.log("new")  # what to do instead
@@ -69,7 +62,7 @@ def test_run_refuses_a_key_whose_prefix_consul_lock_holds(cli: Runs, prefix: str
 
 def test_consul_lock_refuses_a_prefix_that_run_uses(cli: Runs, prefix: str) -> None:
     new = run(cli, prefix, "new")
-    wait_until(lambda: (cli.tmp / "new.start").exists(), what="run's command to start")
+    cli.started("new")
     assert refuses(cli, consul_lock(cli, prefix, "late"), "late") == 1  # consul lock's own refusal
     assert "does not match lock use" in (cli.tmp / "late.log").read_text()
     new.send_signal(signal.SIGTERM)
@@ -80,14 +73,14 @@ def test_consul_lock_refuses_a_prefix_that_run_uses(cli: Runs, prefix: str) -> N
 
 def test_run_on_consul_locks_own_key_takes_turns_with_it_and_then_keeps_it(cli: Runs, prefix: str) -> None:
     old = consul_lock(cli, prefix, "old")
-    wait_until(lambda: (cli.tmp / "old.start").exists(), what="consul lock's command to start")
+    cli.started("old")
     new = run(cli, f"{prefix}/.lock", "new")
     wait_until(lambda: "is now" in cli.log("new"), what="run to see the key held")
     assert never_ran(cli, "new")
     old.send_signal(signal.SIGTERM)  # the last consul lock host moves over
     assert old.wait(30) == 0
     old_life, new_life = life(cli, "old"), None
-    wait_until(lambda: (cli.tmp / "new.start").exists(), what="run's command to start")
+    cli.started("new")
     # An old host restarted: it must not lead beside run.
     assert refuses(cli, consul_lock(cli, prefix, "late"), "late") == 1
     new.send_signal(signal.SIGTERM)

@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import List, Tuple
+from typing import List
 
 import pytest
 import requests
@@ -20,20 +20,6 @@ from consul_leader.cli import EXIT_SOFTWARE, EXIT_USAGE
 from consul_leader.testing import ConsulAgent
 
 from conftest import PYTHON, wait_until
-
-
-def started(cli: Runs, name: str) -> Tuple[float, int]:
-    """When the command of run *name* started (its first term), and its pid."""
-    path = cli.tmp / f"{name}.start"
-    wait_until(lambda: path.exists() and path.read_text().endswith("\n"), what=f"{name}'s command to start")
-    at, pid = path.read_text().split("\n")[0].split()
-    return float(at), int(pid)
-
-
-def last_alive(cli: Runs, name: str, pid: int) -> float:
-    """The last sign of life of *name*'s command, once it is dead."""
-    wait_until(lambda: not alive(pid), timeout=60, what=f"{name}'s command (pid {pid}) to end")
-    return float((cli.tmp / f"{name}.alive").read_text())
 
 
 def life(cli: Runs, name: str, *options: str, key: str) -> subprocess.Popen[str]:
@@ -46,14 +32,14 @@ def test_a_command_ignoring_sigterm_is_dead_before_the_next_leader_starts_when_t
     # --grace 3s against a 1s TTL: the lock-delay must be derived from the
     # grace, or the next leader starts while this command still runs.
     life(cli, "a", "--ttl", "1s", "--grace", "3s", key=key)
-    _, a_pid = started(cli, "a")
+    _, a_pid = cli.started("a")
     life(cli, "b", "--ttl", "1s", "--grace", "3s", key=key)
     wait_until(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
     session = cli.status(key)["session"]
     destroyed = time.clock_gettime(time.CLOCK_BOOTTIME)
     requests.put(f"http://{consul_agent.address}/v1/session/destroy/{session}", timeout=5).raise_for_status()
-    b_start, _ = started(cli, "b")
-    a_end = last_alive(cli, "a", a_pid)
+    b_start, _ = cli.started("b")
+    a_end = cli.last_alive("a", a_pid)
     print(f"a's command ended {a_end - destroyed:.2f}s after the destroy, b's started {b_start - destroyed:.2f}s "
           f"after it")
     assert (cli.tmp / "a.term").exists(), "a's command was not sent SIGTERM first"
@@ -62,13 +48,13 @@ def test_a_command_ignoring_sigterm_is_dead_before_the_next_leader_starts_when_t
 
 def test_a_frozen_supervisor_does_not_let_its_command_run_beside_the_next_leaders(cli: Runs, key: str) -> None:
     a = life(cli, "a", "--ttl", "1s", "--grace", "1000ms", key=key)
-    _, a_pid = started(cli, "a")
+    _, a_pid = cli.started("a")
     life(cli, "b", "--ttl", "1s", "--grace", "1000ms", key=key)
     wait_until(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
     a.send_signal(signal.SIGSTOP)  # the supervisor only: its command and watchdog run on
     try:
-        b_start, _ = started(cli, "b")
-        a_end = last_alive(cli, "a", a_pid)
+        b_start, _ = cli.started("b")
+        a_end = cli.last_alive("a", a_pid)
     finally:
         a.send_signal(signal.SIGCONT)
     assert a_end < b_start, f"the two commands overlapped for {a_end - b_start:.3f}s"
@@ -121,13 +107,13 @@ def test_a_term_whose_lease_ends_before_its_job_starts_releases_the_lock_only_on
         a = subprocess.Popen([PYTHON, str(cli.tmp / "pause.py"), "run", *options, "--identity", "a", key, "--",
                               PYTHON, "-S", str(cli.life)], env=cli.env, stdout=log, stderr=log)
     cli.procs.append(a)
-    _, a_pid = started(cli, "a")
+    _, a_pid = cli.started("a")
     wait_until(lambda: process_state(a.pid) == "T", what="a to pause right after its term began")
     life(cli, "b", *options, key=key)
     wait_until(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
     wait_until(lambda: (cli.tmp / "a.term").exists(), what="a's lease to end (its command gets SIGTERM)")
     a.send_signal(signal.SIGCONT)
-    a_end = last_alive(cli, "a", a_pid)
+    a_end = cli.last_alive("a", a_pid)
     assert f"(pid {a_pid})" not in cli.log("a"), "a's job ran: this test no longer pauses a before the job starts"
     # The next command, b's or a's own in a later term, starts only after that.
     wait_until(lambda: next_starts(cli), what="the next term's command to start")
@@ -146,14 +132,14 @@ def test_on_sigterm_the_lock_is_released_only_once_the_command_is_dead(cli: Runs
     # Its command shrugs the forwarded SIGTERM off: killed after --grace,
     # and only then may the waiting run take over.
     a = life(cli, "a", "--ttl", "1s", "--grace", "1s", key=key)
-    _, a_pid = started(cli, "a")
+    _, a_pid = cli.started("a")
     life(cli, "b", "--ttl", "1s", "--grace", "1s", key=key)
     wait_until(lambda: "is now 'a'" in cli.log("b"), what="b to see a leading")
     a.send_signal(signal.SIGTERM)
     assert a.wait(30) == 128 + signal.SIGKILL  # the command's status
-    b_start, _ = started(cli, "b")
+    b_start, _ = cli.started("b")
     assert (cli.tmp / "a.term").exists()
-    assert last_alive(cli, "a", a_pid) < b_start
+    assert cli.last_alive("a", a_pid) < b_start
 
 
 def test_the_lock_delay_is_derived_from_the_grace(cli: Runs, key: str, consul_agent: ConsulAgent) -> None:
@@ -161,7 +147,7 @@ def test_the_lock_delay_is_derived_from_the_grace(cli: Runs, key: str, consul_ag
     # lease + grace + 0.5s, so that a command stopped at the lease's end is
     # dead before anyone else can be elected.
     life(cli, "d", key=key)
-    started(cli, "d")
+    cli.started("d")
     session = cli.status(key)["session"]
     info = requests.get(f"http://{consul_agent.address}/v1/session/info/{session}", timeout=5).json()
     assert info[0]["LockDelay"] == 8 * 10**9
@@ -188,7 +174,7 @@ def children(pid: int) -> List[int]:
 
 def test_if_the_watchdog_process_dies_the_command_is_killed_and_run_exits_70(cli: Runs, key: str) -> None:
     run = life(cli, "w", "--ttl", "1s", "--grace", "1s", key=key)
-    _, command = started(cli, "w")
+    _, command = cli.started("w")
     # The supervisor's only child is the watchdog (the command is the watchdog's).
     (watchdog,) = children(run.pid)
     assert command in children(watchdog)
