@@ -7,9 +7,11 @@
 variables are those of the ``consul`` CLI. See ``consul-leader --help`` and
 the "Command line" page of the docs for the exit codes.
 
-The package: :mod:`.parser` (the arguments), :mod:`.codes` (the exit codes),
-:mod:`.commands` (``status``, ``watch``), :mod:`.run` (``run``) and
-:mod:`.watchdog` (the process that enforces the lease on ``run``'s command).
+The package: :mod:`.parser` (the arguments, in the consul CLI's spellings
+too), :mod:`.codes` (the exit codes), :mod:`.commands` (``status``,
+``watch``), :mod:`.run` (``run``), :mod:`.watchdog` (the process that
+enforces the lease on ``run``'s command), :mod:`.backoff` (waits after a
+crash loop) and :mod:`.consul_lock` (``run`` beside ``consul lock``).
 """
 
 from __future__ import annotations

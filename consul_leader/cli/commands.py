@@ -63,6 +63,7 @@ def _info_dict(key: str, info: LeaderInfo) -> Dict[str, Any]:
 # -- status -----------------------------------------------------------------
 
 def status(args: argparse.Namespace, command: List[str]) -> int:
+    """``consul-leader status``: print who leads; 0 if someone does, 3 if nobody."""
     key = check_key(args.key)
     client = ConsulClient(ConsulConfig.from_args(**connection(args)))
     _, entry = client.get_key(key)
@@ -86,6 +87,7 @@ class _Interrupted(Exception):
 
 
 def watch(args: argparse.Namespace, command: List[str]) -> int:
+    """``consul-leader watch``: print each change of leader until SIGINT/SIGTERM; 0."""
     follower = Follower(check_key(args.key), **connection(args))
 
     def interrupt(signum: int, frame: Any) -> None:

@@ -107,6 +107,8 @@ def guard(client: ConsulClient, key: str) -> None:
                         "this process and could lead beside it", lock_key, exc, key)
             return
         if written:
+            log.info("consul-leader run: wrote %r, so that a consul lock %r refuses to run beside this process",
+                     lock_key, key)
             # Read again: a consul lock that acquired the key as it was being
             # written keeps its session on it.
             _, entry = client.get_key(lock_key)
