@@ -12,10 +12,14 @@ import signal
 import subprocess
 from typing import List, Tuple
 
+import pytest
+import requests
 from cli_runs import Runs
 
 from consul_leader.cli import EXIT_CONSUL_LOCK
-from consul_leader.testing import find_consul
+from consul_leader.cli.consul_lock import LOCK_FLAG_VALUE, ConsulLockConflict, guard
+from consul_leader.client import ConsulClient, ConsulConfig
+from consul_leader.testing import ConsulAgent, find_consul
 
 from conftest import PYTHON, wait_until
 
@@ -88,3 +92,20 @@ def test_run_on_consul_locks_own_key_takes_turns_with_it_and_then_keeps_it(cli: 
     new_life = life(cli, "new")
     lives: List[Tuple[float, float]] = sorted([old_life, new_life])
     assert lives[0][1] < lives[1][0], f"consul lock's command and run's overlapped: {lives}"
+
+
+def test_a_consul_lock_that_acquires_the_key_as_run_writes_its_note_is_seen(consul_agent: ConsulAgent,
+                                                                            prefix: str) -> None:
+    # consul lock reads PREFIX/.lock (missing), run writes its note, then
+    # consul lock's acquire lands (Consul's acquire ignores flags): run must
+    # find consul lock's session there when it reads the key back.
+    url = consul_agent.url
+    client = ConsulClient(ConsulConfig.from_args(address=consul_agent.address, environ={}))
+
+    def consul_lock_acquires(seconds: float) -> None:
+        sid = requests.put(f"{url}/v1/session/create", json={"Name": "consul lock"}, timeout=5).json()["ID"]
+        acquired = requests.put(f"{url}/v1/kv/{prefix}/.lock?acquire={sid}&flags={LOCK_FLAG_VALUE}", timeout=5)
+        assert acquired.json() is True
+
+    with pytest.raises(ConsulLockConflict, match="is in use by consul lock"):
+        guard(client, prefix, settle=consul_lock_acquires)
