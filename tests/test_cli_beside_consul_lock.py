@@ -60,6 +60,10 @@ def test_run_refuses_a_key_whose_prefix_consul_lock_holds(cli: Runs, prefix: str
     assert refuses(cli, run(cli, prefix, "new"), "new") == EXIT_CONSUL_LOCK
     assert f"{prefix}/.lock is in use by consul lock" in cli.log("new")
     assert f"give run consul lock's own key, {prefix}/.lock" in cli.log("new")  # what to do instead
+    # status reads consul lock's key too (its flags are no time, its value empty).
+    shown = cli("status", f"{prefix}/.lock")
+    assert shown.returncode == 0, shown.stderr
+    assert "(an empty value, as consul lock writes)" in shown.stdout and "since:         unknown" in shown.stdout
     lock.send_signal(signal.SIGTERM)
     assert lock.wait(30) == 0
 
