@@ -43,8 +43,11 @@ T = TypeVar("T")
 
 #: What each operation needs from an ACL policy, named in PermissionDenied.
 _PERMISSION_HINTS = {
+    "register service": 'service "<key>" { policy = "write" }',
+    "deregister service": 'service "<key>" { policy = "write" }',
+    "pass check": 'service "<key>" { policy = "write" }',
+    # Only node-level checks: 0.1's, and those tools register.
     "register check": 'node "<this agent\'s node>" { policy = "write" }',
-    "pass check": 'node "<this agent\'s node>" { policy = "write" }',
     "deregister check": 'node "<this agent\'s node>" { policy = "write" }',
     "create session": 'session "<this agent\'s node>" { policy = "write" }',
     "renew session": 'session "<this agent\'s node>" { policy = "write" }',
@@ -228,14 +231,16 @@ class ConsulClient:
         if notes:
             check["Notes"] = notes
         body = {"ID": service_id, "Name": name, "Meta": meta or {}, "Check": check}
-        self._call("register service", lambda: self._http.request("PUT", "/v1/agent/service/register", body=body))
+        self._call("register service", lambda: self._http.request("PUT", "/v1/agent/service/register", body=body),
+                   key=name)
 
-    def deregister_service(self, service_id: str) -> None:
-        """Remove the service instance (and its check) from the agent.
+    def deregister_service(self, service_id: str, name: str | None = None) -> None:
+        """Remove the service instance (and its check) from the agent;
+        *name*, the service's, goes into a refusal's ACL rule.
 
         .. versionadded:: 0.2"""
         self._call("deregister service", lambda: self._http.request(
-            "PUT", f"/v1/agent/service/deregister/{_quote(service_id)}"))
+            "PUT", f"/v1/agent/service/deregister/{_quote(service_id)}"), key=name)
 
     def agent_checks(self) -> dict[str, dict[str, Any]]:
         """Every check registered on the agent, by check ID.
@@ -252,12 +257,13 @@ class ConsulClient:
             body["Notes"] = notes
         self._call("register check", lambda: self._http.request("PUT", "/v1/agent/check/register", body=body))
 
-    def pass_check(self, check_id: str) -> None:
-        """Mark the TTL check as passing.
+    def pass_check(self, check_id: str, service: str | None = None) -> None:
+        """Mark the TTL check as passing; *service*, the name of the service
+        it belongs to, goes into a refusal's ACL rule.
 
         :raises SessionLost: the agent no longer knows the check (it restarted)."""
         self._call("pass check", lambda: self._http.request("PUT", f"/v1/agent/check/pass/{_quote(check_id)}"),
-                   missing=f"the agent no longer has check {check_id!r}")
+                   missing=f"the agent no longer has check {check_id!r}", key=service)
 
     def deregister_check(self, check_id: str) -> None:
         """Remove the check from the agent."""
@@ -283,20 +289,6 @@ class ConsulClient:
         """Destroy the session, releasing what it holds."""
         self._call("destroy session", lambda: self._http.request(
             "PUT", f"/v1/session/destroy/{_quote(session_id)}"))
-
-    def node_sessions(self, node: str) -> list[dict[str, Any]]:
-        """Every session of the agent's node *node*.
-
-        .. versionadded:: 0.2"""
-        return list(self._call("list sessions", lambda: self._http.request(
-            "GET", f"/v1/session/node/{_quote(node)}").json() or []))
-
-    def node_name(self) -> str:
-        """The name of the node the agent runs as.
-
-        .. versionadded:: 0.2"""
-        return str(self._call("read agent", lambda: self._http.request("GET", "/v1/agent/self").json()
-                              ["Config"]["NodeName"]))
 
     def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0,
                 delete: str | None = None) -> LockAttempt:
