@@ -697,7 +697,7 @@ class Candidate:
             session.close()
         session = Session(self.client, self.timing, f"consul-leader {self.key} {self.identity}",
                           on_error=self._report, on_lost=self._session_lost, stats=self.heartbeat_stats,
-                          clock=self._clock)
+                          clock=self._clock, meta={"identity": self.identity, "key": self.key})
         session.open()
         self._session = session
         return session

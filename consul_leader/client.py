@@ -230,7 +230,9 @@ class ConsulClient:
                  "DeregisterCriticalServiceAfter": _duration(deregister_after)}
         if notes:
             check["Notes"] = notes
-        body = {"ID": service_id, "Name": name, "Meta": meta or {}, "Check": check}
+        body: dict[str, Any] = {"ID": service_id, "Name": name, "Meta": meta or {}}
+        if ttl:
+            body["Check"] = check
         self._call("register service", lambda: self._http.request("PUT", "/v1/agent/service/register", body=body),
                    key=name)
 
@@ -247,6 +249,19 @@ class ConsulClient:
 
         .. versionadded:: 0.2"""
         return dict(self._call("list checks", lambda: self._http.request("GET", "/v1/agent/checks").json()))
+
+    def agent_services(self) -> dict[str, dict[str, Any]]:
+        """Every service instance registered on the agent, by ID.
+
+        .. versionadded:: 0.2"""
+        return dict(self._call("list services", lambda: self._http.request("GET", "/v1/agent/services").json()))
+
+    def catalog_instances(self, service: str) -> list[dict[str, Any]]:
+        """Every instance of *service* in the catalog, on every node.
+
+        .. versionadded:: 0.2"""
+        return list(self._call("list services", lambda: self._http.request(
+            "GET", f"/v1/catalog/service/{_quote(service)}").json() or [], key=service))
 
     def register_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
         """Register a node-level TTL check on the agent, already passing.

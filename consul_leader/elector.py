@@ -798,7 +798,8 @@ class Elector:
         session = Session(self.client, self.timing, f"consul-leader {self.identity} {self.prefix}",
                           on_error=self._report, stats=self.heartbeat_stats, clock=self._clock,
                           on_lost=lambda s: self._queue.put(("lost", s)),
-                          on_round=lambda t0: self._prove(made[0], t0))
+                          on_round=lambda t0: self._prove(made[0], t0),
+                          meta={"identity": self.identity, "prefix": self.prefix})
         made.append(session)
         session.open()
         # Always at the leader's rate (about one request a second): a key

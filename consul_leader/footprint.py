@@ -8,7 +8,8 @@ check stays critical for good once its process is gone. The instance is
 registered with ``DeregisterCriticalServiceAfter``, so Consul reaps what a
 crash leaves; :class:`Leftovers` removes the rest: the node-level
 ``consul-leader-*`` checks that version 0.1 registered (Consul never reaps
-them) and instances its reaper left behind.
+them), instances its reaper left behind, and instances the agent removed
+but could not remove from the catalog (their token was deleted).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ DEFAULT_DEREGISTER_AFTER = 60.0
 #: What the IDs of the instances and checks consul-leader writes start with
 #: (and the node-level checks of 0.1 did).
 ID_PREFIX = "consul-leader-"
+#: How soon to look again after a removal, for what it left in the catalog.
+_RELOOK = 5.0
 #: Consul's limit on a ``Meta`` value.
 _META_VALUE_MAX = 512
 
@@ -85,6 +88,8 @@ class _Seen:
     check_id: str
     service_id: str
     output: str
+    # In the catalog only: the agent no longer has it.
+    orphan: bool = False
 
 
 class Leftovers:
@@ -111,30 +116,41 @@ class Leftovers:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
-    def look(self, now: float, own: str | None = None) -> bool:
-        """List the agent's checks, remove the leftovers seen critical since
-        at least a window before *now*, and note the new ones. *own* is the
-        calling session's check, never a leftover.
+    def look(self, now: float, own: str) -> float | None:
+        """List the agent's checks and this service's instances, remove the
+        leftovers seen since at least a window before *now* and the orphans
+        in the catalog, and note the new ones. *own* is the calling
+        session's instance (and check), never a leftover; the catalog's copy
+        of it tells this agent's node.
 
-        :returns: True while leftovers wait for a later look."""
+        :returns: seconds until the next look is due, or None when nothing
+            waits."""
         try:
             checks = self.client.agent_checks()
+            critical = {self._key(check) for check_id, check in checks.items()
+                        if check_id != own and self._is_left(check)}
+            orphans = self._orphans(own)
         except ConsulLeaderError as exc:
             log.debug("could not list the agent's checks for leftovers: %s", exc)
-            return bool(self._seen)
-        critical = {self._key(check) for check_id, check in checks.items()
-                    if check_id != own and self._is_left(check)}
+            return self.window
         with self._lock:
             self._seen = {seen: at for seen, at in self._seen.items() if seen in critical}
             due = [seen for seen, at in self._seen.items() if now - at >= self.window]
             for seen in critical:
                 self._seen.setdefault(seen, now)
-        for seen in due:
-            if self._remove(seen):
-                with self._lock:
-                    self._seen.pop(seen, None)
+            waiting = bool(self._seen)
+        # An instance the agent no longer has is no live candidate's: it
+        # goes at once.
+        removed = [seen for seen in due + sorted(orphans or (), key=str) if self._remove(seen)]
         with self._lock:
-            return bool(self._seen)
+            for seen in removed:
+                self._seen.pop(seen, None)
+            waiting = bool(self._seen)
+        if removed:
+            # A removal made with the agent's copy of a deleted token leaves
+            # the catalog's: look again soon for that orphan.
+            return _RELOOK
+        return self.window if waiting or orphans is None else None
 
     def _is_left(self, check: dict[str, object]) -> bool:
         if check.get("Status") != "critical" or not str(check.get("CheckID", "")).startswith(ID_PREFIX):
@@ -142,13 +158,32 @@ class Leftovers:
         # A node-level check of 0.1, or an instance of ours Consul did not reap.
         return not check.get("ServiceID") or check.get("ServiceName") == self.service
 
+    def _orphans(self, own: str) -> set[_Seen] | None:
+        """Instances of this agent's node in the catalog that the agent no
+        longer has: its anti-entropy could not delete them (their token was
+        deleted), and it will not try again. None when the catalog does not
+        show *own* yet (so this agent's node is not known)."""
+        catalog = self.client.catalog_instances(self.service)
+        node = next((entry.get("Node") for entry in catalog if entry.get("ServiceID") == own), None)
+        if node is None:
+            return None
+        local = self.client.agent_services()
+        return {_Seen(str(entry["ServiceID"]), str(entry["ServiceID"]), "", orphan=True) for entry in catalog
+                if entry.get("Node") == node and str(entry.get("ServiceID", "")).startswith(ID_PREFIX)
+                and entry["ServiceID"] != own and entry["ServiceID"] not in local}
+
     @staticmethod
     def _key(check: dict[str, object]) -> _Seen:
         return _Seen(str(check["CheckID"]), str(check.get("ServiceID") or ""), str(check.get("Output") or ""))
 
     def _remove(self, seen: _Seen) -> bool:
         try:
-            if seen.service_id:
+            if seen.orphan:
+                # The agent deletes a catalog entry only for an instance it
+                # has: register it again (with this token), then remove it.
+                self.client.register_service(seen.service_id, self.service, seen.check_id, 0, deregister_after=0)
+                self.client.deregister_service(seen.service_id, self.service)
+            elif seen.service_id:
                 self.client.deregister_service(seen.service_id, self.service)
             else:
                 self.client.deregister_check(seen.check_id)

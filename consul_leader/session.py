@@ -233,8 +233,9 @@ class Session:
 
         :raises ConsulLeaderError: Consul could not be reached or refused."""
         t0 = self._clock()
-        if self._leftovers.look(t0):
-            self._look_again = t0 + self._leftovers.window
+        # Leftovers are looked for from the first heartbeat round on, once
+        # the catalog has this instance (it tells this agent's node).
+        self._look_again = t0
         instance = self.instance
         self.client.register_service(instance.id, instance.service, instance.check_id, self.timing.check_ttl,
                                      deregister_after=instance.deregister_after, meta=instance.meta,
@@ -380,8 +381,12 @@ class Session:
                 log.exception("unexpected error in the heartbeat of session %s", self.id)
             if self._look_again is not None and self._clock() >= self._look_again:
                 now = self._clock()
-                self._look_again = now + self._leftovers.window if self._leftovers.look(now, self.check_id) \
-                    else None
+                try:
+                    delay = self._leftovers.look(now, self.instance.id)
+                except Exception:  # clean-up must never end the heartbeat
+                    log.exception("unexpected error looking for what crashed candidates left")
+                    delay = None
+                self._look_again = None if delay is None else now + delay
 
     def close(self, *, destroy: bool = True) -> None:
         """Stop heart-beating, destroy the session (releasing what it holds)

@@ -30,8 +30,9 @@ from typing import Dict, Iterator, List, Set
 
 import pytest
 import requests
+from security_helpers import acl_agent, documented_policy, make_token, node_name
 
-from consul_leader import Candidate
+from consul_leader import Candidate, elected
 from consul_leader.testing import ConsulAgent, free_ports
 
 from conftest import PYTHON, python_env, wait_until
@@ -42,7 +43,7 @@ REAP_BOUND = 60 + 30 + 30
 
 CANDIDATE = """
 import sys, time
-from consul_leader import Candidate
+from consul_leader import Candidate, elected
 c = Candidate(sys.argv[1], ttl=1).start()
 c.wait_for_leadership()
 print("leading", flush=True)
@@ -51,7 +52,7 @@ time.sleep(1000)
 
 GUNICORN_APP = """
 import os
-from consul_leader import Candidate
+from consul_leader import Candidate, elected
 candidate = Candidate(os.environ["FOOTPRINT_KEY"], ttl=1).start()
 
 def app(environ, start_response):
@@ -238,3 +239,103 @@ def test_web_stayed_passing_while_the_killed_candidates_were_reaped(scene: Scene
     assert scene.web_failed_at == [], \
         f"web was not passing {len(scene.web_failed_at)} times, " \
         f"first {scene.web_failed_at[0] - scene.killed_at:.1f}s after the kills"
+
+
+# -- a token deleted under its leader ------------------------------------------------------------------------
+
+
+@dataclass
+class Revoked:
+    agent: ConsulAgent
+    instance: str
+    session: str
+    revoked_at: float
+    job_stopped_at: float
+    stopped: Candidate
+    elected_at: List[float]
+    bound: float
+
+
+@pytest.fixture(scope="session")
+def revoked() -> Iterator[Revoked]:
+    with acl_agent() as agent:
+        prefix = f"revoked/{uuid.uuid4().hex[:8]}"
+        policy = documented_policy(prefix, node_name(agent))
+        (token_a, accessor_a), (token_b, _) = make_token(agent, policy), make_token(agent, policy)
+        # Seeing this node's instances in the catalog takes node:read.
+        token_c, _ = make_token(agent, policy + f'\nnode "{node_name(agent)}" {{ policy = "read" }}\n')
+        key = f"{prefix}/leader"
+        a = Candidate(key, address=agent.address, token=token_a, ttl=1)
+        b = Candidate(key, address=agent.address, token=token_b, ttl=1)
+        elected_at: List[float] = []
+        elected.connect(lambda sender, **kw: elected_at.append(time.monotonic()), sender=b, weak=False)
+        job_stopped = threading.Event()
+        c = Candidate(f"{prefix}/other", address=agent.address, token=token_c, ttl=1)
+
+        def job(stop_event: threading.Event) -> None:
+            stop_event.wait()
+            job_stopped.set()
+
+        try:
+            a.start()
+            assert a.wait_for_leadership(30)
+            a.run(job, block=False)
+            b.start()
+            instance = next(sid for sid, s in requests.get(
+                f"{agent.url}/v1/agent/services", headers={"X-Consul-Token": agent.token or ""}, timeout=5
+            ).json().items() if s["Meta"].get("pid") == str(os.getpid()) and s["Meta"].get("key") == key)
+            session = requests.get(f"{agent.url}/v1/kv/{key}", headers={"X-Consul-Token": agent.token or ""},
+                                   timeout=5).json()[0]["Session"]
+            requests.delete(f"{agent.url}/v1/acl/token/{accessor_a}", headers={"X-Consul-Token": agent.token or ""},
+                            timeout=5).raise_for_status()
+            revoked_at = time.monotonic()
+            assert job_stopped.wait(30), "the leader's job was not stopped after its token was deleted"
+            job_stopped_at = time.monotonic()
+            a.stop()
+            # A candidate started on the agent afterwards removes what the
+            # deleted token left there and in the catalog.
+            c.start()
+            timing = b.timing
+            yield Revoked(agent, instance, session, revoked_at, job_stopped_at, a, elected_at,
+                          2 * timing.session_ttl + timing.lock_delay)
+        finally:
+            for candidate in (a, b, c):
+                candidate.stop()
+
+
+@pytest.mark.runs_first
+def test_a_leader_whose_token_is_deleted_stops_its_job_within_the_lease(revoked: Revoked) -> None:
+    assert revoked.job_stopped_at - revoked.revoked_at < revoked.stopped.timing.lease + 1.0
+
+
+@pytest.mark.runs_last
+def test_after_a_deleted_token_the_next_candidate_leads_within_twice_the_session_ttl_plus_lock_delay(
+        revoked: Revoked) -> None:
+    # The bound the docs give, plus Consul's session reaper's granularity.
+    deadline = revoked.revoked_at + revoked.bound + 5
+    while not revoked.elected_at and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert revoked.elected_at, f"nobody led within {revoked.bound + 5:g}s after the leader's token was deleted"
+    assert revoked.elected_at[0] - revoked.revoked_at <= revoked.bound + 5
+
+
+@pytest.mark.runs_last
+def test_what_a_deleted_token_left_behind_is_gone_after_the_reap_window(revoked: Revoked) -> None:
+    agent = revoked.agent
+    headers = {"X-Consul-Token": agent.token or ""}
+
+    def left() -> List[str]:
+        found = []
+        if revoked.instance in requests.get(f"{agent.url}/v1/agent/services", headers=headers, timeout=5).json():
+            found.append("agent service")
+        catalog = requests.get(f"{agent.url}/v1/catalog/service/consul-leader", headers=headers, timeout=5).json()
+        if any(s["ServiceID"] == revoked.instance for s in catalog):
+            found.append("catalog instance")
+        if requests.get(f"{agent.url}/v1/session/info/{revoked.session}", headers=headers, timeout=5).json():
+            found.append("session")
+        return found
+
+    deadline = revoked.revoked_at + REAP_BOUND
+    while left() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert left() == []
