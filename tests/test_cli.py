@@ -176,7 +176,7 @@ def test_usage_errors(key: str, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert exit_code(["--help"]) == 0
     helped = capsys.readouterr().out
-    assert "exit codes:" in helped and f"{EXIT_LOCK_HELD} with --no-wait" in helped
+    assert "exit codes:" in helped and f"  {EXIT_LOCK_HELD}       run     --no-wait: another process" in helped
 
 
 def test_consul_style_options_override_the_environment(key: str, consul_agent: ConsulAgent,
@@ -206,24 +206,50 @@ def test_watch_prints_a_line_per_leader_change(cli: Runs, key: str, make_candida
     watch.send_signal(signal.SIGTERM)
     assert watch.wait(30) == 0
     assert lines.empty()
+    # Each change once: on stdout, not again as a log line on stderr.
+    assert "first" not in cli.log("watch") and "second" not in cli.log("watch")
 
 
-def test_demo_is_delegated(cli: Runs) -> None:
+def test_demo_is_delegated_with_plain_help_and_durations(cli: Runs) -> None:
     result = cli("demo", "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: consul-leader demo")
+    assert "``" not in result.stdout and "--ttl DURATION" in result.stdout  # plain text, not reST
+    wrong = cli("demo", "--ttl", "3x")
+    assert wrong.returncode == EXIT_USAGE and "invalid duration '3x'" in wrong.stderr
 
 
-def test_every_exit_code_is_documented() -> None:
+def test_version(cli: Runs) -> None:
+    from consul_leader import __version__
+
+    for flag in ("--version", "-version"):
+        shown = cli(flag)
+        assert shown.returncode == 0 and shown.stdout == f"consul-leader {__version__}\n"
+
+
+def test_timeout_against_an_unreachable_agent_exits_69_not_75(cli: Runs, key: str) -> None:
+    port = free_ports(1)[0]  # nothing listens there
+    result = cli("run", "-timeout=2s", f"-http-addr=127.0.0.1:{port}", key, "true")
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr  # says which agent
+
+
+def test_one_table_of_exit_codes_in_help_and_docs() -> None:
     import re
 
     import consul_leader.cli as cli_module
+    from consul_leader.cli.codes import TABLE
 
     section = (Path(ROOT) / "docs" / "cli.rst").read_text().split("Exit codes\n----------", 1)[1]
     section = section.split("Replacing", 1)[0]
+    documented = dict(re.findall(r"^   \* - (\S+)\n     - (\S+)$", section, re.M))
+    documented.pop("code")  # the header row
+    assert documented == {code: commands for code, commands, _ in TABLE}
     codes = {name: value for name, value in vars(cli_module).items()
              if name.startswith("EXIT_") and isinstance(value, int)}
-    assert len(codes) >= 9
-    for name, value in codes.items():
-        assert re.search(rf"^   \* - (\d+, )?{value}\b", section, re.M), f"{name}={value} is not in docs/cli.rst"
-        assert re.search(rf"\b{value}\b", cli_module.EXIT_CODES), f"{name}={value} is not in --help"
+    assert len(codes) >= 11
+    listed = {int(c) for code, _, _ in TABLE for c in code.split("/") if c.isdigit()}
+    assert set(codes.values()) <= listed, set(codes.values()) - listed
+    assert len(set(codes.values())) == len(codes), "two exit codes with one value"
+    for code, commands, _ in TABLE:
+        assert re.search(rf"^  {re.escape(code)} +{commands} ", cli_module.EXIT_CODES, re.M), code

@@ -21,6 +21,7 @@ import requests
 from chaos.procs import wait_until
 
 from consul_leader import Candidate, get_default, set_default
+from consul_leader.cli import EXIT_NO_LEADER, EXIT_UNAVAILABLE
 from consul_leader.testing import ConsulAgent, free_ports
 
 from conftest import HERE, PYTHON, python_env
@@ -200,7 +201,17 @@ def test_runserver_child_leads_commands_defer_to_it_and_take_over_when_it_dies(p
     sent = manage(project_env, "send_report", "--wait", "30")
     assert sent.returncode == 0 and sent.stdout.startswith(f"report sent by {socket.gethostname()}:"), sent.stderr
     assert status["identity"] not in sent.stdout
-    assert "nobody leads" in manage(project_env, "leader_status").stdout  # the command released on exit
+    nobody = manage(project_env, "leader_status")  # the command released on exit
+    assert "nobody leads" in nobody.stdout
+    assert nobody.returncode == EXIT_NO_LEADER  # as consul-leader status: one table of exit codes
+
+
+def test_leader_status_exits_as_consul_leader_status_when_consul_is_unreachable(
+        project_env: Dict[str, str]) -> None:
+    project_env["CONSUL_HTTP_ADDR"] = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    unreachable = manage(project_env, "leader_status")
+    assert unreachable.returncode == EXIT_UNAVAILABLE, unreachable.stderr
+    assert "cannot read" in unreachable.stderr
 
 
 @pytest.mark.slow

@@ -275,7 +275,7 @@ class Watchdog:
             # Isolated and without site: a bare interpreter, the package not imported.
             argv = [sys.executable, "-I", "-S", script, str(theirs.fileno())]
         else:  # pragma: no cover - a zipped or frozen install
-            argv = [sys.executable, "-m", "consul_leader._watchdog", str(theirs.fileno())]
+            argv = [sys.executable, "-m", "consul_leader.cli.watchdog", str(theirs.fileno())]
         # A session of its own: what stops or kills the supervisor's process
         # group (Ctrl-Z in a terminal, kill -STOP -PGID) must not reach the
         # watchdog too, or nothing would stop the command on time.

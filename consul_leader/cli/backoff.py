@@ -1,0 +1,61 @@
+"""How long ``consul-leader run`` waits after a command that keeps exiting
+at start, before it lets the term end and runs for election again: a crash
+loop must not take and release the lock every few seconds."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+__all__ = ["CrashBackoff"]
+
+log = logging.getLogger("consul_leader")
+
+
+class CrashBackoff:
+    """Growing waits for a command that keeps exiting soon after its start.
+
+    An exit within :attr:`quick` seconds of the start counts, whatever its
+    status (a command that cannot start is one that exits at once); the
+    second such exit in a row waits :attr:`first` seconds, each further one
+    twice as long, up to :attr:`longest`. A run that lasted :attr:`quick`
+    seconds or more starts the count again. The log says so once when the
+    waits begin and once when they end (every wait at debug level).
+
+    :param what: the command, for the log.
+    """
+
+    #: An exit this soon (seconds) after the start is a failure at start.
+    quick = 10.0
+    #: The first wait, seconds.
+    first = 1.0
+    #: The longest wait, seconds.
+    longest = 60.0
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.in_a_row = 0
+        self._said = False
+
+    def after_exit(self, ran: float, code: Optional[int]) -> float:
+        """The command ended after *ran* seconds with *code* (None: it could
+        not be started): seconds to wait before the next run."""
+        if ran >= self.quick:
+            if self._said:
+                log.info("consul-leader run: %s ran %.0fs; no more waits between runs", self.what, ran)
+            self.in_a_row, self._said = 0, False
+            return 0.0
+        self.in_a_row += 1
+        if self.in_a_row < 2:
+            return 0.0
+        wait = min(self.longest, self.first * 2.0 ** (self.in_a_row - 2))
+        status = "could not be started" if code is None else f"exited with {code} after {ran:.1f}s"
+        if not self._said:
+            self._said = True
+            log.warning("consul-leader run: %s keeps exiting within %gs of its start (now: %s); keeping the lock "
+                        "%gs before stepping down, so that it is not taken and released every few seconds, twice "
+                        "as long each time up to %gs, until a run lasts %gs (said once; each wait at debug level)",
+                        self.what, self.quick, status, wait, self.longest, self.quick)
+        else:
+            log.debug("consul-leader run: %s %s; waiting %gs", self.what, status, wait)
+        return wait

@@ -1,0 +1,116 @@
+"""``consul-leader status`` and ``consul-leader watch``, and the connection
+options every sub-command shares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional
+
+from ..client import ConsulClient
+from ..config import ConsulConfig
+from ..errors import ConfigurationError
+from ..follower import Follower, LeaderInfo
+from ..validation import check_key
+from .codes import EXIT_NO_LEADER, EXIT_OK
+
+__all__ = ["connection", "status", "watch"]
+
+
+def connection(args: argparse.Namespace) -> Dict[str, Any]:
+    """Candidate/Follower keyword arguments from the connection options;
+    ConsulConfig.from_args fills the rest from the environment."""
+    if args.client_key and not args.client_cert:
+        raise ConfigurationError("-client-key needs -client-cert")
+    if args.ca_path:
+        raise ConfigurationError(f"-ca-path {args.ca_path}: a directory of CA certificates is not supported; "
+                                 "put them in one file and give it with -ca-file (or CONSUL_CACERT)")
+    if args.tls_server_name:
+        raise ConfigurationError(f"-tls-server-name {args.tls_server_name}: not supported; give -http-addr "
+                                 "https://NAME:PORT with the host name the agent's certificate names")
+    cert: Any = None
+    if args.client_cert:
+        cert = (args.client_cert, args.client_key) if args.client_key else args.client_cert
+    token = args.token
+    if token is None and args.token_file:
+        # Read where the library reads CONSUL_HTTP_TOKEN_FILE, with the same checks.
+        token = ConsulConfig.resolve(address=args.address, token_file=args.token_file).token
+    return {"address": args.address, "token": token, "datacenter": args.datacenter, "verify": args.ca_file,
+            "cert": cert}
+
+
+def _iso(unix: Optional[float]) -> Optional[str]:
+    if unix is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(unix, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None  # flags that are no time: consul lock's own, on its .lock key
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _now() -> float:
+    return datetime.now(timezone.utc).timestamp()
+
+
+def _info_dict(key: str, info: LeaderInfo) -> Dict[str, Any]:
+    return {"key": key, "leader": info.identity, "since": info.since, "since_iso": _iso(info.since),
+            "fencing_token": info.modify_index, "session": info.session}
+
+
+# -- status -----------------------------------------------------------------
+
+def status(args: argparse.Namespace, command: List[str]) -> int:
+    """``consul-leader status``: print who leads; 0 if someone does, 3 if nobody."""
+    key = check_key(args.key)
+    client = ConsulClient(ConsulConfig.from_args(**connection(args)))
+    _, entry = client.get_key(key)
+    info = LeaderInfo.from_entry(entry)
+    if args.json:
+        print(json.dumps(_info_dict(key, info)))
+    elif info.identity is None:
+        print(f"key:           {key}\nleader:        (none)")
+    else:
+        when = _iso(info.since)
+        since = "unknown" if info.since is None or when is None else f"{when} ({_now() - info.since:.1f} s ago)"
+        print(f"key:           {key}\nleader:        {info.identity}\nsince:         {since}\n"
+              f"fencing token: {info.modify_index}\nsession:       {info.session}")
+    return EXIT_OK if info.identity is not None else EXIT_NO_LEADER
+
+
+# -- watch ------------------------------------------------------------------
+
+class _Interrupted(Exception):
+    pass
+
+
+def watch(args: argparse.Namespace, command: List[str]) -> int:
+    """``consul-leader watch``: print each change of leader until SIGINT/SIGTERM; 0."""
+    follower = Follower(check_key(args.key), **connection(args))
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted()
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    follower.start()
+    try:
+        for identity in follower.changes():
+            info = follower.info()
+            if info.identity != identity:  # changed again meanwhile; the next line shows it
+                info = LeaderInfo(identity=identity)
+            if args.json:
+                print(json.dumps({"time": _iso(_now()), **_info_dict(follower.key, info)}), flush=True)
+            elif identity is None:
+                print(f"{_iso(_now())} (no leader)", flush=True)
+            else:
+                print(f"{_iso(_now())} {identity} (fencing token {info.modify_index})", flush=True)
+    except _Interrupted:
+        pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        follower.stop()
+    return EXIT_OK
+
