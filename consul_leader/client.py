@@ -34,10 +34,10 @@ from .errors import (
     SessionLost,
 )
 from .interrupt import clear_wake, interrupt, track, wake
-from .lockdelay import FreeSince, KeyEntry, LockAttempt, invalidated
+from .lockdelay import FreeSince, KeyEntry, LockAttempt, RawEntry, invalidated
 
-__all__ = ["ConsulClient", "ConsulConfig", "FreeSince", "KeyEntry", "LockAttempt", "clear_wake", "interrupt",
-           "invalidated", "wake"]
+__all__ = ["ConsulClient", "ConsulConfig", "FreeSince", "KeyEntry", "LockAttempt", "RawEntry", "clear_wake",
+           "interrupt", "invalidated", "wake"]
 
 log = logging.getLogger("consul_leader")
 
@@ -306,7 +306,7 @@ class ConsulClient:
         return self._call("release lock", unlock, key=key)
 
     def get_key(self, key: str, index: int | None = None, wait: float | None = None,
-                operation: str = "read key") -> tuple[int, KeyEntry | None]:
+                operation: str = "read key") -> tuple[int, RawEntry | None]:
         """Read *key*; with *index*, a blocking query that returns when the key
         changes past *index* or after *wait* seconds. Returns ``(index, entry)``,
         entry None when the key does not exist. *operation* names the step in
@@ -316,7 +316,7 @@ class ConsulClient:
         return int(idx), entry
 
     def get_prefix(self, prefix: str, index: int | None = None,
-                   wait: float | None = None) -> tuple[int, dict[str, KeyEntry]]:
+                   wait: float | None = None) -> tuple[int, dict[str, RawEntry]]:
         """Read every key under *prefix* in one request; with *index*, a
         blocking query that returns when any of them changes past *index* or
         after *wait* seconds. Returns ``(index, {key: entry})``, empty when

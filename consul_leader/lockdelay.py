@@ -11,11 +11,12 @@ lock-delay of its own. Pure code: no I/O, no clock of its own.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-#: A KV entry as Consul's HTTP API returns it (``Key``, ``Value``,
-#: ``Session``, ``LockIndex``, ``ModifyIndex``, ``CreateIndex``, ``Flags``).
-KeyEntry = dict[str, Any]
+from .entry import KeyEntry, RawEntry
+
+__all__ = ["FreeSince", "KeyEntry", "LockAttempt", "RawEntry", "invalidated"]
+
 
 class LockAttempt(NamedTuple):
     """What :meth:`ConsulClient.acquire` found.
@@ -48,11 +49,11 @@ class LockAttempt(NamedTuple):
         ``?stale`` read could show the key free before the leader applied
         the invalidation that set the lock-delay."""
         if self.modify_index is None or seen is None or (self.lock_index or 0) < 2 or \
-                int(seen.get("CreateIndex") or 0) != self.create_index:
+                seen.create_index != self.create_index:
             return False
-        before = int(seen.get("LockIndex") or 0)
-        holder = seen.get("Session")
-        if not holder:
+        before = seen.lock_index
+        holder = seen.session
+        if holder is None:
             return self.lock_index == before + 1
         # Ours all along (an answer lost), or released by us and taken again.
         return holder == session_id and self.lock_index in (before, before + 1)
@@ -89,7 +90,7 @@ class LockAttempt(NamedTuple):
 def invalidated(entry: KeyEntry | None) -> bool:
     """Whether *entry* is free because its holder's session was invalidated
     (it keeps the holder's value; a release empties it)."""
-    return entry is not None and not entry.get("Session") and bool(entry.get("Value"))
+    return entry is not None and entry.free and bool(entry.value)
 
 
 class FreeSince:
@@ -117,5 +118,5 @@ class FreeSince:
 
 def _mark(entry: KeyEntry) -> tuple[int, int]:
     # One free state of a key: a new lock or a re-created key changes it.
-    return int(entry.get("CreateIndex") or 0), int(entry.get("LockIndex") or 0)
+    return entry.create_index, entry.lock_index
 
