@@ -38,7 +38,7 @@ from .errors import (
 from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import LeaderInfo
 from .interrupt import interrupt
-from .job import Job, JobRunner
+from .job import LEASE_CLOCK_SLICE, Job, JobRunner
 from .lockdelay import FreeSince, LockAttempt
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
@@ -438,7 +438,11 @@ class Elector:
         self.client.limit_requests(self._lease_left)
         backoff = 0.0
         while True:
+            # In slices while a timer runs: it is on the lease clock, which
+            # moves on during a suspend while this wait does not.
             timeout = max(0.0, min(self._next_timer - self._clock(), 60.0))
+            if self._next_timer != math.inf:
+                timeout = min(timeout, LEASE_CLOCK_SLICE)
             # A new list each turn: a timer that wakes the worker with
             # nothing queued must not handle the last batch again (a term's
             # ending carried on twice released its key before its job returned).
