@@ -25,7 +25,7 @@ import tenacity
 from . import aio, decorators, process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import SitOut, after_term, held_by_another, lock_check, retry_after_lock_delay
+from .decisions import SitOut, after_term, held_by_another, lock_check, released_entry, retry_after_lock_delay
 from .entry import KeyEntry
 from .errors import (
     ConfigurationTypeError,
@@ -76,12 +76,14 @@ _SUCCESSOR_WAIT = 0.1
 
 
 class _Term:
-    __slots__ = ("session", "fencing_token", "lock_index", "started", "reason", "runner")
+    __slots__ = ("session", "fencing_token", "lock_index", "create_index", "started", "reason", "runner")
 
-    def __init__(self, session: Session, fencing_token: int, lock_index: int, started: float) -> None:
+    def __init__(self, session: Session, attempt: LockAttempt, started: float) -> None:
+        assert attempt.modify_index is not None
         self.session = session
-        self.fencing_token = fencing_token
-        self.lock_index = lock_index
+        self.fencing_token = attempt.modify_index
+        self.lock_index = attempt.lock_index or 0
+        self.create_index = attempt.create_index or 0
         self.started = started
         #: Set by whoever ends the term first (resign, stop, the job, the watchdog).
         self.reason: Reason | None = None
@@ -807,7 +809,7 @@ class Candidate:
             return  # lost between the acquisition and the check: no term
         watch = KeyWatch(self.client, self.key)
         watch.index = attempt.modify_index  # block from our acquisition on
-        term = _Term(session, attempt.modify_index, attempt.lock_index or 0, self._clock())
+        term = _Term(session, attempt, self._clock())
         with self._state_lock:
             if self._stopping.is_set():
                 # stop() ran while we were acquiring: it found no term to end.
@@ -921,11 +923,12 @@ class Candidate:
             self._dispatcher.flush(f"the deposed receivers of {self.identity}")
             self._notify()
             if after.release:
-                self._release(session, reason)
+                self._release(term, reason)
         finally:
             self._ending = False
 
-    def _release(self, session: Session, reason: Reason) -> None:
+    def _release(self, term: _Term, reason: Reason) -> None:
+        session = term.session
         assert session.id is not None
         for attempt in (1, 2):
             clear_wake()  # a wake meant for the term's watch must not fail its release
@@ -934,6 +937,8 @@ class Candidate:
                 if self._released_at is None and reason.voluntary:
                     log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
                                 session.id)
+                elif self._released_at is not None:
+                    self._seen = released_entry(self.key, term.lock_index, term.create_index, self._released_at)
                 return
             except ConsulUnavailable as exc:
                 if attempt == 2:

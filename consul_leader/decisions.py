@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from .entry import KeyEntry
 from .events import Reason
 
-__all__ = ["AfterTerm", "SitOut", "after_term", "held_by_another", "lock_check", "retry_after_lock_delay"]
+__all__ = ["AfterTerm", "SitOut", "after_term", "held_by_another", "lock_check", "released_entry",
+           "retry_after_lock_delay"]
 
 
 def lock_check(entry: KeyEntry | None, session_id: str, identity: str) -> Reason | None:
@@ -103,3 +104,19 @@ def retry_after_lock_delay(now: float, lock_delay: float) -> float:
     lock-delay runs: it started no earlier than now's refusal minus the
     lock-delay, so it is surely over one lock-delay from *now*."""
     return now + lock_delay
+
+
+def released_entry(key: str, lock_index: int, create_index: int, modify_index: int) -> KeyEntry:
+    """The key as a holder's own release left it: free, its lock count that
+    of the released term, at the release's index.
+
+    A participant that released a key after its term (its job joined, its
+    ``deposed`` receivers done) has seen it free: its next lock follows
+    this, and is led at once, unless someone else took the key in between.
+    Without it, the last read it has is older than its own term, and its
+    next lock would be held a whole lock-delay with nobody leading.
+
+    :param lock_index: the released term's LockIndex.
+    :param create_index: the key's CreateIndex in that term.
+    :param modify_index: the key's ModifyIndex the release answered."""
+    return KeyEntry(key=key, lock_index=lock_index, create_index=create_index, modify_index=modify_index)

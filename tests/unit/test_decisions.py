@@ -8,7 +8,14 @@ from typing import Optional
 import pytest
 
 from consul_leader import Reason
-from consul_leader.decisions import SitOut, after_term, held_by_another, lock_check, retry_after_lock_delay
+from consul_leader.decisions import (
+    SitOut,
+    after_term,
+    held_by_another,
+    lock_check,
+    released_entry,
+    retry_after_lock_delay,
+)
 from consul_leader.entry import KeyEntry
 from consul_leader.follower import LeaderInfo
 from consul_leader.lockdelay import FreeSince, LockAttempt, invalidated
@@ -168,3 +175,15 @@ def test_when_a_sit_out_is_over(seen: Optional[KeyEntry], now: float, over: bool
 
 def test_a_refusal_for_a_lock_delay_is_retried_one_lock_delay_later() -> None:
     assert retry_after_lock_delay(100.0, DELAY) == 103.0
+
+
+@pytest.mark.parametrize("attempt, follows", [
+    (taken(8), True),                       # our next lock, right after our release
+    (taken(9), False),                      # someone took and lost it in between
+    (taken(8, create_index=11), False),     # re-created in between
+])
+def test_a_holders_own_release_is_a_free_key_its_next_lock_follows(attempt: LockAttempt, follows: bool) -> None:
+    released = released_entry("svc/leader", lock_index=7, create_index=10, modify_index=60)
+    assert released.free and not invalidated(released)
+    assert attempt.follows(released, OURS) is follows
+    assert attempt.hold_off(released, OURS, None, 100.0, DELAY)[0] == (0.0 if follows else DELAY)
