@@ -198,7 +198,15 @@ class Candidacy:
         return signals.connect_for(signals.deposed, func, self)
 
     def _after_fork_in_child(self) -> None:
-        pass  # the elector forgets everything
+        pass  # the elector forgets everything (see _forget_parent)
+
+    def _forget_parent(self) -> None:
+        # In a forked child, from the elector's own after-fork step.
+        self._term = None
+        self._delay_wait = None
+        self._state = "idle"
+        self._events = Broadcast()
+        self._events.close()
 
 
 class Elector:
@@ -945,10 +953,24 @@ class Elector:
         self._dispatcher.call(self._notify)
 
     def _after_fork_in_child(self) -> None:
-        # The threads and the session are the parent's: forget them without a request.
+        # Only the forking thread lives on in the child: the others may have
+        # held the lock or been half-way through the queue or the dispatcher
+        # at the fork, and would hold them for ever. Everything that
+        # coordinates threads is made anew; the session, the terms and the
+        # lock-delay waits are the parent's and are forgotten without a
+        # request, so the child leads nothing, releases nothing, and its
+        # stop() returns at once.
         if self._session is not None:
             self._session.abandon()
-        self._state = "stopped"
+        self._session = None
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._queue = queue.SimpleQueue()
+        self._stopping = threading.Event()
         self._stopping.set()
+        self._worker = self._watch = None
+        self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
+        self._state = "stopped"
+        self.client = ConsulClient(self.client.config)
         for candidacy in self._candidacies.values():
-            candidacy._term = None
+            candidacy._forget_parent()
