@@ -43,7 +43,7 @@ from .health import Health
 from .interrupt import clear_wake, interrupt, wake
 from .job import Job, JobRunner
 from .line import WaitingLine
-from .lockdelay import FreeSince, LockAttempt
+from .lockdelay import FreeSince, LockAttempt, release_mark
 from .process import stop_on_signals
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
@@ -600,7 +600,8 @@ class Candidate:
         if self._unreleased is not None:
             if self._unreleased is session:
                 assert session.id is not None
-                self._released_at = self.client.unlock(self.key, session.id)  # raises: retried with backoff
+                # Raises: retried with backoff.
+                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id))
             self._unreleased = None
         if self._sit_out is not None:
             sit_out = self._sit_out
@@ -933,12 +934,13 @@ class Candidate:
         for attempt in (1, 2):
             clear_wake()  # a wake meant for the term's watch must not fail its release
             try:
-                self._released_at = self.client.unlock(self.key, session.id)
+                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id))
                 if self._released_at is None and reason.voluntary:
                     log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
                                 session.id)
                 elif self._released_at is not None:
-                    self._seen = released_entry(self.key, term.lock_index, term.create_index, self._released_at)
+                    self._seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
+                                                self._released_at)
                 return
             except ConsulUnavailable as exc:
                 if attempt == 2:

@@ -277,19 +277,21 @@ class ConsulClient:
 
         return self._call("acquire lock", lock, missing=f"session {session_id} no longer exists", key=key)
 
-    def release(self, key: str, session_id: str) -> bool:
-        """Release the lock on *key* if the session holds it."""
-        return bool(self._call("release lock", lambda: self._consul.kv.put(key, None, release=session_id),
+    def release(self, key: str, session_id: str, value: bytes | None = None) -> bool:
+        """Release the lock on *key* if the session holds it, writing *value*
+        (None: an empty value)."""
+        return bool(self._call("release lock", lambda: self._consul.kv.put(key, value, release=session_id),
                                key=key))
 
-    def unlock(self, key: str, session_id: str) -> int | None:
-        """Release the lock on *key* if the session holds it, in a
-        transaction that answers the key's ModifyIndex after the release (so
-        the releaser can block on the key from there without reading it
-        again). None if the session did not hold it.
+    def unlock(self, key: str, session_id: str, value: bytes = b"") -> int | None:
+        """Release the lock on *key* if the session holds it, writing
+        *value*, in a transaction that answers the key's ModifyIndex after
+        the release (so the releaser can block on the key from there without
+        reading it again). None if the session did not hold it.
 
         .. versionadded:: 0.2"""
-        operations = [{"KV": {"Verb": "unlock", "Key": key, "Session": session_id}}]
+        operations = [{"KV": {"Verb": "unlock", "Key": key, "Session": session_id,
+                              "Value": base64.b64encode(value).decode("ascii")}}]
 
         def unlock() -> int | None:
             try:

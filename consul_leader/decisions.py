@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .entry import KeyEntry
 from .events import Reason
+from .lockdelay import release_mark
 
 __all__ = ["AfterTerm", "SitOut", "after_term", "held_by_another", "lock_check", "released_entry",
            "retry_after_lock_delay"]
@@ -106,7 +107,7 @@ def retry_after_lock_delay(now: float, lock_delay: float) -> float:
     return now + lock_delay
 
 
-def released_entry(key: str, lock_index: int, create_index: int, modify_index: int) -> KeyEntry:
+def released_entry(key: str, session_id: str, lock_index: int, create_index: int, modify_index: int) -> KeyEntry:
     """The key as a holder's own release left it: free, its lock count that
     of the released term, at the release's index.
 
@@ -116,7 +117,9 @@ def released_entry(key: str, lock_index: int, create_index: int, modify_index: i
     Without it, the last read it has is older than its own term, and its
     next lock would be held a whole lock-delay with nobody leading.
 
+    :param session_id: the released session.
     :param lock_index: the released term's LockIndex.
     :param create_index: the key's CreateIndex in that term.
     :param modify_index: the key's ModifyIndex the release answered."""
-    return KeyEntry(key=key, lock_index=lock_index, create_index=create_index, modify_index=modify_index)
+    return KeyEntry(key=key, value=release_mark(session_id), lock_index=lock_index, create_index=create_index,
+                    modify_index=modify_index)

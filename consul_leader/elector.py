@@ -39,7 +39,7 @@ from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import LeaderInfo
 from .interrupt import interrupt
 from .job import LEASE_CLOCK_SLICE, Job, JobRunner
-from .lockdelay import FreeSince, LockAttempt
+from .lockdelay import FreeSince, LockAttempt, release_mark
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .validation import check_bool, check_identity, check_job, check_key, check_number, check_timeout
@@ -611,7 +611,7 @@ class Elector:
         session = self._session
         if session is not None and session.id is not None and not session.lost.is_set() and \
                 not self._stopping.is_set():
-            self.client.release(candidacy.key, session.id)
+            self.client.release(candidacy.key, session.id, release_mark(session.id))
         self._forget(candidacy)
 
     def _drop_delay_wait(self, candidacy: Candidacy) -> None:
@@ -746,7 +746,7 @@ class Elector:
             # the step-down meant, rather than lead it again after the
             # sit-out (nobody could take it meanwhile).
             assert entry is not None and own is not None
-            self.client.release(candidacy.key, own)  # a failure is retried by the worker's next turn
+            self.client.release(candidacy.key, own, release_mark(own))  # a failure is retried by the worker's next turn
             candidacy._released = entry.modify_index
             return math.inf
         if candidacy._sit_out is not None:
@@ -935,7 +935,7 @@ class Elector:
         after = after_term(reason, term.lock_index, self._clock(), self.timing.check_ttl)
         if after.release and not term.session.lost.is_set():
             try:
-                self.client.release(candidacy.key, term.session.id)
+                self.client.release(candidacy.key, term.session.id, release_mark(term.session.id))
             except ConsulLeaderError as exc:
                 # The session lives on for the other keys: the key is taken
                 # back and led again, or, withdrawn, released again.

@@ -18,7 +18,7 @@ from consul_leader.decisions import (
 )
 from consul_leader.entry import KeyEntry
 from consul_leader.follower import LeaderInfo
-from consul_leader.lockdelay import FreeSince, LockAttempt, invalidated
+from consul_leader.lockdelay import FreeSince, LockAttempt, invalidated, release_mark, released_by_holder
 
 OURS = "session-ours"
 OTHER = "session-other"
@@ -29,6 +29,11 @@ def entry(session: Optional[str] = None, lock_index: int = 4, create_index: int 
           modify_index: int = 50) -> KeyEntry:
     return KeyEntry(key="svc/leader", value=value, session=session, lock_index=lock_index,
                     modify_index=modify_index, create_index=create_index)
+
+
+def released(lock_index: int = 4, create_index: int = 10, by: str = OTHER) -> KeyEntry:
+    """The key as its holder's own release left it."""
+    return entry(lock_index=lock_index, create_index=create_index, value=release_mark(by))
 
 
 def taken(lock_index: int, create_index: int = 10) -> LockAttempt:
@@ -64,9 +69,11 @@ def test_leader_info_reads_a_parsed_entry_and_a_raw_one_alike() -> None:
 # -- whether a lock follows what was seen --------------------------------------
 
 @pytest.mark.parametrize("seen, attempt, follows", [
-    (entry(lock_index=4), taken(5), True),                           # the next lock after a free key
-    (entry(lock_index=4), taken(6), False),                          # someone took and lost it in between
-    (entry(lock_index=4, create_index=11), taken(5), False),         # the key was re-created in between
+    (released(lock_index=4), taken(5), True),                        # the next lock after the holder's release
+    (entry(lock_index=4, value=b"h"), taken(5), True),               # ... after an invalidation
+    (entry(lock_index=4), taken(5), False),                          # ... after someone else's release
+    (released(lock_index=4), taken(6), False),                       # someone took and lost it in between
+    (released(lock_index=4, create_index=11), taken(5), False),      # the key was re-created in between
     (entry(session=OTHER, lock_index=4), taken(5), False),           # taken while another held it
     (entry(session=OURS, lock_index=4), taken(4), True),             # ours all along (an answer lost)
     (entry(session=OURS, lock_index=4), taken(5), True),             # released by us and taken again
@@ -74,7 +81,8 @@ def test_leader_info_reads_a_parsed_entry_and_a_raw_one_alike() -> None:
     (None, taken(5), False),                                         # never read
     (entry(lock_index=0), taken(1), False),                          # a key's first lock follows nothing
     (entry(lock_index=4), LockAttempt(None, delayed=True), False),   # not taken at all
-], ids=["next", "skipped-one", "recreated", "held-by-other", "ours-lost-answer", "ours-again", "ours-skipped",
+], ids=["next", "next-invalidated", "released-by-another", "skipped-one", "recreated", "held-by-other",
+        "ours-lost-answer", "ours-again", "ours-skipped",
         "unseen", "first-lock", "not-taken"])
 def test_whether_a_lock_follows_the_key_as_seen(seen: Optional[KeyEntry], attempt: LockAttempt,
                                                  follows: bool) -> None:
@@ -84,14 +92,15 @@ def test_whether_a_lock_follows_the_key_as_seen(seen: Optional[KeyEntry], attemp
 # -- how long to hold a lock before leading it ----------------------------------
 
 @pytest.mark.parametrize("seen, attempt, seen_free_at, now, hold", [
-    (entry(lock_index=4), taken(5), None, 100.0, 0.0),                       # a clean handover
+    (released(lock_index=4), taken(5), None, 100.0, 0.0),                    # a clean handover
+    (entry(lock_index=4), taken(5), None, 100.0, DELAY),                     # released by someone else
     (entry(session=OTHER), taken(5), None, 100.0, DELAY),                    # not seen free: one lock-delay
     (entry(lock_index=0), taken(1), None, 100.0, DELAY),                     # the first holder
     (entry(value=b"host:1"), taken(5), 99.0, 100.0, DELAY - 1.0),            # invalidated, seen free 1 s ago
     (entry(value=b"host:1"), taken(5), 90.0, 100.0, 0.0),                    # ... long ago
     (entry(value=b"host:1"), taken(5), None, 100.0, DELAY),                  # ... just now
-], ids=["handover", "unseen-free", "first-holder", "invalidated-recently", "invalidated-long-ago",
-        "invalidated-now"])
+], ids=["handover", "released-by-another", "unseen-free", "first-holder", "invalidated-recently",
+        "invalidated-long-ago", "invalidated-now"])
 def test_how_long_a_lock_is_held_before_it_is_led(seen: KeyEntry, attempt: LockAttempt,
                                                   seen_free_at: Optional[float], now: float, hold: float) -> None:
     held, why = attempt.hold_off(seen, OURS, seen_free_at, now, DELAY)
@@ -101,7 +110,8 @@ def test_how_long_a_lock_is_held_before_it_is_led(seen: KeyEntry, attempt: LockA
 
 @pytest.mark.parametrize("seen, result", [
     (None, False),
-    (entry(), False),                                   # released: the value emptied
+    (entry(), False),                                   # released by someone else: no value
+    (released(), False),                                # released by its holder
     (entry(value=b"host:1"), True),                     # free, the last holder's value left in place
     (entry(session=OTHER, value=b"host:1"), False),     # held
 ])
@@ -118,7 +128,7 @@ def test_free_since_remembers_the_first_sight_of_one_free_state() -> None:
     again = entry(value=b"host:2", lock_index=5)  # taken and invalidated once more
     free_since.see(again, 20.0)
     assert (free_since.of(again), free_since.of(first)) == (20.0, None)
-    free_since.see(entry(lock_index=6), 30.0)  # a release is not an invalidation: nothing to remember
+    free_since.see(released(lock_index=6), 30.0)  # a release is not an invalidation: nothing to remember
     assert free_since.of(again) == 20.0
 
 
@@ -183,7 +193,18 @@ def test_a_refusal_for_a_lock_delay_is_retried_one_lock_delay_later() -> None:
     (taken(8, create_index=11), False),     # re-created in between
 ])
 def test_a_holders_own_release_is_a_free_key_its_next_lock_follows(attempt: LockAttempt, follows: bool) -> None:
-    released = released_entry("svc/leader", lock_index=7, create_index=10, modify_index=60)
-    assert released.free and not invalidated(released)
-    assert attempt.follows(released, OURS) is follows
-    assert attempt.hold_off(released, OURS, None, 100.0, DELAY)[0] == (0.0 if follows else DELAY)
+    ours = released_entry("svc/leader", OURS, lock_index=7, create_index=10, modify_index=60)
+    assert ours.free and released_by_holder(ours) and not invalidated(ours)
+    assert attempt.follows(ours, OURS) is follows
+    assert attempt.hold_off(ours, OURS, None, 100.0, DELAY)[0] == (0.0 if follows else DELAY)
+
+
+@pytest.mark.parametrize("seen, result", [
+    (released(), True),
+    (entry(), False),                                          # someone else's ?release=, no value
+    (entry(value=b"someone"), False),                          # ... with a value: taken for an invalidation
+    (entry(session=OTHER, value=release_mark(OTHER)), False),  # held again
+    (None, False),
+])
+def test_which_free_entries_the_holder_released_itself(seen: Optional[KeyEntry], result: bool) -> None:
+    assert released_by_holder(seen) is result
