@@ -32,10 +32,10 @@ from .errors import (
     SessionLost,
 )
 from .interrupt import clear_wake, interrupt, track, wake
-from .lockdelay import FreeSince, KeyEntry, LockAttempt, invalidated
+from .lockdelay import FreeSince, KeyEntry, LockAttempt, RawEntry, invalidated
 
-__all__ = ["ConsulClient", "ConsulConfig", "FreeSince", "KeyEntry", "LockAttempt", "clear_wake", "interrupt",
-           "invalidated", "wake"]
+__all__ = ["ConsulClient", "ConsulConfig", "FreeSince", "KeyEntry", "LockAttempt", "RawEntry", "clear_wake",
+           "interrupt", "invalidated", "wake"]
 
 log = logging.getLogger("consul_leader")
 
@@ -338,19 +338,21 @@ class ConsulClient:
 
         return self._call("acquire lock", lock, missing=f"session {session_id} no longer exists", key=key)
 
-    def release(self, key: str, session_id: str) -> bool:
-        """Release the lock on *key* if the session holds it."""
+    def release(self, key: str, session_id: str, value: bytes | None = None) -> bool:
+        """Release the lock on *key* if the session holds it, writing *value*
+        (None: an empty value)."""
         return bool(self._call("release lock", lambda: self._http.request(
-            "PUT", _kv_path(key), {"release": session_id}).json(), key=key))
+            "PUT", _kv_path(key), {"release": session_id}, body=value).json(), key=key))
 
-    def unlock(self, key: str, session_id: str) -> int | None:
-        """Release the lock on *key* if the session holds it, in a
-        transaction that answers the key's ModifyIndex after the release (so
-        the releaser can block on the key from there without reading it
-        again). None if the session did not hold it.
+    def unlock(self, key: str, session_id: str, value: bytes = b"") -> int | None:
+        """Release the lock on *key* if the session holds it, writing
+        *value*, in a transaction that answers the key's ModifyIndex after
+        the release (so the releaser can block on the key from there without
+        reading it again). None if the session did not hold it.
 
         .. versionadded:: 0.2"""
-        operations = [{"KV": {"Verb": "unlock", "Key": key, "Session": session_id}}]
+        operations = [{"KV": {"Verb": "unlock", "Key": key, "Session": session_id,
+                              "Value": base64.b64encode(value).decode("ascii")}}]
 
         def unlock() -> int | None:
             status, result = self._txn(operations)
@@ -363,7 +365,7 @@ class ConsulClient:
         return self._call("release lock", unlock, key=key)
 
     def get_key(self, key: str, index: int | None = None, wait: float | None = None,
-                operation: str = "read key") -> tuple[int, KeyEntry | None]:
+                operation: str = "read key") -> tuple[int, RawEntry | None]:
         """Read *key*; with *index*, a blocking query that returns when the key
         changes past *index* or after *wait* seconds. Returns ``(index, entry)``,
         entry None when the key does not exist. *operation* names the step in
@@ -372,7 +374,7 @@ class ConsulClient:
         return idx, entries[0] if entries else None
 
     def get_prefix(self, prefix: str, index: int | None = None,
-                   wait: float | None = None) -> tuple[int, dict[str, KeyEntry]]:
+                   wait: float | None = None) -> tuple[int, dict[str, RawEntry]]:
         """Read every key under *prefix* in one request; with *index*, a
         blocking query that returns when any of them changes past *index* or
         after *wait* seconds. Returns ``(index, {key: entry})``, empty when
@@ -383,7 +385,7 @@ class ConsulClient:
         return idx, {entry["Key"]: entry for entry in entries}
 
     def _read(self, key: str, params: dict[str, Any], index: int | None,
-              wait: float | None) -> tuple[int, list[KeyEntry]]:
+              wait: float | None) -> tuple[int, list[RawEntry]]:
         if index:
             params["index"] = index
             if wait:
@@ -394,7 +396,7 @@ class ConsulClient:
         idx = int(response.headers.get("X-Consul-Index") or 0)
         if response.status_code == 404:
             return idx, []
-        entries: list[KeyEntry] = response.json() or []
+        entries: list[RawEntry] = response.json() or []
         for entry in entries:
             if entry.get("Value") is not None:
                 entry["Value"] = base64.b64decode(entry["Value"])

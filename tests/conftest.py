@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from consul_leader import Candidate
+from consul_leader.lockdelay import release_mark
 from consul_leader.testing import ConsulAgent
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,7 +53,7 @@ def prime_key(url: str, key: str) -> None:
     sid = requests.put(f"{url}/v1/session/create", json={"LockDelay": "0s"}, timeout=5).json()["ID"]
     try:
         assert requests.put(f"{url}/v1/kv/{key}?acquire={sid}", data=b"", timeout=5).json() is True
-        requests.put(f"{url}/v1/kv/{key}?release={sid}", timeout=5).raise_for_status()
+        requests.put(f"{url}/v1/kv/{key}?release={sid}", data=release_mark(sid), timeout=5).raise_for_status()
     finally:
         requests.put(f"{url}/v1/session/destroy/{sid}", timeout=5)
 
