@@ -25,6 +25,8 @@ import tenacity
 from . import aio, decorators, process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
+from .decisions import SitOut, after_term, held_by_another, lock_check, released_entry, retry_after_lock_delay
+from .entry import KeyEntry
 from .errors import (
     ConfigurationTypeError,
     ConsulLeaderError,
@@ -41,7 +43,7 @@ from .health import Health
 from .interrupt import clear_wake, interrupt, wake
 from .job import Job, JobRunner
 from .line import WaitingLine
-from .lockdelay import FreeSince, KeyEntry, LockAttempt
+from .lockdelay import FreeSince, LockAttempt, release_mark
 from .process import stop_on_signals
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
@@ -74,12 +76,14 @@ _SUCCESSOR_WAIT = 0.1
 
 
 class _Term:
-    __slots__ = ("session", "fencing_token", "lock_index", "started", "reason", "runner")
+    __slots__ = ("session", "fencing_token", "lock_index", "create_index", "started", "reason", "runner")
 
-    def __init__(self, session: Session, fencing_token: int, lock_index: int, started: float) -> None:
+    def __init__(self, session: Session, attempt: LockAttempt, started: float) -> None:
+        assert attempt.modify_index is not None
         self.session = session
-        self.fencing_token = fencing_token
-        self.lock_index = lock_index
+        self.fencing_token = attempt.modify_index
+        self.lock_index = attempt.lock_index or 0
+        self.create_index = attempt.create_index or 0
         self.started = started
         #: Set by whoever ends the term first (resign, stop, the job, the watchdog).
         self.reason: Reason | None = None
@@ -176,7 +180,7 @@ class Candidate:
         self._observed = LeaderInfo()  # the leader as the key last showed it
         # After stepping down: sit out until then, or until the key's
         # LockIndex passes the one of our term (someone else took it since).
-        self._sit_out: tuple[float, int] | None = None
+        self._sit_out: SitOut | None = None
         # The key's ModifyIndex our last release left (None: nothing released
         # since): the sit-out blocks from there, and stop() waits there for
         # a successor before cleaning up.
@@ -596,19 +600,20 @@ class Candidate:
         if self._unreleased is not None:
             if self._unreleased is session:
                 assert session.id is not None
-                self._released_at = self.client.unlock(self.key, session.id)  # raises: retried with backoff
+                # Raises: retried with backoff.
+                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id))
             self._unreleased = None
         if self._sit_out is not None:
-            until, lock_index = self._sit_out
+            sit_out = self._sit_out
             log.debug("%s sits out until someone else leads %r or %.1fs pass", self.identity, self.key,
-                      until - self._clock())
+                      sit_out.until - self._clock())
             watch = KeyWatch(self.client, self.key)
             released_at, self._released_at = self._released_at, None
             if released_at is not None:
                 # Block from our own release on: no read of the key while
                 # the others hand it over among themselves.
                 watch.index = released_at
-            self._wait(watch, hold_off_until=until, after_lock_index=lock_index)
+            self._wait(watch, hold_off_until=sit_out.until, sit_out=sit_out)
             self._sit_out = None
             if self.wait:
                 # To the end of the line, even if the lock is free: those
@@ -620,7 +625,7 @@ class Candidate:
             # Consul takes keys in a transaction's body that it refuses in a
             # URL (characters newer than its Unicode tables): find out before
             # leading, since watching needs the URL. RequestRejected is final.
-            self._observe(self.client.get_key(self.key, operation="acquire lock")[1])
+            self._observe(KeyEntry.parse_optional(self.client.get_key(self.key, operation="acquire lock")[1]))
             self._key_checked = True
         assert session.id is not None
         since_ms = int(time.time() * 1000)  # wall clock: shown to people as "leader since"
@@ -647,13 +652,13 @@ class Candidate:
             log.debug("%s: a lock-delay runs on %r; trying again within %gs", self.identity, self.key,
                       self.timing.lock_delay)
             watch = KeyWatch(self.client, self.key)
-            self._wait(watch, hold_off_until=self._clock() + self.timing.lock_delay)
+            self._wait(watch, hold_off_until=retry_after_lock_delay(self._clock(), self.timing.lock_delay))
             self._wait_if_held(watch)
             return
         watch = KeyWatch(self.client, self.key)
         entry = watch.read()
         self._observe(entry)
-        if entry is None or not entry.get("Session"):
+        if entry is None or entry.free:
             return  # held a moment ago, free now: the holder let go in between; try again at once
         # Seen free, tried, and someone else was faster: a crowd waits on
         # this key. Next time, let the others go first (see _wait).
@@ -675,7 +680,7 @@ class Candidate:
             assert session.id is not None
             try:
                 line.wait_turn(session.id, lambda: self._stopping.is_set() or session.lost.is_set(),
-                               look=lambda: self._observe(self.client.get_key(self.key)[1]),
+                               look=lambda: self._observe(KeyEntry.parse_optional(self.client.get_key(self.key)[1])),
                                wait=min(_IDLE_WAIT, max(5.0, 3 * self.timing.check_ttl)))
             except SessionLost:
                 session.lost.set()
@@ -697,7 +702,7 @@ class Candidate:
             session.close()
         session = Session(self.client, self.timing, f"consul-leader {self.key} {self.identity}",
                           on_error=self._report, on_lost=self._session_lost, stats=self.heartbeat_stats,
-                          clock=self._clock)
+                          clock=self._clock, meta={"identity": self.identity, "key": self.key})
         session.open()
         self._session = session
         return session
@@ -722,14 +727,13 @@ class Candidate:
                      extra=self._log_fields("leader_changed", leader=identity))
             self._dispatcher.send_latest(signals.leader_changed, self, leader=identity)
 
-    def _wait(self, watch: KeyWatch, hold_off_until: float | None = None,
-              after_lock_index: int | None = None) -> None:
+    def _wait(self, watch: KeyWatch, hold_off_until: float | None = None, sit_out: SitOut | None = None) -> None:
         """Block on the key (blocking queries, never a sleep loop) until it is
         free and no hold-off runs. While a hold-off runs (a lock-delay, a
         sit-out after stepping down), return as soon as another candidate
         holds the lock, so that the next round waits for that one instead; a
-        sit-out also ends once the key's LockIndex passed *after_lock_index*
-        (someone else took the lock since, even if they let it go again)."""
+        *sit_out* also ends once someone else took the lock since (see
+        :meth:`SitOut.over <consul_leader.decisions.SitOut.over>`)."""
         entry = watch.entry if watch.index else watch.read()
         self._observe(entry)
         staggered = False
@@ -748,8 +752,7 @@ class Candidate:
             else:
                 if held or now >= hold_off_until:
                     return
-                if (after_lock_index is not None and entry is not None
-                        and int(entry.get("LockIndex") or 0) > after_lock_index):
+                if sit_out is not None and sit_out.taken_since(entry):
                     return
             wait = _IDLE_WAIT if hold_off_until is None else max(hold_off_until - now, 0.01)
             try:
@@ -771,14 +774,9 @@ class Candidate:
             self._wait(watch)
 
     def _held_by_another(self, entry: KeyEntry | None) -> bool:
-        """Whether another session holds the lock. Our own session holding it
-        while no term has it (an acquisition whose answer was lost, refused
-        when taken again because a lock-delay runs): taking it again is the
-        only way it ever becomes free or led."""
-        holder = entry.get("Session") if entry is not None else None
+        """Whether another session holds the lock (see :func:`~consul_leader.decisions.held_by_another`)."""
         session = self._session
-        own = session.id if session is not None and not session.lost.is_set() else None
-        return bool(holder) and holder != own
+        return held_by_another(entry, session.id if session is not None and not session.lost.is_set() else None)
 
     def _stagger(self) -> float:
         """How long a waiter that lost the last race lets the others go
@@ -812,7 +810,7 @@ class Candidate:
             return  # lost between the acquisition and the check: no term
         watch = KeyWatch(self.client, self.key)
         watch.index = attempt.modify_index  # block from our acquisition on
-        term = _Term(session, attempt.modify_index, attempt.lock_index or 0, self._clock())
+        term = _Term(session, attempt, self._clock())
         with self._state_lock:
             if self._stopping.is_set():
                 # stop() ran while we were acquiring: it found no term to end.
@@ -888,10 +886,10 @@ class Candidate:
                 continue
             if term.reason is not None:
                 return term.reason
-            if entry is None or entry.get("Session") != session.id:
-                return Reason.LOCK_LOST
-            if entry.get("Value") != self.identity.encode("utf-8"):
-                return Reason.KEY_OVERWRITTEN
+            assert session.id is not None
+            lost = lock_check(entry, session.id, self.identity)
+            if lost is not None:
+                return lost
 
     def _end_term(self, term: _Term, reason: Reason) -> None:
         """The one way out of a term: leadership off, the job stopped and
@@ -911,8 +909,9 @@ class Candidate:
                 runner.stop()
                 runner.join()  # the next term's work must not start beside this one's
             self._runner = None
-            if reason.voluntary:
-                self._sit_out = (self._clock() + self.timing.check_ttl, term.lock_index)
+            after = after_term(reason, term.lock_index, self._clock(), self.timing.check_ttl)
+            if after.sit_out is not None:
+                self._sit_out = after.sit_out
             fields = self._log_fields("deposed", fencing_token=term.fencing_token, reason=str(reason))
             if reason.deposed:
                 log.warning("%s deposed as leader of %r: %s", self.identity, self.key, reason, extra=fields)
@@ -924,20 +923,24 @@ class Candidate:
             # finish before anyone else can start it.
             self._dispatcher.flush(f"the deposed receivers of {self.identity}")
             self._notify()
-            if reason.must_release:
-                self._release(session, reason)
+            if after.release:
+                self._release(term, reason)
         finally:
             self._ending = False
 
-    def _release(self, session: Session, reason: Reason) -> None:
+    def _release(self, term: _Term, reason: Reason) -> None:
+        session = term.session
         assert session.id is not None
         for attempt in (1, 2):
             clear_wake()  # a wake meant for the term's watch must not fail its release
             try:
-                self._released_at = self.client.unlock(self.key, session.id)
+                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id))
                 if self._released_at is None and reason.voluntary:
                     log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
                                 session.id)
+                elif self._released_at is not None:
+                    self._seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
+                                                self._released_at)
                 return
             except ConsulUnavailable as exc:
                 if attempt == 2:

@@ -1,9 +1,10 @@
 """The one module that talks HTTP to Consul.
 
-It builds a py-consul client from arguments or the consul CLI's environment
-variables, gives every thread (and every forked process) its own
-``requests.Session``, bounds every request by a timeout, and translates what
-goes wrong into the exceptions of :mod:`consul_leader.errors`. Everything
+It sends requests through ``requests`` alone (no ``consul`` module: the
+three distributions that install it disagree, and pip mixes their files),
+gives every thread (and every forked process) its own ``requests.Session``,
+bounds every request by a timeout, and translates what goes wrong into the
+exceptions of :mod:`consul_leader.errors`. Everything
 else in the package speaks of sessions, checks and keys.
 """
 
@@ -14,13 +15,10 @@ import json
 import logging
 import os
 import threading
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import consul
-import consul.callback
-import consul.exceptions
-import consul.std
 import requests
 
 from .config import ConsulConfig
@@ -34,10 +32,10 @@ from .errors import (
     SessionLost,
 )
 from .interrupt import clear_wake, interrupt, track, wake
-from .lockdelay import FreeSince, KeyEntry, LockAttempt, invalidated
+from .lockdelay import FreeSince, KeyEntry, LockAttempt, RawEntry, invalidated
 
-__all__ = ["ConsulClient", "ConsulConfig", "FreeSince", "KeyEntry", "LockAttempt", "clear_wake", "interrupt",
-           "invalidated", "wake"]
+__all__ = ["ConsulClient", "ConsulConfig", "FreeSince", "KeyEntry", "LockAttempt", "RawEntry", "clear_wake",
+           "interrupt", "invalidated", "wake"]
 
 log = logging.getLogger("consul_leader")
 
@@ -45,8 +43,11 @@ T = TypeVar("T")
 
 #: What each operation needs from an ACL policy, named in PermissionDenied.
 _PERMISSION_HINTS = {
+    "register service": 'service "<key>" { policy = "write" }',
+    "deregister service": 'service "<key>" { policy = "write" }',
+    "pass check": 'service "<key>" { policy = "write" }',
+    # Only node-level checks: 0.1's, and those tools register.
     "register check": 'node "<this agent\'s node>" { policy = "write" }',
-    "pass check": 'node "<this agent\'s node>" { policy = "write" }',
     "deregister check": 'node "<this agent\'s node>" { policy = "write" }',
     "create session": 'session "<this agent\'s node>" { policy = "write" }',
     "renew session": 'session "<this agent\'s node>" { policy = "write" }',
@@ -63,15 +64,32 @@ _PERMISSION_HINTS = {
 #: given: one that could not even connect would only fail.
 _SHORTEST_TIMEOUT = 0.01
 
+_CONSUL_DEFAULT_WAIT = 300.0
 
-class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
-    """py-consul's client shares one ``requests.Session`` between all threads
-    and across ``fork()``, where responses can get mixed up. This one keeps a
-    session per thread and per process."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+class _Refused(Exception):
+    """Consul answered with an error status; :meth:`ConsulClient._call`
+    translates it."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"{status} {text}")
+        self.status = status
+        self.text = text
+
+
+class _Transport:
+    """Requests to the agent through a ``requests.Session`` per thread and
+    per process: a session shared between threads, or carried across
+    ``fork()``, can mix up responses. No ``consul`` module is involved, so
+    python-consul, python-consul2 and py-consul (which install the same
+    package, and whose files pip mixes when two are installed) cannot break
+    it."""
+
+    def __init__(self, config: ConsulConfig) -> None:
+        self.config = config
+        self.base_uri = config.address
         self._local = threading.local()
-        super().__init__(*args, **kwargs)
+        self._headers = {"X-Consul-Token": config.token} if config.token else {}
 
     @property
     def session(self) -> requests.Session:
@@ -83,33 +101,37 @@ class _PerThreadHTTPClient(consul.std.HTTPClient):  # type: ignore[misc]
             # CPU than the bytes cost (a listing of 1,000 keys: 3.9 ms with
             # gzip, 2.9 ms without, on the handover path of an Elector).
             session.headers["Accept-Encoding"] = "identity"
+            session.headers.update(self._headers)
             track(session)
             local.session = session
             local.pid = pid
         return local.session  # type: ignore[no-any-return]
 
-    @session.setter
-    def session(self, value: requests.Session) -> None:
-        pass  # the base class assigns one shared session; ours are per thread
-
     def limit(self, left: Callable[[], float | None] | None) -> None:
         """See :meth:`ConsulClient.limit_requests`."""
         self._local.limit = left
 
-    def timeout(self, params: Any) -> float | None:
-        timeout: float | None = super().timeout(params)
+    def request(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None,
+                *, wait: float | None = None, allow: tuple[int, ...] = ()) -> requests.Response:
+        """Send one request; *wait* makes it a blocking query's (its read
+        timeout allows the wait and Consul's jitter of up to wait/16).
+
+        :raises _Refused: an error status not in *allow*.
+        :raises requests.RequestException: no answer."""
+        timeout = self.config.timeout + (wait + wait / 16 if wait else 0.0)
         limit: Callable[[], float | None] | None = getattr(self._local, "limit", None)
         left = None if limit is None else limit()
-        if left is None or timeout is None:
-            return timeout
-        return min(timeout, max(left, _SHORTEST_TIMEOUT))
-
-
-class _Consul(consul.Consul):  # type: ignore[misc]
-    def http_connect(self, host: str, port: int, scheme: str, verify: bool | str = True,
-                     cert: Any = None) -> _PerThreadHTTPClient:
-        return _PerThreadHTTPClient(host, port, scheme, verify, cert,
-                                    connections_timeout=self.connections_timeout)
+        if left is not None:
+            timeout = min(timeout, max(left, _SHORTEST_TIMEOUT))
+        query = dict(params or {})
+        if self.config.datacenter:
+            query["dc"] = self.config.datacenter
+        data = None if body is None else body if isinstance(body, (bytes, str)) else json.dumps(body)
+        response = self.session.request(method, self.base_uri + path, params=query, data=data, timeout=timeout,
+                                        verify=self.config.verify, cert=self.config.cert)
+        if response.status_code >= 400 and response.status_code not in allow:
+            raise _Refused(response.status_code, response.text.strip())
+        return response
 
 
 class ConsulClient:
@@ -124,11 +146,7 @@ class ConsulClient:
 
     def __init__(self, config: ConsulConfig) -> None:
         self.config = config
-        self._consul = _Consul(host=config.host, port=config.port, scheme=config.scheme, dc=config.datacenter,
-                               verify=config.verify, cert=config.cert, connections_timeout=config.timeout)
-        # py-consul lets CONSUL_HTTP_TOKEN override an explicit token; ours was
-        # already resolved with the argument first.
-        self._consul.token = config.token
+        self._http = _Transport(config)
 
     def __repr__(self) -> str:
         return f"ConsulClient({self.config!r})"
@@ -136,7 +154,7 @@ class ConsulClient:
     @property
     def base_uri(self) -> str:
         """The URL every request starts with, e.g. ``http://[::1]:8500``."""
-        return str(self._consul.http.base_uri)
+        return self._http.base_uri
 
     def limit_requests(self, left: Callable[[], float | None] | None) -> None:
         """Bound each later request of the calling thread, blocking queries
@@ -144,17 +162,17 @@ class ConsulClient:
         ``left()`` returning None, or *left* None, leaves the usual bounds.
         For a thread whose requests must not outlive a lease: one that
         times out raises :class:`~consul_leader.ConsulUnavailable`."""
-        self._consul.http.limit(left)
+        self._http.limit(left)
 
     def http_session(self) -> requests.Session:
         """The :class:`requests.Session` the calling thread uses: one per
         thread and per process, so threads never share a connection."""
-        return self._consul.http.session  # type: ignore[no-any-return]
+        return self._http.session
 
     def _call(self, operation: str, fn: Callable[[], T], *, missing: str | None = None,
               key: str | None = None) -> T:
-        """Run *fn*, translating what requests and py-consul raise into the
-        project's errors (the original as ``__cause__``), once, here."""
+        """Run *fn*, translating what requests raises and what Consul refuses
+        into the project's errors (the original as ``__cause__``), once, here."""
         where: dict[str, Any] = {"operation": operation, "key": key}
         try:
             return fn()
@@ -167,26 +185,24 @@ class ConsulClient:
         except requests.exceptions.RequestException as exc:
             raise ConsulUnavailable(f"{operation}: cannot reach the Consul agent at {self.config.address} "
                                     f"({type(exc).__name__})", **where) from exc
-        except consul.ACLPermissionDenied as exc:
-            raise self._denied(operation, _body(exc), key, 403) from exc
-        except consul.exceptions.BadRequest as exc:
-            raise RequestRejected(f"{operation}: Consul refused the request as invalid: {_body(exc)}",
-                                  status=400, **where) from exc
-        except consul.NotFound as exc:
-            if missing:
-                raise SessionLost(f"{operation}: {missing}", status=404, **where) from exc
-            raise ConsulLeaderError(f"{operation}: not found: {_body(exc)}", status=404, **where) from exc
-        except consul.ConsulException as exc:
-            text = _body(exc)
-            status = _status(exc)
-            if "No cluster leader" in text:
-                raise NoClusterLeader(f"{operation}: the Consul servers have no leader right now",
-                                      status=status, **where) from exc
-            if "ACL not found" in text or "Permission denied" in text:
-                raise self._denied(operation, text, key, status) from exc
-            if missing and ("invalid session" in text or "not found" in text.lower()):
-                raise SessionLost(f"{operation}: {missing}", status=status, **where) from exc
-            raise ConsulUnavailable(f"{operation}: Consul answered {text}", status=status, **where) from exc
+        except _Refused as exc:
+            raise self._refusal(operation, exc, key, missing) from exc
+
+    def _refusal(self, operation: str, exc: _Refused, key: str | None, missing: str | None) -> ConsulLeaderError:
+        where: dict[str, Any] = {"operation": operation, "key": key, "status": exc.status}
+        text = _body(exc.text)
+        if exc.status == 403 or "ACL not found" in text or "Permission denied" in text:
+            return self._denied(operation, text, key, exc.status)
+        if exc.status == 400:
+            return RequestRejected(f"{operation}: Consul refused the request as invalid: {text}", **where)
+        if missing and (exc.status == 404 or "invalid session" in text or "not found" in text.lower()
+                        or "does not have associated TTL" in text):
+            return SessionLost(f"{operation}: {missing}", **where)
+        if exc.status == 404:
+            return ConsulLeaderError(f"{operation}: not found: {text}", **where)
+        if "No cluster leader" in text:
+            return NoClusterLeader(f"{operation}: the Consul servers have no leader right now", **where)
+        return ConsulUnavailable(f"{operation}: Consul answered {exc.status} {text}", **where)
 
     def _denied(self, operation: str, text: str, key: str | None, status: int | None) -> PermissionDenied:
         where: dict[str, Any] = {"operation": operation, "key": key, "status": status}
@@ -199,45 +215,95 @@ class ConsulClient:
         return PermissionDenied(f"{operation}: Consul refused {who} ({text}); its policy needs {rule}",
                                 rule=rule, **where)
 
-    def register_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
-        """Register a TTL check on the agent, already passing (a new check
-        starts critical, and a session cannot bind to a critical check)."""
-        spec = {"ttl": _duration(ttl), "status": "passing"}
-        self._call("register check", lambda: self._consul.agent.check.register(
-            name, check=spec, check_id=check_id, notes=notes or None))
+    def register_service(self, service_id: str, name: str, check_id: str, ttl: float, *,
+                         deregister_after: float, meta: dict[str, str] | None = None,
+                         notes: str = "") -> None:
+        """Register a service instance on the agent with one TTL check,
+        already passing (a new check starts critical, and a session cannot
+        bind to a critical check). The check belongs to the instance, never
+        to the node: a critical node-level check fails every service of the
+        node, and this one goes critical for good when its process dies,
+        until Consul reaps the instance *deregister_after* seconds later.
 
-    def pass_check(self, check_id: str) -> None:
-        """Mark the TTL check as passing.
+        .. versionadded:: 0.2"""
+        check = {"CheckID": check_id, "Name": f"{name} heartbeat", "TTL": _duration(ttl), "Status": "passing",
+                 "DeregisterCriticalServiceAfter": _duration(deregister_after)}
+        if notes:
+            check["Notes"] = notes
+        body: dict[str, Any] = {"ID": service_id, "Name": name, "Meta": meta or {}}
+        if ttl:
+            body["Check"] = check
+        self._call("register service", lambda: self._http.request("PUT", "/v1/agent/service/register", body=body),
+                   key=name)
+
+    def deregister_service(self, service_id: str, name: str | None = None) -> None:
+        """Remove the service instance (and its check) from the agent;
+        *name*, the service's, goes into a refusal's ACL rule.
+
+        .. versionadded:: 0.2"""
+        self._call("deregister service", lambda: self._http.request(
+            "PUT", f"/v1/agent/service/deregister/{_quote(service_id)}"), key=name)
+
+    def agent_checks(self) -> dict[str, dict[str, Any]]:
+        """Every check registered on the agent, by check ID.
+
+        .. versionadded:: 0.2"""
+        return dict(self._call("list checks", lambda: self._http.request("GET", "/v1/agent/checks").json()))
+
+    def agent_services(self) -> dict[str, dict[str, Any]]:
+        """Every service instance registered on the agent, by ID.
+
+        .. versionadded:: 0.2"""
+        return dict(self._call("list services", lambda: self._http.request("GET", "/v1/agent/services").json()))
+
+    def catalog_instances(self, service: str) -> list[dict[str, Any]]:
+        """Every instance of *service* in the catalog, on every node.
+
+        .. versionadded:: 0.2"""
+        return list(self._call("list services", lambda: self._http.request(
+            "GET", f"/v1/catalog/service/{_quote(service)}").json() or [], key=service))
+
+    def register_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
+        """Register a node-level TTL check on the agent, already passing.
+        Only for tools and tests: a candidate's check belongs to a service
+        instance (:meth:`register_service`)."""
+        body = {"ID": check_id, "Name": name, "TTL": _duration(ttl), "Status": "passing"}
+        if notes:
+            body["Notes"] = notes
+        self._call("register check", lambda: self._http.request("PUT", "/v1/agent/check/register", body=body))
+
+    def pass_check(self, check_id: str, service: str | None = None) -> None:
+        """Mark the TTL check as passing; *service*, the name of the service
+        it belongs to, goes into a refusal's ACL rule.
 
         :raises SessionLost: the agent no longer knows the check (it restarted)."""
-        self._call("pass check", lambda: self._consul.agent.check.ttl_pass(check_id),
-                   missing=f"the agent no longer has check {check_id!r}")
+        self._call("pass check", lambda: self._http.request("PUT", f"/v1/agent/check/pass/{_quote(check_id)}"),
+                   missing=f"the agent no longer has check {check_id!r}", key=service)
 
     def deregister_check(self, check_id: str) -> None:
         """Remove the check from the agent."""
-        self._call("deregister check", lambda: self._consul.agent.check.deregister(check_id))
+        self._call("deregister check", lambda: self._http.request(
+            "PUT", f"/v1/agent/check/deregister/{_quote(check_id)}"))
 
     def create_session(self, name: str, checks: list[str], lock_delay: float, ttl: int) -> str:
         """Create a session bound to *checks* with ``behavior=release``."""
-        # Built here rather than by py-consul's session.create, which can only
-        # write the lock-delay in whole seconds.
         body = {"Name": name, "Checks": checks, "LockDelay": _duration(lock_delay), "Behavior": "release",
                 "TTL": _duration(ttl)}
-        return str(self._call("create session", lambda: self._consul.http.put(
-            consul.callback.CB.json(is_id=True), "/v1/session/create", params=self._dc_params(),
-            data=json.dumps(body), headers=self._consul.prepare_headers()),
+        return str(self._call("create session", lambda: self._http.request(
+            "PUT", "/v1/session/create", body=body).json()["ID"],
             missing="a check the session binds to is missing or critical"))
 
     def renew_session(self, session_id: str) -> None:
         """Renew the session at the servers.
 
         :raises SessionLost: the servers no longer know the session."""
-        self._call("renew session", lambda: self._consul.session.renew(session_id),
+        self._call("renew session", lambda: self._http.request("PUT", f"/v1/session/renew/{_quote(session_id)}"),
                    missing=f"session {session_id} no longer exists")
 
     def destroy_session(self, session_id: str) -> None:
         """Destroy the session, releasing what it holds."""
-        self._call("destroy session", lambda: self._consul.session.destroy(session_id))
+        self._call("destroy session", lambda: self._http.request(
+            "PUT", f"/v1/session/destroy/{_quote(session_id)}"))
 
     def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0,
                 delete: str | None = None) -> LockAttempt:
@@ -255,86 +321,94 @@ class ConsulClient:
             operations.append({"KV": {"Verb": "delete", "Key": delete}})
 
         def lock() -> LockAttempt:
-            try:
-                result = self._txn(operations)
-            except consul.ConsulException as exc:
-                text = str(exc)
-                if not text.startswith("409"):
-                    raise
-                if "lock is already held" in text:
+            status, result = self._txn(operations)
+            if status == 409:
+                if "lock is already held" in result:
                     return LockAttempt(None, delayed=False)
-                if "due to lock delay" in text:
+                if "due to lock delay" in result:
                     return LockAttempt(None, delayed=True)
-                if "invalid session" in text:
-                    raise SessionLost(f"acquire lock: session {session_id} no longer exists", operation="acquire lock",
-                                      key=key, status=409) from exc
-                if "Permission denied" in text or "ACL not found" in text:
-                    raise self._denied("acquire lock", text, key, 409) from exc
-                raise
+                if "invalid session" in result:
+                    raise _Refused(409, result)  # -> SessionLost
+                if "Permission denied" in result or "ACL not found" in result:
+                    raise _Refused(403, result)
+                raise _Refused(409, result)
             kv = result["Results"][0]["KV"]
             return LockAttempt(int(kv["ModifyIndex"]), delayed=False, lock_index=int(kv.get("LockIndex") or 0),
                                create_index=int(kv.get("CreateIndex") or 0))
 
         return self._call("acquire lock", lock, missing=f"session {session_id} no longer exists", key=key)
 
-    def release(self, key: str, session_id: str) -> bool:
-        """Release the lock on *key* if the session holds it."""
-        return bool(self._call("release lock", lambda: self._consul.kv.put(key, None, release=session_id),
-                               key=key))
+    def release(self, key: str, session_id: str, value: bytes | None = None) -> bool:
+        """Release the lock on *key* if the session holds it, writing *value*
+        (None: an empty value)."""
+        return bool(self._call("release lock", lambda: self._http.request(
+            "PUT", _kv_path(key), {"release": session_id}, body=value).json(), key=key))
 
-    def unlock(self, key: str, session_id: str) -> int | None:
-        """Release the lock on *key* if the session holds it, in a
-        transaction that answers the key's ModifyIndex after the release (so
-        the releaser can block on the key from there without reading it
-        again). None if the session did not hold it.
+    def unlock(self, key: str, session_id: str, value: bytes = b"") -> int | None:
+        """Release the lock on *key* if the session holds it, writing
+        *value*, in a transaction that answers the key's ModifyIndex after
+        the release (so the releaser can block on the key from there without
+        reading it again). None if the session did not hold it.
 
         .. versionadded:: 0.2"""
-        operations = [{"KV": {"Verb": "unlock", "Key": key, "Session": session_id}}]
+        operations = [{"KV": {"Verb": "unlock", "Key": key, "Session": session_id,
+                              "Value": base64.b64encode(value).decode("ascii")}}]
 
         def unlock() -> int | None:
-            try:
-                result = self._txn(operations)
-            except consul.ConsulException as exc:
-                text = str(exc)
-                if text.startswith("409") and "lock isn't held" in text:
+            status, result = self._txn(operations)
+            if status == 409:
+                if "lock isn't held" in result:
                     return None
-                if "Permission denied" in text or "ACL not found" in text:
-                    raise self._denied("release lock", text, key, 409) from exc
-                raise
+                raise _Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
             return int(result["Results"][0]["KV"]["ModifyIndex"])
 
         return self._call("release lock", unlock, key=key)
 
     def get_key(self, key: str, index: int | None = None, wait: float | None = None,
-                operation: str = "read key") -> tuple[int, KeyEntry | None]:
+                operation: str = "read key") -> tuple[int, RawEntry | None]:
         """Read *key*; with *index*, a blocking query that returns when the key
         changes past *index* or after *wait* seconds. Returns ``(index, entry)``,
         entry None when the key does not exist. *operation* names the step in
         error messages (and so the ACL rule they ask for)."""
-        idx, entry = self._call(operation, lambda: self._consul.kv.get(
-            key, index=index or None, wait=_duration(wait) if (index and wait) else None), key=key)
-        return int(idx), entry
+        idx, entries = self._call(operation, lambda: self._read(key, {}, index, wait), key=key)
+        return idx, entries[0] if entries else None
 
     def get_prefix(self, prefix: str, index: int | None = None,
-                   wait: float | None = None) -> tuple[int, dict[str, KeyEntry]]:
+                   wait: float | None = None) -> tuple[int, dict[str, RawEntry]]:
         """Read every key under *prefix* in one request; with *index*, a
         blocking query that returns when any of them changes past *index* or
         after *wait* seconds. Returns ``(index, {key: entry})``, empty when
         no key exists under the prefix.
 
         .. versionadded:: 0.2"""
-        idx, entries = self._call("read key", lambda: self._consul.kv.get(
-            prefix, recurse=True, index=index or None, wait=_duration(wait) if (index and wait) else None),
-            key=prefix)
-        return int(idx), {entry["Key"]: entry for entry in entries or ()}
+        idx, entries = self._call("read key", lambda: self._read(prefix, {"recurse": ""}, index, wait), key=prefix)
+        return idx, {entry["Key"]: entry for entry in entries}
 
-    def _dc_params(self) -> list[tuple[str, str]] | None:
-        return [("dc", self.config.datacenter)] if self.config.datacenter else None
+    def _read(self, key: str, params: dict[str, Any], index: int | None,
+              wait: float | None) -> tuple[int, list[RawEntry]]:
+        if index:
+            params["index"] = index
+            if wait:
+                params["wait"] = _duration(wait)
+        # Without a wait, Consul holds a blocking query for five minutes.
+        held = (wait or _CONSUL_DEFAULT_WAIT) if index else None
+        response = self._http.request("GET", _kv_path(key), params, wait=held, allow=(404,))
+        idx = int(response.headers.get("X-Consul-Index") or 0)
+        if response.status_code == 404:
+            return idx, []
+        entries: list[RawEntry] = response.json() or []
+        for entry in entries:
+            if entry.get("Value") is not None:
+                entry["Value"] = base64.b64decode(entry["Value"])
+        return idx, entries
 
-    def _txn(self, operations: list[Any]) -> Any:
-        # py-consul's txn.put sends neither the ACL token nor the datacenter.
-        return self._consul.http.put(consul.callback.CB.json(), "/v1/txn", params=self._dc_params(),
-                                     data=json.dumps(operations), headers=self._consul.prepare_headers())
+    def _txn(self, operations: list[Any]) -> tuple[int, Any]:
+        """Send a transaction: ``(200, result)``, or ``(409, text)`` when an
+        operation in it failed (the caller tells which)."""
+        response = self._http.request("PUT", "/v1/txn", body=operations, allow=(409,))
+        if response.status_code == 409:
+            return 409, response.text
+        return 200, response.json()
 
     def put_if_index(self, guard_key: str, index: int, key: str, value: bytes) -> bool:
         """Write *key* only if *guard_key*'s ModifyIndex is still *index*, in
@@ -346,25 +420,16 @@ class ConsulClient:
             {"KV": {"Verb": "check-index", "Key": guard_key, "Index": index}},
             {"KV": {"Verb": "set", "Key": key, "Value": base64.b64encode(value).decode("ascii")}},
         ]
-
-        def put() -> bool:
-            try:
-                self._txn(operations)
-            except consul.ConsulException as exc:
-                if str(exc).startswith("409"):  # a check in the transaction failed
-                    return False
-                raise
-            return True
-
-        return self._call("guarded write", put)
+        return self._call("guarded write", lambda: self._txn(operations)[0] == 200)
 
     def put_key(self, key: str, value: bytes) -> None:
         """Write *key* without a lock (used by tests and tools)."""
-        self._call("write key", lambda: self._consul.kv.put(key, value))
+        self._call("write key", lambda: self._http.request("PUT", _kv_path(key), body=value), key=key)
 
     def delete_key(self, key: str, recurse: bool = False) -> None:
         """Delete *key* (used by tests and tools)."""
-        self._call("delete key", lambda: self._consul.kv.delete(key, recurse=recurse or None), key=key)
+        self._call("delete key", lambda: self._http.request(
+            "DELETE", _kv_path(key), {"recurse": ""} if recurse else None), key=key)
 
     def put_locked(self, key: str, value: bytes, session_id: str) -> bool:
         """Write *key* locked by the session (a place in the waiting line):
@@ -375,8 +440,9 @@ class ConsulClient:
         :raises SessionLost: the session is gone.
 
         .. versionadded:: 0.2"""
-        return bool(self._call("join line", lambda: self._consul.kv.put(key, value, acquire=session_id),
-                               missing=f"session {session_id} no longer exists", key=key))
+        return bool(self._call("join line", lambda: self._http.request(
+            "PUT", _kv_path(key), {"acquire": session_id}, body=value).json(),
+            missing=f"session {session_id} no longer exists", key=key))
 
     def delete_key_if_index(self, key: str, index: int) -> bool:
         """Delete *key* only if its ModifyIndex is still *index* (a
@@ -385,7 +451,16 @@ class ConsulClient:
         :returns: False if the key changed meanwhile.
 
         .. versionadded:: 0.2"""
-        return bool(self._call("delete key", lambda: self._consul.kv.delete(key, cas=index), key=key))
+        return bool(self._call("delete key", lambda: self._http.request(
+            "DELETE", _kv_path(key), {"cas": index}).json(), key=key))
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _kv_path(key: str) -> str:
+    return "/v1/kv/" + urllib.parse.quote(key, safe="/")
 
 
 def _duration(seconds: float | None) -> str:
@@ -415,14 +490,8 @@ def _tls_hint(exc: requests.exceptions.SSLError) -> str:
     return f"{hint} ({text})"
 
 
-def _status(exc: Exception) -> int | None:
-    """The HTTP status py-consul put at the start of its message, if any."""
-    head = str(exc).split(" ", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def _body(exc: Exception) -> str:
-    text = str(exc).strip()
+def _body(text: str) -> str:
+    """Consul's error text, a JSON body made one line."""
     try:
         return json.dumps(json.loads(text)) if text.startswith("{") else text
     except ValueError:

@@ -146,16 +146,16 @@ class ConsulConfig:
 
     @classmethod
     def from_consul(cls, client: Any, timeout: float = 5.0) -> ConsulConfig:
-        """Take the settings of an existing ``consul.Consul`` (py-consul or
-        python-consul). Only its settings are used: consul-leader makes its own
+        """Take the settings of an existing ``consul.Consul`` (py-consul,
+        python-consul or python-consul2). Only its settings are used: consul-leader makes its own
         connections, bounded by timeouts and private to each thread.
 
         :raises ConfigurationTypeError: *client* is not a ``consul.Consul``."""
         http: Any = getattr(client, "http", None)
         if not all(hasattr(http, name) for name in ("host", "port", "scheme", "verify", "cert")) or \
                 not hasattr(client, "token") or not hasattr(client, "dc"):
-            raise ConfigurationTypeError(f"consul must be a consul.Consul client (py-consul or python-consul), "
-                                         f"got {type(client).__name__}")
+            raise ConfigurationTypeError(f"consul must be a consul.Consul client (py-consul, python-consul or "
+                                         f"python-consul2), got {type(client).__name__}")
         return cls(host=http.host, port=int(http.port), scheme=http.scheme, token=client.token or None,
                    datacenter=client.dc, verify=http.verify, cert=http.cert, timeout=_check_timeout(timeout))
 
@@ -192,6 +192,6 @@ def _parse_address(raw: str, source: str, default_scheme: str) -> tuple[str, str
         raise ConfigurationError(
             f"{source}={raw!r} is not an agent address; expected host:port or http(s)://host:port")
     if ":" in host:
-        host = f"[{host}]"  # an IPv6 address: py-consul puts the host into its URLs as it is
+        host = f"[{host}]"  # an IPv6 address: URLs need the brackets
     return scheme, host, port if port is not None else (8501 if scheme == "https" else 8500)
 

@@ -25,6 +25,8 @@ from . import decorators, process, signals
 from .candidate import _default_identity
 from .client import ConsulClient
 from .config import ConsulConfig
+from .decisions import SitOut, after_term, lock_check, retry_after_lock_delay
+from .entry import KeyEntry
 from .errors import (
     ConfigurationError,
     ConfigurationTypeError,
@@ -36,8 +38,8 @@ from .errors import (
 from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import LeaderInfo
 from .interrupt import interrupt
-from .job import Job, JobRunner
-from .lockdelay import FreeSince, KeyEntry, LockAttempt
+from .job import LEASE_CLOCK_SLICE, Job, JobRunner
+from .lockdelay import FreeSince, LockAttempt, release_mark
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .validation import check_bool, check_identity, check_job, check_key, check_number, check_timeout
@@ -89,7 +91,7 @@ class Candidacy:
         self._not_before = -math.inf  # a lock-delay runs until then
         self._tried_index = -1  # refused as held while the prefix was at this index
         self._modified = -1  # the ModifyIndex of the key's entry last looked at
-        self._sit_out: tuple[float, int] | None = None
+        self._sit_out: SitOut | None = None
         # A lock taken that must be held a while before it is led
         # (LockAttempt.hold_off): until then.
         self._delay_wait: tuple[float, LockAttempt, Session] | None = None
@@ -196,7 +198,15 @@ class Candidacy:
         return signals.connect_for(signals.deposed, func, self)
 
     def _after_fork_in_child(self) -> None:
-        pass  # the elector forgets everything
+        pass  # the elector forgets everything (see _forget_parent)
+
+    def _forget_parent(self) -> None:
+        # In a forked child, from the elector's own after-fork step.
+        self._term = None
+        self._delay_wait = None
+        self._state = "idle"
+        self._events = Broadcast()
+        self._events.close()
 
 
 class Elector:
@@ -367,8 +377,8 @@ class Elector:
         known: dict[str, int] = {}
         while not self._stopping.is_set():
             try:
-                new, entries = self.client.get_prefix(self.prefix, index=index or None,
-                                                      wait=self._wait if index else None)
+                new, raw = self.client.get_prefix(self.prefix, index=index or None,
+                                                  wait=self._wait if index else None)
             except ConsulLeaderError as exc:
                 if self._stopping.is_set():
                     return
@@ -379,13 +389,14 @@ class Elector:
             index = new if new > 0 and new >= index else (0 if reset else 1)
             if reset:
                 known.clear()
-            changed = {key: entry for key, entry in entries.items() if known.get(key) != entry["ModifyIndex"]}
-            removed = known.keys() - entries.keys()
+            changed = {key: KeyEntry.parse(one) for key, one in raw.items()
+                       if known.get(key) != int(one["ModifyIndex"])}
+            removed = known.keys() - raw.keys()
             for key in removed:
                 del known[key]
             for key, entry in changed.items():
-                known[key] = entry["ModifyIndex"]
-            del entries
+                known[key] = entry.modify_index
+            del raw
             self._queue.put(("changes", new, changed, removed, reset))
 
     def _prove(self, session: Session, t0: float) -> None:
@@ -397,7 +408,8 @@ class Elector:
                      if c._term is not None and c._term.session is session]
         if not terms:
             return
-        index, entries = self.client.get_prefix(self.prefix)
+        index, raw = self.client.get_prefix(self.prefix)
+        entries = {key: KeyEntry.parse(one) for key, one in raw.items()}
         now = self._clock()
         ended: list[tuple[_Term, Reason]] = []
         with self._lock:
@@ -408,11 +420,10 @@ class Elector:
                     term.lapsed = True
                     ended.append((term, Reason.LEASE_EXPIRED))
                     continue
-                entry = entries.get(term.candidacy.key)
-                if entry is None or entry.get("Session") != session.id:
-                    ended.append((term, Reason.LOCK_LOST))
-                elif entry.get("Value") != term.candidacy.identity.encode("utf-8"):
-                    ended.append((term, Reason.KEY_OVERWRITTEN))
+                assert session.id is not None
+                lost = lock_check(entries.get(term.candidacy.key), session.id, term.candidacy.identity)
+                if lost is not None:
+                    ended.append((term, lost))
                 else:
                     term.deadline = min(session.lease_deadline, t0 + self.timing.lease)
         for term, reason in ended:
@@ -435,7 +446,11 @@ class Elector:
         self.client.limit_requests(self._lease_left)
         backoff = 0.0
         while True:
+            # In slices while a timer runs: it is on the lease clock, which
+            # moves on during a suspend while this wait does not.
             timeout = max(0.0, min(self._next_timer - self._clock(), 60.0))
+            if self._next_timer != math.inf:
+                timeout = min(timeout, LEASE_CLOCK_SLICE)
             # A new list each turn: a timer that wakes the worker with
             # nothing queued must not handle the last batch again (a term's
             # ending carried on twice released its key before its job returned).
@@ -579,7 +594,7 @@ class Elector:
         self._drop_delay_wait(candidacy)
         if candidacy._state == "idle":
             entry = self._entries.get(candidacy.key)
-            if entry is not None and self._session is not None and entry.get("Session") == self._session.id:
+            if entry is not None and self._session is not None and entry.session == self._session.id:
                 self._release_left(candidacy)  # an earlier release failed: the key is still this session's
             else:
                 self._forget(candidacy)
@@ -596,7 +611,7 @@ class Elector:
         session = self._session
         if session is not None and session.id is not None and not session.lost.is_set() and \
                 not self._stopping.is_set():
-            self.client.release(candidacy.key, session.id)
+            self.client.release(candidacy.key, session.id, release_mark(session.id))
         self._forget(candidacy)
 
     def _drop_delay_wait(self, candidacy: Candidacy) -> None:
@@ -624,7 +639,7 @@ class Elector:
         """A full listing: apply what differs from the one known."""
         known = self._entries
         changed = {key: entry for key, entry in entries.items()
-                   if (old := known.get(key)) is None or old["ModifyIndex"] != entry["ModifyIndex"]}
+                   if (old := known.get(key)) is None or old.modify_index != entry.modify_index}
         self._apply(index, changed, known.keys() - entries.keys(), reset)
 
     def _apply(self, index: int, changed: dict[str, KeyEntry], removed: Iterable[str], reset: bool = False) -> None:
@@ -652,7 +667,7 @@ class Elector:
             self._observe(candidacy, self._entries.get(candidacy.key), index)
 
     def _observe(self, candidacy: Candidacy, entry: KeyEntry | None, index: int) -> None:
-        modified = int(entry["ModifyIndex"]) if entry is not None else 0
+        modified = entry.modify_index if entry is not None else 0
         if modified == candidacy._modified:
             return  # unchanged since the last look
         candidacy._modified = modified
@@ -664,13 +679,13 @@ class Elector:
             self._dispatcher.send(signals.leader_changed, candidacy, leader=info.identity)
         term = candidacy._term
         if term is not None and term.reason is None and index >= term.fencing_token:
-            if entry is None or entry.get("Session") != term.session.id:
-                self._step_down(term, Reason.LOCK_LOST)
-            elif entry.get("Value") != candidacy.identity.encode("utf-8"):
-                self._step_down(term, Reason.KEY_OVERWRITTEN)
+            assert term.session.id is not None
+            lost = lock_check(entry, term.session.id, candidacy.identity)
+            if lost is not None:
+                self._step_down(term, lost)
         waiting = candidacy._delay_wait
         if waiting is not None and index >= (waiting[1].modify_index or 0) and \
-                (entry is None or entry.get("Session") != waiting[2].id):
+                (entry is None or entry.session != waiting[2].id):
             candidacy._delay_wait, candidacy._state = None, "idle"
 
     def _sweep(self, candidacies: Iterable[Candidacy]) -> float:
@@ -716,12 +731,11 @@ class Elector:
     def _maybe_acquire(self, candidacy: Candidacy, now: float) -> float:
         """Try to take *candidacy*'s key if it looks free; the time to look again."""
         entry = self._entries.get(candidacy.key)
-        lock_index = int((entry or {}).get("LockIndex") or 0)
-        if candidacy._sit_out is not None and lock_index > candidacy._sit_out[1]:
+        if candidacy._sit_out is not None and candidacy._sit_out.taken_since(entry):
             candidacy._sit_out = None  # someone else took it since we stepped down
-        holder = entry.get("Session") if entry is not None else None
+        holder = entry.session if entry is not None else None
         own = self._session.id if self._session is not None and not self._session.lost.is_set() else None
-        if holder and (holder != own or int((entry or {}).get("ModifyIndex") or 0) <= candidacy._released):
+        if entry is not None and holder is not None and (holder != own or entry.modify_index <= candidacy._released):
             return math.inf  # the watch tells when it is free (ours: a listing from before the release)
         # Held by this session while no term nor lock-delay wait has it:
         # an acquisition whose answer was lost, a term's start or release
@@ -732,12 +746,12 @@ class Elector:
             # the step-down meant, rather than lead it again after the
             # sit-out (nobody could take it meanwhile).
             assert entry is not None and own is not None
-            self.client.release(candidacy.key, own)  # a failure is retried by the worker's next turn
-            candidacy._released = int(entry.get("ModifyIndex") or 0)
+            self.client.release(candidacy.key, own, release_mark(own))  # a failure is retried by the worker's next turn
+            candidacy._released = entry.modify_index
             return math.inf
         if candidacy._sit_out is not None:
-            if now < candidacy._sit_out[0]:
-                return candidacy._sit_out[0]
+            if not candidacy._sit_out.over(entry, now):
+                return candidacy._sit_out.until
             candidacy._sit_out = None
         if now < candidacy._not_before:
             return candidacy._not_before
@@ -762,7 +776,7 @@ class Elector:
             return math.inf
         if attempt.modify_index is None:
             if attempt.delayed:
-                candidacy._not_before = self._clock() + self.timing.lock_delay
+                candidacy._not_before = retry_after_lock_delay(self._clock(), self.timing.lock_delay)
                 return candidacy._not_before
             candidacy._tried_index = self._index
             return math.inf
@@ -782,9 +796,10 @@ class Elector:
         assert candidacy._delay_wait is not None
         _, attempt, session = candidacy._delay_wait
         t0 = self._clock()
-        _, entry = self.client.get_key(candidacy.key)  # if it fails, the wait stays and the sweep proves it again
+        _, raw = self.client.get_key(candidacy.key)  # if it fails, the wait stays and the sweep proves it again
         candidacy._delay_wait, candidacy._state = None, "idle"
-        if entry is not None and entry.get("Session") == session.id and not session.lost.is_set():
+        entry = KeyEntry.parse_optional(raw)
+        if entry is not None and entry.session == session.id and not session.lost.is_set():
             return self._lead(candidacy, session, t0, attempt)
         return math.inf
 
@@ -798,7 +813,8 @@ class Elector:
         session = Session(self.client, self.timing, f"consul-leader {self.identity} {self.prefix}",
                           on_error=self._report, stats=self.heartbeat_stats, clock=self._clock,
                           on_lost=lambda s: self._queue.put(("lost", s)),
-                          on_round=lambda t0: self._prove(made[0], t0))
+                          on_round=lambda t0: self._prove(made[0], t0),
+                          meta={"identity": self.identity, "prefix": self.prefix})
         made.append(session)
         session.open()
         # Always at the leader's rate (about one request a second): a key
@@ -917,9 +933,10 @@ class Elector:
         assert reason is not None and term.session.id is not None
         term.stage = "done"
         released = True
-        if reason.must_release and not term.session.lost.is_set():
+        after = after_term(reason, term.lock_index, self._clock(), self.timing.check_ttl)
+        if after.release and not term.session.lost.is_set():
             try:
-                self.client.release(candidacy.key, term.session.id)
+                self.client.release(candidacy.key, term.session.id, release_mark(term.session.id))
             except ConsulLeaderError as exc:
                 # The session lives on for the other keys: the key is taken
                 # back and led again, or, withdrawn, released again.
@@ -928,8 +945,8 @@ class Elector:
                             "destroying the session frees it" if self._stopping.is_set() else "trying again")
         if released:
             candidacy._released = term.fencing_token
-        if reason.voluntary:
-            candidacy._sit_out = (self._clock() + self.timing.check_ttl, term.lock_index)
+        if after.sit_out is not None:
+            candidacy._sit_out = after.sit_out
         candidacy._state = "idle"
         self._dirty.add(candidacy)
         if candidacy._withdrawn and released:
@@ -937,10 +954,24 @@ class Elector:
         self._dispatcher.call(self._notify)
 
     def _after_fork_in_child(self) -> None:
-        # The threads and the session are the parent's: forget them without a request.
+        # Only the forking thread lives on in the child: the others may have
+        # held the lock or been half-way through the queue or the dispatcher
+        # at the fork, and would hold them for ever. Everything that
+        # coordinates threads is made anew; the session, the terms and the
+        # lock-delay waits are the parent's and are forgotten without a
+        # request, so the child leads nothing, releases nothing, and its
+        # stop() returns at once.
         if self._session is not None:
             self._session.abandon()
-        self._state = "stopped"
+        self._session = None
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._queue = queue.SimpleQueue()
+        self._stopping = threading.Event()
         self._stopping.set()
+        self._worker = self._watch = None
+        self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
+        self._state = "stopped"
+        self.client = ConsulClient(self.client.config)
         for candidacy in self._candidacies.values():
-            candidacy._term = None
+            candidacy._forget_parent()

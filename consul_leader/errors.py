@@ -30,7 +30,7 @@ class ConsulLeaderError(Exception):
 
     Errors about a request to Consul carry what requests attaches to its
     own errors: which step failed, on which key, with what answer. The
-    original exception (requests' or py-consul's) is ``__cause__``.
+    original exception (requests') is ``__cause__``.
 
     :ivar operation: the step that failed, e.g. ``"acquire lock"``, or None.
     :ivar key: the KV key concerned, or None.

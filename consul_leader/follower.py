@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,10 +18,10 @@ import tenacity
 from . import aio, signals
 from .client import ConsulClient
 from .config import ConsulConfig
+from .entry import KeyEntry
 from .errors import ConsulLeaderError, NotRunning
 from .events import Broadcast
 from .interrupt import interrupt
-from .lockdelay import KeyEntry
 from .validation import check_key, check_number
 
 log = logging.getLogger("consul_leader")
@@ -46,15 +46,15 @@ class LeaderInfo:
     modify_index: int | None = None
 
     @classmethod
-    def from_entry(cls, entry: KeyEntry | None) -> LeaderInfo:
-        """Read a KV entry as returned by Consul (None: no key)."""
-        if not entry or not entry.get("Session"):
+    def from_entry(cls, entry: KeyEntry | Mapping[str, Any] | None) -> LeaderInfo:
+        """Read a KV entry, parsed or as returned by Consul (None: no key)."""
+        if entry is not None and not isinstance(entry, KeyEntry):
+            entry = KeyEntry.parse(entry)
+        if entry is None or entry.session is None:
             return cls()
-        raw = entry.get("Value") or b""
-        identity = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        flags = int(entry.get("Flags") or 0)
-        return cls(identity=identity, session=entry["Session"], since=flags / 1000 if flags else None,
-                   modify_index=int(entry["ModifyIndex"]))
+        flags = entry.flags
+        return cls(identity=entry.value.decode("utf-8", "replace"), session=entry.session,
+                   since=flags / 1000 if flags else None, modify_index=entry.modify_index)
 
     def same_leader(self, other: LeaderInfo) -> bool:
         """True if *other* names the same leader: the same identity holding
@@ -79,11 +79,11 @@ class KeyWatch:
     def read(self, wait: float | None = None) -> KeyEntry | None:
         """Return the key's entry; with *wait*, block until it changes or
         *wait* seconds pass (never a sleep loop)."""
-        index, entry = self.client.get_key(self.key, index=self.index if wait else None, wait=wait)
+        index, raw = self.client.get_key(self.key, index=self.index if wait else None, wait=wait)
         # Consul's rules for blocking queries: an index that goes backwards
         # (a snapshot restore, a new cluster) restarts from 0; 0 is never waited on.
         self.index = index if index > 0 and index >= self.index else (0 if index < self.index else 1)
-        self.entry = entry
+        self.entry = entry = KeyEntry.parse_optional(raw)
         return entry
 
 

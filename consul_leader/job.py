@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Job", "JobRunner"]
+__all__ = ["LEASE_CLOCK_SLICE", "Job", "JobRunner"]
 
 log = logging.getLogger("consul_leader")
 
@@ -25,6 +25,13 @@ Job = Callable[[threading.Event], Any]
 
 #: Seconds between the warnings about a job that does not return.
 _SLOW_JOB_WARNING = 5.0
+
+#: The longest a thread that acts at a lease's end sleeps before it reads the
+#: lease clock again. ``Event.wait`` sleeps on the monotonic clock, which
+#: stops while the machine is suspended; the lease clock (the boot clock)
+#: does not, so a wait sized by the lease would end late by the whole
+#: suspend. Short slices bound that lateness.
+LEASE_CLOCK_SLICE = 0.2
 
 
 class JobRunner:
@@ -150,4 +157,4 @@ class JobRunner:
                 log.warning("the lease of %s ran out; telling the job to stop", self.name)
                 self._lease_over()
                 return
-            self.stop_event.wait(remaining)
+            self.stop_event.wait(min(remaining, LEASE_CLOCK_SLICE))

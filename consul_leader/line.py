@@ -20,8 +20,8 @@ import logging
 from collections.abc import Callable
 
 from .client import ConsulClient
+from .entry import KeyEntry
 from .errors import ConsulLeaderError, PermissionDenied
-from .lockdelay import KeyEntry
 
 __all__ = ["WaitingLine", "line_prefix"]
 
@@ -102,12 +102,13 @@ class WaitingLine:
         while self.enabled and not done():
             if ahead is None:
                 try:
-                    _, entries = self.client.get_prefix(self.prefix)
+                    _, raw = self.client.get_prefix(self.prefix)
                 except PermissionDenied as exc:
                     self._disable(exc)
                     return
+                entries = {key: KeyEntry.parse(one) for key, one in raw.items()}
                 mine = entries.get(self.entry or "")
-                if mine is None or mine.get("Session") != session_id:
+                if mine is None or mine.session != session_id:
                     self.entry = None  # deleted under us (by an operator): to the end of the line again
                     if not self.join(session_id):
                         return
@@ -116,9 +117,9 @@ class WaitingLine:
                 ahead = _ahead_of(mine, entries)
                 if ahead is None:
                     return
-            _, now = self.client.get_key(ahead["Key"], index=int(ahead["ModifyIndex"]), wait=wait)
+            _, now = self.client.get_key(ahead.key, index=ahead.modify_index, wait=wait)
             look()
-            if now is None or now.get("ModifyIndex") != ahead["ModifyIndex"]:
+            if now is None or KeyEntry.parse(now).modify_index != ahead.modify_index:
                 ahead = None  # it left, or its session ended: list the line again
             # else the wait ran out with the waiter before us unchanged: it
             # is still the one to wait on (newcomers join behind us), so
@@ -137,9 +138,9 @@ class WaitingLine:
         # session is gone. Whoever sees one removes it, with a check-and-set
         # so that a concurrent change wins, to keep the folder from growing.
         for key, entry in entries.items():
-            if not entry.get("Session"):
+            if entry.free:
                 try:
-                    self.client.delete_key_if_index(key, int(entry["ModifyIndex"]))
+                    self.client.delete_key_if_index(key, entry.modify_index)
                 except ConsulLeaderError as exc:
                     log.debug("could not remove the stale line entry %r: %s", key, exc)
 
@@ -147,9 +148,9 @@ class WaitingLine:
 def _ahead_of(mine: KeyEntry, entries: dict[str, KeyEntry]) -> KeyEntry | None:
     """The live waiter just before *mine*, or None if *mine* is first."""
     created = _created(mine)
-    before = [e for e in entries.values() if e.get("Session") and _created(e) < created]
+    before = [e for e in entries.values() if not e.free and _created(e) < created]
     return max(before, key=_created) if before else None
 
 
 def _created(entry: KeyEntry) -> int:
-    return int(entry["CreateIndex"])
+    return entry.create_index

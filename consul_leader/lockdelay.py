@@ -11,11 +11,35 @@ lock-delay of its own. Pure code: no I/O, no clock of its own.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-#: A KV entry as Consul's HTTP API returns it (``Key``, ``Value``,
-#: ``Session``, ``LockIndex``, ``ModifyIndex``, ``CreateIndex``, ``Flags``).
-KeyEntry = dict[str, Any]
+from .entry import KeyEntry, RawEntry
+
+__all__ = ["RELEASE_MARK", "FreeSince", "KeyEntry", "LockAttempt", "RawEntry", "invalidated", "release_mark",
+           "released_by_holder"]
+
+#: How the value that a holder's own release writes into the key begins;
+#: the released session's ID follows.
+RELEASE_MARK = b"consul-leader:released:"
+
+
+def release_mark(session_id: str) -> bytes:
+    """The value a holder's own release writes into the key: it names the
+    released session. Consul lets anyone who may write the key release it
+    for the holder's session (``?release=<session>``, ``consul kv put
+    -release``), sets no lock-delay for that, and the holder learns of it
+    only from its watch, up to a lease later. Such a release leaves some
+    other value (an empty one, by default), so the next holder can tell it
+    from the holder's own, and waits."""
+    return RELEASE_MARK + session_id.encode("utf-8")
+
+
+def released_by_holder(entry: KeyEntry | None) -> bool:
+    """Whether *entry* is free because its holder released it itself, its
+    work over (the value is a :func:`release_mark`)."""
+    return entry is not None and entry.free and entry.value.startswith(RELEASE_MARK)
+
+
 
 class LockAttempt(NamedTuple):
     """What :meth:`ConsulClient.acquire` found.
@@ -48,12 +72,14 @@ class LockAttempt(NamedTuple):
         ``?stale`` read could show the key free before the leader applied
         the invalidation that set the lock-delay."""
         if self.modify_index is None or seen is None or (self.lock_index or 0) < 2 or \
-                int(seen.get("CreateIndex") or 0) != self.create_index:
+                seen.create_index != self.create_index:
             return False
-        before = int(seen.get("LockIndex") or 0)
-        holder = seen.get("Session")
-        if not holder:
-            return self.lock_index == before + 1
+        before = seen.lock_index
+        holder = seen.session
+        if holder is None:
+            # Free, and its freeing accounted for: the holder's own release,
+            # or an invalidation (Consul's lock-delay covered the next lock).
+            return self.lock_index == before + 1 and (released_by_holder(seen) or invalidated(seen))
         # Ours all along (an answer lost), or released by us and taken again.
         return holder == session_id and self.lock_index in (before, before + 1)
 
@@ -75,6 +101,10 @@ class LockAttempt(NamedTuple):
         if not self.follows(seen, session_id):
             if self.lock_index == 1:
                 why = "as its first holder: if it was deleted under another leader, Consul set no lock-delay"
+            elif seen is not None and seen.free and self.lock_index == seen.lock_index + 1 and \
+                    seen.create_index == self.create_index:
+                why = ("after a release its holder did not make (someone else's ?release= of its session): "
+                       "Consul set no lock-delay, and the holder may still work")
             else:
                 why = ("without seeing it free first: if its last holder's session was invalidated as the "
                        "acquisition was on its way, Consul applied no lock-delay")
@@ -88,8 +118,10 @@ class LockAttempt(NamedTuple):
 
 def invalidated(entry: KeyEntry | None) -> bool:
     """Whether *entry* is free because its holder's session was invalidated
-    (it keeps the holder's value; a release empties it)."""
-    return entry is not None and not entry.get("Session") and bool(entry.get("Value"))
+    (it keeps the holder's value; a holder's own release writes a
+    :func:`release_mark`, anyone else's leaves some other value). A free
+    entry with no value at all is a release someone else made."""
+    return entry is not None and entry.free and bool(entry.value) and not released_by_holder(entry)
 
 
 class FreeSince:
@@ -117,5 +149,5 @@ class FreeSince:
 
 def _mark(entry: KeyEntry) -> tuple[int, int]:
     # One free state of a key: a new lock or a re-created key changes it.
-    return int(entry.get("CreateIndex") or 0), int(entry.get("LockIndex") or 0)
+    return entry.create_index, entry.lock_index
 

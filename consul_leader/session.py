@@ -5,7 +5,8 @@ The session is bound to ``serfHealth`` and to a TTL check of its own, so a
 process that stops heart-beating loses its lock after the check's TTL, far
 sooner than a session TTL (at least 10 s, reaped at up to twice that) would
 allow. The session TTL stays as a backstop for an agent cut off from the
-servers.
+servers. The check belongs to a service instance of the session's own
+(:mod:`consul_leader.footprint`), which Consul removes after a crash.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import logging
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .client import ConsulClient
-from .errors import ConfigurationError, ConsulLeaderError, SessionLost
+from .errors import ConfigurationError, ConsulLeaderError, PermissionDenied, SessionLost
+from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE, Instance, Leftovers
 from .validation import check_number as _number
 
 log = logging.getLogger("consul_leader")
@@ -175,19 +176,32 @@ class Session:
         successful round, with the time the round started: where an owner of
         several locks (:class:`~consul_leader.Elector`) proves each of them.
         An exception it raises fails the round.
+    :param service: the name of the service the session's instance is
+        registered under.
+    :param deregister_after: seconds after which Consul removes the instance
+        once its check is critical (Consul's least is 60).
+    :param meta: what the instance's ``Meta`` shows beside the host, pid and
+        version (``identity``, ``key``).
     """
 
     def __init__(self, client: ConsulClient, timing: Timing, name: str, *,
                  on_lost: Callable[[Session], None] = lambda s: None,
                  on_error: Callable[[ConsulLeaderError], None] = lambda e: None,
                  clock: Clock = lease_clock, stats: HeartbeatStats | None = None,
-                 on_round: Callable[[float], None] | None = None) -> None:
+                 on_round: Callable[[float], None] | None = None, service: str = DEFAULT_SERVICE,
+                 deregister_after: float = DEFAULT_DEREGISTER_AFTER, meta: dict[str, str] | None = None) -> None:
         self.client = client
         self._on_round = on_round
         self.timing = timing
         self.name = name
         self.id: str | None = None
-        self.check_id = f"consul-leader-{uuid.uuid4().hex[:16]}"
+        self.instance = Instance.new(service, deregister_after, meta)
+        #: The TTL check the session binds to (its instance's).
+        self.check_id = self.instance.check_id
+        self._leftovers = Leftovers(client, service, deregister_after)
+        # When to look for leftovers again (a window after the last look
+        # found some); None: not needed.
+        self._look_again: float | None = None
         self.lost = threading.Event()
         self._on_lost = on_lost
         self._on_error = on_error
@@ -219,8 +233,13 @@ class Session:
 
         :raises ConsulLeaderError: Consul could not be reached or refused."""
         t0 = self._clock()
-        self.client.register_check(self.check_id, f"consul-leader: {self.name}",
-                                   self.timing.check_ttl, notes="consul-leader candidate heartbeat")
+        # Leftovers are looked for from the first heartbeat round on, once
+        # the catalog has this instance (it tells this agent's node).
+        self._look_again = t0
+        instance = self.instance
+        self.client.register_service(instance.id, instance.service, instance.check_id, self.timing.check_ttl,
+                                     deregister_after=instance.deregister_after, meta=instance.meta,
+                                     notes=f"consul-leader heartbeat of session {self.name!r}")
         try:
             self.id = self.client.create_session(self.name, ["serfHealth", self.check_id],
                                                  self.timing.lock_delay, self.timing.session_ttl)
@@ -289,7 +308,7 @@ class Session:
         with self._beat_lock:
             assert self.id is not None
             t0 = self._clock()
-            self.client.pass_check(self.check_id)
+            self.client.pass_check(self.check_id, self.instance.service)
             self._passed_at = t0
             if t0 - self._renewed_at >= self.timing.session_ttl / 3:
                 self.client.renew_session(self.id)
@@ -360,11 +379,20 @@ class Session:
                 self._on_error(exc)
             except Exception:  # a bug must not silently end the heartbeat
                 log.exception("unexpected error in the heartbeat of session %s", self.id)
+            if self._look_again is not None and self._clock() >= self._look_again:
+                now = self._clock()
+                try:
+                    delay = self._leftovers.look(now, self.instance.id)
+                except Exception:  # clean-up must never end the heartbeat
+                    log.exception("unexpected error looking for what crashed candidates left")
+                    delay = None
+                self._look_again = None if delay is None else now + delay
 
     def close(self, *, destroy: bool = True) -> None:
         """Stop heart-beating, destroy the session (releasing what it holds)
-        and deregister the check. Errors are logged, not raised: Consul
-        cleans up after the check's TTL anyway."""
+        and deregister its service instance. Errors are logged, not raised:
+        what is left goes critical, and Consul removes it after
+        ``deregister_after``."""
         with self._beat_lock:
             if self._closed.is_set():
                 return
@@ -389,7 +417,11 @@ class Session:
         self.lease_deadline = -math.inf
 
     def _forget_check(self) -> None:
+        instance = self.instance
         try:
-            self.client.deregister_check(self.check_id)
+            self.client.deregister_service(instance.id, instance.service)
+        except PermissionDenied as exc:
+            log.warning("could not deregister service instance %s: %s. It goes critical and Consul removes it "
+                        "%gs later.", instance.id, exc, instance.deregister_after)
         except ConsulLeaderError as exc:
-            log.debug("could not deregister check %s: %s", self.check_id, exc)
+            log.debug("could not deregister service instance %s: %s", instance.id, exc)

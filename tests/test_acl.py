@@ -82,7 +82,7 @@ def test_the_documented_policy_runs_an_election_and_a_handover(agent, node, pref
 MISSING = {
     "key": ("acquire lock", 'key_prefix "<key>" { policy = "write" }'),
     "session": ("create session", 'session "<this agent\'s node>" { policy = "write" }'),
-    "node": ("register check", 'node "<this agent\'s node>" { policy = "write" }'),
+    "service": ("register service", 'service "consul-leader" { policy = "write" }'),
 }
 
 

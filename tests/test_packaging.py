@@ -84,7 +84,7 @@ def test_wheel_metadata_declares_license_python_and_floors(dists: Tuple[Path, Pa
     for minor in (10, 11, 12, 13):
         assert f"Programming Language :: Python :: 3.{minor}" in classifiers
     requires = meta.get_all("Requires-Dist") or []
-    assert "py-consul<1.9,>=1.8.0" in requires, requires
+    assert not [r for r in requires if "consul" in r.lower()], f"no consul module is required: {requires}"
     assert any(r.startswith("urllib3>=") for r in requires), "client.py imports urllib3"
     assert meta["Keywords"]
 
@@ -130,5 +130,5 @@ def test_constraints_lowest_is_what_setup_cfg_declares() -> None:
     cfg.read(os.path.join(ROOT, "setup.cfg"))
     pins = dict(line.split("==") for line in Path(ROOT, "constraints-lowest.txt").read_text().splitlines()
                 if line and not line.startswith("#"))
-    assert pins["py-consul"] == "1.8.0" and "urllib3" in pins
+    assert "py-consul" not in pins and "urllib3" in pins
     assert cfg.get("options", "python_requires") == ">=3.10"

@@ -1,0 +1,125 @@
+"""The decisions of an election, apart from its I/O.
+
+What both engines (:class:`~consul_leader.Candidate`, one key, and
+:class:`~consul_leader.Elector`, many keys on one session) decide from what
+Consul answered, their own state and the time: whether a term's lock is
+still its own, whether another session holds a key, what a step-down does
+next (release, sit out) and when the sit-out is over, how long to wait after
+a refusal because of a lock-delay. The lock-delay rules themselves (whether
+a lock follows what was seen, how long to hold it) are in
+:mod:`consul_leader.lockdelay`.
+
+Pure code: no request, no thread, no clock of its own; every time is passed
+in, on the caller's clock. Drivers carry the decisions out; a deterministic
+simulator can drive the same functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .entry import KeyEntry
+from .events import Reason
+from .lockdelay import release_mark
+
+__all__ = ["AfterTerm", "SitOut", "after_term", "held_by_another", "lock_check", "released_entry",
+           "retry_after_lock_delay"]
+
+
+def lock_check(entry: KeyEntry | None, session_id: str, identity: str) -> Reason | None:
+    """Why a term's lock is no longer its own, from *entry* read while it
+    leads; None while the key still shows it.
+
+    :param entry: the key as read (None: it does not exist).
+    :param session_id: the term's session.
+    :param identity: what the term wrote into the key."""
+    if entry is None or entry.session != session_id:
+        return Reason.LOCK_LOST
+    if entry.value != identity.encode("utf-8"):
+        return Reason.KEY_OVERWRITTEN
+    return None
+
+
+def held_by_another(entry: KeyEntry | None, own_session: str | None) -> bool:
+    """Whether a session other than *own_session* holds *entry*'s lock.
+
+    Our own session holding it while no term has it (an acquisition whose
+    answer was lost) is not "another": taking it again is the only way it
+    ever becomes free or led.
+
+    :param own_session: this participant's live session, or None."""
+    return entry is not None and entry.session is not None and entry.session != own_session
+
+
+@dataclass(frozen=True)
+class SitOut:
+    """A participant that stepped down stays out of the election until
+    *until* (its clock), or until someone else took the lock since.
+
+    :ivar until: when the sit-out ends at the latest.
+    :ivar lock_index: the key's LockIndex in the term that stepped down.
+    """
+
+    until: float
+    lock_index: int
+
+    def over(self, entry: KeyEntry | None, now: float) -> bool:
+        """True once the sit-out ended: its time passed, or *entry* shows
+        that another session took the lock after the term (even if it let
+        it go again)."""
+        return now >= self.until or self.taken_since(entry)
+
+    def taken_since(self, entry: KeyEntry | None) -> bool:
+        """True if *entry* shows a lock taken after the term's."""
+        return entry is not None and entry.lock_index > self.lock_index
+
+
+@dataclass(frozen=True)
+class AfterTerm:
+    """What follows the end of a term, once its job returned and its
+    ``deposed`` receivers ran.
+
+    :ivar release: release the lock (else it is already gone, or the
+        session that held it is).
+    :ivar sit_out: stay out this long before running again (a voluntary end
+        gives the others a turn), or None to run again at once.
+    """
+
+    release: bool
+    sit_out: SitOut | None
+
+
+def after_term(reason: Reason, lock_index: int, now: float, check_ttl: float) -> AfterTerm:
+    """Decide what a term ended for *reason* does next.
+
+    :param reason: why the term ended.
+    :param lock_index: the key's LockIndex at the term's acquisition.
+    :param now: the time the term ended, on the caller's clock.
+    :param check_ttl: how long a participant that stepped down sits out at most."""
+    sit_out = SitOut(now + check_ttl, lock_index) if reason.voluntary else None
+    return AfterTerm(release=reason.must_release, sit_out=sit_out)
+
+
+def retry_after_lock_delay(now: float, lock_delay: float) -> float:
+    """When to try again after Consul refused an acquisition because a
+    lock-delay runs: it started no earlier than now's refusal minus the
+    lock-delay, so it is surely over one lock-delay from *now*."""
+    return now + lock_delay
+
+
+def released_entry(key: str, session_id: str, lock_index: int, create_index: int, modify_index: int) -> KeyEntry:
+    """The key as a holder's own release left it: free, its lock count that
+    of the released term, at the release's index.
+
+    A participant that released a key after its term (its job joined, its
+    ``deposed`` receivers done) has seen it free: its next lock follows
+    this, and is led at once, unless someone else took the key in between.
+    Without it, the last read it has is older than its own term, and its
+    next lock would be held a whole lock-delay with nobody leading.
+
+    :param session_id: the released session.
+    :param lock_index: the released term's LockIndex.
+    :param create_index: the key's CreateIndex in that term.
+    :param modify_index: the key's ModifyIndex the release answered."""
+    return KeyEntry(key=key, value=release_mark(session_id), lock_index=lock_index, create_index=create_index,
+                    modify_index=modify_index)
