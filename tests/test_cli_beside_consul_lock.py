@@ -86,7 +86,11 @@ def test_run_on_consul_locks_own_key_takes_turns_with_it_and_then_keeps_it(cli: 
     wait_until(lambda: "is now" in cli.log("new"), what="run to see the key held")
     assert never_ran(cli, "new")
     old.send_signal(signal.SIGTERM)  # the last consul lock host moves over
-    assert old.wait(30) == 0
+    # consul lock releases, then deletes its key if nobody uses it: when run
+    # took the key in between, that clean-up finds run's flags and consul
+    # lock exits 1 ("Lock cleanup failed"), its command already stopped.
+    if old.wait(30) != 0:
+        assert "Lock cleanup failed: Existing key does not match lock use" in cli.log("old")
     old_life, new_life = life(cli, "old"), None
     cli.started("new")
     # An old host restarted: it must not lead beside run.
