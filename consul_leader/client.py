@@ -217,7 +217,7 @@ class ConsulClient:
 
     def register_service(self, service_id: str, name: str, check_id: str, ttl: float, *,
                          deregister_after: float, meta: dict[str, str] | None = None,
-                         notes: str = "") -> None:
+                         notes: str = "", check_name: str | None = None) -> None:
         """Register a service instance on the agent with one TTL check,
         already passing (a new check starts critical, and a session cannot
         bind to a critical check). The check belongs to the instance, never
@@ -226,8 +226,8 @@ class ConsulClient:
         until Consul reaps the instance *deregister_after* seconds later.
 
         .. versionadded:: 0.2"""
-        check = {"CheckID": check_id, "Name": f"{name} heartbeat", "TTL": _duration(ttl), "Status": "passing",
-                 "DeregisterCriticalServiceAfter": _duration(deregister_after)}
+        check = {"CheckID": check_id, "Name": check_name or f"{name} heartbeat", "TTL": _duration(ttl),
+                 "Status": "passing", "DeregisterCriticalServiceAfter": _duration(deregister_after)}
         if notes:
             check["Notes"] = notes
         body: dict[str, Any] = {"ID": service_id, "Name": name, "Meta": meta or {}}

@@ -239,7 +239,8 @@ class Session:
         instance = self.instance
         self.client.register_service(instance.id, instance.service, instance.check_id, self.timing.check_ttl,
                                      deregister_after=instance.deregister_after, meta=instance.meta,
-                                     notes=f"consul-leader heartbeat of session {self.name!r}")
+                                     notes="consul-leader candidate heartbeat",
+                                     check_name=f"consul-leader: {self.name}")
         try:
             self.id = self.client.create_session(self.name, ["serfHealth", self.check_id],
                                                  self.timing.lock_delay, self.timing.session_ttl)
