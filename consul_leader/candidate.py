@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import tenacity
 
@@ -66,10 +66,6 @@ from .validation import (
 __all__ = ["Candidate", "Health", "LeadershipEvent", "stop_on_signals"]
 
 log = logging.getLogger("consul_leader")
-
-F = TypeVar("F", bound=Callable[..., Any])
-P = ParamSpec("P")
-R = TypeVar("R")
 
 #: Longest blocking query of a waiting candidate: long, to keep an idle
 #: follower cheap (stop() interrupts it), yet bounded so that a connection

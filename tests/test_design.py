@@ -37,13 +37,16 @@ def modules() -> List[str]:
     return names
 
 
+def module_path(module: str) -> Path:
+    path = PACKAGE.parent / (module.replace(".", os.sep) + ".py")
+    return path if path.exists() else PACKAGE.parent / module.replace(".", os.sep) / "__init__.py"
+
+
 def internal_imports(module: str) -> Set[str]:
     """The consul_leader modules *module* imports, at import time or inside
     a function (a function-level import is a cycle postponed), but not
     under ``TYPE_CHECKING``."""
-    path = PACKAGE.parent / (module.replace(".", os.sep) + ".py")
-    if not path.exists():
-        path = PACKAGE.parent / module.replace(".", os.sep) / "__init__.py"
+    path = module_path(module)
     tree = ast.parse(path.read_text())
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: Set[str] = set()
@@ -153,10 +156,7 @@ def test_the_package_reaches_into_no_other_modules_private_names() -> None:
     for module in sorted(MODULES):
         if module in PRIVATE_REACH_EXEMPT:
             continue
-        path = PACKAGE.parent / (module.replace(".", os.sep) + ".py")
-        if not path.exists():
-            path = PACKAGE.parent / module.replace(".", os.sep) / "__init__.py"
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(module_path(module).read_text())
         own = private_names_defined(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module != "__future__":
