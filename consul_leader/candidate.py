@@ -526,10 +526,8 @@ class Candidate(Participant):
                 watch.index = released_at
             self._wait(watch, hold_off_until=sit_out.until, sit_out=sit_out)
             self._sit_out = None
-            if self.wait:
-                # To the end of the line, even if the lock is free: those
-                # who waited go first (the first of them may be frozen, and
-                # costs its check TTL, not its turn).
+            if self.wait and not sit_out.unclaimed(watch.entry if watch.index else None, self._clock()):
+                # To the end of the line: those who waited go first.
                 self._wait_in_line(session, watch)
             return
         if not self._key_checked:

@@ -238,3 +238,14 @@ def test_flags_of_an_older_holder_name_no_lock_delay() -> None:
 @pytest.mark.parametrize("own, seen, hold", [(3.0, 0.0, 3.0), (3.0, 8.0, 8.0), (10.0, 1.0, 10.0)])
 def test_an_unaccounted_lock_is_held_for_the_longest_lock_delay_seen(own: float, seen: float, hold: float) -> None:
     assert lock_delay_to_hold(own, seen) == hold
+
+
+@pytest.mark.parametrize("seen, now, unclaimed", [
+    (entry(lock_index=7), 103.0, True),                  # free all along: nobody in line took it
+    (entry(lock_index=7), 101.0, False),                 # the sit-out still runs
+    (entry(lock_index=8), 103.0, False),                 # someone took it (and let it go) meanwhile
+    (entry(session=OTHER, lock_index=8), 103.0, False),  # someone holds it
+    (None, 103.0, False),                                # not read: go by the line
+])
+def test_when_a_sit_out_leaves_the_key_unclaimed(seen: Optional[KeyEntry], now: float, unclaimed: bool) -> None:
+    assert SitOut(103.0, 7).unclaimed(seen, now) is unclaimed
