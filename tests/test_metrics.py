@@ -16,19 +16,21 @@ from consul_leader.testing import ConsulAgent
 from conftest import wait_until
 
 
-def sampler(registry: CollectorRegistry, key: str) -> Callable[..., Optional[float]]:
+def sampler(registries: Dict[str, CollectorRegistry], key: str) -> Callable[..., Optional[float]]:
+    """Samples of the candidate with *identity*, each in a registry of its
+    own: its series carry the key alone, as each replica's would."""
     def sample(name: str, identity: str, **labels: str) -> Optional[float]:
-        return registry.get_sample_value(name, {"key": key, "identity": identity, **labels})
+        return registries[identity].get_sample_value(name, {"key": key, **labels})
     return sample
 
 
 def test_metrics_follow_a_real_election(key: str, make_candidate) -> None:
-    registry = CollectorRegistry()
-    sample = sampler(registry, key)
+    registries = {"a": CollectorRegistry(), "b": CollectorRegistry()}
+    sample = sampler(registries, key)
     a = make_candidate(key, identity="a", ttl=1)
     b = make_candidate(key, identity="b", ttl=1)
-    metrics.register(a, registry)
-    metrics.register(b, registry)
+    metrics.register(a, registries["a"])
+    metrics.register(b, registries["b"])
     a.start()
     assert a.wait_for_leadership(30)
     b.start()
@@ -51,9 +53,22 @@ def test_metrics_follow_a_real_election(key: str, make_candidate) -> None:
     assert sample("consul_leader_healthy", "a") == 0.0
     assert sample("consul_leader_is_leader", "b") == 1.0
     assert sample("consul_leader_transitions_total", "b", kind="elected") == 1.0
-    text = generate_latest(registry).decode()
-    assert text.count("# TYPE consul_leader_is_leader gauge") == 1  # one family for both candidates
+    assert registries["b"].get_sample_value("leader_election_master_status", {"name": key}) == 1.0
+    assert registries["a"].get_sample_value("leader_election_master_status", {"name": key}) == 0.0
+    text = generate_latest(registries["b"]).decode()
     assert "# TYPE consul_leader_heartbeat_seconds summary" in text
+    assert 'identity="' not in text.replace('consul_leader_candidate_info{identity="b"', ""), \
+        "the identity (new with every process) is a label of the info metric only"
+    assert 'consul_leader_candidate_info{identity="b",key=' in text
+
+
+def test_candidates_of_several_keys_share_one_family_each(make_candidate, prefix: str) -> None:
+    registry = CollectorRegistry()
+    for name in ("x", "y"):
+        metrics.register(make_candidate(f"{prefix}/{name}"), registry)
+    text = generate_latest(registry).decode()
+    assert text.count("# TYPE consul_leader_is_leader gauge") == 1
+    assert text.count("consul_leader_is_leader{") == 2
 
 
 def test_register_is_idempotent_and_unregister_removes(key: str, make_candidate) -> None:
@@ -61,12 +76,12 @@ def test_register_is_idempotent_and_unregister_removes(key: str, make_candidate)
     c = make_candidate(key, identity="c")
     metrics.register(c, registry)
     metrics.register(c, registry)
-    assert generate_latest(registry).decode().count('consul_leader_is_leader{identity="c"') == 1
+    assert generate_latest(registry).decode().count(f'consul_leader_is_leader{{key="{key}"}}') == 1
     assert metrics.unregister(c, registry)
     assert not metrics.unregister(c, registry)
     assert "consul_leader_is_leader{" not in generate_latest(registry).decode()
     metrics.register(c, registry)  # and back, into the same registry
-    assert sampler(registry, key)("consul_leader_is_leader", "c") == 0.0
+    assert sampler({"c": registry}, key)("consul_leader_is_leader", "c") == 0.0
 
 
 def test_without_prometheus_client_the_error_names_the_extra(key: str, make_candidate,
@@ -95,7 +110,7 @@ def test_health_goes_bad_when_consul_is_gone_and_recovers(key: str) -> None:
             health = c.health()
             assert health.running and not health.is_leader and health.lease_remaining == 0.0
             assert health.last_heartbeat_age >= c.timing.check_ttl  # type: ignore[operator]
-            sample = sampler(registry, key)
+            sample = sampler({"h": registry}, key)
             assert sample("consul_leader_healthy", "h") == 0.0
             assert sample("consul_leader_heartbeat_failures_total", "h") >= 1  # type: ignore[operator]
 
