@@ -40,6 +40,7 @@ from .validation import check_bool, check_timeout
 if TYPE_CHECKING:
     from .candidate import Candidate
     from .follower import Follower
+    from .participant import Participant
 
 __all__ = ["SLICE", "events_async", "leader_only_async", "wait_for_leader_async", "wait_for_leadership_async"]
 
@@ -96,7 +97,7 @@ async def _wait_in_thread(step: Callable[[float], bool], timeout: Optional[float
         cancelled.set()
 
 
-async def wait_for_leadership_async(candidate: "Candidate", timeout: Optional[float] = None) -> bool:
+async def wait_for_leadership_async(candidate: "Participant", timeout: Optional[float] = None) -> bool:
     """Await until *candidate* leads; False if *timeout* passed first. The
     event loop keeps running meanwhile; cancelling the awaiting task ends the
     wait (its helper thread within :data:`SLICE` seconds).
@@ -123,14 +124,13 @@ async def wait_for_leader_async(follower: "Follower", timeout: Optional[float] =
     :param timeout: seconds to wait for the first read; None for no limit.
     :raises NotRunning: the follower was not started."""
     timeout = check_timeout("timeout", timeout)
-    follower.wait_for_leader(0)  # raises NotRunning before start(), answers at once otherwise
-    seen = follower._seen
-    if not seen.is_set() and timeout != 0:
-        await _wait_in_thread(seen.wait, timeout, f"follow {follower.key}")
+    # Raises NotRunning before start(), answers at once otherwise.
+    if not follower.wait_for_first_read(0) and timeout != 0:
+        await _wait_in_thread(follower.wait_for_first_read, timeout, f"follow {follower.key}")
     return follower.leader()
 
 
-async def events_async(candidate: "Candidate") -> AsyncIterator[LeadershipEvent]:
+async def events_async(candidate: "Participant") -> AsyncIterator[LeadershipEvent]:
     """Yield a :class:`~consul_leader.LeadershipEvent` for every change of
     *candidate*'s leadership and every error, from the call on, until the
     candidate stops: the asynchronous :meth:`Candidate.events()
@@ -193,7 +193,7 @@ async def events_async(candidate: "Candidate") -> AsyncIterator[LeadershipEvent]
             signal.disconnect(receiver, sender=candidate)
 
 
-def _until_stopped(candidate: "Candidate") -> None:
+def _until_stopped(candidate: "Participant") -> None:
     # events() of a stopped candidate ends at once; of a stopping one, once
     # the stop has finished, after the last deposed receivers ran.
     for _ in candidate.events():

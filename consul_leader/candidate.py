@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
-import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable
+from typing import Any
 
 import tenacity
 
-from . import aio, decorators, process, signals
+from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
 from .decisions import SitOut, after_term, held_by_another, lock_check, released_entry, retry_after_lock_delay
@@ -43,26 +41,31 @@ from .health import Health
 from .interrupt import clear_wake, interrupt, wake
 from .job import Job, JobRunner
 from .line import WaitingLine
-from .lockdelay import FreeSince, LockAttempt, release_mark
+from .lockdelay import (
+    FreeSince,
+    LockAttempt,
+    holder_flags,
+    holder_lock_delay,
+    lock_delay_to_hold,
+    release_mark,
+)
+from .participant import Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
+from .term import Stage, Term, log_elected, log_ended
 from .validation import (
     check_bool,
     check_identity,
     check_job,
     check_key,
     check_optional_seconds,
-    check_timeout,
+    default_identity,
 )
 
 __all__ = ["Candidate", "Health", "LeadershipEvent", "stop_on_signals"]
 
 log = logging.getLogger("consul_leader")
-
-F = TypeVar("F", bound=Callable[..., Any])
-P = ParamSpec("P")
-R = TypeVar("R")
 
 #: Longest blocking query of a waiting candidate: long, to keep an idle
 #: follower cheap (stop() interrupts it), yet bounded so that a connection
@@ -75,22 +78,7 @@ _IDLE_WAIT = 30.0
 _SUCCESSOR_WAIT = 0.1
 
 
-class _Term:
-    __slots__ = ("session", "fencing_token", "lock_index", "create_index", "started", "reason", "runner")
-
-    def __init__(self, session: Session, attempt: LockAttempt, started: float) -> None:
-        assert attempt.modify_index is not None
-        self.session = session
-        self.fencing_token = attempt.modify_index
-        self.lock_index = attempt.lock_index or 0
-        self.create_index = attempt.create_index or 0
-        self.started = started
-        #: Set by whoever ends the term first (resign, stop, the job, the watchdog).
-        self.reason: Reason | None = None
-        self.runner: JobRunner | None = None
-
-
-class Candidate:
+class Candidate(Participant):
     """Runs for leadership of *key* in a background thread.
 
     :param key: the Consul KV key that is the lock, e.g. ``"service/beat/leader"``.
@@ -139,7 +127,7 @@ class Candidate:
                  clock: Clock | None = None) -> None:
         self.key = check_key(key)
         self._default_identity = identity is None
-        self.identity = _default_identity() if identity is None else check_identity(identity)
+        self.identity = default_identity() if identity is None else check_identity(identity)
         self.timing = Timing.from_ttl(ttl, heartbeat=heartbeat, lease=lease, lock_delay=lock_delay,
                                       session_ttl=session_ttl)
         self.term_limit = check_optional_seconds("term_limit", term_limit)
@@ -160,7 +148,7 @@ class Candidate:
         # must not block (the lease does not wait for it).
         self._term_hook: Callable[[int, float], None] | None = None
         self._reset()
-        process.register(self)
+        process.register(self, self._after_fork_in_child)
 
     def _reset(self) -> None:
         self._state = "new"  # new -> running -> stopped
@@ -169,13 +157,13 @@ class Candidate:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._session: Session | None = None
-        self._term: _Term | None = None
+        self._term: Term | None = None
         # The last term's runner, until its job has returned.
         self._runner: JobRunner | None = None
         self._ending = False  # the election thread is ending a term
         self._finish_deferred = False  # stop() was called from the job or a receiver
         self._main_done = threading.Event()  # set when the election thread has finished
-        self._holding: _Term | None = None  # the term whose lock _hold watches
+        self._holding: Term | None = None  # the term whose lock _hold watches
         self._leader: str | None = None
         self._observed = LeaderInfo()  # the leader as the key last showed it
         # After stepping down: sit out until then, or until the key's
@@ -197,6 +185,9 @@ class Candidate:
         # after it was seen free is led at once (LockAttempt.follows).
         self._seen: KeyEntry | None = None
         self._free_since = FreeSince()
+        # The longest lock-delay that a holder of the key wrote, among those
+        # seen: a lock no lock-delay of Consul's covered is held that long.
+        self._longest_delay = 0.0
         # The crowd on a key: every waiter sees a release at once. One that
         # lost the last race waits a moment, watching the key, before trying,
         # so the rest do not all send a (Raft) write that can only fail.
@@ -254,21 +245,6 @@ class Candidate:
         term = self._term
         return term is not None and self._clock() < term.session.lease_deadline
 
-    def leader(self) -> str | None:
-        """The identity of the current leader as last observed (this
-        candidate's own while it leads), or None."""
-        if self.is_leader():
-            return self.identity
-        return self._leader
-
-    @property
-    def fencing_token(self) -> int | None:
-        """While leading, the key's ModifyIndex at this term's acquisition: a
-        Raft index that every later term exceeds. Pass it to the systems you
-        write to, and have them refuse smaller ones. None when not leading."""
-        term = self._term
-        return term.fencing_token if term is not None and self.is_leader() else None
-
     @property
     def running(self) -> bool:
         """True between :meth:`start` and :meth:`stop` (or giving up)."""
@@ -301,26 +277,6 @@ class Candidate:
                          stats=self.heartbeat_stats, now=self._clock(), check_ttl=self.timing.check_ttl,
                          lease_deadline=term.session.lease_deadline if term is not None else -math.inf,
                          last_error=self._last_error)
-
-    def wait_for_leadership(self, timeout: float | None = None) -> bool:
-        """Block until this candidate leads; False if *timeout* passed first.
-
-        :param timeout: seconds to wait at most; None waits for as long as it takes.
-        :raises NotRunning: the candidate is not started, or stopped meanwhile.
-        :raises LockHeld: ``wait=False`` and another candidate holds the lock.
-        :raises PermissionDenied: the ACL token cannot run this election."""
-        timeout = check_timeout("timeout", timeout)
-        # Real seconds, whatever clock the election runs on.
-        deadline = None if timeout is None else lease_clock() + timeout
-        with self._changed:
-            while not self.is_leader():
-                self._raise_if_hopeless()
-                remaining = None if deadline is None else deadline - lease_clock()
-                if remaining is not None and remaining <= 0:
-                    return False
-                # Short slices: the lease can start without a notify.
-                self._changed.wait(0.05 if remaining is None else min(remaining, 0.05))
-            return True
 
     def resign(self) -> bool:
         """Step down if leading: :meth:`is_leader` turns False at once, the
@@ -451,69 +407,24 @@ class Candidate:
         if self._failure is not None:
             raise self._failure
 
-    async def wait_for_leadership_async(self, timeout: float | None = None) -> bool:
-        """Await until this candidate leads; False if *timeout* passed first.
-        The event loop keeps running meanwhile (the asyncio form of
-        :meth:`wait_for_leadership`, which raises the same errors).
+    def set_term_hook(self, hook: Callable[[int, float], None] | None) -> None:
+        """Have ``hook(fencing_token, lease_deadline)`` called on the
+        election thread the moment each term begins, before the ``elected``
+        signal and before the job starts: where work that must start with no
+        thread switch on the handover path is started (``consul-leader run``
+        asks its watchdog process to start the command there).
+        *lease_deadline* is on the candidate's clock. The hook must not
+        block (the lease does not wait for it); one that raises is logged.
 
-        :param timeout: seconds to wait at most; None waits for as long as it takes.
+        :param hook: the hook, or None to remove it.
 
-        .. versionadded:: 0.2"""
-        return await aio.wait_for_leadership_async(self, timeout)
-
-    def events_async(self) -> AsyncIterator[LeadershipEvent]:
-        """``async for event in candidate.events_async()``: the asyncio form
-        of :meth:`events`; it never blocks the loop. Like :meth:`events`,
-        before :meth:`start` it waits for the candidate to start.
-
-        .. versionadded:: 0.2"""
-        return aio.events_async(self)
-
-    def events(self) -> Iterator[LeadershipEvent]:
-        """Yield a :class:`LeadershipEvent` for every change of this
-        candidate's leadership and every error (like the elected channel of
-        Docker's ``leadership`` package), from the call on, until the
-        candidate stops."""
-        return self._events.subscribe()
-
-    @overload
-    def leader_only(self, func: Callable[P, Coroutine[Any, Any, R]], *,
-                    raise_not_leader: bool = ...) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
-
-    @overload
-    def leader_only(self, func: Callable[P, R], *, raise_not_leader: bool = ...) -> Callable[P, R | None]: ...
-
-    @overload
-    def leader_only(self, func: None = ..., *, raise_not_leader: bool = ...) -> decorators.LeaderOnly: ...
-
-    def leader_only(self, func: Callable[..., Any] | None = None, *, raise_not_leader: bool = False) -> Any:
-        """Decorator: run the function only while this candidate leads; see
-        :func:`consul_leader.leader_only`.
-
-        :param func: the function (when used bare, ``@candidate.leader_only``).
-        :param raise_not_leader: raise :class:`~consul_leader.NotLeader` instead
-            of returning None."""
-        return decorators.leader_only(func, raise_not_leader=raise_not_leader, candidate=self)
-
-    def on_elected(self, func: F) -> F:
-        """Decorator: call ``func(candidate, fencing_token=...)`` when this
-        candidate is elected; returns *func* unchanged.
-
-        :param func: the receiver; it runs on the candidate's signal thread.
-            ``elected.disconnect(func)`` undoes it; it does not keep the
-            candidate alive."""
-        return signals.connect_for(signals.elected, func, self)
-
-    def on_deposed(self, func: F) -> F:
-        """Decorator: call ``func(candidate, reason=...)`` when this candidate
-        stops leading; returns *func* unchanged.
-
-        :param func: the receiver; it runs on the candidate's signal thread.
-            ``deposed.disconnect(func)`` undoes it; it does not keep the
-            candidate alive."""
-        return signals.connect_for(signals.deposed, func, self)
+        .. versionadded:: 0.3"""
+        self._term_hook = hook
 
     # -- the election thread ------------------------------------------------
+
+    def _changed_condition(self) -> threading.Condition:
+        return self._changed
 
     def _raise_if_hopeless(self) -> None:
         if self._failure is not None:
@@ -615,10 +526,8 @@ class Candidate:
                 watch.index = released_at
             self._wait(watch, hold_off_until=sit_out.until, sit_out=sit_out)
             self._sit_out = None
-            if self.wait:
-                # To the end of the line, even if the lock is free: those
-                # who waited go first (the first of them may be frozen, and
-                # costs its check TTL, not its turn).
+            if self.wait and not sit_out.unclaimed(watch.entry if watch.index else None, self._clock()):
+                # To the end of the line: those who waited go first.
                 self._wait_in_line(session, watch)
             return
         if not self._key_checked:
@@ -633,7 +542,8 @@ class Candidate:
         seen = self._seen
         asked_at = self._clock()
         try:
-            attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id, flags=since_ms,
+            attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id,
+                                          flags=holder_flags(since_ms, self.timing.lock_delay),
                                           delete=self._line.entry)
         except SessionLost:
             session.lost.set()
@@ -718,6 +628,7 @@ class Candidate:
     def _observe(self, entry: KeyEntry | None) -> None:
         self._seen = entry
         self._free_since.see(entry, self._clock())
+        self._longest_delay = max(self._longest_delay, holder_lock_delay(entry) or 0.0)
         info = LeaderInfo.from_entry(entry)
         if not info.same_leader(self._observed):
             self._observed = info
@@ -795,7 +706,7 @@ class Candidate:
         :meth:`LockAttempt.hold_off`)."""
         assert attempt.modify_index is not None and session.id is not None
         hold, why = attempt.hold_off(seen, session.id, self._free_since.of(seen), self._clock(),
-                                     self.timing.lock_delay)
+                                     lock_delay_to_hold(self.timing.lock_delay, self._longest_delay))
         if hold > 0 and not self._lock_delay_wait(hold, why):
             return
         session.set_leading(self.key, held_since)
@@ -810,7 +721,7 @@ class Candidate:
             return  # lost between the acquisition and the check: no term
         watch = KeyWatch(self.client, self.key)
         watch.index = attempt.modify_index  # block from our acquisition on
-        term = _Term(session, attempt, self._clock())
+        term = Term(session, attempt, self._clock())
         with self._state_lock:
             if self._stopping.is_set():
                 # stop() ran while we were acquiring: it found no term to end.
@@ -828,8 +739,8 @@ class Candidate:
                 except Exception:
                     log.exception("the term hook of %s raised", self.identity)
             self._leader = self.identity
-            log.info("%s elected leader of %r (fencing token %d)", self.identity, self.key, term.fencing_token,
-                     extra=self._log_fields("elected", fencing_token=term.fencing_token))
+            log_elected(self.identity, self.key, term,
+                        extra=self._log_fields("elected", fencing_token=term.fencing_token))
             self._dispatcher.send(signals.elected, self, fencing_token=term.fencing_token)
             self._dispatcher.send_latest(signals.leader_changed, self, leader=self.identity)
             self._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
@@ -852,7 +763,7 @@ class Candidate:
         # the lock-delay to whoever comes next.
         return not self._stopping.wait(hold)
 
-    def _hold(self, session: Session, term: _Term, watch: KeyWatch) -> Reason:
+    def _hold(self, session: Session, term: Term, watch: KeyWatch) -> Reason:
         """Watch the lock while leading; return why the term ended."""
         end = None if self.term_limit is None else term.started + self.term_limit
         self._holding = term
@@ -861,7 +772,7 @@ class Candidate:
         finally:
             self._holding = None
 
-    def _watch_lock(self, session: Session, term: _Term, watch: KeyWatch, end: float | None) -> Reason:
+    def _watch_lock(self, session: Session, term: Term, watch: KeyWatch, end: float | None) -> Reason:
         while True:
             clear_wake()  # before looking: a wake from now on cuts the read below short
             if term.reason is not None:  # stepped down by resign(), stop() or the job
@@ -891,7 +802,7 @@ class Candidate:
             if lost is not None:
                 return lost
 
-    def _end_term(self, term: _Term, reason: Reason) -> None:
+    def _end_term(self, term: Term, reason: Reason) -> None:
         """The one way out of a term: leadership off, the job stopped and
         waited for, ``deposed`` delivered, then the lock released."""
         clear_wake()  # a wake that ended _hold must not fail the release below
@@ -902,6 +813,7 @@ class Candidate:
                 if term.reason is None:
                     term.reason = reason
                 reason = term.reason
+            term.stage = Stage.JOINING
             session = term.session
             session.set_leading(None)
             runner = term.runner
@@ -913,22 +825,22 @@ class Candidate:
             if after.sit_out is not None:
                 self._sit_out = after.sit_out
             fields = self._log_fields("deposed", fencing_token=term.fencing_token, reason=str(reason))
-            if reason.deposed:
-                log.warning("%s deposed as leader of %r: %s", self.identity, self.key, reason, extra=fields)
-            else:
-                log.info("%s stepped down as leader of %r: %s", self.identity, self.key, reason, extra=fields)
+            log_ended(self.identity, self.key, reason, extra=fields)
+            term.stage = Stage.DELIVERING
             self._dispatcher.send(signals.deposed, self, reason=reason)
             self._events.publish(LeadershipEvent(EventKind.DEPOSED, reason=reason))
             # The deposed receivers stop what on_elected started: let them
             # finish before anyone else can start it.
             self._dispatcher.flush(f"the deposed receivers of {self.identity}")
             self._notify()
+            term.stage = Stage.RELEASING
             if after.release:
                 self._release(term, reason)
         finally:
+            term.stage = Stage.DONE
             self._ending = False
 
-    def _release(self, term: _Term, reason: Reason) -> None:
+    def _release(self, term: Term, reason: Reason) -> None:
         session = term.session
         assert session.id is not None
         for attempt in (1, 2):
@@ -969,7 +881,7 @@ class Candidate:
 
     # -- the job ------------------------------------------------------------
 
-    def _start_term_runner(self, term: _Term) -> None:
+    def _start_term_runner(self, term: Term) -> None:
         """Watch *term*'s lease, and run the job if there is one (with the
         state lock held)."""
 
@@ -1005,11 +917,7 @@ class Candidate:
         was_running = self._state == "running"
         self._reset()
         if self._default_identity:
-            self.identity = _default_identity()
+            self.identity = default_identity()
         self.client = ConsulClient(self.client.config)
         if was_running:
             log.debug("%r was running in the parent process; start() it again to run here", self)
-
-
-def _default_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"

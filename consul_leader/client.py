@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
+import requests.adapters
 
 from .config import ConsulConfig
 from .errors import (
@@ -77,6 +78,19 @@ class _Refused(Exception):
         self.text = text
 
 
+class _ServerNameAdapter(requests.adapters.HTTPAdapter):
+    """Checks the agent's certificate against a name other than the host
+    connected to (``CONSUL_TLS_SERVER_NAME``), and sends it as SNI."""
+
+    def __init__(self, server_name: str) -> None:
+        self._server_name = server_name
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["server_hostname"] = self._server_name
+        super().init_poolmanager(*args, **kwargs)
+
+
 class _Transport:
     """Requests to the agent through a ``requests.Session`` per thread and
     per process: a session shared between threads, or carried across
@@ -102,6 +116,8 @@ class _Transport:
             # gzip, 2.9 ms without, on the handover path of an Elector).
             session.headers["Accept-Encoding"] = "identity"
             session.headers.update(self._headers)
+            if self.config.tls_server_name and self.config.scheme == "https":
+                session.mount("https://", _ServerNameAdapter(self.config.tls_server_name))
             track(session)
             local.session = session
             local.pid = pid
@@ -217,7 +233,7 @@ class ConsulClient:
 
     def register_service(self, service_id: str, name: str, check_id: str, ttl: float, *,
                          deregister_after: float, meta: dict[str, str] | None = None,
-                         notes: str = "") -> None:
+                         notes: str = "", check_name: str | None = None) -> None:
         """Register a service instance on the agent with one TTL check,
         already passing (a new check starts critical, and a session cannot
         bind to a critical check). The check belongs to the instance, never
@@ -226,8 +242,8 @@ class ConsulClient:
         until Consul reaps the instance *deregister_after* seconds later.
 
         .. versionadded:: 0.2"""
-        check = {"CheckID": check_id, "Name": f"{name} heartbeat", "TTL": _duration(ttl), "Status": "passing",
-                 "DeregisterCriticalServiceAfter": _duration(deregister_after)}
+        check = {"CheckID": check_id, "Name": check_name or f"{name} heartbeat", "TTL": _duration(ttl),
+                 "Status": "passing", "DeregisterCriticalServiceAfter": _duration(deregister_after)}
         if notes:
             check["Notes"] = notes
         body: dict[str, Any] = {"ID": service_id, "Name": name, "Meta": meta or {}}

@@ -73,6 +73,14 @@ class SitOut:
         """True if *entry* shows a lock taken after the term's."""
         return entry is not None and entry.lock_index > self.lock_index
 
+    def unclaimed(self, entry: KeyEntry | None, now: float) -> bool:
+        """True if the sit-out ran its whole time with the key free and
+        nobody's lock since: the waiters do not take it (the first in line
+        is frozen, or its agent refuses it), and the one that sat out takes
+        it back now rather than queue behind them, which would cost the
+        frozen one's check TTL, or for ever while it stays alive."""
+        return now >= self.until and entry is not None and entry.free and not self.taken_since(entry)
+
 
 @dataclass(frozen=True)
 class AfterTerm:

@@ -13,16 +13,16 @@ thread. See "Many elections in one process" in the docs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from . import decorators, process, signals
-from .candidate import _default_identity
+from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
 from .decisions import SitOut, after_term, lock_check, retry_after_lock_delay
@@ -37,12 +37,29 @@ from .errors import (
 )
 from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import LeaderInfo
+from .health import Health
 from .interrupt import interrupt
 from .job import LEASE_CLOCK_SLICE, Job, JobRunner
-from .lockdelay import FreeSince, LockAttempt, release_mark
+from .lockdelay import (
+    FreeSince,
+    LockAttempt,
+    holder_flags,
+    holder_lock_delay,
+    lock_delay_to_hold,
+    release_mark,
+)
+from .participant import Participant
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .validation import check_bool, check_identity, check_job, check_key, check_number, check_timeout
+from .term import Stage, Term, log_elected, log_ended
+from .validation import (
+    check_bool,
+    check_identity,
+    check_job,
+    check_key,
+    check_number,
+    default_identity,
+)
 
 __all__ = ["Candidacy", "Elector"]
 
@@ -50,29 +67,26 @@ log = logging.getLogger("consul_leader")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Term:
-    __slots__ = ("candidacy", "session", "fencing_token", "lock_index", "deadline", "lapsed", "reason", "runner",
-                 "job_done", "stage")
+class _KeyTerm(Term):
+    """A term of one of an elector's keys: its lease is the session's, and
+    the last read of the prefix that showed the key this session's."""
 
-    def __init__(self, candidacy: Candidacy, session: Session, attempt: LockAttempt, deadline: float) -> None:
-        assert attempt.modify_index is not None
+    __slots__ = ("candidacy", "deadline", "lapsed", "job_done")
+
+    def __init__(self, candidacy: Candidacy, session: Session, attempt: LockAttempt, started: float,
+                 deadline: float) -> None:
+        super().__init__(session, attempt, started)
         self.candidacy = candidacy
-        self.session = session
-        self.fencing_token = attempt.modify_index
-        self.lock_index = attempt.lock_index or 0
         self.deadline = deadline  # the lease from the last read that showed the key ours (at most the session's)
         self.lapsed = False  # a lapsed lease stays lapsed
-        self.reason: Reason | None = None
-        self.runner: JobRunner | None = None
         self.job_done = False
-        self.stage = "leading"  # -> joining (the job) -> delivering (deposed) -> done (released)
 
     def lease_end(self) -> float:
         """When this key's lease ends: the session's, and the last read that showed the key ours."""
         return min(self.deadline, self.session.lease_deadline)
 
 
-class Candidacy:
+class Candidacy(Participant):
     """One key of an :class:`Elector`, with the API of a
     :class:`~consul_leader.Candidate` (made by :meth:`Elector.candidate`).
     It is the sender of its ``elected``, ``deposed`` and ``leader_changed``
@@ -85,7 +99,7 @@ class Candidacy:
         self.elector = elector
         self.key = key
         self.identity = identity
-        self._term: _Term | None = None
+        self._term: _KeyTerm | None = None
         self._state = "idle"  # idle, delay-wait, leading, withdrawn; owned by the worker thread
         self._withdrawn = False
         self._not_before = -math.inf  # a lock-delay runs until then
@@ -96,6 +110,7 @@ class Candidacy:
         # (LockAttempt.hold_off): until then.
         self._delay_wait: tuple[float, LockAttempt, Session] | None = None
         self._free_since = FreeSince()
+        self._longest_delay = 0.0  # the longest lock-delay a holder of the key wrote (see Candidate)
         self._released = -1  # the fencing token of the last term whose key was released
         self._observed = LeaderInfo()
         self._leader: str | None = None
@@ -120,16 +135,6 @@ class Candidacy:
         term = self._term
         return term is not None and not term.lapsed and self.elector._clock() < term.lease_end()
 
-    def leader(self) -> str | None:
-        """The identity of this key's leader as last observed, or None."""
-        return self.identity if self.is_leader() else self._leader
-
-    @property
-    def fencing_token(self) -> int | None:
-        """While leading, the key's ModifyIndex at this term's acquisition; else None."""
-        term = self._term
-        return term.fencing_token if term is not None and self.is_leader() else None
-
     def resign(self) -> bool:
         """Step down as :meth:`Candidate.resign() <consul_leader.Candidate.resign>` does:
         the flag off now, the lock released after the job returned and the
@@ -145,7 +150,7 @@ class Candidacy:
         release it; the elector and its other keys go on. From the job or a
         receiver, returns without waiting."""
         elector = self.elector
-        elector._queue.put(("withdraw", self))
+        elector._post(functools.partial(elector._withdraw, self))
         if elector._on_own_thread() or not elector.running:
             return
         with elector._changed:
@@ -159,46 +164,45 @@ class Candidacy:
         self._job = check_job(job)
         check_bool("block", block)
         self.elector.start()
-        self.elector._queue.put(("job", self))
+        self.elector._post(functools.partial(self.elector._start_job, self))
         if block:
             self.elector.wait_stopped()
 
-    def wait_for_leadership(self, timeout: float | None = None) -> bool:
-        """Block until this key is led; False if *timeout* passed first.
+    @property
+    def state(self) -> str:
+        """``"new"`` (its elector not started), ``"running"``, ``"stopping"``
+        (its elector stops, or this key is being withdrawn: the last term is
+        ending) or ``"stopped"`` (withdrawn, or its elector stopped).
 
-        :raises NotRunning: the elector is not running."""
-        timeout = check_timeout("timeout", timeout)
-        deadline = None if timeout is None else lease_clock() + timeout
-        with self.elector._changed:
-            while not self.is_leader():
-                if not self.running:
-                    raise NotRunning(f"{self!r} is not running; start() its Elector first")
-                remaining = None if deadline is None else deadline - lease_clock()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self.elector._changed.wait(0.05 if remaining is None else min(remaining, 0.05))
-            return True
+        .. versionadded:: 0.3"""
+        elector = self.elector
+        if self._state == "withdrawn" or elector._state == "stopped":
+            return "stopped"
+        if elector._state == "new":
+            return "new"
+        return "stopping" if elector._stopping.is_set() or self._withdrawn else "running"
 
-    def events(self) -> Iterator[LeadershipEvent]:
-        """Yield an ``elected`` or ``deposed`` :class:`LeadershipEvent` for
-        every change of this key's leadership, until the elector stops."""
-        return self._events.subscribe()
+    def health(self) -> Health:
+        """A watchdog's view of this key, as :meth:`Candidate.health()
+        <consul_leader.Candidate.health>` gives it: the elector's threads
+        and heartbeat (shared by all its keys), this key's lease. A cheap
+        read that makes no request.
 
-    def leader_only(self, func: Callable[..., Any] | None = None, *, raise_not_leader: bool = False) -> Any:
-        """Decorator: run the function only while this key is led; see
-        :func:`consul_leader.leader_only`."""
-        return decorators.leader_only(func, raise_not_leader=raise_not_leader, candidate=self)
+        .. versionadded:: 0.3"""
+        elector = self.elector
+        term = self._term
+        worker = elector._worker
+        lease_end = term.lease_end() if term is not None and not term.lapsed else -math.inf
+        return Health.of(running=self.running and worker is not None and worker.is_alive(),
+                         stats=elector.heartbeat_stats, now=elector._clock(), check_ttl=elector.timing.check_ttl,
+                         lease_deadline=lease_end, last_error=elector._last_error)
 
-    def on_elected(self, func: F) -> F:
-        """Decorator: call ``func(candidacy, fencing_token=...)`` when this key is won."""
-        return signals.connect_for(signals.elected, func, self)
+    def _changed_condition(self) -> threading.Condition:
+        return self.elector._changed
 
-    def on_deposed(self, func: F) -> F:
-        """Decorator: call ``func(candidacy, reason=...)`` when this key's term ended."""
-        return signals.connect_for(signals.deposed, func, self)
-
-    def _after_fork_in_child(self) -> None:
-        pass  # the elector forgets everything (see _forget_parent)
+    def _raise_if_hopeless(self) -> None:
+        if not self.running:
+            raise NotRunning(f"{self!r} is not running; start() its Elector first")
 
     def _forget_parent(self) -> None:
         # In a forked child, from the elector's own after-fork step.
@@ -233,7 +237,7 @@ class Elector:
                  lease: float | None = None, heartbeat: float | None = None, session_ttl: float | None = None,
                  timeout: float = 5.0, wait: float = 30.0, clock: Clock | None = None) -> None:
         self.prefix = check_key(prefix).rstrip("/") + "/"
-        self.identity = _default_identity() if identity is None else check_identity(identity)
+        self.identity = default_identity() if identity is None else check_identity(identity)
         self.timing = Timing.from_ttl(ttl, heartbeat=heartbeat, lease=lease, lock_delay=lock_delay,
                                       session_ttl=session_ttl)
         self.client = ConsulClient(ConsulConfig.resolve(consul=consul, address=address, token=token,
@@ -247,7 +251,8 @@ class Elector:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
-        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        # The worker's messages: bound methods, run in order on the worker thread.
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._candidacies: dict[str, Candidacy] = {}
         self._entries: dict[str, KeyEntry] = {}
         self._index = 0
@@ -260,7 +265,9 @@ class Elector:
         self._added = False  # a key was added since the worker last looked at every key's entry
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
         self.heartbeat_stats = HeartbeatStats()
-        process.register(self)
+        # The last error talking to Consul, until a turn of the worker succeeds.
+        self._last_error: ConsulLeaderError | None = None
+        process.register(self, self._after_fork_in_child)
 
     def __repr__(self) -> str:
         return f"<Elector {self.prefix!r} {len(self._candidacies)} keys {self._state}>"
@@ -283,7 +290,7 @@ class Elector:
                 raise ConfigurationError(f"this elector already runs for {key!r}")
             candidacy = self._candidacies[key] = Candidacy(self, key, who)
             self._added = True
-        self._queue.put(("kick",))
+        self._post(self._look_at_every_key)
         return candidacy
 
     def candidacies(self) -> list[Candidacy]:
@@ -330,7 +337,7 @@ class Elector:
                 self._state = "stopped"
                 return
             self._stopping.set()
-        self._queue.put(("stop",))
+        self._post(self._stop_terms)
         if self._on_own_thread():
             return
         self.wait_stopped()
@@ -351,7 +358,7 @@ class Elector:
     def _worker_alive(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
 
-    def _step_down(self, term: _Term, reason: Reason) -> bool:
+    def _step_down(self, term: _KeyTerm, reason: Reason) -> bool:
         """End *term* from any thread: its flag turns off now, and its
         ending goes on here (see :meth:`_continue_end`)."""
         with self._lock:
@@ -397,7 +404,7 @@ class Elector:
             for key, entry in changed.items():
                 known[key] = entry.modify_index
             del raw
-            self._queue.put(("changes", new, changed, removed, reset))
+            self._post(functools.partial(self._on_changes, new, changed, removed, reset))
 
     def _prove(self, session: Session, t0: float) -> None:
         """A heartbeat round of *session* (started at *t0*, the check
@@ -411,7 +418,7 @@ class Elector:
         index, raw = self.client.get_prefix(self.prefix)
         entries = {key: KeyEntry.parse(one) for key, one in raw.items()}
         now = self._clock()
-        ended: list[tuple[_Term, Reason]] = []
+        ended: list[tuple[_KeyTerm, Reason]] = []
         with self._lock:
             for term in terms:
                 if term.reason is not None or term.lapsed:
@@ -428,9 +435,10 @@ class Elector:
                     term.deadline = min(session.lease_deadline, t0 + self.timing.lease)
         for term, reason in ended:
             self._step_down(term, reason)
-        self._queue.put(("entries", index, entries, False))
+        self._post(functools.partial(self._on_listing, index, entries))
 
     def _report(self, error: ConsulLeaderError) -> None:
+        self._last_error = error
         log.warning("election for the keys under %r: %s; retrying", self.prefix, error)
         self._dispatcher.send(signals.election_error, self, error=error)
 
@@ -454,7 +462,7 @@ class Elector:
             # A new list each turn: a timer that wakes the worker with
             # nothing queued must not handle the last batch again (a term's
             # ending carried on twice released its key before its job returned).
-            items: list[tuple[Any, ...]] = []
+            items: list[Callable[[], None]] = []
             try:
                 items.append(self._queue.get(timeout=timeout))
                 while True:
@@ -482,6 +490,7 @@ class Elector:
                     some, self._dirty = self._dirty, set()
                     self._next_timer = min(self._next_timer, self._sweep(some))
                 backoff = 0.0
+                self._last_error = None
             except ConsulLeaderError as exc:
                 self._report(exc)
                 backoff = min(max(backoff * 2, 0.1), self.timing.check_ttl)
@@ -507,7 +516,7 @@ class Elector:
         bound), by the backoff, and before waiting for a heartbeat round."""
         now = self._clock()
         earliest = math.inf
-        over: list[_Term] = []
+        over: list[_KeyTerm] = []
         with self._lock:
             for candidacy in self._candidacies.values():
                 term = candidacy._term
@@ -537,55 +546,64 @@ class Elector:
         process.withdraw_default(self)
         log.info("%s left the election for the keys under %r", self.identity, self.prefix)
 
-    def _handle_all(self, items: list[tuple[Any, ...]]) -> None:
+    def _post(self, message: Callable[[], None]) -> None:
+        """Have the worker thread run *message* (a bound method, with its
+        arguments bound), after the messages posted before it."""
+        self._queue.put(message)
+
+    def _handle_all(self, items: list[Callable[[], None]]) -> None:
         """Every message of a batch, even when one of them fails: a lost
-        "release" would hold its key forever. The first failure is raised
+        release would hold its key forever. The first failure is raised
         after the others ran."""
         failure: Exception | None = None
         for item in items:
             try:
-                self._handle(*item)
+                item()
             except Exception as exc:
                 failure = failure or exc
         if failure is not None:
             raise failure
 
-    def _handle(self, what: str, *args: Any) -> None:
-        if what == "changes":  # the watch's: only the entries that changed since its last listing
-            index, changed, removed, reset = args
-            if reset:
-                self._apply_listing(index, changed, reset=True)
-            elif index >= self._index:
-                self._apply(index, changed, removed)
-        elif what == "entries":  # a full listing (the heartbeat's read)
-            index, entries, reset = args
-            if index >= self._index or reset:
-                self._apply_listing(index, entries, reset)
-        elif what == "release":
-            self._release(args[0])
-        elif what == "kick":
-            self._full = True
-        elif what == "lost":
-            self._full = True
-            for candidacy in self.candidacies():
-                term = candidacy._term
-                if term is not None and term.session is args[0]:
-                    self._step_down(term, Reason.LOCK_LOST)
-                if candidacy._delay_wait is not None and candidacy._delay_wait[2] is args[0]:
-                    candidacy._delay_wait, candidacy._state = None, "idle"
-        elif what == "job":
-            term = args[0]._term
-            if term is not None:
-                self._start_term_runner(term)
-        elif what == "withdraw":
-            self._withdraw(args[0])
-        elif what == "stop":
-            # Every term first: a release that fails must not keep the others going.
-            for candidacy in self.candidacies():
-                if candidacy._term is not None:
-                    self._step_down(candidacy._term, Reason.STOPPED)
-            for candidacy in self.candidacies():
-                self._drop_delay_wait(candidacy)
+    # -- the worker's messages -------------------------------------------------
+
+    def _on_changes(self, index: int, changed: dict[str, KeyEntry], removed: set[str], reset: bool) -> None:
+        """The watch's listing: only the entries that changed since its last one."""
+        if reset:
+            self._apply_listing(index, changed, reset=True)
+        elif index >= self._index:
+            self._apply(index, changed, removed)
+
+    def _on_listing(self, index: int, entries: dict[str, KeyEntry]) -> None:
+        """A full listing (the heartbeat's read)."""
+        if index >= self._index:
+            self._apply_listing(index, entries, False)
+
+    def _look_at_every_key(self) -> None:
+        self._full = True
+
+    def _on_lost(self, session: Session) -> None:
+        """*session* is gone: its terms lost their locks, its lock-delay waits end."""
+        self._full = True
+        for candidacy in self.candidacies():
+            term = candidacy._term
+            if term is not None and term.session is session:
+                self._step_down(term, Reason.LOCK_LOST)
+            if candidacy._delay_wait is not None and candidacy._delay_wait[2] is session:
+                candidacy._delay_wait, candidacy._state = None, "idle"
+
+    def _start_job(self, candidacy: Candidacy) -> None:
+        """:meth:`Candidacy.run` gave a job: a term already running runs it too."""
+        term = candidacy._term
+        if term is not None:
+            self._start_term_runner(term)
+
+    def _stop_terms(self) -> None:
+        # Every term first: a release that fails must not keep the others going.
+        for candidacy in self.candidacies():
+            if candidacy._term is not None:
+                self._step_down(candidacy._term, Reason.STOPPED)
+        for candidacy in self.candidacies():
+            self._drop_delay_wait(candidacy)
 
     def _withdraw(self, candidacy: Candidacy) -> None:
         candidacy._withdrawn = True
@@ -672,6 +690,7 @@ class Elector:
             return  # unchanged since the last look
         candidacy._modified = modified
         candidacy._free_since.see(entry, self._clock())
+        candidacy._longest_delay = max(candidacy._longest_delay, holder_lock_delay(entry) or 0.0)
         self._dirty.add(candidacy)
         info = LeaderInfo.from_entry(entry)
         if not info.same_leader(candidacy._observed):
@@ -765,10 +784,10 @@ class Elector:
         asked_at = self._clock()
         try:
             attempt = self.client.acquire(candidacy.key, candidacy.identity.encode("utf-8"), session.id,
-                                          flags=int(time.time() * 1000))
+                                          flags=holder_flags(int(time.time() * 1000), self.timing.lock_delay))
         except SessionLost:
             session.lost.set()
-            self._handle("lost", session)
+            self._on_lost(session)
             raise
         except RequestRejected as exc:
             log.error("giving up %r: %s", candidacy.key, exc)
@@ -781,7 +800,8 @@ class Elector:
             candidacy._tried_index = self._index
             return math.inf
         now = self._clock()
-        hold, why = attempt.hold_off(entry, session.id, candidacy._free_since.of(entry), now, self.timing.lock_delay)
+        hold, why = attempt.hold_off(entry, session.id, candidacy._free_since.of(entry), now,
+                                     lock_delay_to_hold(self.timing.lock_delay, candidacy._longest_delay))
         if hold > 0:
             log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", candidacy.identity,
                      candidacy.key, why, hold, self.timing.lock_delay)
@@ -812,7 +832,7 @@ class Elector:
         made: list[Session] = []
         session = Session(self.client, self.timing, f"consul-leader {self.identity} {self.prefix}",
                           on_error=self._report, stats=self.heartbeat_stats, clock=self._clock,
-                          on_lost=lambda s: self._queue.put(("lost", s)),
+                          on_lost=lambda s: self._post(functools.partial(self._on_lost, s)),
                           on_round=lambda t0: self._prove(made[0], t0),
                           meta={"identity": self.identity, "prefix": self.prefix})
         made.append(session)
@@ -834,12 +854,13 @@ class Elector:
             # the session is over, so end those terms before waiting.
             self._lease_left()
             session.beat()  # an idle session's last round may be too old
-        term = _Term(candidacy, session, attempt, min(session.lease_deadline, held_since + self.timing.lease))
+        term = _KeyTerm(candidacy, session, attempt, self._clock(),
+                        min(session.lease_deadline, held_since + self.timing.lease))
         assert session.id is not None
         if self._clock() >= term.deadline or candidacy._withdrawn or self._stopping.is_set():
             self.client.release(candidacy.key, session.id)
             return math.inf
-        log.info("%s elected leader of %r (fencing token %d)", candidacy.identity, candidacy.key, term.fencing_token)
+        log_elected(candidacy.identity, candidacy.key, term)
         with self._lock:
             candidacy._term, candidacy._state = term, "leading"
             candidacy._leader = candidacy.identity
@@ -852,7 +873,7 @@ class Elector:
         self._start_term_runner(term)
         return term.lease_end()
 
-    def _start_term_runner(self, term: _Term) -> None:
+    def _start_term_runner(self, term: _KeyTerm) -> None:
         """Run the key's job for *term*, with a lease watchdog: at the
         lease's end the job is told to stop and, once it returned, the
         ``deposed`` receivers are, even while this worker sits in a request
@@ -888,7 +909,7 @@ class Elector:
             runner.watch_lease()
             runner.start()
 
-    def _lapse(self, term: _Term) -> None:
+    def _lapse(self, term: _KeyTerm) -> None:
         """*term*'s lease ran out: it stays out, and its ending goes on in
         the calling thread (the step-down's), not through the worker, which
         may be stuck in a request to a frozen agent."""
@@ -896,7 +917,7 @@ class Elector:
             term.lapsed = True
         self._step_down(term, Reason.LEASE_EXPIRED)
 
-    def _continue_end(self, term: _Term) -> None:
+    def _continue_end(self, term: _KeyTerm) -> None:
         """The one way out of a term, without blocking the worker: wait for
         the job (its own thread goes on when it returned), then deliver
         ``deposed``; the signal thread queues the release after it. From
@@ -904,10 +925,10 @@ class Elector:
         watchdog: each step once."""
         with self._lock:
             assert term.reason is not None
-            first = term.stage == "leading"
+            first = term.stage is Stage.LEADING
             if first:
-                term.stage = "joining"
-            if term.stage != "joining":
+                term.stage = Stage.JOINING
+            if term.stage is not Stage.JOINING:
                 return
             # Asked on every call, not only the first: the watchdog and the
             # worker both carry an ending on, and the second must wait too.
@@ -915,23 +936,20 @@ class Elector:
                 if first and not term.runner.on_thread():  # the job that returned: it is about to exit
                     log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
                 return
-            term.stage = "delivering"
+            term.stage = Stage.DELIVERING
         candidacy, reason = term.candidacy, term.reason
-        if reason.deposed:
-            log.warning("%s deposed as leader of %r: %s", candidacy.identity, candidacy.key, reason)
-        else:
-            log.info("%s stepped down as leader of %r: %s", candidacy.identity, candidacy.key, reason)
+        log_ended(candidacy.identity, candidacy.key, reason)
         self._dispatcher.send(signals.deposed, candidacy, reason=reason)
         candidacy._events.publish(LeadershipEvent(EventKind.DEPOSED, reason=reason))
         self._dispatcher.call(self._notify)
         # Queued behind the deposed receivers: they stop what on_elected
         # started before anyone else can start it.
-        self._dispatcher.call(self._queue.put, ("release", term))
+        self._dispatcher.call(self._post, functools.partial(self._release, term))
 
-    def _release(self, term: _Term) -> None:
+    def _release(self, term: _KeyTerm) -> None:
         candidacy, reason = term.candidacy, term.reason
         assert reason is not None and term.session.id is not None
-        term.stage = "done"
+        term.stage = Stage.RELEASING
         released = True
         after = after_term(reason, term.lock_index, self._clock(), self.timing.check_ttl)
         if after.release and not term.session.lost.is_set():
@@ -949,6 +967,7 @@ class Elector:
             candidacy._sit_out = after.sit_out
         candidacy._state = "idle"
         self._dirty.add(candidacy)
+        term.stage = Stage.DONE
         if candidacy._withdrawn and released:
             self._forget(candidacy)
         self._dispatcher.call(self._notify)

@@ -22,6 +22,7 @@ from .entry import KeyEntry
 from .errors import ConsulLeaderError, NotRunning
 from .events import Broadcast
 from .interrupt import interrupt
+from .lockdelay import since_of
 from .validation import check_key, check_number
 
 log = logging.getLogger("consul_leader")
@@ -52,9 +53,9 @@ class LeaderInfo:
             entry = KeyEntry.parse(entry)
         if entry is None or entry.session is None:
             return cls()
-        flags = entry.flags
+        since = since_of(entry.flags)
         return cls(identity=entry.value.decode("utf-8", "replace"), session=entry.session,
-                   since=flags / 1000 if flags else None, modify_index=entry.modify_index)
+                   since=since / 1000 if since else None, modify_index=entry.modify_index)
 
     def same_leader(self, other: LeaderInfo) -> bool:
         """True if *other* names the same leader: the same identity holding
@@ -171,10 +172,19 @@ class Follower:
 
         :param timeout: seconds to wait for the first read; None for no limit.
         :raises NotRunning: :meth:`start` was not called."""
+        self.wait_for_first_read(timeout)
+        return self._info.identity
+
+    def wait_for_first_read(self, timeout: float | None = None) -> bool:
+        """Block until the key has been read once; False if *timeout* passed first.
+
+        :param timeout: seconds to wait; None for no limit.
+        :raises NotRunning: :meth:`start` was not called.
+
+        .. versionadded:: 0.3"""
         if self._thread is None:
             raise NotRunning("Follower.wait_for_leader() needs start() first")
-        self._seen.wait(timeout)
-        return self._info.identity
+        return self._seen.wait(timeout)
 
     async def wait_for_leader_async(self, timeout: float | None = None) -> str | None:
         """The asyncio form of :meth:`wait_for_leader`; it never blocks the loop.

@@ -15,8 +15,46 @@ from typing import NamedTuple
 
 from .entry import KeyEntry, RawEntry
 
-__all__ = ["RELEASE_MARK", "FreeSince", "KeyEntry", "LockAttempt", "RawEntry", "invalidated", "release_mark",
-           "released_by_holder"]
+__all__ = ["RELEASE_MARK", "FreeSince", "KeyEntry", "LockAttempt", "RawEntry", "holder_flags", "holder_lock_delay",
+           "invalidated", "lock_delay_to_hold", "release_mark", "released_by_holder", "since_of"]
+
+# The flags a holder writes: the acquisition's wall-clock time in Unix
+# milliseconds in the low 48 bits (shown to people as "leader since"), its
+# session's lock-delay in milliseconds in the high 16 (Consul allows 60 s at
+# most). Once a holder's session is invalidated it is gone, and with it its
+# lock-delay: what the next holder must honour travels with the key.
+_SINCE_BITS = 48
+_SINCE_MASK = (1 << _SINCE_BITS) - 1
+
+
+def holder_flags(since_ms: int, lock_delay: float) -> int:
+    """The flags a holder writes into the key as it takes the lock.
+
+    :param since_ms: the acquisition's time, in Unix milliseconds.
+    :param lock_delay: the holder's lock-delay, in seconds (at most 65.5)."""
+    return (min(int(round(lock_delay * 1000)), 0xFFFF) << _SINCE_BITS) | (since_ms & _SINCE_MASK)
+
+
+def since_of(flags: int) -> int:
+    """The acquisition's time (Unix milliseconds) in a holder's flags; 0: unknown."""
+    return flags & _SINCE_MASK
+
+
+def holder_lock_delay(entry: KeyEntry | None) -> float | None:
+    """The lock-delay that *entry*'s last holder wrote (None: not written,
+    e.g. by an older version)."""
+    if entry is None:
+        return None
+    ms = entry.flags >> _SINCE_BITS
+    return ms / 1000 if ms else None
+
+
+def lock_delay_to_hold(own: float, longest_seen: float) -> float:
+    """The lock-delay to hold a lock for that no lock-delay of Consul's
+    covered: the longest of this participant's and of every holder of the
+    key it saw. A holder with a longer lease than ours (``consul-leader
+    run`` beside library candidates) may still work after ours would end."""
+    return max(own, longest_seen)
 
 #: How the value that a holder's own release writes into the key begins;
 #: the released session's ID follows.

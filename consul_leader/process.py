@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import weakref
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,10 +36,10 @@ class Leadership(Protocol):
 
     def stop(self) -> None: ...
 
-    def _after_fork_in_child(self) -> None: ...
 
-
-_live: weakref.WeakSet[Leadership] = weakref.WeakSet()
+# Each live candidate, with what it does in a forked child (held weakly:
+# registering keeps nothing alive).
+_live: weakref.WeakKeyDictionary[Leadership, weakref.WeakMethod[Callable[[], None]]] = weakref.WeakKeyDictionary()
 _default: Leadership | None = None
 _explicit = False  # set by set_default(), not by start()
 _started: list[weakref.ReferenceType[Leadership]] = []
@@ -49,9 +50,13 @@ _any_default = False
 _warned = False
 
 
-def register(candidate: Leadership) -> None:
-    """Track *candidate* for the fork and exit hooks (called when it is made)."""
-    _live.add(candidate)
+def register(candidate: Leadership, after_fork_in_child: Callable[[], None]) -> None:
+    """Track *candidate* for the fork and exit hooks (called when it is made).
+
+    :param after_fork_in_child: a method of *candidate*, called in a forked
+        child (where only the forking thread lives on) to forget, without a
+        request, the parent's threads, locks, session and terms."""
+    _live[candidate] = weakref.WeakMethod(after_fork_in_child)
 
 
 def set_default(candidate: Leadership | None) -> None:
@@ -123,8 +128,10 @@ def warn_no_default(what: str) -> None:
 def _after_fork() -> None:
     global _default_lock
     _default_lock = threading.Lock()  # it may have been held by a thread that is gone
-    for candidate in list(_live):
-        candidate._after_fork_in_child()
+    for forget in list(_live.values()):
+        method = forget()
+        if method is not None:
+            method()
 
 
 # Set by a second signal while the first one's stop_all() still waits (for

@@ -239,7 +239,8 @@ class Session:
         instance = self.instance
         self.client.register_service(instance.id, instance.service, instance.check_id, self.timing.check_ttl,
                                      deregister_after=instance.deregister_after, meta=instance.meta,
-                                     notes=f"consul-leader heartbeat of session {self.name!r}")
+                                     notes="consul-leader candidate heartbeat",
+                                     check_name=f"consul-leader: {self.name}")
         try:
             self.id = self.client.create_session(self.name, ["serfHealth", self.check_id],
                                                  self.timing.lock_delay, self.timing.session_ttl)
@@ -353,9 +354,13 @@ class Session:
         self.lease_deadline = deadline
 
     def _heartbeat_loop(self) -> None:
+        started = self._clock()
         while not self._closed.is_set():
             period = self.timing.heartbeat if self._leading else self.timing.idle_heartbeat
-            self._kick.wait(period)
+            # The cadence runs from each round's start: a round slowed by its
+            # agent must not push the next one back by its own length, or
+            # the lease (measured from round starts) runs out between them.
+            self._kick.wait(max(0.0, started + period - self._clock()))
             self._kick.clear()
             hold = self._beat_after - self._clock()
             if hold > 0 and not self._closed.is_set():
@@ -364,6 +369,7 @@ class Session:
             self._beat_after = -math.inf
             if self._closed.is_set():
                 break
+            started = self._clock()
             try:
                 self.beat()
             except SessionLost as exc:

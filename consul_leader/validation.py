@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, cast
@@ -45,6 +47,13 @@ def check_key(key: Any) -> str:
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise ConfigurationError(f"key must not contain empty, '.' or '..' path segments: got {key!r}")
     return key
+
+
+def default_identity() -> str:
+    """The identity of a candidate not given one: ``"<hostname>:<pid>"``.
+
+    .. versionadded:: 0.3"""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def check_identity(identity: Any) -> str:

@@ -196,3 +196,23 @@ class HoldingProxy(ConsulProxy):
     def __enter__(self) -> "HoldingProxy":
         super().__enter__()
         return self
+
+
+class SlowProxy(ConsulProxy):
+    """Answers every request :attr:`delay` seconds late: an agent on a slow
+    or loaded machine.
+
+    :ivar delay: seconds added to each request, before it is passed on.
+    """
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        super().__init__(upstream)
+        self.delay = delay
+
+    def intercept(self, method: str, path: str, body: bytes) -> Optional[Answer]:
+        time.sleep(self.delay)
+        return None
+
+    def __enter__(self) -> "SlowProxy":
+        super().__enter__()
+        return self

@@ -18,6 +18,7 @@ suite runs meanwhile.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -51,6 +52,7 @@ time.sleep(1000)
 """
 
 GUNICORN_APP = """
+import logging
 import os
 from consul_leader import Candidate, elected
 candidate = Candidate(os.environ["FOOTPRINT_KEY"], ttl=1).start()
@@ -339,3 +341,59 @@ def test_what_a_deleted_token_left_behind_is_gone_after_the_reap_window(revoked:
     while left() and time.monotonic() < deadline:
         time.sleep(1)
     assert left() == []
+
+
+# -- 0.1's check, and a token that may not remove it ---------------------------------------------------------
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@dataclass
+class Denied:
+    check: str
+    started_at: float
+    records: Records
+
+
+@pytest.fixture(scope="session")
+def denied() -> Iterator[Denied]:
+    records = Records()
+    logging.getLogger("consul_leader").addHandler(records)
+    with acl_agent() as agent:
+        node = node_name(agent)
+        check = f"consul-leader-{uuid.uuid4().hex[:16]}"
+        requests.put(f"{agent.url}/v1/agent/check/register", headers={"X-Consul-Token": agent.token or ""},
+                     json={"ID": check, "Name": "consul-leader: old", "TTL": "1s"}, timeout=5).raise_for_status()
+        prefix = f"denied/{uuid.uuid4().hex[:8]}"
+        # It may see the node's checks, not change them.
+        token, _ = make_token(agent, documented_policy(prefix, node) + f'\nnode "{node}" {{ policy = "read" }}\n')
+        candidate = Candidate(f"{prefix}/leader", address=agent.address, token=token, ttl=1).start()
+        try:
+            yield Denied(check, time.monotonic(), records)
+        finally:
+            candidate.stop()
+            logging.getLogger("consul_leader").removeHandler(records)
+
+
+@pytest.mark.runs_first
+def test_a_candidate_without_node_write_starts_beside_a_check_of_0_1(denied: Denied) -> None:
+    assert not [m for m in denied.records.messages if denied.check in m], "no warning before the reap window"
+
+
+@pytest.mark.runs_last
+def test_a_candidate_that_may_not_remove_0_1s_check_warns_naming_the_check_and_the_rule(denied: Denied) -> None:
+    def warnings() -> List[str]:
+        return [m for m in denied.records.messages if denied.check in m]
+
+    deadline = denied.started_at + REAP_BOUND
+    while not warnings() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(warnings()) == 1, denied.records.messages
+    assert 'node "' in warnings()[0] and 'policy = "write"' in warnings()[0], warnings()[0]

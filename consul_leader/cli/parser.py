@@ -125,7 +125,7 @@ def build_parser() -> Parsers:
     # (see connection()), or without effect here.
     option(group, "-ca-path", "--ca-path", metavar="DIR", help="not supported: give one CA bundle with -ca-file")
     option(group, "-tls-server-name", "--tls-server-name", metavar="NAME",
-           help="not supported: give -http-addr the host name the agent's certificate names")
+           help="the name the agent's certificate must carry, and SNI (CONSUL_TLS_SERVER_NAME)")
     option(group, "-stale", "--stale", action="store_true",
            help="accepted for consul lock's sake; no effect (the lock is always read consistently)")
     option(group, "--no-stale", dest="stale", action="store_false", help=argparse.SUPPRESS)

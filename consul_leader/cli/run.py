@@ -327,7 +327,7 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
     watchdog = Watchdog(grace, timing.lock_delay - timing.lease - SAFETY_SLACK)
     runner = _Runner(candidate, command, watchdog, args.once, what)
     watchdog.on_event = runner.on_event
-    candidate._term_hook = runner.begin_term
+    candidate.set_term_hook(runner.begin_term)
     candidate.on_deposed(runner.term_ended)
     if args.metrics_port is not None:
         from ..metrics import register, start_http_server

@@ -56,7 +56,7 @@ class PerProcess:
     """Starts a candidate at most once in each process.
 
     A candidate forgets its threads, session and lock in a forked child (see
-    :meth:`Candidate._after_fork_in_child`) and must be started again there.
+    "Processes" in the docs) and must be started again there.
     :meth:`ensure_started` is cheap enough to call on every request: it
     compares the process id and does nothing more once started here.
 

@@ -18,7 +18,17 @@ from consul_leader.decisions import (
 )
 from consul_leader.entry import KeyEntry
 from consul_leader.follower import LeaderInfo
-from consul_leader.lockdelay import FreeSince, LockAttempt, invalidated, release_mark, released_by_holder
+from consul_leader.lockdelay import (
+    FreeSince,
+    LockAttempt,
+    holder_flags,
+    holder_lock_delay,
+    invalidated,
+    lock_delay_to_hold,
+    release_mark,
+    released_by_holder,
+    since_of,
+)
 
 OURS = "session-ours"
 OTHER = "session-other"
@@ -208,3 +218,34 @@ def test_a_holders_own_release_is_a_free_key_its_next_lock_follows(attempt: Lock
 ])
 def test_which_free_entries_the_holder_released_itself(seen: Optional[KeyEntry], result: bool) -> None:
     assert released_by_holder(seen) is result
+
+
+# -- timings that differ between the holders of one key ---------------------------
+
+@pytest.mark.parametrize("since_ms, lock_delay", [(1765000000000, 3.0), (1765000000123, 60.0), (1, 0.5)])
+def test_a_holders_flags_carry_its_start_and_its_lock_delay(since_ms: int, lock_delay: float) -> None:
+    flags = holder_flags(since_ms, lock_delay)
+    held = KeyEntry(key="k", value=b"h", session=OTHER, flags=flags)
+    assert (since_of(flags), holder_lock_delay(held)) == (since_ms, lock_delay)
+    assert LeaderInfo.from_entry(held).since == since_ms / 1000
+
+
+def test_flags_of_an_older_holder_name_no_lock_delay() -> None:
+    assert holder_lock_delay(KeyEntry(flags=1765000000000)) is None
+    assert holder_lock_delay(None) is None
+
+
+@pytest.mark.parametrize("own, seen, hold", [(3.0, 0.0, 3.0), (3.0, 8.0, 8.0), (10.0, 1.0, 10.0)])
+def test_an_unaccounted_lock_is_held_for_the_longest_lock_delay_seen(own: float, seen: float, hold: float) -> None:
+    assert lock_delay_to_hold(own, seen) == hold
+
+
+@pytest.mark.parametrize("seen, now, unclaimed", [
+    (entry(lock_index=7), 103.0, True),                  # free all along: nobody in line took it
+    (entry(lock_index=7), 101.0, False),                 # the sit-out still runs
+    (entry(lock_index=8), 103.0, False),                 # someone took it (and let it go) meanwhile
+    (entry(session=OTHER, lock_index=8), 103.0, False),  # someone holds it
+    (None, 103.0, False),                                # not read: go by the line
+])
+def test_when_a_sit_out_leaves_the_key_unclaimed(seen: Optional[KeyEntry], now: float, unclaimed: bool) -> None:
+    assert SitOut(103.0, 7).unclaimed(seen, now) is unclaimed

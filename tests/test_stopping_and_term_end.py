@@ -1,5 +1,7 @@
-"""Review of the term-ending rewrite (issue 8): reproducers of the problems
-found, each against a real agent; each failed before its fix."""
+"""Stopping and the end of a term, against a real agent: stop() from the
+job or a receiver, during the first lock wait, or interrupted by a signal;
+deposed receivers before another agent elects; sys.exit() in a job or a
+receiver; every thread ended by stop()."""
 
 from __future__ import annotations
 

@@ -1,0 +1,164 @@
+"""The public API of one participant in one key's election, written once:
+a :class:`~consul_leader.Candidate` (its own session and threads) and an
+:class:`~consul_leader.Elector`'s :class:`~consul_leader.Candidacy` (one key
+of many on a shared session) answer the same questions the same way."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+from . import aio, decorators, signals
+from .events import Broadcast, LeadershipEvent
+from .session import lease_clock
+from .validation import check_timeout
+
+__all__ = ["Participant"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _HasFencingToken(Protocol):
+    fencing_token: int
+
+
+class Participant:
+    """What every participant in a key's election offers: the leadership
+    reads, the waits (blocking and asyncio), the events and the decorators.
+    Subclasses provide :meth:`is_leader`, :attr:`state`, the condition that
+    :meth:`wait_for_leadership` waits on, and why waiting is hopeless.
+
+    .. versionadded:: 0.3
+    """
+
+    key: str
+    identity: str
+    _term: _HasFencingToken | None
+    _leader: str | None
+    _events: Broadcast[LeadershipEvent]
+
+    def is_leader(self) -> bool:
+        """True while this participant holds the lock *and* its lease holds."""
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        """True between the start and the stop."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Leave the election (see the subclass)."""
+        raise NotImplementedError
+
+    @property
+    def state(self) -> str:
+        """``"new"``, ``"running"``, ``"stopping"`` or ``"stopped"``."""
+        raise NotImplementedError
+
+    def _changed_condition(self) -> threading.Condition:
+        """Notified whenever leadership or the state may have changed."""
+        raise NotImplementedError
+
+    def _raise_if_hopeless(self) -> None:
+        """Raise what makes waiting for leadership pointless (not running, a final error)."""
+        raise NotImplementedError
+
+    def leader(self) -> str | None:
+        """The identity of the current leader as last observed (this
+        participant's own while it leads), or None."""
+        if self.is_leader():
+            return self.identity
+        return self._leader
+
+    @property
+    def fencing_token(self) -> int | None:
+        """While leading, the key's ModifyIndex at this term's acquisition: a
+        Raft index that every later term exceeds. Pass it to the systems you
+        write to, and have them refuse smaller ones. None when not leading."""
+        term = self._term
+        return term.fencing_token if term is not None and self.is_leader() else None
+
+    def wait_for_leadership(self, timeout: float | None = None) -> bool:
+        """Block until this participant leads; False if *timeout* passed first.
+
+        :param timeout: seconds to wait at most; None waits for as long as it takes.
+        :raises NotRunning: not started, or stopped meanwhile.
+        :raises LockHeld: ``wait=False`` and another candidate holds the lock.
+        :raises PermissionDenied: the ACL token cannot run this election."""
+        timeout = check_timeout("timeout", timeout)
+        # Real seconds, whatever clock the election runs on.
+        deadline = None if timeout is None else lease_clock() + timeout
+        changed = self._changed_condition()
+        with changed:
+            while not self.is_leader():
+                self._raise_if_hopeless()
+                remaining = None if deadline is None else deadline - lease_clock()
+                if remaining is not None and remaining <= 0:
+                    return False
+                # Short slices: the lease can start without a notify.
+                changed.wait(0.05 if remaining is None else min(remaining, 0.05))
+            return True
+
+    async def wait_for_leadership_async(self, timeout: float | None = None) -> bool:
+        """Await until this participant leads; False if *timeout* passed first.
+        The event loop keeps running meanwhile (the asyncio form of
+        :meth:`wait_for_leadership`, which raises the same errors).
+
+        :param timeout: seconds to wait at most; None waits for as long as it takes.
+
+        .. versionadded:: 0.2"""
+        return await aio.wait_for_leadership_async(self, timeout)
+
+    def events_async(self) -> AsyncIterator[LeadershipEvent]:
+        """``async for event in participant.events_async()``: the asyncio form
+        of :meth:`events`; it never blocks the loop. Like :meth:`events`,
+        before the start it waits for the start.
+
+        .. versionadded:: 0.2"""
+        return aio.events_async(self)
+
+    def events(self) -> Iterator[LeadershipEvent]:
+        """Yield a :class:`LeadershipEvent` for every change of this
+        participant's leadership and every error (like the elected channel
+        of Docker's ``leadership`` package), from the call on, until it stops."""
+        return self._events.subscribe()
+
+    @overload
+    def leader_only(self, func: Callable[P, Coroutine[Any, Any, R]], *,
+                    raise_not_leader: bool = ...) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
+
+    @overload
+    def leader_only(self, func: Callable[P, R], *, raise_not_leader: bool = ...) -> Callable[P, R | None]: ...
+
+    @overload
+    def leader_only(self, func: None = ..., *, raise_not_leader: bool = ...) -> decorators.LeaderOnly: ...
+
+    def leader_only(self, func: Callable[..., Any] | None = None, *, raise_not_leader: bool = False) -> Any:
+        """Decorator: run the function only while this participant leads; see
+        :func:`consul_leader.leader_only`.
+
+        :param func: the function (when used bare, ``@candidate.leader_only``).
+        :param raise_not_leader: raise :class:`~consul_leader.NotLeader` instead
+            of returning None."""
+        return decorators.leader_only(func, raise_not_leader=raise_not_leader, candidate=self)
+
+    def on_elected(self, func: F) -> F:
+        """Decorator: call ``func(sender, fencing_token=...)`` when this
+        participant is elected; returns *func* unchanged.
+
+        :param func: the receiver; it runs on the signal thread.
+            ``elected.disconnect(func)`` undoes it; it does not keep the
+            participant alive."""
+        return signals.connect_for(signals.elected, func, self)
+
+    def on_deposed(self, func: F) -> F:
+        """Decorator: call ``func(sender, reason=...)`` when this participant
+        stops leading; returns *func* unchanged.
+
+        :param func: the receiver; it runs on the signal thread.
+            ``deposed.disconnect(func)`` undoes it; it does not keep the
+            participant alive."""
+        return signals.connect_for(signals.deposed, func, self)
