@@ -55,6 +55,11 @@ def _now() -> float:
     return datetime.now(timezone.utc).timestamp()
 
 
+def _shown(identity: str) -> str:
+    # consul lock writes no value into its lock: say so rather than nothing.
+    return identity or "(an empty value, as consul lock writes)"
+
+
 def _info_dict(key: str, info: LeaderInfo) -> Dict[str, Any]:
     return {"key": key, "leader": info.identity, "since": info.since, "since_iso": _iso(info.since),
             "fencing_token": info.modify_index, "session": info.session}
@@ -75,7 +80,7 @@ def status(args: argparse.Namespace, command: List[str]) -> int:
     else:
         when = _iso(info.since)
         since = "unknown" if info.since is None or when is None else f"{when} ({_now() - info.since:.1f} s ago)"
-        print(f"key:           {key}\nleader:        {info.identity}\nsince:         {since}\n"
+        print(f"key:           {key}\nleader:        {_shown(info.identity)}\nsince:         {since}\n"
               f"fencing token: {info.modify_index}\nsession:       {info.session}")
     return EXIT_OK if info.identity is not None else EXIT_NO_LEADER
 
@@ -105,7 +110,7 @@ def watch(args: argparse.Namespace, command: List[str]) -> int:
             elif identity is None:
                 print(f"{_iso(_now())} (no leader)", flush=True)
             else:
-                print(f"{_iso(_now())} {identity} (fencing token {info.modify_index})", flush=True)
+                print(f"{_iso(_now())} {_shown(identity)} (fencing token {info.modify_index})", flush=True)
     except _Interrupted:
         pass
     finally:
