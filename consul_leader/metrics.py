@@ -14,17 +14,16 @@ collector: nothing is added to the election's hot path, and
 transition counters are counted as they happen, by receivers of the
 ``elected`` and ``deposed`` signals.
 
-Metrics, each labelled ``key`` alone: a label that changes with every
-process (its identity, ``host:pid`` by default) would make a new series at
-each restart, so the identity and the library's version are carried by an
-info metric instead.
+Metrics, each labelled ``key`` only: a label whose value changes with
+each process (the default identity is ``hostname:pid``) would start a new
+series at every restart. One candidate per key and registry, as in a
+process of its own.
 
+- ``consul_leader_candidate_info`` (info): 1, with the candidate's
+  ``identity`` as a label: join on ``key`` to see who a series belongs to.
+- ``leader_election_master_status`` (gauge, label ``name``: the key): 1 while
+  the candidate leads, as client-go's leader election exports it.
 - ``consul_leader_is_leader`` (gauge): 1 while the candidate leads.
-- ``leader_election_master_status`` (gauge, label ``name``: the key): the
-  same value under client-go's name, so that alerts written for Kubernetes
-  controllers apply as they are.
-- ``consul_leader_candidate_info`` (gauge, always 1; labels ``key``,
-  ``identity``, ``version``): which process is behind the series.
 - ``consul_leader_lease_remaining_seconds`` (gauge): what is left of the lease.
 - ``consul_leader_transitions_total`` (counter, label ``kind``: ``elected`` or ``deposed``).
 - ``consul_leader_heartbeat_seconds`` (summary): duration of the successful
@@ -43,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import signals
 from .candidate import Candidate
-from .footprint import library_version
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -126,14 +124,13 @@ class _Collector:
     def _families(self, with_samples: bool) -> Iterator[Metric]:
         core = _prometheus().metrics_core
         labels = ["key"]
+        info = core.InfoMetricFamily("consul_leader_candidate", "The candidate of the key in this process.",
+                                     labels=labels)
+        master = core.GaugeMetricFamily("leader_election_master_status",
+                                        "1 while this process leads the election named name (the key), as "
+                                        "client-go's leader election.", labels=["name"])
         is_leader = core.GaugeMetricFamily("consul_leader_is_leader", "1 while this candidate leads the key.",
                                            labels=labels)
-        master = core.GaugeMetricFamily("leader_election_master_status",
-                                        "1 while this candidate leads; client-go's name, name = the key.",
-                                        labels=["name"])
-        info = core.GaugeMetricFamily("consul_leader_candidate_info",
-                                      "The process behind this key's series: its identity and version.",
-                                      labels=["key", "identity", "version"])
         lease = core.GaugeMetricFamily("consul_leader_lease_remaining_seconds",
                                        "Seconds left of the leader's lease; 0 when not leading.", labels=labels)
         healthy = core.GaugeMetricFamily("consul_leader_healthy",
@@ -152,16 +149,16 @@ class _Collector:
                 values = [candidate.key]
                 health = candidate.health()
                 stats = candidate.heartbeat_stats
-                is_leader.add_metric(values, 1.0 if health.is_leader else 0.0)
+                info.add_metric(values, {"identity": candidate.identity})
                 master.add_metric(values, 1.0 if health.is_leader else 0.0)
-                info.add_metric([candidate.key, candidate.identity, library_version()], 1.0)
+                is_leader.add_metric(values, 1.0 if health.is_leader else 0.0)
                 lease.add_metric(values, health.lease_remaining)
                 healthy.add_metric(values, 1.0 if health.ok else 0.0)
                 for kind in ("elected", "deposed"):
                     transitions.add_metric(values + [kind], counts[kind])
                 latency.add_metric(values, count_value=stats.rounds, sum_value=stats.seconds_total)
                 failures.add_metric(values, stats.failures)
-        yield from (is_leader, master, info, lease, healthy, transitions, latency, failures)
+        yield from (info, master, is_leader, lease, healthy, transitions, latency, failures)
 
 
 def register(candidate: Candidate, registry: CollectorRegistry | None = None) -> None:
