@@ -53,7 +53,7 @@ from .participant import Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .term import Stage, Term, log_elected, log_ended
+from .term import Stage, Term, announce_elected, announce_ended, log_elected, term_runner
 from .validation import (
     check_bool,
     check_identity,
@@ -741,9 +741,7 @@ class Candidate(Participant):
             self._leader = self.identity
             log_elected(self.identity, self.key, term,
                         extra=self._log_fields("elected", fencing_token=term.fencing_token))
-            self._dispatcher.send(signals.elected, self, fencing_token=term.fencing_token)
-            self._dispatcher.send_latest(signals.leader_changed, self, leader=self.identity)
-            self._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
+            announce_elected(self._dispatcher, self._events, self, term, latest=True)
             self._notify()
             with self._state_lock:
                 self._start_term_runner(term)
@@ -825,10 +823,7 @@ class Candidate(Participant):
             if after.sit_out is not None:
                 self._sit_out = after.sit_out
             fields = self._log_fields("deposed", fencing_token=term.fencing_token, reason=str(reason))
-            log_ended(self.identity, self.key, reason, extra=fields)
-            term.stage = Stage.DELIVERING
-            self._dispatcher.send(signals.deposed, self, reason=reason)
-            self._events.publish(LeadershipEvent(EventKind.DEPOSED, reason=reason))
+            announce_ended(self._dispatcher, self._events, self, term, extra=fields)
             # The deposed receivers stop what on_elected started: let them
             # finish before anyone else can start it.
             self._dispatcher.flush(f"the deposed receivers of {self.identity}")
@@ -885,18 +880,13 @@ class Candidate(Participant):
         """Watch *term*'s lease, and run the job if there is one (with the
         state lock held)."""
 
-        def returned(ok: bool) -> None:
-            if not ok:
-                log.error("the job of %s raised while leading %r; resigning", self.identity, self.key)
-            self._step_down(Reason.JOB_FINISHED if ok else Reason.JOB_FAILED)
-
         def lease_ended() -> None:
             thread = self._thread
             if thread is not None and self._holding is term:
                 wake(thread)  # end the term now, even if the thread waits on a frozen agent
 
-        runner = JobRunner(self._job, term.session.lease_remaining, f"{self.identity} {self.key}",
-                           on_return=returned, on_lease_end=lease_ended)
+        runner = term_runner(self._job, term.session.lease_remaining, self, self._step_down,
+                             on_lease_end=lease_ended)
         term.runner = self._runner = runner
         runner.watch_lease()
         runner.start()

@@ -35,11 +35,11 @@ from .errors import (
     RequestRejected,
     SessionLost,
 )
-from .events import Broadcast, EventKind, LeadershipEvent, Reason
+from .events import Broadcast, LeadershipEvent, Reason
 from .follower import LeaderInfo
 from .health import Health
 from .interrupt import interrupt
-from .job import LEASE_CLOCK_SLICE, Job, JobRunner
+from .job import LEASE_CLOCK_SLICE, Job
 from .lockdelay import (
     FreeSince,
     LockAttempt,
@@ -51,7 +51,7 @@ from .lockdelay import (
 from .participant import Participant
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .term import Stage, Term, log_elected, log_ended
+from .term import Stage, Term, announce_elected, announce_ended, log_elected, term_runner
 from .validation import (
     check_bool,
     check_identity,
@@ -866,9 +866,7 @@ class Elector:
             candidacy._leader = candidacy.identity
             # Queued under the lock: a step-down from another thread (resign,
             # the heartbeat's proof) queues deposed, and must queue it after.
-            self._dispatcher.send(signals.elected, candidacy, fencing_token=term.fencing_token)
-            self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy.identity)
-            candidacy._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
+            announce_elected(self._dispatcher, candidacy._events, candidacy, term, latest=False)
         self._dispatcher.call(self._notify)
         self._start_term_runner(term)
         return term.lease_end()
@@ -881,12 +879,6 @@ class Elector:
         if term.candidacy._job is None or term.runner is not None:
             return
 
-        def returned(ok: bool) -> None:
-            if not ok:
-                log.error("the job of %s raised while leading %r; resigning", term.candidacy.identity,
-                          term.candidacy.key)
-            self._step_down(term, Reason.JOB_FINISHED if ok else Reason.JOB_FAILED)
-
         def exited() -> None:  # also when the lease ran out before the job could start
             with self._lock:
                 term.job_done = True
@@ -894,9 +886,9 @@ class Elector:
             if ended:  # else the step-down still to come carries the ending on, and finds the job done
                 self._continue_end(term)
 
-        runner = JobRunner(term.candidacy._job, lambda: term.lease_end() - self._clock(),
-                           f"{term.candidacy.identity} {term.candidacy.key}", on_return=returned,
-                           on_lease_end=lambda: self._lapse(term), on_exit=exited)
+        runner = term_runner(term.candidacy._job, lambda: term.lease_end() - self._clock(), term.candidacy,
+                             functools.partial(self._step_down, term), on_lease_end=lambda: self._lapse(term),
+                             on_exit=exited)
         with self._lock:
             # A step-down from another thread (resign, the heartbeat's
             # proof) either came before, and the job never starts, or comes
@@ -937,10 +929,8 @@ class Elector:
                     log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
                 return
             term.stage = Stage.DELIVERING
-        candidacy, reason = term.candidacy, term.reason
-        log_ended(candidacy.identity, candidacy.key, reason)
-        self._dispatcher.send(signals.deposed, candidacy, reason=reason)
-        candidacy._events.publish(LeadershipEvent(EventKind.DEPOSED, reason=reason))
+        candidacy = term.candidacy
+        announce_ended(self._dispatcher, candidacy._events, candidacy, term)
         self._dispatcher.call(self._notify)
         # Queued behind the deposed receivers: they stop what on_elected
         # started before anyone else can start it.
