@@ -23,7 +23,7 @@ import tenacity
 from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import SitOut, after_term, held_by_another, lock_check, released_entry, retry_after_lock_delay
+from .decisions import KeyView, SitOut, after_term, held_by_another, lock_check, released_entry, retry_after_lock_delay
 from .entry import KeyEntry
 from .errors import (
     ConfigurationTypeError,
@@ -42,11 +42,8 @@ from .interrupt import clear_wake, interrupt, wake
 from .job import Job, JobRunner
 from .line import WaitingLine
 from .lockdelay import (
-    FreeSince,
     LockAttempt,
     holder_flags,
-    holder_lock_delay,
-    lock_delay_to_hold,
     release_mark,
 )
 from .participant import Participant
@@ -164,8 +161,9 @@ class Candidate(Participant):
         self._finish_deferred = False  # stop() was called from the job or a receiver
         self._main_done = threading.Event()  # set when the election thread has finished
         self._holding: Term | None = None  # the term whose lock _hold watches
-        self._leader: str | None = None
-        self._observed = LeaderInfo()  # the leader as the key last showed it
+        # What the election thread has seen of the key; a lock taken right
+        # after it was seen free is led at once (LockAttempt.follows).
+        self._view = KeyView()
         # After stepping down: sit out until then, or until the key's
         # LockIndex passes the one of our term (someone else took it since).
         self._sit_out: SitOut | None = None
@@ -183,11 +181,6 @@ class Candidate(Participant):
         self._key_checked = False
         # The key as the election thread last read it: a lock taken right
         # after it was seen free is led at once (LockAttempt.follows).
-        self._seen: KeyEntry | None = None
-        self._free_since = FreeSince()
-        # The longest lock-delay that a holder of the key wrote, among those
-        # seen: a lock no lock-delay of Consul's covered is held that long.
-        self._longest_delay = 0.0
         # The crowd on a key: every waiter sees a release at once. One that
         # lost the last race waits a moment, watching the key, before trying,
         # so the rest do not all send a (Raft) write that can only fail.
@@ -539,7 +532,7 @@ class Candidate(Participant):
         assert session.id is not None
         since_ms = int(time.time() * 1000)  # wall clock: shown to people as "leader since"
         raced, self._saw_free = self._saw_free, False
-        seen = self._seen
+        seen = self._view.seen
         asked_at = self._clock()
         try:
             attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id,
@@ -626,14 +619,8 @@ class Candidate(Participant):
             wake(thread)
 
     def _observe(self, entry: KeyEntry | None) -> None:
-        self._seen = entry
-        self._free_since.see(entry, self._clock())
-        self._longest_delay = max(self._longest_delay, holder_lock_delay(entry) or 0.0)
-        info = LeaderInfo.from_entry(entry)
-        if not info.same_leader(self._observed):
-            self._observed = info
-            identity = info.identity
-            self._leader = identity
+        if self._view.observe(entry, self._clock()):
+            identity = self._view.leader
             log.info("leader of %r is now %r", self.key, identity,
                      extra=self._log_fields("leader_changed", leader=identity))
             self._dispatcher.send_latest(signals.leader_changed, self, leader=identity)
@@ -705,8 +692,7 @@ class Candidate(Participant):
         follows it, hold the lock one lock-delay first (see
         :meth:`LockAttempt.hold_off`)."""
         assert attempt.modify_index is not None and session.id is not None
-        hold, why = attempt.hold_off(seen, session.id, self._free_since.of(seen), self._clock(),
-                                     lock_delay_to_hold(self.timing.lock_delay, self._longest_delay))
+        hold, why = self._view.hold_off(attempt, seen, session.id, self._clock(), self.timing.lock_delay)
         if hold > 0 and not self._lock_delay_wait(hold, why):
             return
         session.set_leading(self.key, held_since)
@@ -738,7 +724,7 @@ class Candidate(Participant):
                     hook(term.fencing_token, session.lease_deadline)
                 except Exception:
                     log.exception("the term hook of %s raised", self.identity)
-            self._leader = self.identity
+            self._view.leader = self.identity
             log_elected(self.identity, self.key, term,
                         extra=self._log_fields("elected", fencing_token=term.fencing_token))
             announce_elected(self._dispatcher, self._events, self, term, latest=True)
@@ -846,7 +832,7 @@ class Candidate(Participant):
                     log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
                                 session.id)
                 elif self._released_at is not None:
-                    self._seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
+                    self._view.seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
                                                 self._released_at)
                 return
             except ConsulUnavailable as exc:

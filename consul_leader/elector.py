@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import SitOut, after_term, lock_check, retry_after_lock_delay
+from .decisions import KeyView, SitOut, after_term, lock_check, retry_after_lock_delay
 from .entry import KeyEntry
 from .errors import (
     ConfigurationError,
@@ -36,16 +36,12 @@ from .errors import (
     SessionLost,
 )
 from .events import Broadcast, LeadershipEvent, Reason
-from .follower import LeaderInfo
 from .health import Health
 from .interrupt import interrupt
 from .job import LEASE_CLOCK_SLICE, Job
 from .lockdelay import (
-    FreeSince,
     LockAttempt,
     holder_flags,
-    holder_lock_delay,
-    lock_delay_to_hold,
     release_mark,
 )
 from .participant import Participant
@@ -109,11 +105,8 @@ class Candidacy(Participant):
         # A lock taken that must be held a while before it is led
         # (LockAttempt.hold_off): until then.
         self._delay_wait: tuple[float, LockAttempt, Session] | None = None
-        self._free_since = FreeSince()
-        self._longest_delay = 0.0  # the longest lock-delay a holder of the key wrote (see Candidate)
         self._released = -1  # the fencing token of the last term whose key was released
-        self._observed = LeaderInfo()
-        self._leader: str | None = None
+        self._view = KeyView()  # what the elector has seen of this key
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._job: Job | None = None
 
@@ -689,13 +682,9 @@ class Elector:
         if modified == candidacy._modified:
             return  # unchanged since the last look
         candidacy._modified = modified
-        candidacy._free_since.see(entry, self._clock())
-        candidacy._longest_delay = max(candidacy._longest_delay, holder_lock_delay(entry) or 0.0)
         self._dirty.add(candidacy)
-        info = LeaderInfo.from_entry(entry)
-        if not info.same_leader(candidacy._observed):
-            candidacy._observed, candidacy._leader = info, info.identity
-            self._dispatcher.send(signals.leader_changed, candidacy, leader=info.identity)
+        if candidacy._view.observe(entry, self._clock()):
+            self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy._view.leader)
         term = candidacy._term
         if term is not None and term.reason is None and index >= term.fencing_token:
             assert term.session.id is not None
@@ -800,8 +789,7 @@ class Elector:
             candidacy._tried_index = self._index
             return math.inf
         now = self._clock()
-        hold, why = attempt.hold_off(entry, session.id, candidacy._free_since.of(entry), now,
-                                     lock_delay_to_hold(self.timing.lock_delay, candidacy._longest_delay))
+        hold, why = candidacy._view.hold_off(attempt, entry, session.id, now, self.timing.lock_delay)
         if hold > 0:
             log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", candidacy.identity,
                      candidacy.key, why, hold, self.timing.lock_delay)
@@ -863,7 +851,7 @@ class Elector:
         log_elected(candidacy.identity, candidacy.key, term)
         with self._lock:
             candidacy._term, candidacy._state = term, "leading"
-            candidacy._leader = candidacy.identity
+            candidacy._view.leader = candidacy.identity
             # Queued under the lock: a step-down from another thread (resign,
             # the heartbeat's proof) queues deposed, and must queue it after.
             announce_elected(self._dispatcher, candidacy._events, candidacy, term, latest=False)
