@@ -36,6 +36,7 @@ from .errors import (
     SessionLost,
 )
 from .events import Broadcast, LeadershipEvent, Reason
+from .follower import PrefixChanges, PrefixWatch
 from .health import Health
 from .interrupt import interrupt
 from .job import LEASE_CLOCK_SLICE, Job
@@ -370,34 +371,19 @@ class Elector:
         return True
 
     def _watch_loop(self) -> None:
-        index = 0
-        # Each key's ModifyIndex in the last listing: only the entries that
-        # differ go to the worker, so a change costs the worker the same with
-        # 1 key or 1,000, and the listing itself is dropped at once.
-        known: dict[str, int] = {}
+        # Only the entries that changed go to the worker, and the listing
+        # itself is dropped at once.
+        watch = PrefixWatch(self.client, self.prefix, self._wait)
         while not self._stopping.is_set():
             try:
-                new, raw = self.client.get_prefix(self.prefix, index=index or None,
-                                                  wait=self._wait if index else None)
+                changes = watch.changes()
             except ConsulLeaderError as exc:
                 if self._stopping.is_set():
                     return
                 self._report(exc)
                 self._stopping.wait(min(1.0, self.timing.heartbeat))
                 continue
-            reset = new < index
-            index = new if new > 0 and new >= index else (0 if reset else 1)
-            if reset:
-                known.clear()
-            changed = {key: KeyEntry.parse(one) for key, one in raw.items()
-                       if known.get(key) != int(one["ModifyIndex"])}
-            removed = known.keys() - raw.keys()
-            for key in removed:
-                del known[key]
-            for key, entry in changed.items():
-                known[key] = entry.modify_index
-            del raw
-            self._post(functools.partial(self._on_changes, new, changed, removed, reset))
+            self._post(functools.partial(self._on_changes, changes))
 
     def _prove(self, session: Session, t0: float) -> None:
         """A heartbeat round of *session* (started at *t0*, the check
@@ -559,12 +545,12 @@ class Elector:
 
     # -- the worker's messages -------------------------------------------------
 
-    def _on_changes(self, index: int, changed: dict[str, KeyEntry], removed: set[str], reset: bool) -> None:
+    def _on_changes(self, changes: PrefixChanges) -> None:
         """The watch's listing: only the entries that changed since its last one."""
-        if reset:
-            self._apply_listing(index, changed, reset=True)
-        elif index >= self._index:
-            self._apply(index, changed, removed)
+        if changes.reset:
+            self._apply_listing(changes.index, changes.changed, reset=True)
+        elif changes.index >= self._index:
+            self._apply(changes.index, changes.changed, changes.removed)
 
     def _on_listing(self, index: int, entries: dict[str, KeyEntry]) -> None:
         """A full listing (the heartbeat's read)."""
