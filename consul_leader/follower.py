@@ -81,11 +81,15 @@ class KeyWatch:
         """Return the key's entry; with *wait*, block until it changes or
         *wait* seconds pass (never a sleep loop)."""
         index, raw = self.client.get_key(self.key, index=self.index if wait else None, wait=wait)
-        # Consul's rules for blocking queries: an index that goes backwards
-        # (a snapshot restore, a new cluster) restarts from 0; 0 is never waited on.
-        self.index = index if index > 0 and index >= self.index else (0 if index < self.index else 1)
+        self.index = _next_index(index, self.index)
         self.entry = entry = KeyEntry.parse_optional(raw)
         return entry
+
+
+def _next_index(answered: int, last: int) -> int:
+    # Consul's rules for blocking queries: an index that goes backwards
+    # (a snapshot restore, a new cluster) restarts from 0; 0 is never waited on.
+    return answered if answered > 0 and answered >= last else (0 if answered < last else 1)
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,7 @@ class PrefixWatch:
         new, raw = self.client.get_prefix(self.prefix, index=self.index or None,
                                           wait=self.wait if self.index else None)
         reset = new < self.index
-        # Consul's rules for blocking queries, as in KeyWatch.read.
-        self.index = new if new > 0 and new >= self.index else (0 if reset else 1)
+        self.index = _next_index(new, self.index)
         known = self._known
         if reset:
             known.clear()
