@@ -733,7 +733,8 @@ class Candidate(Participant):
         for attempt in (1, 2):
             clear_wake()  # a wake meant for the term's watch must not fail its release
             try:
-                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id))
+                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id),
+                                                       index=term.fencing_token)
                 if self._released_at is None and reason.voluntary:
                     log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
                                 session.id)

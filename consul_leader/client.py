@@ -11,6 +11,7 @@ else in the package speaks of sessions, checks and keys.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
@@ -360,25 +361,46 @@ class ConsulClient:
         return bool(self._call("release lock", lambda: self._http.request(
             "PUT", _kv_path(key), {"release": session_id}, body=value).json(), key=key))
 
-    def unlock(self, key: str, session_id: str, value: bytes = b"") -> int | None:
+    def unlock(self, key: str, session_id: str, value: bytes = b"", index: int | None = None) -> int | None:
         """Release the lock on *key* if the session holds it, writing
         *value*, in a transaction that answers the key's ModifyIndex after
         the release (so the releaser can block on the key from there without
         reading it again). None if the session did not hold it.
 
-        .. versionadded:: 0.2"""
-        operations = [{"KV": {"Verb": "unlock", "Key": key, "Session": session_id,
-                              "Value": base64.b64encode(value).decode("ascii")}}]
+        :param index: release only the key as it was at this ModifyIndex
+            (a term's acquisition: its fencing token), in the same
+            transaction. A release whose answer was lost may still land
+            after its holder released again and took the key back; guarded,
+            it cannot free that later term. If the key changed otherwise
+            (someone wrote it; the session may still hold it), it is read
+            and released as it is now, guarded by the index just read.
 
-        def unlock() -> int | None:
+        .. versionadded:: 0.2"""
+        unlock_op = {"KV": {"Verb": "unlock", "Key": key, "Session": session_id,
+                            "Value": base64.b64encode(value).decode("ascii")}}
+
+        def unlock(guard: int | None) -> int | None | bool:
+            operations: list[Any] = [unlock_op]
+            if guard is not None:
+                operations.insert(0, {"KV": {"Verb": "check-index", "Key": key, "Index": guard}})
             status, result = self._txn(operations)
             if status == 409:
                 if "lock isn't held" in result:
                     return None
+                if "failed index check" in result or "failed to check index" in result:
+                    return False
                 raise _Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
-            return int(result["Results"][0]["KV"]["ModifyIndex"])
+            return int(result["Results"][-1]["KV"]["ModifyIndex"])
 
-        return self._call("release lock", unlock, key=key)
+        for _ in range(3):
+            done = self._call("release lock", functools.partial(unlock, index), key=key)
+            if done is not False:
+                return done
+            _, entry = self.get_key(key)
+            if entry is None or entry.get("Session") != session_id:
+                return None
+            index = int(entry["ModifyIndex"])
+        return None  # the key keeps changing under a session that holds it: its holder's writes, not ours
 
     def get_key(self, key: str, index: int | None = None, wait: float | None = None,
                 operation: str = "read key") -> tuple[int, RawEntry | None]:

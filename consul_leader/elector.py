@@ -740,7 +740,8 @@ class Elector:
             # the step-down meant, rather than lead it again after the
             # sit-out (nobody could take it meanwhile).
             assert entry is not None and own is not None
-            self.client.release(candidacy.key, own, release_mark(own))  # a failure is retried by the worker's next turn
+            # A failure is retried by the worker's next turn.
+            self.client.unlock(candidacy.key, own, release_mark(own), index=entry.modify_index)
             candidacy._released = entry.modify_index
             return math.inf
         if candidacy._sit_out is not None:
@@ -918,7 +919,8 @@ class Elector:
         after = after_term(reason, term.lock_index, self._clock(), self.timing.check_ttl)
         if after.release and not term.session.lost.is_set():
             try:
-                self.client.release(candidacy.key, term.session.id, release_mark(term.session.id))
+                self.client.unlock(candidacy.key, term.session.id, release_mark(term.session.id),
+                                   index=term.fencing_token)
             except ConsulLeaderError as exc:
                 # The session lives on for the other keys: the key is taken
                 # back and led again, or, withdrawn, released again.

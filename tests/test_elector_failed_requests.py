@@ -63,9 +63,16 @@ def holders(agent: ConsulAgent, prefix: str) -> Dict[str, str]:
 
 
 def releases_of(key: str) -> Fail:
-    """The release of *key*, or its deletion (how a first holder lets go)."""
-    return lambda method, path, body: "before" if path.startswith(f"/v1/kv/{key}?") and (
-        method == "PUT" and "release=" in path or method == "DELETE") else None
+    """The release of *key* (a plain ``?release=``, or the ``unlock`` of a
+    transaction), or its deletion (how a first holder lets go)."""
+    def pick(method: str, path: str, body: bytes) -> Optional[str]:
+        if path.startswith("/v1/txn") and method == "PUT":
+            unlocks = any(op.get("KV", {}).get("Verb") == "unlock" and op["KV"].get("Key") == key
+                          for op in json.loads(body or b"[]"))
+            return "before" if unlocks else None
+        return "before" if path.startswith(f"/v1/kv/{key}?") and (
+            method == "PUT" and "release=" in path or method == "DELETE") else None
+    return pick
 
 
 def deposed_in_time(told: List[float], since: float, e: Elector, after: str) -> None:
