@@ -69,6 +69,11 @@ log = logging.getLogger("consul_leader")
 _SUCCESSOR_WAIT = 0.1
 
 
+#: How many 400 answers in a row, with no round that worked between them,
+#: end an election: one may come from a proxy on the way, not from Consul.
+_REJECTIONS_THAT_ARE_FINAL = 3
+
+
 class Candidate(Participant):
     """Runs for leadership of *key* in a background thread.
 
@@ -419,9 +424,25 @@ class Candidate(Participant):
             self._main_done.set()
 
     def _election(self) -> None:
+        rejected = 0
+
+        def retryable(exc: BaseException) -> bool:
+            # Consul answers 400 to a key it cannot take, and would again:
+            # that is final. So might a proxy on the way, once: only a few
+            # in a row, with nothing that worked between them, are final.
+            nonlocal rejected
+            if isinstance(exc, RequestRejected):
+                rejected += 1
+                return rejected < _REJECTIONS_THAT_ARE_FINAL
+            return isinstance(exc, ConsulLeaderError)
+
+        def round_() -> None:
+            nonlocal rejected
+            self._round()
+            rejected = 0
+
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(
-                lambda exc: isinstance(exc, ConsulLeaderError) and not isinstance(exc, RequestRejected)),
+            retry=tenacity.retry_if_exception(retryable),
             # Jittered, so that replicas facing a dead agent do not beat on it
             # in step; capped at two TTLs, so that one whose agent is back
             # (its session may still hold the lock) resumes soon.
@@ -432,7 +453,7 @@ class Candidate(Participant):
             reraise=True)
         while not self._stopping.is_set():
             try:
-                retrying(self._round)
+                retrying(round_)
             except RequestRejected as exc:
                 self._failure = exc  # asking again would get the same answer
                 self._report(exc)
