@@ -36,6 +36,7 @@ from .errors import (
 )
 from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .follower import KeyWatch, LeaderInfo
+from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE
 from .health import Health
 from .interrupt import clear_wake, interrupt, wake
 from .job import Job, JobRunner
@@ -54,7 +55,9 @@ from .validation import (
     check_identity,
     check_job,
     check_key,
+    check_number,
     check_optional_seconds,
+    check_service,
     default_identity,
 )
 from .waiting import KeyWaiter
@@ -108,10 +111,17 @@ class Candidate(Participant):
     :param clock: the clock leases, term limits, sit-outs and waits are
         measured on; default :func:`~consul_leader.session.lease_clock`.
         Tests inject one to move time on by hand.
+    :param service: the service name of the instance each session registers
+        on the agent, whose TTL check the session is bound to (see
+        :ref:`footprint`); the ACL policy needs write on it.
+    :param deregister_after: seconds after which Consul removes that
+        instance once its check is critical, after a crash (at least 60,
+        Consul's least).
     :raises ConfigurationError: (a :class:`ValueError`) an argument is invalid;
         the message names it and what is allowed.
 
     .. versionadded:: 0.1
+    .. versionadded:: 0.2 *service* and *deregister_after*.
     """
 
     def __init__(self, key: str, *, identity: str | None = None, consul: Any = None,
@@ -120,8 +130,11 @@ class Candidate(Participant):
                  ttl: float = 3.0, lock_delay: float | None = None, lease: float | None = None,
                  heartbeat: float | None = None, session_ttl: float | None = None,
                  term_limit: float | None = None, wait: bool = True, timeout: float = 5.0,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, service: str = DEFAULT_SERVICE,
+                 deregister_after: float = DEFAULT_DEREGISTER_AFTER) -> None:
         self.key = check_key(key)
+        self.service = check_service(service)
+        self.deregister_after = check_number("deregister_after", deregister_after, 60, 86400)
         self._default_identity = identity is None
         self.identity = default_identity() if identity is None else check_identity(identity)
         self.timing = Timing.from_ttl(ttl, heartbeat=heartbeat, lease=lease, lock_delay=lock_delay,
@@ -590,7 +603,8 @@ class Candidate(Participant):
             session.close()
         session = Session(self.client, self.timing, f"consul-leader {self.key} {self.identity}",
                           on_error=self._report, on_lost=self._session_lost, stats=self.heartbeat_stats,
-                          clock=self._clock, meta={"identity": self.identity, "key": self.key})
+                          clock=self._clock, meta={"identity": self.identity, "key": self.key},
+                          service=self.service, deregister_after=self.deregister_after)
         session.open()
         self._session = session
         return session

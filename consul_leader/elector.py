@@ -37,6 +37,7 @@ from .errors import (
 )
 from .events import Broadcast, LeadershipEvent, Reason
 from .follower import PrefixChanges, PrefixWatch
+from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE
 from .health import Health
 from .interrupt import interrupt
 from .job import LEASE_CLOCK_SLICE, Job
@@ -55,6 +56,7 @@ from .validation import (
     check_job,
     check_key,
     check_number,
+    check_service,
     default_identity,
 )
 
@@ -217,10 +219,11 @@ class Elector:
     :param identity: the default identity of the keys; ``"<hostname>:<pid>"``.
     :param wait: the longest blocking query on the prefix, in seconds.
 
-    The connection and timing arguments (*consul*, *address*, *token*,
-    *datacenter*, *verify*, *cert*, *ttl*, *lock_delay*, *lease*,
-    *heartbeat*, *session_ttl*, *timeout*, *clock*) are those of
-    :class:`~consul_leader.Candidate`, and hold for every key.
+    The connection, timing and footprint arguments (*consul*, *address*,
+    *token*, *datacenter*, *verify*, *cert*, *ttl*, *lock_delay*, *lease*,
+    *heartbeat*, *session_ttl*, *timeout*, *clock*, *service*,
+    *deregister_after*) are those of :class:`~consul_leader.Candidate`, and
+    hold for every key.
 
     .. versionadded:: 0.2
     """
@@ -229,8 +232,13 @@ class Elector:
                  token: str | None = None, datacenter: str | None = None, verify: None | bool | str = None,
                  cert: None | str | tuple[str, str] = None, ttl: float = 3.0, lock_delay: float | None = None,
                  lease: float | None = None, heartbeat: float | None = None, session_ttl: float | None = None,
-                 timeout: float = 5.0, wait: float = 30.0, clock: Clock | None = None) -> None:
-        self.prefix = check_key(prefix).rstrip("/") + "/"
+                 timeout: float = 5.0, wait: float = 30.0, clock: Clock | None = None,
+                 service: str = DEFAULT_SERVICE, deregister_after: float = DEFAULT_DEREGISTER_AFTER) -> None:
+        # A folder may be written as one ("service/shards/"), as the docs do.
+        folder = prefix[:-1] if isinstance(prefix, str) and prefix.endswith("/") else prefix
+        self.prefix = check_key(folder) + "/"
+        self.service = check_service(service)
+        self.deregister_after = check_number("deregister_after", deregister_after, 60, 86400)
         self.identity = default_identity() if identity is None else check_identity(identity)
         self.timing = Timing.from_ttl(ttl, heartbeat=heartbeat, lease=lease, lock_delay=lock_delay,
                                       session_ttl=session_ttl)
@@ -809,7 +817,8 @@ class Elector:
                           on_error=self._report, stats=self.heartbeat_stats, clock=self._clock,
                           on_lost=lambda s: self._post(functools.partial(self._on_lost, s)),
                           on_round=lambda t0: self._prove(made[0], t0),
-                          meta={"identity": self.identity, "prefix": self.prefix})
+                          meta={"identity": self.identity, "prefix": self.prefix},
+                          service=self.service, deregister_after=self.deregister_after)
         made.append(session)
         session.open()
         # Always at the leader's rate (about one request a second): a key

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import signal
 import socket
 import threading
@@ -47,6 +48,17 @@ def check_key(key: Any) -> str:
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise ConfigurationError(f"key must not contain empty, '.' or '..' path segments: got {key!r}")
     return key
+
+
+def check_service(service: Any) -> str:
+    """Validate the service name a candidate's instance is registered under."""
+    if not isinstance(service, str):
+        raise ConfigurationTypeError(f"service must be a str like 'consul-leader', got {type(service).__name__}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", service):
+        # What Consul's DNS interface can serve: a DNS label.
+        raise ConfigurationError(f"service must be a DNS-compatible name (letters, digits, '-' and '_', at most "
+                                 f"63 characters, starting with a letter or digit): got {service!r}")
+    return service
 
 
 def default_identity() -> str:

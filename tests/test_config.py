@@ -46,6 +46,9 @@ def test_ttl_scales_every_duration_and_keeps_the_safety_rule():
     ({"verify": "/no/such/ca.pem"}, "CA file that does not exist"),
     ({"cert": "/no/such/cert.pem"}, "names a file that does not exist"),
     ({"datacenter": ""}, "datacenter must be a non-empty str"),
+    ({"service": "beat leader"}, "service must be a DNS-compatible name"),
+    ({"service": ""}, "service must be a DNS-compatible name"),
+    ({"deregister_after": 10}, "deregister_after must be between 60 and 86400"),
 ])
 def test_bad_arguments_give_a_value_error_naming_the_argument(kwargs, needle):
     args = {"key": "service/leader", **kwargs}

@@ -413,3 +413,18 @@ def test_a_clean_stop_leaves_no_instance_check_or_session(consul_agent: ConsulAg
     assert mine("/v1/session/list") == []
     # The agent syncs a deregistration to the catalog right after it.
     wait_until(lambda: mine("/v1/catalog/service/consul-leader") == [], 10, "the catalog follows the agent")
+
+
+def test_the_instance_is_registered_under_the_service_name_given(consul_agent: ConsulAgent, key: str) -> None:
+    from consul_leader import Elector
+
+    with Candidate(key, address=consul_agent.address, service="beat-leader", deregister_after=120) as candidate, \
+            Elector(f"{key}-shards/", address=consul_agent.address, service="shard-leaders") as elector:
+        assert candidate.wait_for_leadership(30)
+        assert elector.prefix == f"{key}-shards/"  # a folder written as one is taken as it is
+        shard = elector.candidate("0")
+        assert shard.wait_for_leadership(30)
+        services = requests.get(f"{consul_agent.url}/v1/agent/services", timeout=5).json()
+        mine = {s["Service"]: s["Meta"] for s in services.values() if key in str(s["Meta"])}
+        assert mine["beat-leader"]["key"] == key and mine["beat-leader"]["identity"] == candidate.identity
+        assert mine["shard-leaders"]["prefix"] == f"{key}-shards/"
