@@ -45,6 +45,7 @@ from .lockdelay import (
     holder_flags,
     release_mark,
 )
+from .outage import Outage
 from .participant import Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
@@ -156,6 +157,9 @@ class Candidate(Participant):
         # command, so that no thread switch lies on the handover path. It
         # must not block (the lease does not wait for it).
         self._term_hook: Callable[[int, float], None] | None = None
+        # One line when the election starts failing, a reminder a minute,
+        # one when it works again: not a line per retry.
+        self._outage = Outage(log, f"election for {self.key!r}")
         self._reset()
         process.register(self, self._after_fork_in_child)
 
@@ -453,6 +457,11 @@ class Candidate(Participant):
             nonlocal rejected
             self._round()
             rejected = 0
+            # A round that ends a term can span an outage: only a request
+            # answered after the outage began ends it.
+            succeeded = self.client.last_success()
+            if succeeded is not None:
+                self._outage.ok(succeeded)
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(retryable),
@@ -500,11 +509,8 @@ class Candidate(Participant):
         if not isinstance(error, ConsulLeaderError):
             return
         self._last_error = error
-        if isinstance(error, (PermissionDenied, RequestRejected)):
-            log.error("%s", error, extra=self._log_fields("error", error=type(error).__name__))
-        else:
-            log.warning("election for %r: %s; retrying", self.key, error,
-                        extra=self._log_fields("error", error=type(error).__name__))
+        level = logging.ERROR if isinstance(error, (PermissionDenied, RequestRejected)) else logging.WARNING
+        self._outage.failed(error, level=level, extra=self._log_fields("error", error=type(error).__name__))
         self._dispatcher.send_latest(signals.election_error, self, error=error)
         self._events.publish(LeadershipEvent(EventKind.ERROR, error=error))
         self._dispatcher.call(self._notify)

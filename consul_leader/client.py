@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -128,6 +129,12 @@ class _Transport:
         """See :meth:`ConsulClient.limit_requests`."""
         self._local.limit = left
 
+    def succeeded(self) -> None:
+        self._local.succeeded = time.monotonic()
+
+    def last_success(self) -> float | None:
+        return getattr(self._local, "succeeded", None)
+
     def request(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None,
                 *, wait: float | None = None, allow: tuple[int, ...] = ()) -> requests.Response:
         """Send one request; *wait* makes it a blocking query's (its read
@@ -181,6 +188,14 @@ class ConsulClient:
         times out raises :class:`~consul_leader.ConsulUnavailable`."""
         self._http.limit(left)
 
+    def last_success(self) -> float | None:
+        """When (``time.monotonic()``) a request of the calling thread last
+        got an answer it could use; None if none did yet. Whoever logs a run
+        of failures tells its end by it.
+
+        .. versionadded:: 0.2"""
+        return self._http.last_success()
+
     def http_session(self) -> requests.Session:
         """The :class:`requests.Session` the calling thread uses: one per
         thread and per process, so threads never share a connection."""
@@ -192,7 +207,9 @@ class ConsulClient:
         into the project's errors (the original as ``__cause__``), once, here."""
         where: dict[str, Any] = {"operation": operation, "key": key}
         try:
-            return fn()
+            result = fn()
+            self._http.succeeded()
+            return result
         except requests.exceptions.SSLError as exc:
             raise ConsulTLSError(f"{operation}: TLS handshake with {self.config.address} failed: "
                                  f"{_tls_hint(exc)}", **where) from exc

@@ -46,6 +46,7 @@ from .lockdelay import (
     holder_flags,
     release_mark,
 )
+from .outage import Outage
 from .participant import Participant
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
@@ -250,6 +251,7 @@ class Elector:
             raise ConfigurationTypeError(f"clock must be a function returning seconds, got {type(clock).__name__}")
         self._clock: Clock = lease_clock if clock is None else clock
         self._state = "new"
+        self._outage = Outage(log, f"election for the keys under {self.prefix!r}")
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -426,7 +428,7 @@ class Elector:
 
     def _report(self, error: ConsulLeaderError) -> None:
         self._last_error = error
-        log.warning("election for the keys under %r: %s; retrying", self.prefix, error)
+        self._outage.failed(error)
         self._dispatcher.send(signals.election_error, self, error=error)
 
     def _notify(self) -> None:
@@ -478,6 +480,7 @@ class Elector:
                     self._next_timer = min(self._next_timer, self._sweep(some))
                 backoff = 0.0
                 self._last_error = None
+                self._outage.ok()
             except ConsulLeaderError as exc:
                 self._report(exc)
                 backoff = min(max(backoff * 2, 0.1), self.timing.check_ttl)

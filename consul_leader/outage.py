@@ -41,7 +41,7 @@ class Outage:
         self._since: float | None = None
         self._said_at = 0.0
         self._failures = 0
-        self._kind: type[BaseException] | None = None
+        self._level = logging.NOTSET
 
     @property
     def failing(self) -> bool:
@@ -51,15 +51,18 @@ class Outage:
     def failed(self, error: BaseException, *, level: int = logging.WARNING,
                extra: Mapping[str, Any] | None = None) -> None:
         """Tell of a failed attempt: logged at *level* if it starts an
-        outage or is another kind of error than the last, as a reminder if
-        *every* seconds passed since the last line, else at DEBUG only."""
+        outage or is more serious than what the outage logged so far (a
+        token refused while the agent was unreachable), as a reminder if
+        *every* seconds passed since the last line, else at DEBUG only. The
+        kind of error alone is no news: an agent going down answers
+        "No cluster leader", then refuses connections."""
         now = self._clock()
         with self._lock:
             self._failures += 1
-            new = self._since is None or type(error) is not self._kind
+            new = self._since is None or level > self._level
             if self._since is None:
                 self._since = now
-            self._kind = type(error)
+            self._level = max(self._level, level)
             due = now - self._said_at >= self.every
             if new or due:
                 self._said_at = now
@@ -73,14 +76,17 @@ class Outage:
         else:
             self._log.debug("%s: %s (attempt %d)", self.what, error, failures)
 
-    def ok(self) -> None:
-        """Tell of a success: ends an outage, with a line that says so."""
+    def ok(self, at: float | None = None) -> None:
+        """Tell of a success: ends an outage, with a line that says so.
+
+        :param at: when the success was, on this outage's clock; one from
+            before the outage began ends nothing. Default: now."""
         if self._since is None:  # the usual case, without taking the lock
             return
         now = self._clock()
         with self._lock:
-            if self._since is None:
+            if self._since is None or (at is not None and at <= self._since):
                 return
             failures, since = self._failures, self._since
-            self._since, self._kind, self._failures = None, None, 0
+            self._since, self._level, self._failures = None, logging.NOTSET, 0
         self._log.info("%s: working again after %d failed attempts in %.0fs", self.what, failures, now - since)

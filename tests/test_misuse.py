@@ -4,6 +4,7 @@ twice, and a Candidate carried into a child by ``os.fork()``."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 from consul_leader import Candidate, NotRunning
 from consul_leader.client import ConsulClient, ConsulConfig, clear_wake, wake
+from consul_leader.testing import ConsulAgent
 
 
 def test_stop_twice_is_harmless_and_releases_once(key, make_candidate):
@@ -243,3 +245,22 @@ def test_a_child_forked_while_another_thread_scrapes_metrics_can_register_a_cand
         report(ok=True)
 
     _fork_while(lambda: list(registry.collect()), child)
+
+
+def test_an_agent_that_stays_down_is_one_log_line_not_one_per_retry(caplog, key):
+    # An agent down for 5 s: the first failure, then nothing more above
+    # DEBUG until it recovers (a reminder comes once a minute).
+    caplog.set_level(logging.DEBUG, logger="consul_leader")
+    with ConsulAgent() as agent:
+        c = Candidate(key, address=agent.address, ttl=1, timeout=1)
+        try:
+            c.start()
+            assert c.wait_for_leadership(30)
+            agent.stop(signal.SIGKILL)  # refused at once, without the answers of an agent shutting down
+            time.sleep(5)
+            said = [r for r in caplog.records if r.levelno >= logging.WARNING and "election for" in r.getMessage()]
+            retried = [r for r in caplog.records if r.levelno == logging.DEBUG and "(attempt" in r.getMessage()]
+        finally:
+            c.stop()
+    assert len(said) == 1, "\n".join(r.getMessage()[60:200] for r in said)
+    assert len(retried) >= 3, "every attempt still goes to DEBUG"

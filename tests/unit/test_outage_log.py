@@ -43,7 +43,8 @@ def test_an_outage_of_many_retries_logs_its_first_failure_once_a_reminder_a_minu
     assert len([r for r in caplog.records if r.levelno == logging.DEBUG]) == 31 - 2
 
 
-def test_another_kind_of_failure_during_an_outage_is_news(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_more_serious_failure_during_an_outage_is_news_another_kind_alone_is_not(
+        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="test.outage")
     clock = Clock()
     outage = Outage(logging.getLogger("test.outage"), "heartbeat", clock=clock)
@@ -52,6 +53,8 @@ def test_another_kind_of_failure_during_an_outage_is_news(caplog: pytest.LogCapt
     outage.failed(PermissionDenied("refused"), level=logging.ERROR)
     clock.now += 1
     outage.failed(PermissionDenied("refused"), level=logging.ERROR)
+    clock.now += 1
+    outage.failed(ConsulUnavailable("down, then refused connections"))
     assert [r.levelno for r in caplog.records if r.levelno > logging.DEBUG] == [logging.WARNING, logging.ERROR]
     assert outage.failing
 
@@ -68,3 +71,17 @@ def test_a_new_outage_after_a_recovery_is_logged_again(caplog: pytest.LogCapture
     said = lines(caplog)
     assert said[0].startswith("heartbeat: down;") and said[1].startswith("heartbeat: working again after 1")
     assert said[2].startswith("heartbeat: down again;")
+
+
+def test_a_success_from_before_the_outage_ends_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="test.outage")
+    clock = Clock()
+    outage = Outage(logging.getLogger("test.outage"), "heartbeat", clock=clock)
+    before = clock.now
+    clock.now += 1
+    outage.failed(ConsulUnavailable("down"))
+    outage.ok(before)
+    assert outage.failing
+    clock.now += 1
+    outage.ok(clock.now)
+    assert not outage.failing
