@@ -189,7 +189,7 @@ class Candidate(Participant):
         self._released_at: int | None = None
         # A term's release failed: its session still holds the key, and
         # nobody else can take it until this one lets it go.
-        self._unreleased: Session | None = None
+        self._unreleased: Term | None = None
         self._failure: ConsulLeaderError | None = None
         self._last_error: ConsulLeaderError | None = None
         self._events: Broadcast[LeadershipEvent] = Broadcast()
@@ -527,10 +527,16 @@ class Candidate(Participant):
         if self._stopping.is_set():
             return
         if self._unreleased is not None:
-            if self._unreleased is session:
+            term = self._unreleased
+            if term.session is session:
                 assert session.id is not None
                 # Raises: retried with backoff.
-                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id))
+                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id),
+                                                       index=term.fencing_token)
+                if self._released_at is not None:
+                    # Our own release, late: the next lock follows it (F3).
+                    self._view.seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
+                                                     self._released_at)
             self._unreleased = None
         if self._sit_out is not None:
             sit_out = self._sit_out
@@ -786,10 +792,10 @@ class Candidate(Participant):
             except ConsulUnavailable as exc:
                 if attempt == 2:
                     log.warning("could not release %r after %s (%s); trying again", self.key, reason, exc)
-                    self._unreleased = session
+                    self._unreleased = term
             except ConsulLeaderError as exc:
                 log.warning("could not release %r after %s (%s); trying again", self.key, reason, exc)
-                self._unreleased = session
+                self._unreleased = term
                 return
 
     def _step_down(self, reason: Reason) -> bool:
