@@ -99,7 +99,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
     """Tests that only wait for time to pass (Consul's reap window) set their
-    scene up first and check it last, so that the suite runs meanwhile."""
+    scene up first and check it last, so that the suite runs meanwhile.
+    Tests under ``tests/findings/`` show open findings: they fail on the
+    current code, and run with ``make findings``, not in the suite."""
+    for item in items:
+        if "/findings/" in str(item.path).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.open_finding)
     first = [i for i in items if i.get_closest_marker("runs_first")]
     last = [i for i in items if i.get_closest_marker("runs_last")]
     middle = [i for i in items if i not in first and i not in last]
