@@ -1,0 +1,271 @@
+"""One fault schedule: candidates on their agents, faults drawn from the
+seed one after another, and the run's records checked by the chaos run's
+checker (:func:`consul_leader.testing.checker.check`) plus the liveness
+bounds of :data:`BOUNDS`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ...session import Timing
+from .. import checker
+from .candidate import SimCandidate
+from .world import Agent, World
+
+__all__ = ["BOUNDS", "KINDS", "Outcome", "bound", "simulate", "timeline"]
+
+#: Seconds of the first fault, so that a leader is working by then.
+FIRST_FAULT = 8.0
+
+#: How many candidates a schedule grows to at most (fresh ones join).
+MAX_CANDIDATES = 5
+
+
+def bound(kind: str, timing: Timing) -> float:
+    """The liveness bound of a fault: within this many seconds after the
+    fault was undone, some candidate works again, if a healthy one exists.
+
+    The slowest way back after any fault is a leader whose check has to
+    run out (its TTL), then a lock-delay Consul enforces, then a lock-delay
+    the next holder holds (a lock it did not see released), plus a few
+    round trips and the heartbeat's period; a lost session's TTL (twice,
+    as Consul reaps it) only matters where the agent was cut off."""
+    base = timing.check_ttl + 2 * timing.lock_delay + 2 * timing.heartbeat + 1.0
+    if kind in ("raft leader lost", "answers lost"):
+        # A leader whose session renew or check pass was lost in the outage
+        # may lapse only after it; its session can be gone as well.
+        return base + timing.lease
+    return base
+
+
+#: The fault kinds, each with what it does to the world.
+KINDS = ("leader SIGSTOP", "leader agent SIGSTOP", "leader SIGKILL", "leader suspend", "slow leader agent",
+         "release by another", "key deleted + fresh candidate", "session destroyed", "leader agent restart",
+         "raft leader lost", "session destroyed + raft leader change", "answers lost", "resign",
+         "stop + restart")
+
+#: The liveness bound of each kind at the default timing (ttl=3), for the docs' table.
+BOUNDS = {kind: bound(kind, Timing.from_ttl(3.0)) for kind in KINDS}
+
+
+@dataclass
+class Outcome:
+    """One schedule's result.
+
+    :ivar seed: the seed that made it.
+    :ivar records: what happened, in the checker's records.
+    :ivar report: the checker's report.
+    :ivar steps: how many scheduler steps it took.
+    :ivar simulated: how many simulated seconds it ran.
+    """
+
+    seed: int
+    records: list[dict[str, Any]]
+    report: checker.Report
+    steps: int
+    simulated: float
+
+    @property
+    def ok(self) -> bool:
+        """True if the checker found nothing wrong."""
+        return self.report.ok
+
+
+class _Run:
+    def __init__(self, seed: int, seconds: float, ttl: float, candidates: int) -> None:
+        self.world = World(seed)
+        self.rng = random.Random(f"{seed}-faults")
+        self.seconds = seconds
+        self.key = "service/sim/leader"
+        self.timing = Timing.from_ttl(ttl)
+        self.agents = [self.world.add_agent(f"node-{i}") for i in range(candidates)]
+        self.candidates: list[SimCandidate] = []
+        self.pid = 1000
+        for agent in self.agents:
+            self.spawn(agent)
+
+    def spawn(self, agent: Agent) -> SimCandidate:
+        self.pid += 1
+        c = SimCandidate(self.world, agent, self.pid, self.key, f"{agent.node}:{self.pid}", self.timing)
+        self.candidates.append(c)
+        c.start()
+        return c
+
+    def respawn(self, agent: Agent) -> None:
+        self.spawn(agent)
+
+    def alive(self) -> list[SimCandidate]:
+        return [c for c in self.candidates if not c.dead]
+
+    def leader(self) -> SimCandidate | None:
+        entry = self.world.consul.peek(self.key)
+        for c in self.alive():
+            if entry is not None and entry.session is not None and c.session_id == entry.session:
+                return c
+        return None
+
+    def target(self) -> SimCandidate:
+        return self.leader() or self.rng.choice(self.alive())
+
+    def later(self, seconds: float, action: Callable[[], None]) -> None:
+        self.world.scheduler.call_later(seconds, action)
+
+    def fault(self, kind: str, until: float, **fields: Any) -> None:
+        self.world.record("fault", kind=kind, undone=round(until, 6), **fields)
+
+    def lease_bound(self, now: float, seconds: float) -> dict[str, float]:
+        # A pause shorter than the lease may end with the lease still valid:
+        # only a longer one bounds the term (the checker's rule (c)).
+        return {"lease_bound": now} if seconds > self.timing.lease else {}
+
+    def apply(self, kind: str) -> float:
+        """Apply *kind* now; return when it is undone."""
+        world, consul, rng = self.world, self.world.consul, self.rng
+        now = world.scheduler.now()
+        c = self.target()
+        agent = c.agent
+        seconds = rng.choice((0.3, 1.0, 2.0, 4.0, 8.0)) * rng.uniform(0.5, 1.0)
+        until = now + seconds
+        if kind == "leader SIGSTOP":
+            c.freeze()
+            self.later(seconds, c.thaw)
+            self.fault(kind, until, target=c.identity, frozen_pid=c.pid, seconds=seconds, **self.lease_bound(now, seconds))
+        elif kind == "leader agent SIGSTOP":
+            consul.freeze_agent(agent.node)
+            self.later(seconds, lambda: world.thaw_agent(agent))
+            self.fault(kind, until, target=c.identity, seconds=seconds)
+        elif kind == "leader suspend":
+            # The machine sleeps: the process and its agent stop, the boot
+            # clock (the virtual time) goes on.
+            c.freeze()
+            consul.freeze_agent(agent.node)
+
+            def wake() -> None:
+                world.thaw_agent(agent)
+                c.thaw()
+
+            self.later(seconds, wake)
+            self.fault(kind, until, target=c.identity, frozen_pid=c.pid, seconds=seconds, **self.lease_bound(now, seconds))
+        elif kind == "leader SIGKILL":
+            c.kill()
+            self.later(seconds, lambda: self.respawn(agent))
+            self.fault(kind, until, target=c.identity, lease_bound=now)
+        elif kind == "stop + restart":
+            c.stop()
+            self.later(seconds, lambda: self.respawn(agent))
+            self.fault(kind, until, target=c.identity)
+        elif kind == "resign":
+            c.resign()
+            until = now
+            self.fault(kind, until, target=c.identity)
+        elif kind == "slow leader agent":
+            agent.delay = 0.35
+            self.later(seconds, lambda: setattr(agent, "delay", 0.0))
+            self.fault(kind, until, target=c.identity, seconds=seconds)
+        elif kind == "answers lost":
+            agent.lose_answers = 0.3
+            self.later(seconds, lambda: setattr(agent, "lose_answers", 0.0))
+            self.fault(kind, until, target=c.identity, seconds=seconds)
+        elif kind == "release by another":
+            if c.session_id is not None:
+                consul.release(self.key, c.session_id)  # ?release= with an empty body, no lock-delay
+            until = now
+            self.fault(kind, until, target=c.identity)
+        elif kind == "session destroyed":
+            if c.session_id is not None and consul.leader is not None:
+                consul.destroy_session(c.session_id)
+            until = now
+            self.fault(kind, until, target=c.identity, lease_bound=now)
+        elif kind == "session destroyed + raft leader change":
+            # A new Raft leader elected before it applied the invalidation
+            # (or restored from a snapshot) enforces no lock-delay for it.
+            old = consul.leader
+            if c.session_id is not None and old is not None:
+                consul.destroy_session(c.session_id)
+                consul.lose_leader()
+                new = (old + 1) % len(consul.servers)
+                snapshot = rng.random() < 0.3
+                self.later(0.001, lambda: consul.elect(new, from_snapshot=snapshot))
+            until = now + 0.001
+            self.fault(kind, until, target=c.identity, lease_bound=now)
+        elif kind == "leader agent restart":
+            world.restart_agent(agent)
+            until = now
+            self.fault(kind, until, target=c.identity)
+        elif kind == "raft leader lost":
+            old = consul.leader if consul.leader is not None else 0
+            consul.lose_leader()
+            seconds = rng.uniform(0.2, 3.0)
+            until = now + seconds
+            new = rng.randrange(len(consul.servers))
+            snapshot = rng.random() < 0.2
+            self.later(seconds, lambda: consul.elect(new, from_snapshot=snapshot))
+            self.fault(kind, until, old=old, new=new, snapshot=snapshot)
+        elif kind == "key deleted + fresh candidate":
+            consul.delete(self.key)
+            if len(self.alive()) < MAX_CANDIDATES:
+                self.spawn(rng.choice(self.agents))
+            until = now
+            self.fault(kind, until, target=c.identity)
+        else:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        return until
+
+    def run(self, kinds: tuple[str, ...]) -> None:
+        world = self.world
+        scheduler = world.scheduler
+        world.record("run", begin=0.0, end=self.seconds, ttl=self.timing.check_ttl, seed=world.seed)
+        t = FIRST_FAULT
+        while True:
+            scheduler.run_until(t)
+            kind = self.rng.choice(kinds)
+            undone = self.apply(kind)
+            t = undone + bound(kind, self.timing) + self.rng.uniform(0.5, 3.0)
+            if t > self.seconds:
+                break
+        scheduler.run_until(self.seconds)
+
+
+def _stalls(records: list[dict[str, Any]], timing: Timing, end: float) -> list[dict[str, Any]]:
+    """A ``stall`` record for each fault after which no candidate worked
+    within its bound (for half a second at least, from no later than the
+    bound), where the run went on long enough to tell."""
+    work = checker.works(records)
+    stalls = []
+    for f in (r for r in records if r["ev"] == "fault"):
+        undone, limit = f["undone"], bound(f["kind"], timing)
+        if undone + limit + 0.5 > end:
+            continue
+        if not any(max(w.start, undone) <= undone + limit and w.end >= max(w.start, undone) + 0.5 for w in work):
+            stalls.append({"ev": "stall", "t": undone, "seconds": round(limit, 3), "after": f["kind"]})
+    return stalls
+
+
+def simulate(seed: int, seconds: float = 180.0, ttl: float = 3.0, candidates: int = 3,
+             kinds: tuple[str, ...] = KINDS) -> Outcome:
+    """Run one schedule of *seconds* simulated seconds from *seed*, and check it.
+
+    :param ttl: the candidates' ``ttl`` (every duration follows from it).
+    :param candidates: how many candidates start, each on an agent of its own.
+    :param kinds: the fault kinds to draw from."""
+    run = _Run(seed, seconds, ttl, candidates)
+    run.run(kinds)
+    records = run.world.records
+    records.extend(_stalls(records, run.timing, seconds))
+    report = checker.check(records, run.timing.lease)
+    return Outcome(seed, records, report, run.world.scheduler.steps, seconds)
+
+
+def timeline(outcome: Outcome) -> str:
+    """The records of a schedule, one a line, with what the checker found
+    and the timeline of each overlap."""
+    lines = [json.dumps(r, sort_keys=True) for r in outcome.records
+             if r["ev"] not in ("work-alive",)]
+    lines.append(outcome.report.problems())
+    lines.append(checker.explain(outcome.records, outcome.report))
+    return "\n".join(lines)
