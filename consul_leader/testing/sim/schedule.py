@@ -134,7 +134,8 @@ class _Run:
         if kind == "leader SIGSTOP":
             c.freeze()
             self.later(seconds, c.thaw)
-            self.fault(kind, until, target=c.identity, frozen_pid=c.pid, seconds=seconds, **self.lease_bound(now, seconds))
+            self.fault(kind, until, target=c.identity, frozen_pid=c.pid, seconds=seconds,
+                       **self.lease_bound(now, seconds))
         elif kind == "leader agent SIGSTOP":
             consul.freeze_agent(agent.node)
             self.later(seconds, lambda: world.thaw_agent(agent))
@@ -150,7 +151,8 @@ class _Run:
                 c.thaw()
 
             self.later(seconds, wake)
-            self.fault(kind, until, target=c.identity, frozen_pid=c.pid, seconds=seconds, **self.lease_bound(now, seconds))
+            self.fault(kind, until, target=c.identity, frozen_pid=c.pid, seconds=seconds,
+                       **self.lease_bound(now, seconds))
         elif kind == "leader SIGKILL":
             c.kill()
             self.later(seconds, lambda: self.respawn(agent))
