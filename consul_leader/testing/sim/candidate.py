@@ -81,6 +81,12 @@ class SimCandidate(Process):
     :param step: seconds of one step of its job.
     """
 
+    #: The rules of the driver's own loop that a mutation
+    #: (:mod:`.mutations`) may switch off: a lapsed lease stays out (the
+    #: lapse latch), and a term's end waits for its job to return.
+    LAPSE_LATCH = True
+    JOIN_JOB = True
+
     def __init__(self, world: World, agent: Agent, pid: int, key: str, identity: str, timing: Timing,
                  step: float = 0.05) -> None:
         super().__init__(world, agent, pid)
@@ -237,7 +243,7 @@ class SimCandidate(Process):
         now = self.now()
         deadline = lease_deadline(self.timing, self.passed_at, self.renewed_at, self.held_at)
         if self.held_at is not None:
-            if self.lease_started and now >= self.deadline and not self.lapsed:
+            if self.lease_started and now >= self.deadline and not self.lapsed and self.LAPSE_LATCH:
                 self.lapsed, self.lapse_at = True, self.deadline
             if self.lapsed:
                 deadline = -math.inf
@@ -452,12 +458,13 @@ class SimCandidate(Process):
         self._set_leading(None)
         assert term.stop_event is not None and term.returned is not None
         term.stop_event.set()
-        yield WaitFlag(term.returned)  # the next term's work must not start beside this one's
+        if self.JOIN_JOB:
+            yield WaitFlag(term.returned)  # the next term's work must not start beside this one's
         after = decisions.after_term(reason, term.lock_index, self.now(), self.timing.check_ttl)
         if after.sit_out is not None:
             self.sit_out = after.sit_out
         if after.release:
-            yield from self._release(term)
+            yield from self._release(term, reason)
 
     def _unlock(self, sid: str) -> Call:
         consul = self.consul
@@ -470,13 +477,15 @@ class SimCandidate(Process):
 
         return Call(unlock)
 
-    def _release(self, term: SimTerm) -> Gen:
+    def _release(self, term: SimTerm, reason: Reason) -> Gen:
         sid = self.session_id
         assert sid is not None
         for attempt in (1, 2):
             try:
                 self.released_at = yield self._unlock(sid)
                 if self.released_at is not None:
+                    self.world.record("released", id=self.identity, pid=self.pid, token=term.token,
+                                      reason=str(reason), voluntary=reason.voluntary)
                     self.seen = decisions.released_entry(self.key, sid, term.lock_index, term.create_index,
                                                          self.released_at)
                 return
