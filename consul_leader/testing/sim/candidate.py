@@ -27,7 +27,7 @@ from ...session import Timing
 from .consul import SERF_HEALTH, ModelError
 from .world import Agent, Call, Flag, Interrupted, Process, Refused, SimError, Sleep, Task, Unavailable, WaitFlag, World
 
-__all__ = ["SimCandidate", "lease_deadline"]
+__all__ = ["SimCandidate", "lease_deadline", "wait_over"]
 
 #: How long a waiter's blocking query waits at most (candidate.py's _IDLE_WAIT).
 IDLE_WAIT = 30.0
@@ -52,6 +52,20 @@ def lease_deadline(timing: Timing, passed_at: float, renewed_at: float, held_at:
         (None: not leading)."""
     deadline = min(passed_at + timing.lease, renewed_at + timing.session_ttl - timing.margin)
     return deadline if held_at is None else min(deadline, held_at + timing.lease)
+
+
+def wait_over(held: bool, entry: KeyEntry | None, now: float, hold_off_until: float | None,
+              sit_out: decisions.SitOut | None) -> bool:
+    """Whether a waiter stops waiting on the key (the rule of
+    ``Candidate._wait``, still inline there): without a hold-off, once no
+    other session holds it; during a hold-off (a lock-delay, a sit-out),
+    once it ran out or another session holds the key (wait for that one
+    instead), or, for a sit-out, once someone else took the lock since.
+
+    :param held: whether another session holds the key (:func:`~consul_leader.decisions.held_by_another`)."""
+    if hold_off_until is None:
+        return not held
+    return held or now >= hold_off_until or (sit_out is not None and sit_out.taken_since(entry))
 
 
 class SessionLost(SimError):
@@ -368,15 +382,8 @@ class SimCandidate(Process):
         self._observe(entry)
         while not self.stopping:
             now = self.now()
-            held = self._held_by_another(entry)
-            if hold_off_until is None:
-                if not held:
-                    return
-            else:
-                if held or now >= hold_off_until:
-                    return
-                if sit_out is not None and sit_out.taken_since(entry):
-                    return
+            if wait_over(self._held_by_another(entry), entry, now, hold_off_until, sit_out):
+                return
             wait = IDLE_WAIT if hold_off_until is None else max(hold_off_until - now, 0.01)
             entry = yield from watch.read(wait)
             self._observe(entry)
@@ -423,19 +430,17 @@ class SimCandidate(Process):
         watch = Watch(self)
         watch.index = index
         while True:
-            if term.reason is not None:
-                return term.reason
-            if not self.now() < self.deadline:
-                return Reason.LEASE_EXPIRED
+            ended = self._ended(term)
+            if ended is not None:
+                return ended
             try:
                 entry = yield from watch.read(self.timing.heartbeat, wakeable=True)
             except Interrupted:
                 continue
             except SimError:
-                if term.reason is not None:
-                    return term.reason
-                if not self.now() < self.deadline:
-                    return Reason.LEASE_EXPIRED
+                ended = self._ended(term)
+                if ended is not None:
+                    return ended
                 try:
                     yield Sleep(min(self.timing.heartbeat / 2, max(self.deadline - self.now(), 0.01)), wakeable=True)
                 except Interrupted:
@@ -446,6 +451,12 @@ class SimCandidate(Process):
             lost = decisions.lock_check(entry, sid, self.identity)
             if lost is not None:
                 return lost
+
+    def _ended(self, term: SimTerm) -> Reason | None:
+        # Stepped down (resign, stop, the job), or the lease ran out.
+        if term.reason is not None:
+            return term.reason
+        return None if self.now() < self.deadline else Reason.LEASE_EXPIRED
 
     def _end_term(self, term: SimTerm, reason: Reason) -> Gen:
         if term.reason is None:
