@@ -139,3 +139,17 @@ def test_a_critical_check_a_frozen_agent_and_a_session_ttl_invalidate_as_consul_
     assert consul.session_valid(frozen)        # the agent's TTL timer is stopped with it
     timers.advance(1.1)
     assert not consul.session_valid(frozen)    # the servers marked the node failed
+
+
+def test_a_change_wakes_every_blocking_query_on_the_key_even_those_that_cancel_themselves() -> None:
+    timers = ManualTimers()
+    consul = ConsulModel(timers, servers=1)
+    woken = []
+    cancels = []
+    for i, name in enumerate(("leader's watch", "waiter", "another waiter")):
+        def wake(name: str = name, i: int = i) -> None:
+            woken.append(name)
+            cancels[i]()  # as a blocking query that answers stops watching
+        cancels.append(consul.watch("k", wake))
+    consul.put("k", b"x")
+    assert woken == ["leader's watch", "waiter", "another waiter"]

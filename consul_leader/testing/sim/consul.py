@@ -435,7 +435,8 @@ class ConsulModel:
         else:
             self._kv[key] = entry
             self._kv_index = entry.modify_index
-        for callback in self._watchers.pop(key, []):
+        # A copy: a callback cancels itself from the list it is in.
+        for callback in list(self._watchers.pop(key, [])):
             callback()
 
     def lock_delayed(self, key: str) -> bool:

@@ -19,28 +19,43 @@ from .world import Agent, World
 
 __all__ = ["BOUNDS", "KINDS", "Outcome", "bound", "simulate", "timeline"]
 
-#: Seconds of the first fault, so that a leader is working by then.
-FIRST_FAULT = 8.0
+#: Seconds after the first lock-delay that the first fault comes, so that
+#: a leader is working by then.
+FIRST_FAULT = 5.0
 
 #: How many candidates a schedule grows to at most (fresh ones join).
 MAX_CANDIDATES = 5
 
 
-def bound(kind: str, timing: Timing) -> float:
+def bound(kind: str, timing: Timing, leading: bool = True) -> float:
     """The liveness bound of a fault: within this many seconds after the
     fault was undone, some candidate works again, if a healthy one exists.
 
-    The slowest way back after any fault is a leader whose check has to
-    run out (its TTL), then a lock-delay Consul enforces, then a lock-delay
-    the next holder holds (a lock it did not see released), plus a few
-    round trips and the heartbeat's period; a lost session's TTL (twice,
-    as Consul reaps it) only matters where the agent was cut off."""
-    base = timing.check_ttl + 2 * timing.lock_delay + 2 * timing.heartbeat + 1.0
+    A handover (resign, stop) takes round trips, bounded here by a second.
+    A lock freed with the leader's session still alive or gone at once
+    (released or deleted by someone else, the session destroyed, its agent
+    restarted) waits one lock-delay: Consul's or the one the next holder
+    holds. A leader that died waits for its check's TTL after its last
+    pass (up to a heartbeat before) and then the lock-delay. Anything else
+    (a pause, a suspend, a slow or frozen agent) may cost both lock-delays
+    and two heartbeats; a Raft election or lost answers a lease more, as a
+    request cut off by them runs to its timeout. Each is counted in the
+    longest timing among the candidates, and includes one more second.
+
+    :param leading: whether the fault's target led when it was applied (a
+        candidate stopped while it holds a lock it did not lead yet
+        destroys its session, so the next one waits a lock-delay)."""
+    if kind in ("resign", "stop + restart") and leading:
+        return 1.0
+    if kind in ("release by another", "key deleted + fresh candidate", "session destroyed",
+                "session destroyed + raft leader change", "leader agent restart"):
+        return timing.lock_delay + 1.0
+    if kind == "leader SIGKILL":
+        return timing.check_ttl + timing.heartbeat + timing.lock_delay + 1.0
+    slowest = timing.check_ttl + 2 * timing.lock_delay + 2 * timing.heartbeat + 1.0
     if kind in ("raft leader lost", "answers lost"):
-        # A leader whose session renew or check pass was lost in the outage
-        # may lapse only after it; its session can be gone as well.
-        return base + timing.lease
-    return base
+        return slowest + timing.lease
+    return slowest
 
 
 #: The fault kinds, each with what it does to the world.
@@ -100,6 +115,7 @@ class _Run:
         #: The longest timing: the liveness bounds are counted in it.
         self.timing = max(self.timings.values(), key=lambda t: t.check_ttl)
         self.candidates: list[SimCandidate] = []
+        self.leading = False
         self.pid = 1000
         for agent in self.agents:
             self.spawn(agent)
@@ -131,8 +147,8 @@ class _Run:
         self.world.scheduler.call_later(seconds, action)
 
     def fault(self, kind: str, until: float, **fields: Any) -> None:
-        self.world.record("fault", kind=kind, undone=round(until, 6), bound=round(bound(kind, self.timing), 6),
-                          **fields)
+        self.world.record("fault", kind=kind, undone=round(until, 6), leading=self.leading,
+                          bound=round(bound(kind, self.timing, self.leading), 6), **fields)
 
     def lease_bound(self, now: float, seconds: float) -> dict[str, float]:
         # A pause shorter than the lease may end with the lease still valid:
@@ -144,6 +160,7 @@ class _Run:
         world, consul, rng = self.world, self.world.consul, self.rng
         now = world.scheduler.now()
         c = self.target()
+        self.leading = c.is_leader()
         agent = c.agent
         seconds = rng.choice((0.3, 1.0, 2.0, 4.0, 8.0)) * rng.uniform(0.5, 1.0)
         until = now + seconds
@@ -254,7 +271,9 @@ class _Run:
         world = self.world
         scheduler = world.scheduler
         world.record("run", begin=0.0, end=self.seconds, ttl=self.timing.check_ttl, seed=world.seed)
-        t = FIRST_FAULT
+        # The first fault once the first holder of the new key led (it
+        # holds the lock a lock-delay first).
+        t = FIRST_FAULT + self.timing.lock_delay
         while True:
             scheduler.run_until(t)
             kind = self.rng.choice(kinds)
