@@ -1,9 +1,9 @@
 """``python -m consul_leader.testing.sim``: run many fault schedules, or
 replay one.
 
-    python -m consul_leader.testing.sim --seeds 2000 --jobs 2
-    python -m consul_leader.testing.sim --seed 1234          # replay one, print its timeline
-    python -m consul_leader.testing.sim --mutation "mixed lock-delays" --seeds 500
+    python -m consul_leader.testing.sim --seeds=2000 --jobs=2
+    python -m consul_leader.testing.sim --seed=1234          # replay one, print its timeline
+    python -m consul_leader.testing.sim --mutation="mixed lock-delays" --seeds=500
 
 Ends with ``N schedules per minute``; exits 1 if a schedule failed, after
 printing each failing one's first problems and the command that replays it.

@@ -66,7 +66,8 @@ KINDS = ("leader SIGSTOP", "leader agent SIGSTOP", "leader SIGKILL", "leader sus
 
 #: After a term that ended involuntarily and that its holder's own
 #: release closed (its session still alive), someone leads within this
-#: many seconds (issue 18's bound for F3), unless a fault is under way.
+#: many seconds (a deposed leader must not hold its own key again from a
+#: read older than its term), unless a fault is under way.
 HANDOVER_BOUND = 1.0
 
 #: The simulated client's timeout for a request (the engine's default).
