@@ -25,7 +25,7 @@ from ...events import Reason
 from ...job import LEASE_CLOCK_SLICE
 from ...session import Timing
 from .consul import SERF_HEALTH, ModelError
-from .world import Agent, Call, Flag, Interrupted, Process, Refused, SimError, Sleep, Task, Unavailable, WaitFlag, World
+from .world import Agent, Call, Flag, Process, Refused, SimError, Sleep, Task, Unavailable, WaitFlag, World
 
 __all__ = ["SimCandidate", "lease_deadline", "wait_over"]
 
@@ -85,6 +85,9 @@ class SimTerm:
     off_at: float | None = None
     stop_event: Flag | None = None
     returned: Flag | None = None
+    #: Whether is_leader() was ever True in it (a term whose lease ran out
+    #: while its acquisition's answer was on its way never is).
+    shown: bool = False
 
 
 class SimCandidate(Process):
@@ -125,6 +128,11 @@ class SimCandidate(Process):
         self.released_at: int | None = None
         self.term: SimTerm | None = None
         self.holding = False
+        #: From a term's start to the end of its ending (the driver's _ending).
+        self.ending = False
+        #: The heartbeat's kick (an Event in session.py) and its quiet time.
+        self.kick = Flag()
+        self.beat_after = -math.inf
         self.jobs = 0
         #: The job running now, if any.
         self.working: str | None = None
@@ -147,7 +155,7 @@ class SimCandidate(Process):
         processes last recorded)."""
         if not self.dead:
             term, work = self.term, self.working
-            if term is not None:
+            if term is not None and term.shown:
                 end = self.now() if term.off_at is None else term.off_at
                 self.world.record("down", id=self.identity, pid=self.pid, last=round(min(end, self._flag_end()), 6),
                                   reason="killed")
@@ -167,27 +175,33 @@ class SimCandidate(Process):
     def stop(self) -> None:
         """``stop()``: end the term, release, destroy the session, exit."""
         self.stopping = True
-        self._step_down(Reason.STOPPED)
-        if self.election is not None:
-            self.election.wake()
+        ending = self.ending
+        leading = self._step_down(Reason.STOPPED)
+        election = self.election
+        if election is not None:
+            election.stop_waiting()  # the _stopping event
+            if not (leading or ending):
+                election.wake()  # interrupt(): out of a long blocking query
 
-    def _step_down(self, reason: Reason) -> None:
+    def _step_down(self, reason: Reason) -> bool:
         term = self.term
-        if term is not None and term.reason is None:
-            term.reason = reason
-            term.off_at = min(self.now(), self._flag_end())
-            if term.stop_event is not None:
-                term.stop_event.set()
-            if self.election is not None:
-                self.election.wake()
+        if term is None or term.reason is not None:
+            return False
+        term.reason = reason
+        term.off_at = min(self.now(), self._flag_end())
+        if term.stop_event is not None:
+            term.stop_event.set()
+        if self.election is not None and self.holding:
+            self.election.wake()  # out of its blocking query on the key, to end the term now
+        return True
 
     # -- requests ---------------------------------------------------------------
 
-    def _read(self, index: int = 0, wait: float = 0.0, wakeable: bool = False) -> Call:
+    def _read(self, index: int = 0, wait: float = 0.0) -> Call:
         key = self.key
         if index:
-            return Call(lambda: None, block=(key, index, wait), timeout=wait + wait / 16 + 5.0, wakeable=wakeable)
-        return Call(lambda: self.consul.get(key), wakeable=wakeable)
+            return Call(lambda: None, block=(key, index, wait), timeout=wait + wait / 16 + 5.0)
+        return Call(lambda: self.consul.get(key))
 
     # -- the session and its heartbeat (session.py) ----------------------------
 
@@ -208,10 +222,13 @@ class SimCandidate(Process):
         started = self.now()
         while self.session_id == sid and not self.lost:
             period = self.timing.heartbeat if self.held_at is not None else self.timing.idle_heartbeat
-            try:
-                yield Sleep(max(0.0, started + period - self.now()), wakeable=True)
-            except Interrupted:
-                yield Sleep(QUIET_AFTER_ELECTION)  # set_leading(): a round soon, but after the term's start
+            yield WaitFlag(self.kick, max(0.0, started + period - self.now()))
+            self.kick.clear()
+            hold = self.beat_after - self.now()
+            if hold > 0:
+                yield WaitFlag(self.kick, hold)  # set_leading(): a round soon, but after the term's start
+                self.kick.clear()
+            self.beat_after = -math.inf
             if self.session_id != sid or self.dead:
                 return
             started = self.now()
@@ -219,9 +236,12 @@ class SimCandidate(Process):
                 yield from self._beat(sid)
             except SessionLost:
                 self.lost = True
+                term = self.term
+                if term is not None and term.off_at is None:
+                    term.off_at = min(self.now(), self._flag_end())  # is_leader() turns False here
                 self.deadline = -math.inf
-                if self.election is not None and not self.holding:
-                    self.election.wake()
+                if self.election is not None and not self.holding and not self.ending:
+                    self.election.wake()  # make a new session now
                 return
             except SimError:
                 pass
@@ -270,8 +290,12 @@ class SimCandidate(Process):
         self.lease_started = self.lapsed = False
         if held_since is not None:
             self._update_deadline()
-            if self.heartbeat is not None:
-                self.heartbeat.wake()
+            self.beat_after = self.now() + min(QUIET_AFTER_ELECTION, max(self.deadline - self.now(), 0.0) / 2)
+            self.kick.set()
+
+    def _clear_wake(self) -> None:
+        if self.election is not None:
+            self.election.clear_wake()
 
     def _flag_end(self) -> float:
         return self.lapse_at if self.lapsed else self.deadline
@@ -284,18 +308,13 @@ class SimCandidate(Process):
             try:
                 yield from self._round()
                 attempt = 0
-            except Interrupted:
-                continue
             except SimError as exc:
                 if isinstance(exc, SessionLost):
                     self.lost = True
                 attempt += 1
-                # tenacity's wait_random_exponential(multiplier=0.1, max=min(30, 2 * ttl))
-                try:
-                    yield Sleep(self.rng.uniform(0, min(0.1 * 2 ** attempt, 30.0, 2 * self.timing.check_ttl)),
-                                wakeable=True)
-                except Interrupted:
-                    pass
+                # tenacity's wait_random_exponential(multiplier=0.1, max=min(30, 2 * ttl)), cut short by stop()
+                yield Sleep(self.rng.uniform(0, min(0.1 * 2 ** attempt, 30.0, 2 * self.timing.check_ttl)),
+                            stoppable=True)
         sid = self.session_id
         if sid is not None:
             consul = self.consul
@@ -385,7 +404,13 @@ class SimCandidate(Process):
             if wait_over(self._held_by_another(entry), entry, now, hold_off_until, sit_out):
                 return
             wait = IDLE_WAIT if hold_off_until is None else max(hold_off_until - now, 0.01)
-            entry = yield from watch.read(wait)
+            try:
+                entry = yield from watch.read(wait)
+            except SimError:
+                if self.lost:
+                    self._clear_wake()
+                    return  # woken by the heartbeat: make a new session now
+                raise
             self._observe(entry)
             if self.session_id is None or self.lost:
                 return
@@ -397,10 +422,7 @@ class SimCandidate(Process):
         hold, _why = attempt.hold_off(seen, sid, self.free_since.of(seen), self.now(),
                                       lockdelay.lock_delay_to_hold(self.timing.lock_delay, self.longest_delay))
         if hold > 0:
-            try:
-                yield Sleep(hold, wakeable=True)
-            except Interrupted:
-                pass
+            yield Sleep(hold, stoppable=True)
             if self.stopping:
                 return  # no release: stop() destroys the session, and Consul sets the lock-delay
         self._set_leading(held_since)
@@ -414,7 +436,10 @@ class SimCandidate(Process):
             return
         term = SimTerm(attempt.modify_index, attempt.lock_index or 0, attempt.create_index or 0, self.now())
         self.term = term
-        self.world.record("up", id=self.identity, pid=self.pid, token=term.token)
+        self.ending = True  # from here on, _end_term runs whatever happens
+        if self.is_leader():
+            term.shown = True
+            self.world.record("up", id=self.identity, pid=self.pid, token=term.token)
         term.stop_event, term.returned = Flag(), Flag()
         self.jobs += 1
         self.spawn(self._job(term, f"{self.pid}-job{self.jobs}"), "job")
@@ -433,18 +458,14 @@ class SimCandidate(Process):
             ended = self._ended(term)
             if ended is not None:
                 return ended
+            self._clear_wake()  # before looking: a wake from now on cuts the read below short
             try:
-                entry = yield from watch.read(self.timing.heartbeat, wakeable=True)
-            except Interrupted:
-                continue
+                entry = yield from watch.read(self.timing.heartbeat)
             except SimError:
                 ended = self._ended(term)
                 if ended is not None:
                     return ended
-                try:
-                    yield Sleep(min(self.timing.heartbeat / 2, max(self.deadline - self.now(), 0.01)), wakeable=True)
-                except Interrupted:
-                    pass
+                yield Sleep(min(self.timing.heartbeat / 2, max(self.deadline - self.now(), 0.01)), stoppable=True)
                 continue
             if term.reason is not None:
                 return term.reason
@@ -459,12 +480,14 @@ class SimCandidate(Process):
         return None if self.now() < self.deadline else Reason.LEASE_EXPIRED
 
     def _end_term(self, term: SimTerm, reason: Reason) -> Gen:
+        self._clear_wake()  # a wake that ended the watch must not fail the release below
         if term.reason is None:
             term.reason = reason
             term.off_at = min(self.now(), self._flag_end())
         reason = term.reason
-        self.world.record("down", id=self.identity, pid=self.pid, last=round(term.off_at or self.now(), 6),
-                          reason=str(reason))
+        if term.shown:
+            self.world.record("down", id=self.identity, pid=self.pid, last=round(term.off_at or self.now(), 6),
+                              reason=str(reason))
         self.term = None
         self._set_leading(None)
         assert term.stop_event is not None and term.returned is not None
@@ -476,6 +499,7 @@ class SimCandidate(Process):
             self.sit_out = after.sit_out
         if after.release:
             yield from self._release(term, reason)
+        self.ending = False
 
     def _unlock(self, sid: str) -> Call:
         consul = self.consul
@@ -492,6 +516,7 @@ class SimCandidate(Process):
         sid = self.session_id
         assert sid is not None
         for attempt in (1, 2):
+            self._clear_wake()
             try:
                 self.released_at = yield self._unlock(sid)
                 if self.released_at is not None:
@@ -557,9 +582,9 @@ class Watch:
         self.index = 0
         self.entry: KeyEntry | None = None
 
-    def read(self, wait: float = 0.0, wakeable: bool = False) -> Gen:
+    def read(self, wait: float = 0.0) -> Gen:
         """Read the key: a blocking query from :attr:`index` (with *wait*),
         or a plain read while there is none."""
-        index, entry = yield self.candidate._read(self.index if wait else 0, wait, wakeable)
+        index, entry = yield self.candidate._read(self.index if wait else 0, wait)
         self.index, self.entry = index, entry
         return entry

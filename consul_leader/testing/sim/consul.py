@@ -106,8 +106,8 @@ class ModelError(Exception):
 class NoClusterLeader(ModelError):
     """``500 No cluster leader``: a Raft election runs."""
 
-    def __init__(self) -> None:
-        super().__init__(500, "No cluster leader")
+    def __init__(self, text: str = "No cluster leader") -> None:
+        super().__init__(500, text)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 from ...session import Timing
 from .. import checker
 from .candidate import SimCandidate
+from .consul import NoClusterLeader
 from .world import Agent, World
 
 __all__ = ["BOUNDS", "KINDS", "Outcome", "bound", "simulate", "timeline"]
@@ -101,7 +102,8 @@ class Outcome:
 
 
 class _Run:
-    def __init__(self, seed: int, seconds: float, ttl: float, candidates: int) -> None:
+    def __init__(self, seed: int, seconds: float, ttl: float, candidates: int, storm: bool) -> None:
+        self.storm = storm
         self.world = World(seed)
         self.rng = random.Random(f"{seed}-faults")
         self.seconds = seconds
@@ -142,7 +144,10 @@ class _Run:
         return None
 
     def target(self) -> SimCandidate:
-        return self.leader() or self.rng.choice(self.alive())
+        alive = self.alive()
+        if not alive:  # a storm killed them all: a new one, on the agent of the last
+            return self.spawn(self.candidates[-1].agent)
+        return self.leader() or self.rng.choice(alive)
 
     def later(self, seconds: float, action: Callable[[], None]) -> None:
         self.world.scheduler.call_later(seconds, action)
@@ -151,10 +156,20 @@ class _Run:
         self.world.record("fault", kind=kind, undone=round(until, 6), leading=self.leading,
                           bound=round(bound(kind, self.timing, self.leading), 6), **fields)
 
+    def operator(self, request: Callable[[], object]) -> bool:
+        # What an operator sends is refused while no Raft leader is elected.
+        try:
+            request()
+        except NoClusterLeader:
+            self.world.record("note", text="the operator's request was refused: no Raft leader")
+            return False
+        return True
+
     def lease_bound(self, now: float, seconds: float) -> dict[str, float]:
         # A pause shorter than the lease may end with the lease still valid:
         # only a longer one bounds the term (the checker's rule (c)).
-        return {"lease_bound": now} if seconds > self.timing.lease else {}
+        # In a storm another fault may thaw it early: no bound then.
+        return {"lease_bound": now} if seconds > self.timing.lease and not self.storm else {}
 
     def apply(self, kind: str) -> float:
         """Apply *kind* now; return when it is undone."""
@@ -163,6 +178,11 @@ class _Run:
         c = self.target()
         self.leading = c.is_leader()
         agent = c.agent
+        if c.frozen and ("SIGSTOP" in kind or "suspend" in kind):
+            # Stopped already (a storm): a second stop would thaw it with the
+            # first one's end, which no real schedule does.
+            self.world.record("note", text=f"{kind} left out: {c.identity} is stopped already")
+            return now
         seconds = rng.choice((0.3, 1.0, 2.0, 4.0, 8.0)) * rng.uniform(0.5, 1.0)
         until = now + seconds
         if kind == "leader SIGSTOP":
@@ -209,18 +229,19 @@ class _Run:
             self.fault(kind, until, target=c.identity, seconds=seconds)
         elif kind == "release by another":
             if c.session_id is not None:
-                consul.release(self.key, c.session_id)  # ?release= with an empty body, no lock-delay
+                # ?release= with an empty body: Consul sets no lock-delay.
+                self.operator(lambda: consul.release(self.key, c.session_id or ""))
             until = now
             self.fault(kind, until, target=c.identity)
         elif kind == "session destroyed":
-            if c.session_id is not None and consul.leader is not None:
-                consul.destroy_session(c.session_id)
+            done = c.session_id is not None and self.operator(lambda: consul.destroy_session(c.session_id or ""))
             until = now
-            self.fault(kind, until, target=c.identity, lease_bound=now)
+            self.fault(kind, until, target=c.identity, **({"lease_bound": now} if done else {}))
         elif kind == "session destroyed + raft leader change":
             # A new Raft leader elected before it applied the invalidation
             # (or restored from a snapshot) enforces no lock-delay for it.
             old = consul.leader
+            done = c.session_id is not None and old is not None
             if c.session_id is not None and old is not None:
                 consul.destroy_session(c.session_id)
                 consul.lose_leader()
@@ -228,7 +249,7 @@ class _Run:
                 snapshot = rng.random() < 0.3
                 self.later(0.001, lambda: consul.elect(new, from_snapshot=snapshot))
             until = now + 0.001
-            self.fault(kind, until, target=c.identity, lease_bound=now)
+            self.fault(kind, until, target=c.identity, **({"lease_bound": now} if done else {}))
         elif kind == "leader agent restart":
             world.restart_agent(agent)
             until = now
@@ -251,15 +272,15 @@ class _Run:
             self.later(seconds, c.thaw)
             if kind.endswith("release by another"):
                 if c.session_id is not None:
-                    consul.release(self.key, c.session_id)
+                    self.operator(lambda: consul.release(self.key, c.session_id or ""))
             else:
-                consul.delete(self.key)
+                self.operator(lambda: consul.delete(self.key))
                 if len(self.alive()) < MAX_CANDIDATES:
                     self.spawn(rng.choice(self.agents))
             self.fault(kind, until, target=c.identity, frozen_pid=c.pid, seconds=seconds,
                        **self.lease_bound(now, seconds))
         elif kind == "key deleted + fresh candidate":
-            consul.delete(self.key)
+            self.operator(lambda: consul.delete(self.key))
             if len(self.alive()) < MAX_CANDIDATES:
                 self.spawn(rng.choice(self.agents))
             until = now
@@ -279,7 +300,10 @@ class _Run:
             scheduler.run_until(t)
             kind = self.rng.choice(kinds)
             undone = self.apply(kind)
-            t = undone + bound(kind, self.timing) + self.rng.uniform(0.5, 3.0)
+            if self.storm:
+                t = scheduler.now() + self.rng.uniform(0.1, 3.0)
+            else:
+                t = undone + bound(kind, self.timing) + self.rng.uniform(0.5, 3.0)
             if t > self.seconds:
                 break
         scheduler.run_until(self.seconds)
@@ -302,7 +326,10 @@ def _stalls(records: list[dict[str, Any]], end: float) -> list[dict[str, Any]]:
     stalls = []
     for f in faults:
         undone, limit = f["undone"], f["bound"]
-        if undone + limit + 0.5 > end:
+        # Left out: the run ended before it could tell, or another fault,
+        # or the recovery from one, overlapped (a storm).
+        if undone + limit + 0.5 > end or any(g is not f and g["t"] <= undone + limit
+                                             and g["undone"] + g["bound"] >= f["t"] for g in faults):
             continue
         if not any(max(w.start, undone) <= undone + limit and w.end >= max(w.start, undone) + 0.5 for w in work):
             stalls.append({"ev": "stall", "t": undone, "seconds": limit, "after": f["kind"]})
@@ -319,13 +346,16 @@ def _stalls(records: list[dict[str, Any]], end: float) -> list[dict[str, Any]]:
 
 
 def simulate(seed: int, seconds: float = 180.0, ttl: float = 3.0, candidates: int = 3,
-             kinds: tuple[str, ...] = KINDS) -> Outcome:
+             kinds: tuple[str, ...] = KINDS, storm: bool = False) -> Outcome:
     """Run one schedule of *seconds* simulated seconds from *seed*, and check it.
 
     :param ttl: the candidates' ``ttl`` (every duration follows from it).
     :param candidates: how many candidates start, each on an agent of its own.
-    :param kinds: the fault kinds to draw from."""
-    run = _Run(seed, seconds, ttl, candidates)
+    :param kinds: the fault kinds to draw from.
+    :param storm: faults every 0.1 to 3 s, without waiting for the last
+        one's recovery: overlapping faults, checked for safety (and for
+        liveness only where a fault's bound passed before the next one)."""
+    run = _Run(seed, seconds, ttl, candidates, storm)
     run.run(kinds)
     records = run.world.records
     records.extend(_stalls(records, seconds))

@@ -21,8 +21,8 @@ from typing import Any, Union
 
 from .consul import ConsulModel, ModelError, NoClusterLeader
 
-__all__ = ["Agent", "Call", "Flag", "Interrupted", "Process", "Scheduler", "Sleep", "SimError", "Task",
-           "TaskGen", "Unavailable", "WaitFlag", "World"]
+__all__ = ["Agent", "Call", "Flag", "Process", "Refused", "Scheduler", "SimError", "Sleep", "Task", "TaskGen",
+           "Unavailable", "WaitFlag", "Woken", "World"]
 
 
 class Scheduler:
@@ -73,17 +73,19 @@ class Refused(SimError):
     """Consul answered with an error (``500 No cluster leader``, an unknown check...)."""
 
 
-class Interrupted(Exception):
-    """A blocked task was woken by another (the engine's ``wake()``)."""
+class Woken(Unavailable):
+    """The request was cut short by another task (the engine's
+    :func:`~consul_leader.interrupt.wake`, which fails it as ``ConsulUnavailable``)."""
 
 
 @dataclass
 class Sleep:
-    """Block for *seconds* (a thread's ``Event.wait`` or backoff);
-    *wakeable*: :meth:`Task.wake` cuts it short."""
+    """Block for *seconds*; *stoppable*: it is a wait on the ``_stopping``
+    event, which :meth:`Task.stop_waiting` ends early. Resumed with whether
+    it was ended early."""
 
     seconds: float
-    wakeable: bool = False
+    stoppable: bool = False
 
 
 @dataclass
@@ -107,7 +109,6 @@ class Call:
     :ivar refused: the answer when *precheck* refuses.
     :ivar block: for a blocking query: ``(key, index, wait)``.
     :ivar timeout: the client's timeout for this request.
-    :ivar wakeable: :meth:`Task.wake` cuts the wait for the answer short.
     """
 
     run: Callable[[], Any]
@@ -116,7 +117,6 @@ class Call:
     refused: Any = None
     block: tuple[str, int, float] | None = None
     timeout: float = 5.0
-    wakeable: bool = False
 
 
 #: What a task yields.
@@ -135,6 +135,10 @@ class Flag:
     def is_set(self) -> bool:
         """Whether it was set."""
         return self._set
+
+    def clear(self) -> None:
+        """Unset it."""
+        self._set = False
 
     def set(self) -> None:
         """Set it, resuming every task that waits on it."""
@@ -164,7 +168,9 @@ class Task:
         self.name = name
         self.done = False
         self._token = 0  # a resume that carries an older token is void
-        self._wakeable = False
+        self._blocked: Op | None = None
+        #: Marked by :meth:`wake` until :meth:`clear_wake` or the next request.
+        self.woken = False
 
     def start(self) -> None:
         """Run it from the next moment on."""
@@ -176,9 +182,24 @@ class Task:
         self.process.world.scheduler.call_later(delay, lambda: self._resume(token, value, error))
 
     def wake(self) -> None:
-        """Cut a wakeable block short: :class:`Interrupted` is raised in it."""
-        if self._wakeable and not self.done:
-            self.resume_later(0.0, self._token, None, Interrupted())
+        """As :func:`~consul_leader.interrupt.wake`: the request the task is
+        blocked in fails with :class:`Woken`, and so does the next one it
+        starts, unless it calls :meth:`clear_wake` first (the socket was shut
+        down, and the reconnection finds the mark); sleeps and waits on
+        flags go on."""
+        self.woken = True
+        if isinstance(self._blocked, Call) and not self.done:
+            self.resume_later(0.0, self._token, None, Woken("woken"))
+
+    def clear_wake(self) -> None:
+        """As :func:`~consul_leader.interrupt.clear_wake`."""
+        self.woken = False
+
+    def stop_waiting(self) -> None:
+        """End a stoppable :class:`Sleep` now (the ``_stopping`` event set)."""
+        blocked = self._blocked
+        if isinstance(blocked, Sleep) and blocked.stoppable and not self.done:
+            self.resume_later(0.0, self._token, True)
 
     def _resume(self, token: int, value: Any, error: BaseException | None) -> None:
         process = self.process
@@ -188,7 +209,7 @@ class Task:
             process.deferred.append(lambda: self._resume(token, value, error))
             return
         self._token += 1
-        self._wakeable = False
+        self._blocked = None
         try:
             op = self.body.throw(error) if error is not None else self.body.send(value)
         except StopIteration:
@@ -198,9 +219,9 @@ class Task:
 
     def _block(self, op: Op) -> None:
         token = self._token
+        self._blocked = op
         if isinstance(op, Sleep):
-            self._wakeable = op.wakeable
-            self.resume_later(op.seconds, token)
+            self.resume_later(op.seconds, token, False)
         elif isinstance(op, WaitFlag):
             if op.flag.is_set():
                 self.resume_later(0.0, token, True)
@@ -208,8 +229,11 @@ class Task:
             op.flag.add(self, token)
             if op.timeout is not None:
                 self.resume_later(op.timeout, token, False)
+        elif self.woken:
+            # The next connection the thread opens consumes the mark and fails.
+            self.woken = False
+            self.resume_later(0.0, token, None, Woken("woken"))
         else:
-            self._wakeable = op.wakeable
             self.resume_later(op.timeout, token, None, Unavailable("timed out"))
             self.process.world.send(self.process.agent, op, lambda value, error: self._resume(token, value, error))
 
@@ -243,9 +267,11 @@ class Process:
         self.frozen = True
 
     def thaw(self) -> None:
-        """SIGCONT: what came due meanwhile runs now, in the order it came due."""
+        """SIGCONT: what came due meanwhile runs now, its threads in an order
+        drawn from the seed (the kernel's, after a stop, is anyone's guess)."""
         self.frozen = False
         deferred, self.deferred = self.deferred, []
+        self.rng.shuffle(deferred)
         for resume in deferred:
             self.world.scheduler.call_later(0.0, resume)
 
