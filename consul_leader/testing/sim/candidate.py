@@ -103,6 +103,11 @@ class SimCandidate(Process):
     #: lapse latch), and a term's end waits for its job to return.
     LAPSE_LATCH = True
     JOIN_JOB = True
+    #: A proposed change of the driver, off as the engine is: after a
+    #: hold-off, lead only after a heartbeat round that read the lock
+    #: still held (with mixed timings, a lock lost during a hold-off
+    #: shorter than the lease was led without a look; docs/simulation.rst).
+    REREAD_AFTER_HOLD = False
 
     def __init__(self, world: World, agent: Agent, pid: int, key: str, identity: str, timing: Timing,
                  step: float = 0.05) -> None:
@@ -159,7 +164,7 @@ class SimCandidate(Process):
                 end = self.now() if term.off_at is None else term.off_at
                 self.world.record("down", id=self.identity, pid=self.pid, last=round(min(end, self._flag_end()), 6),
                                   reason="killed")
-            if work is not None:
+            if work is not None and not self.frozen:  # a frozen job did nothing since its freeze
                 self.world.record("work-alive", id=self.identity, pid=self.pid, kind="job", work=work,
                                   step=self.now())
         super().kill()
@@ -427,7 +432,12 @@ class SimCandidate(Process):
                 return  # no release: stop() destroys the session, and Consul sets the lock-delay
         self._set_leading(held_since)
         try:
-            held = self.now() < self.deadline or (yield from self._beat(sid))
+            # candidate.py: session.lease_valid() or session.beat(). After a
+            # hold-off shorter than the lease, the lease from the acquisition
+            # still holds although the lock may have been lost meanwhile (see
+            # REREAD_AFTER_HOLD).
+            fresh = hold <= 0 or not self.REREAD_AFTER_HOLD
+            held = (fresh and self.now() < self.deadline) or (yield from self._beat(sid))
         except BaseException:
             self._set_leading(None)
             raise
