@@ -102,7 +102,8 @@ class Outcome:
 
 
 class _Run:
-    def __init__(self, seed: int, seconds: float, ttl: float, candidates: int, storm: bool) -> None:
+    def __init__(self, seed: int, seconds: float, ttl: float, candidates: int, storm: bool,
+                 mixed: bool | None) -> None:
         self.storm = storm
         self.world = World(seed)
         self.rng = random.Random(f"{seed}-faults")
@@ -113,7 +114,8 @@ class _Run:
         # candidates of the first node run with three times the ttl, as
         # ``consul-leader run`` beside library candidates does.
         self.timings = {agent.node: Timing.from_ttl(ttl) for agent in self.agents}
-        if self.rng.random() < 1 / 3:
+        draw = self.rng.random() < 1 / 3
+        if draw if mixed is None else mixed:
             self.timings[self.agents[0].node] = Timing.from_ttl(ttl * 3)
         #: The longest timing: the liveness bounds are counted in it.
         self.timing = max(self.timings.values(), key=lambda t: t.check_ttl)
@@ -292,7 +294,7 @@ class _Run:
     def run(self, kinds: tuple[str, ...]) -> None:
         world = self.world
         scheduler = world.scheduler
-        world.record("run", begin=0.0, end=self.seconds, ttl=self.timing.check_ttl, seed=world.seed)
+        world.record("run", begin=0.0, end=self.seconds, ttl=self.timing.check_ttl, seed=world.seed, storm=self.storm)
         # The first fault once the first holder of the new key led (it
         # holds the lock a lock-delay first).
         t = FIRST_FAULT + self.timing.lock_delay
@@ -315,7 +317,7 @@ def _after_effect(kind: str) -> float:
     return REQUEST_TIMEOUT + 0.5 if kind == "answers lost" else 0.0
 
 
-def _stalls(records: list[dict[str, Any]], end: float) -> list[dict[str, Any]]:
+def _stalls(records: list[dict[str, Any]], end: float, storm: bool) -> list[dict[str, Any]]:
     """A ``stall`` record for each fault after which no candidate worked
     within its bound (for half a second at least, from no later than the
     bound), where the run went on long enough to tell; and for each
@@ -337,7 +339,9 @@ def _stalls(records: list[dict[str, Any]], end: float) -> list[dict[str, Any]]:
     for r in records:
         if r["ev"] != "released" or r["voluntary"] or r["t"] + HANDOVER_BOUND > end:
             continue
-        if any(f["t"] - HANDOVER_BOUND <= r["t"] <= f["undone"] + _after_effect(f["kind"]) for f in faults):
+        # In a storm, the recovery from any fault may still run.
+        if any(f["t"] - HANDOVER_BOUND <= r["t"] <= f["undone"] + (f["bound"] if storm else _after_effect(f["kind"]))
+               for f in faults):
             continue
         if not any(r["t"] < t <= r["t"] + HANDOVER_BOUND for t in ups):
             stalls.append({"ev": "stall", "t": r["t"], "seconds": HANDOVER_BOUND,
@@ -346,7 +350,7 @@ def _stalls(records: list[dict[str, Any]], end: float) -> list[dict[str, Any]]:
 
 
 def simulate(seed: int, seconds: float = 180.0, ttl: float = 3.0, candidates: int = 3,
-             kinds: tuple[str, ...] = KINDS, storm: bool = False) -> Outcome:
+             kinds: tuple[str, ...] = KINDS, storm: bool = False, mixed: bool | None = None) -> Outcome:
     """Run one schedule of *seconds* simulated seconds from *seed*, and check it.
 
     :param ttl: the candidates' ``ttl`` (every duration follows from it).
@@ -354,11 +358,13 @@ def simulate(seed: int, seconds: float = 180.0, ttl: float = 3.0, candidates: in
     :param kinds: the fault kinds to draw from.
     :param storm: faults every 0.1 to 3 s, without waiting for the last
         one's recovery: overlapping faults, checked for safety (and for
-        liveness only where a fault's bound passed before the next one)."""
-    run = _Run(seed, seconds, ttl, candidates, storm)
+        liveness only where a fault's bound passed before the next one).
+    :param mixed: whether the first node's candidates run with three times
+        the ttl (None: drawn, in a third of the schedules)."""
+    run = _Run(seed, seconds, ttl, candidates, storm, mixed)
     run.run(kinds)
     records = run.world.records
-    records.extend(_stalls(records, seconds))
+    records.extend(_stalls(records, seconds, storm))
     report = checker.check(records, run.timing.lease)
     return Outcome(seed, records, report, run.world.scheduler.steps, seconds)
 
