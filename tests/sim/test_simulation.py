@@ -169,3 +169,11 @@ def test_a_lock_lost_during_a_short_hold_off_is_led_without_a_look_as_the_engine
         assert simulate(1917, storm=True).ok
     finally:
         SimCandidate.REREAD_AFTER_HOLD = False
+
+
+def test_the_storm_and_the_timings_are_options_of_the_command_and_of_its_replay_line(capsys) -> None:
+    assert main(["--seeds", "2", "--seconds", "40", "--storm", "--timings", "same"]) == 0
+    assert "2 schedules of 40 simulated seconds, 0 failed" in capsys.readouterr().out
+    assert main(["--seeds", "1", "--start", "1917", "--storm", "--timings", "mixed"]) == 1
+    assert "replay: python -m consul_leader.testing.sim --seed 1917 --seconds 180 --storm --timings mixed" in \
+        capsys.readouterr().out
