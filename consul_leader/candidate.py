@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import tenacity
 from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import SitOut, after_term, held_by_another, lock_check, released_entry, retry_after_lock_delay
+from .decisions import KeyView, SitOut, after_term, lock_check, released_entry, retry_after_lock_delay
 from .entry import KeyEntry
 from .errors import (
     ConfigurationTypeError,
@@ -40,20 +39,16 @@ from .follower import KeyWatch, LeaderInfo
 from .health import Health
 from .interrupt import clear_wake, interrupt, wake
 from .job import Job, JobRunner
-from .line import WaitingLine
 from .lockdelay import (
-    FreeSince,
     LockAttempt,
     holder_flags,
-    holder_lock_delay,
-    lock_delay_to_hold,
     release_mark,
 )
 from .participant import Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .term import Stage, Term, log_elected, log_ended
+from .term import Stage, Term, announce_elected, announce_ended, log_elected, term_runner
 from .validation import (
     check_bool,
     check_identity,
@@ -62,15 +57,11 @@ from .validation import (
     check_optional_seconds,
     default_identity,
 )
+from .waiting import KeyWaiter
 
 __all__ = ["Candidate", "Health", "LeadershipEvent", "stop_on_signals"]
 
 log = logging.getLogger("consul_leader")
-
-#: Longest blocking query of a waiting candidate: long, to keep an idle
-#: follower cheap (stop() interrupts it), yet bounded so that a connection
-#: that died without a reset is noticed within a minute.
-_IDLE_WAIT = 30.0
 
 #: How long a candidate leaving the election, having released the lock,
 #: waits for the next leader to take it before cleaning up (see
@@ -164,8 +155,9 @@ class Candidate(Participant):
         self._finish_deferred = False  # stop() was called from the job or a receiver
         self._main_done = threading.Event()  # set when the election thread has finished
         self._holding: Term | None = None  # the term whose lock _hold watches
-        self._leader: str | None = None
-        self._observed = LeaderInfo()  # the leader as the key last showed it
+        # What the election thread has seen of the key; a lock taken right
+        # after it was seen free is led at once (LockAttempt.follows).
+        self._view = KeyView()
         # After stepping down: sit out until then, or until the key's
         # LockIndex passes the one of our term (someone else took it since).
         self._sit_out: SitOut | None = None
@@ -181,22 +173,8 @@ class Candidate(Participant):
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
         self._key_checked = False
-        # The key as the election thread last read it: a lock taken right
-        # after it was seen free is led at once (LockAttempt.follows).
-        self._seen: KeyEntry | None = None
-        self._free_since = FreeSince()
-        # The longest lock-delay that a holder of the key wrote, among those
-        # seen: a lock no lock-delay of Consul's covered is held that long.
-        self._longest_delay = 0.0
-        # The crowd on a key: every waiter sees a release at once. One that
-        # lost the last race waits a moment, watching the key, before trying,
-        # so the rest do not all send a (Raft) write that can only fail.
-        self._saw_free = False
-        self._lost_race = False
-        self._acquire_seconds: float | None = None
-        # Only the first in line watches the lock; the others each watch the
-        # one before them, so that a release wakes one waiter, not all.
-        self._line = WaitingLine(self.client, self.key, self.identity)
+        self._waiter = KeyWaiter(self.client, self.key, self.identity, self.timing.check_ttl, self._clock,
+                                 self._stopping, lambda: self._session, self._observe)
         self.heartbeat_stats = HeartbeatStats()
 
     def __repr__(self) -> str:
@@ -335,7 +313,7 @@ class Candidate(Participant):
         self._finish_stop()
 
     def _finish_stop(self) -> None:
-        self._line.leave()  # before the session ends, so that the next waiter moves up once
+        self._waiter.line.leave()  # before the session ends, so that the next waiter moves up once
         session = self._session
         if session is not None:
             self._let_successor_in()
@@ -524,11 +502,11 @@ class Candidate(Participant):
                 # Block from our own release on: no read of the key while
                 # the others hand it over among themselves.
                 watch.index = released_at
-            self._wait(watch, hold_off_until=sit_out.until, sit_out=sit_out)
+            self._waiter.wait(watch, hold_off_until=sit_out.until, sit_out=sit_out)
             self._sit_out = None
             if self.wait and not sit_out.unclaimed(watch.entry if watch.index else None, self._clock()):
                 # To the end of the line: those who waited go first.
-                self._wait_in_line(session, watch)
+                self._waiter.wait_in_line(session, watch)
             return
         if not self._key_checked:
             # Consul takes keys in a transaction's body that it refuses in a
@@ -538,21 +516,22 @@ class Candidate(Participant):
             self._key_checked = True
         assert session.id is not None
         since_ms = int(time.time() * 1000)  # wall clock: shown to people as "leader since"
-        raced, self._saw_free = self._saw_free, False
-        seen = self._seen
+        waiter = self._waiter
+        raced, waiter.saw_free = waiter.saw_free, False
+        seen = self._view.seen
         asked_at = self._clock()
         try:
             attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id,
                                           flags=holder_flags(since_ms, self.timing.lock_delay),
-                                          delete=self._line.entry)
+                                          delete=waiter.line.entry)
         except SessionLost:
             session.lost.set()
             raise
         took = self._clock() - asked_at
-        self._acquire_seconds = took if self._acquire_seconds is None else 0.8 * self._acquire_seconds + 0.2 * took
+        waiter.acquired_in(took)
         if attempt.modify_index is not None:
-            self._lost_race = False
-            self._line.left()  # the transaction deleted our entry: the next waiter moves up
+            waiter.lost_race = False
+            waiter.line.left()  # the transaction deleted our entry: the next waiter moves up
             self._lead(session, asked_at, attempt, seen)
             return
         if attempt.delayed:
@@ -562,8 +541,8 @@ class Candidate(Participant):
             log.debug("%s: a lock-delay runs on %r; trying again within %gs", self.identity, self.key,
                       self.timing.lock_delay)
             watch = KeyWatch(self.client, self.key)
-            self._wait(watch, hold_off_until=retry_after_lock_delay(self._clock(), self.timing.lock_delay))
-            self._wait_if_held(watch)
+            waiter.wait(watch, hold_off_until=retry_after_lock_delay(self._clock(), self.timing.lock_delay))
+            waiter.wait_if_held(watch)
             return
         watch = KeyWatch(self.client, self.key)
         entry = watch.read()
@@ -572,7 +551,7 @@ class Candidate(Participant):
             return  # held a moment ago, free now: the holder let go in between; try again at once
         # Seen free, tried, and someone else was faster: a crowd waits on
         # this key. Next time, let the others go first (see _wait).
-        self._lost_race = raced
+        waiter.lost_race = raced
         if not self.wait:
             held_by = LeaderInfo.from_entry(entry).identity
             self._failure = LockHeld(f"{self.key!r} is held by {held_by!r} and this candidate was made with "
@@ -580,29 +559,7 @@ class Candidate(Participant):
             log.info("%s", self._failure)
             self._stopping.set()
             return
-        self._wait_in_line(session, watch)
-
-    def _wait_in_line(self, session: Session, watch: KeyWatch) -> None:
-        """Wait for the lock as one of a line: block on the waiter before
-        this one until it is first, then on the lock (see :mod:`.line`)."""
-        line = self._line
-        if line.enabled:
-            assert session.id is not None
-            try:
-                line.wait_turn(session.id, lambda: self._stopping.is_set() or session.lost.is_set(),
-                               look=lambda: self._observe(KeyEntry.parse_optional(self.client.get_key(self.key)[1])),
-                               wait=min(_IDLE_WAIT, max(5.0, 3 * self.timing.check_ttl)))
-            except SessionLost:
-                session.lost.set()
-                return  # joining told us before the heartbeat did: make a new session now
-            except ConsulLeaderError:
-                if session.lost.is_set():
-                    clear_wake()
-                    return  # woken by the heartbeat: make a new session now
-                raise
-            if self._stopping.is_set() or session.lost.is_set():
-                return
-        self._wait(watch)
+        waiter.wait_in_line(session, watch)
 
     def _ensure_session(self) -> Session:
         session = self._session
@@ -626,75 +583,11 @@ class Candidate(Participant):
             wake(thread)
 
     def _observe(self, entry: KeyEntry | None) -> None:
-        self._seen = entry
-        self._free_since.see(entry, self._clock())
-        self._longest_delay = max(self._longest_delay, holder_lock_delay(entry) or 0.0)
-        info = LeaderInfo.from_entry(entry)
-        if not info.same_leader(self._observed):
-            self._observed = info
-            identity = info.identity
-            self._leader = identity
+        if self._view.observe(entry, self._clock()):
+            identity = self._view.leader
             log.info("leader of %r is now %r", self.key, identity,
                      extra=self._log_fields("leader_changed", leader=identity))
             self._dispatcher.send_latest(signals.leader_changed, self, leader=identity)
-
-    def _wait(self, watch: KeyWatch, hold_off_until: float | None = None, sit_out: SitOut | None = None) -> None:
-        """Block on the key (blocking queries, never a sleep loop) until it is
-        free and no hold-off runs. While a hold-off runs (a lock-delay, a
-        sit-out after stepping down), return as soon as another candidate
-        holds the lock, so that the next round waits for that one instead; a
-        *sit_out* also ends once someone else took the lock since (see
-        :meth:`SitOut.over <consul_leader.decisions.SitOut.over>`)."""
-        entry = watch.entry if watch.index else watch.read()
-        self._observe(entry)
-        staggered = False
-        while not self._stopping.is_set():
-            now = self._clock()
-            held = self._held_by_another(entry)
-            if hold_off_until is None:
-                if not held and self._lost_race and not staggered and watch.index:
-                    staggered = True
-                    entry = watch.read(self._stagger())  # returns at once if someone takes it meanwhile
-                    self._observe(entry)
-                    continue
-                if not held:
-                    self._saw_free = True
-                    return
-            else:
-                if held or now >= hold_off_until:
-                    return
-                if sit_out is not None and sit_out.taken_since(entry):
-                    return
-            wait = _IDLE_WAIT if hold_off_until is None else max(hold_off_until - now, 0.01)
-            try:
-                entry = watch.read(wait)
-            except ConsulLeaderError:
-                if self._session is not None and self._session.lost.is_set():
-                    clear_wake()
-                    return  # woken by the heartbeat: make a new session now
-                raise
-            self._observe(entry)
-            if self._session is None or self._session.lost.is_set():
-                return
-
-    def _wait_if_held(self, watch: KeyWatch) -> None:
-        """After a hold-off that ended because someone else took the lock:
-        wait for them to let go, rather than sending an acquire that can only
-        fail (a Raft write, in the middle of their handover)."""
-        if watch.index and self._held_by_another(watch.entry) and not self._stopping.is_set():
-            self._wait(watch)
-
-    def _held_by_another(self, entry: KeyEntry | None) -> bool:
-        """Whether another session holds the lock (see :func:`~consul_leader.decisions.held_by_another`)."""
-        session = self._session
-        return held_by_another(entry, session.id if session is not None and not session.lost.is_set() else None)
-
-    def _stagger(self) -> float:
-        """How long a waiter that lost the last race lets the others go
-        first: random, within a few acquisitions' time (at least 1 ms: Consul
-        reads a zero wait as its default of minutes)."""
-        window = min(max(4 * (self._acquire_seconds or 0.005), 0.005), 0.05)
-        return random.uniform(0.001, window)
 
     # -- a term ---------------------------------------------------------------
 
@@ -705,8 +598,7 @@ class Candidate(Participant):
         follows it, hold the lock one lock-delay first (see
         :meth:`LockAttempt.hold_off`)."""
         assert attempt.modify_index is not None and session.id is not None
-        hold, why = attempt.hold_off(seen, session.id, self._free_since.of(seen), self._clock(),
-                                     lock_delay_to_hold(self.timing.lock_delay, self._longest_delay))
+        hold, why = self._view.hold_off(attempt, seen, session.id, self._clock(), self.timing.lock_delay)
         if hold > 0 and not self._lock_delay_wait(hold, why):
             return
         session.set_leading(self.key, held_since)
@@ -738,12 +630,10 @@ class Candidate(Participant):
                     hook(term.fencing_token, session.lease_deadline)
                 except Exception:
                     log.exception("the term hook of %s raised", self.identity)
-            self._leader = self.identity
+            self._view.leader = self.identity
             log_elected(self.identity, self.key, term,
                         extra=self._log_fields("elected", fencing_token=term.fencing_token))
-            self._dispatcher.send(signals.elected, self, fencing_token=term.fencing_token)
-            self._dispatcher.send_latest(signals.leader_changed, self, leader=self.identity)
-            self._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
+            announce_elected(self._dispatcher, self._events, self, term, latest=True)
             self._notify()
             with self._state_lock:
                 self._start_term_runner(term)
@@ -825,10 +715,7 @@ class Candidate(Participant):
             if after.sit_out is not None:
                 self._sit_out = after.sit_out
             fields = self._log_fields("deposed", fencing_token=term.fencing_token, reason=str(reason))
-            log_ended(self.identity, self.key, reason, extra=fields)
-            term.stage = Stage.DELIVERING
-            self._dispatcher.send(signals.deposed, self, reason=reason)
-            self._events.publish(LeadershipEvent(EventKind.DEPOSED, reason=reason))
+            announce_ended(self._dispatcher, self._events, self, term, extra=fields)
             # The deposed receivers stop what on_elected started: let them
             # finish before anyone else can start it.
             self._dispatcher.flush(f"the deposed receivers of {self.identity}")
@@ -851,7 +738,7 @@ class Candidate(Participant):
                     log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
                                 session.id)
                 elif self._released_at is not None:
-                    self._seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
+                    self._view.seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
                                                 self._released_at)
                 return
             except ConsulUnavailable as exc:
@@ -885,18 +772,13 @@ class Candidate(Participant):
         """Watch *term*'s lease, and run the job if there is one (with the
         state lock held)."""
 
-        def returned(ok: bool) -> None:
-            if not ok:
-                log.error("the job of %s raised while leading %r; resigning", self.identity, self.key)
-            self._step_down(Reason.JOB_FINISHED if ok else Reason.JOB_FAILED)
-
         def lease_ended() -> None:
             thread = self._thread
             if thread is not None and self._holding is term:
                 wake(thread)  # end the term now, even if the thread waits on a frozen agent
 
-        runner = JobRunner(self._job, term.session.lease_remaining, f"{self.identity} {self.key}",
-                           on_return=returned, on_lease_end=lease_ended)
+        runner = term_runner(self._job, term.session.lease_remaining, self, self._step_down,
+                             on_lease_end=lease_ended)
         term.runner = self._runner = runner
         runner.watch_lease()
         runner.start()
@@ -915,9 +797,9 @@ class Candidate(Participant):
         if session is not None:
             session.abandon()
         was_running = self._state == "running"
-        self._reset()
         if self._default_identity:
             self.identity = default_identity()
         self.client = ConsulClient(self.client.config)
+        self._reset()  # after the new identity and client: the line writes and uses them
         if was_running:
             log.debug("%r was running in the parent process; start() it again to run here", self)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
+import requests.adapters
 
 from .config import ConsulConfig
 from .errors import (
@@ -77,6 +78,19 @@ class _Refused(Exception):
         self.text = text
 
 
+class _ServerNameAdapter(requests.adapters.HTTPAdapter):
+    """Checks the agent's certificate against a name other than the host
+    connected to (``CONSUL_TLS_SERVER_NAME``), and sends it as SNI."""
+
+    def __init__(self, server_name: str) -> None:
+        self._server_name = server_name
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["server_hostname"] = self._server_name
+        super().init_poolmanager(*args, **kwargs)
+
+
 class _Transport:
     """Requests to the agent through a ``requests.Session`` per thread and
     per process: a session shared between threads, or carried across
@@ -102,6 +116,8 @@ class _Transport:
             # gzip, 2.9 ms without, on the handover path of an Elector).
             session.headers["Accept-Encoding"] = "identity"
             session.headers.update(self._headers)
+            if self.config.tls_server_name and self.config.scheme == "https":
+                session.mount("https://", _ServerNameAdapter(self.config.tls_server_name))
             track(session)
             local.session = session
             local.pid = pid

@@ -27,6 +27,9 @@ class ConsulConfig:
     :ivar verify: TLS verification: True, False or a CA bundle path.
     :ivar cert: client certificate: a path, a ``(cert, key)`` pair, or None.
     :ivar timeout: seconds allowed for a request that does not block.
+    :ivar tls_server_name: the name the agent's certificate must carry (and
+        the TLS SNI name), when it is not the host connected to; None: the
+        host.
     """
 
     host: str = "127.0.0.1"
@@ -37,11 +40,13 @@ class ConsulConfig:
     verify: bool | str = True
     cert: None | str | tuple[str, str] = None
     timeout: float = 5.0
+    tls_server_name: str | None = None
 
     def __repr__(self) -> str:
+        server_name = f", tls_server_name={self.tls_server_name!r}" if self.tls_server_name else ""
         return (f"ConsulConfig(address={self.address!r}, datacenter={self.datacenter!r}, "
                 f"token={'<hidden>' if self.token else None}, verify={self.verify!r}, "
-                f"cert={self.cert!r}, timeout={self.timeout!r})")
+                f"cert={self.cert!r}, timeout={self.timeout!r}{server_name})")
 
     @property
     def address(self) -> str:
@@ -59,17 +64,27 @@ class ConsulConfig:
         timeout: float = 5.0,
         environ: dict[str, str] | None = None,
         token_file: str | None = None,
+        tls_server_name: str | None = None,
     ) -> ConsulConfig:
         """Resolve the settings: arguments first (*token*, else the file
         *token_file*), then ``CONSUL_HTTP_ADDR``,
         ``CONSUL_HTTP_TOKEN`` (or ``CONSUL_HTTP_TOKEN_FILE``), ``CONSUL_HTTP_SSL``,
-        ``CONSUL_HTTP_SSL_VERIFY``, ``CONSUL_CACERT``, ``CONSUL_CLIENT_CERT`` and
-        ``CONSUL_CLIENT_KEY``, then the defaults (``127.0.0.1:8500``).
+        ``CONSUL_HTTP_SSL_VERIFY``, ``CONSUL_CACERT``, ``CONSUL_CLIENT_CERT``,
+        ``CONSUL_CLIENT_KEY`` and ``CONSUL_TLS_SERVER_NAME``, then the defaults
+        (``127.0.0.1:8500``). ``CONSUL_CAPATH`` (a folder of CA files) and
+        ``CONSUL_NAMESPACE`` (Consul Enterprise) are refused with what to do
+        instead, rather than ignored.
 
         :raises ConfigurationError: an address that does not parse, a
-            certificate file that does not exist, a timeout that is not positive.
+            certificate file that does not exist, a timeout that is not
+            positive, ``CONSUL_CAPATH`` without a CA file, ``CONSUL_NAMESPACE``.
         """
         env = os.environ if environ is None else environ
+        if env.get("CONSUL_NAMESPACE"):
+            raise ConfigurationError(
+                f"CONSUL_NAMESPACE={env['CONSUL_NAMESPACE']!r} is set, but consul-leader does not support Consul "
+                f"Enterprise namespaces: its keys and sessions would land in the default namespace, apart from "
+                f"what the consul CLI shows. Unset CONSUL_NAMESPACE for this process.")
         source = "address" if address is not None else "CONSUL_HTTP_ADDR"
         raw = address if address is not None else env.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500")
         if not isinstance(raw, str):
@@ -97,8 +112,16 @@ class ConsulConfig:
         if verify is None:
             if env.get("CONSUL_HTTP_SSL_VERIFY", "").lower() in ("0", "false", "no"):
                 verify = False
+            elif env.get("CONSUL_CACERT"):
+                verify = env["CONSUL_CACERT"]
+            elif env.get("CONSUL_CAPATH"):
+                # As with the consul CLI, a CA file given wins over the folder.
+                raise ConfigurationError(
+                    f"CONSUL_CAPATH={env['CONSUL_CAPATH']!r} is set, but consul-leader reads its CA certificates "
+                    f"from one file: give it as CONSUL_CACERT or verify= (for example a bundle made with "
+                    f"cat {env['CONSUL_CAPATH'].rstrip('/')}/*.pem > consul-ca.pem)")
             else:
-                verify = env.get("CONSUL_CACERT") or True
+                verify = True
         if isinstance(verify, str) and not os.path.exists(verify):
             raise ConfigurationError(f"verify (or CONSUL_CACERT) names a CA file that does not exist: {verify!r}")
         if not isinstance(verify, (bool, str)):
@@ -117,8 +140,15 @@ class ConsulConfig:
                 raise ConfigurationError(
                     f"cert (or CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY) names a file that does not exist: {path!r}")
 
+        if tls_server_name is None:
+            tls_server_name = env.get("CONSUL_TLS_SERVER_NAME") or None
+        if tls_server_name is not None and (not isinstance(tls_server_name, str) or not tls_server_name.strip()
+                                            or any(ch.isspace() for ch in tls_server_name)):
+            raise ConfigurationError(f"tls_server_name (or CONSUL_TLS_SERVER_NAME) must be a host name, "
+                                     f"got {tls_server_name!r}")
+
         return cls(host=host, port=port, scheme=scheme, token=token, datacenter=datacenter,
-                   verify=verify, cert=cert, timeout=_check_timeout(timeout))
+                   verify=verify, cert=cert, timeout=_check_timeout(timeout), tls_server_name=tls_server_name)
 
     @classmethod
     def resolve(cls, *, consul: Any = None, address: str | None = None, token: str | None = None,

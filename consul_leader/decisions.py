@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from .entry import KeyEntry
 from .events import Reason
-from .lockdelay import release_mark
+from .lockdelay import FreeSince, LockAttempt, holder_lock_delay, lock_delay_to_hold, release_mark
 
-__all__ = ["AfterTerm", "SitOut", "after_term", "held_by_another", "lock_check", "released_entry",
+__all__ = ["AfterTerm", "KeyView", "SitOut", "after_term", "held_by_another", "lock_check", "released_entry",
            "retry_after_lock_delay"]
 
 
@@ -131,3 +131,50 @@ def released_entry(key: str, session_id: str, lock_index: int, create_index: int
     :param modify_index: the key's ModifyIndex the release answered."""
     return KeyEntry(key=key, value=release_mark(session_id), lock_index=lock_index, create_index=create_index,
                     modify_index=modify_index)
+
+
+class KeyView:
+    """What one participant has seen of one key: the entry last read, who
+    led it, since when it was free after an invalidation, and the longest
+    lock-delay its holders wrote. Both engines feed it every entry they read
+    (:meth:`observe`) and ask it how long to hold a lock (:meth:`hold_off`).
+
+    :ivar seen: the entry last observed (None: absent, or not read yet).
+    :ivar leader: the identity of the leader as last observed; the engine
+        sets its own while it leads.
+    :ivar longest_delay: the longest lock-delay a holder of the key wrote
+        into its flags, among the entries observed.
+    """
+
+    __slots__ = ("seen", "leader", "longest_delay", "_holder", "_free_since")
+
+    def __init__(self) -> None:
+        self.seen: KeyEntry | None = None
+        self.leader: str | None = None
+        self.longest_delay = 0.0
+        self._holder: tuple[str | None, str | None] = (None, None)
+        self._free_since = FreeSince()
+
+    def observe(self, entry: KeyEntry | None, now: float) -> bool:
+        """Note *entry*, read at *now*; True if it names another leader than
+        the last one observed (another identity, or the same one holding the
+        lock with another session: a restarted process is another leader)."""
+        self.seen = entry
+        self._free_since.see(entry, now)
+        self.longest_delay = max(self.longest_delay, holder_lock_delay(entry) or 0.0)
+        holder = (None, None) if entry is None or entry.session is None else \
+            (entry.value.decode("utf-8", "replace"), entry.session)
+        if holder == self._holder:
+            return False
+        self._holder = holder
+        self.leader = holder[0]
+        return True
+
+    def hold_off(self, attempt: LockAttempt, seen: KeyEntry | None, session_id: str, now: float,
+                 lock_delay: float) -> tuple[float, str]:
+        """How long to hold the lock *attempt* took before leading it, and
+        why (see :meth:`LockAttempt.hold_off`): *seen* is the key as read
+        before the acquisition was sent; the lock-delay held is the longest
+        of *lock_delay* (the participant's) and the holders'."""
+        return attempt.hold_off(seen, session_id, self._free_since.of(seen), now,
+                                lock_delay_to_hold(lock_delay, self.longest_delay))

@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from . import signals
 from .errors import ConfigurationTypeError, NotLeader
-from .process import Leadership, get_default, is_leader, set_default
+from .process import Leadership, get_default, is_leader, set_default, warn_no_default
 from .validation import check_bool
 
 __all__ = ["get_default", "is_leader", "leader_only", "on_deposed", "on_elected", "set_default"]
@@ -111,6 +111,8 @@ def wrap_async(fn: Callable[P, Awaitable[R]], *, raise_not_leader: bool,
 
 
 def _refuse(fn: Callable[..., Any], who: Leadership | None, raise_not_leader: bool) -> None:
+    if who is None:
+        warn_no_default(f"@leader_only {getattr(fn, '__qualname__', fn)}()")
     if raise_not_leader:
         raise NotLeader(f"{getattr(fn, '__qualname__', fn)}() runs only on the leader, and "
                         f"{'no candidate is running' if who is None else repr(who) + ' does not lead'}")

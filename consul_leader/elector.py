@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import SitOut, after_term, lock_check, retry_after_lock_delay
+from .decisions import KeyView, SitOut, after_term, lock_check, retry_after_lock_delay
 from .entry import KeyEntry
 from .errors import (
     ConfigurationError,
@@ -35,23 +35,20 @@ from .errors import (
     RequestRejected,
     SessionLost,
 )
-from .events import Broadcast, EventKind, LeadershipEvent, Reason
-from .follower import LeaderInfo
+from .events import Broadcast, LeadershipEvent, Reason
+from .follower import PrefixChanges, PrefixWatch
 from .health import Health
 from .interrupt import interrupt
-from .job import LEASE_CLOCK_SLICE, Job, JobRunner
+from .job import LEASE_CLOCK_SLICE, Job
 from .lockdelay import (
-    FreeSince,
     LockAttempt,
     holder_flags,
-    holder_lock_delay,
-    lock_delay_to_hold,
     release_mark,
 )
 from .participant import Participant
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .term import Stage, Term, log_elected, log_ended
+from .term import Stage, Term, announce_elected, announce_ended, log_elected, term_runner
 from .validation import (
     check_bool,
     check_identity,
@@ -109,11 +106,8 @@ class Candidacy(Participant):
         # A lock taken that must be held a while before it is led
         # (LockAttempt.hold_off): until then.
         self._delay_wait: tuple[float, LockAttempt, Session] | None = None
-        self._free_since = FreeSince()
-        self._longest_delay = 0.0  # the longest lock-delay a holder of the key wrote (see Candidate)
         self._released = -1  # the fencing token of the last term whose key was released
-        self._observed = LeaderInfo()
-        self._leader: str | None = None
+        self._view = KeyView()  # what the elector has seen of this key
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._job: Job | None = None
 
@@ -377,34 +371,19 @@ class Elector:
         return True
 
     def _watch_loop(self) -> None:
-        index = 0
-        # Each key's ModifyIndex in the last listing: only the entries that
-        # differ go to the worker, so a change costs the worker the same with
-        # 1 key or 1,000, and the listing itself is dropped at once.
-        known: dict[str, int] = {}
+        # Only the entries that changed go to the worker, and the listing
+        # itself is dropped at once.
+        watch = PrefixWatch(self.client, self.prefix, self._wait)
         while not self._stopping.is_set():
             try:
-                new, raw = self.client.get_prefix(self.prefix, index=index or None,
-                                                  wait=self._wait if index else None)
+                changes = watch.changes()
             except ConsulLeaderError as exc:
                 if self._stopping.is_set():
                     return
                 self._report(exc)
                 self._stopping.wait(min(1.0, self.timing.heartbeat))
                 continue
-            reset = new < index
-            index = new if new > 0 and new >= index else (0 if reset else 1)
-            if reset:
-                known.clear()
-            changed = {key: KeyEntry.parse(one) for key, one in raw.items()
-                       if known.get(key) != int(one["ModifyIndex"])}
-            removed = known.keys() - raw.keys()
-            for key in removed:
-                del known[key]
-            for key, entry in changed.items():
-                known[key] = entry.modify_index
-            del raw
-            self._post(functools.partial(self._on_changes, new, changed, removed, reset))
+            self._post(functools.partial(self._on_changes, changes))
 
     def _prove(self, session: Session, t0: float) -> None:
         """A heartbeat round of *session* (started at *t0*, the check
@@ -566,12 +545,12 @@ class Elector:
 
     # -- the worker's messages -------------------------------------------------
 
-    def _on_changes(self, index: int, changed: dict[str, KeyEntry], removed: set[str], reset: bool) -> None:
+    def _on_changes(self, changes: PrefixChanges) -> None:
         """The watch's listing: only the entries that changed since its last one."""
-        if reset:
-            self._apply_listing(index, changed, reset=True)
-        elif index >= self._index:
-            self._apply(index, changed, removed)
+        if changes.reset:
+            self._apply_listing(changes.index, changes.changed, reset=True)
+        elif changes.index >= self._index:
+            self._apply(changes.index, changes.changed, changes.removed)
 
     def _on_listing(self, index: int, entries: dict[str, KeyEntry]) -> None:
         """A full listing (the heartbeat's read)."""
@@ -689,13 +668,9 @@ class Elector:
         if modified == candidacy._modified:
             return  # unchanged since the last look
         candidacy._modified = modified
-        candidacy._free_since.see(entry, self._clock())
-        candidacy._longest_delay = max(candidacy._longest_delay, holder_lock_delay(entry) or 0.0)
         self._dirty.add(candidacy)
-        info = LeaderInfo.from_entry(entry)
-        if not info.same_leader(candidacy._observed):
-            candidacy._observed, candidacy._leader = info, info.identity
-            self._dispatcher.send(signals.leader_changed, candidacy, leader=info.identity)
+        if candidacy._view.observe(entry, self._clock()):
+            self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy._view.leader)
         term = candidacy._term
         if term is not None and term.reason is None and index >= term.fencing_token:
             assert term.session.id is not None
@@ -800,8 +775,7 @@ class Elector:
             candidacy._tried_index = self._index
             return math.inf
         now = self._clock()
-        hold, why = attempt.hold_off(entry, session.id, candidacy._free_since.of(entry), now,
-                                     lock_delay_to_hold(self.timing.lock_delay, candidacy._longest_delay))
+        hold, why = candidacy._view.hold_off(attempt, entry, session.id, now, self.timing.lock_delay)
         if hold > 0:
             log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", candidacy.identity,
                      candidacy.key, why, hold, self.timing.lock_delay)
@@ -863,12 +837,10 @@ class Elector:
         log_elected(candidacy.identity, candidacy.key, term)
         with self._lock:
             candidacy._term, candidacy._state = term, "leading"
-            candidacy._leader = candidacy.identity
+            candidacy._view.leader = candidacy.identity
             # Queued under the lock: a step-down from another thread (resign,
             # the heartbeat's proof) queues deposed, and must queue it after.
-            self._dispatcher.send(signals.elected, candidacy, fencing_token=term.fencing_token)
-            self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy.identity)
-            candidacy._events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
+            announce_elected(self._dispatcher, candidacy._events, candidacy, term, latest=False)
         self._dispatcher.call(self._notify)
         self._start_term_runner(term)
         return term.lease_end()
@@ -881,12 +853,6 @@ class Elector:
         if term.candidacy._job is None or term.runner is not None:
             return
 
-        def returned(ok: bool) -> None:
-            if not ok:
-                log.error("the job of %s raised while leading %r; resigning", term.candidacy.identity,
-                          term.candidacy.key)
-            self._step_down(term, Reason.JOB_FINISHED if ok else Reason.JOB_FAILED)
-
         def exited() -> None:  # also when the lease ran out before the job could start
             with self._lock:
                 term.job_done = True
@@ -894,9 +860,9 @@ class Elector:
             if ended:  # else the step-down still to come carries the ending on, and finds the job done
                 self._continue_end(term)
 
-        runner = JobRunner(term.candidacy._job, lambda: term.lease_end() - self._clock(),
-                           f"{term.candidacy.identity} {term.candidacy.key}", on_return=returned,
-                           on_lease_end=lambda: self._lapse(term), on_exit=exited)
+        runner = term_runner(term.candidacy._job, lambda: term.lease_end() - self._clock(), term.candidacy,
+                             functools.partial(self._step_down, term), on_lease_end=lambda: self._lapse(term),
+                             on_exit=exited)
         with self._lock:
             # A step-down from another thread (resign, the heartbeat's
             # proof) either came before, and the job never starts, or comes
@@ -937,10 +903,8 @@ class Elector:
                     log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
                 return
             term.stage = Stage.DELIVERING
-        candidacy, reason = term.candidacy, term.reason
-        log_ended(candidacy.identity, candidacy.key, reason)
-        self._dispatcher.send(signals.deposed, candidacy, reason=reason)
-        candidacy._events.publish(LeadershipEvent(EventKind.DEPOSED, reason=reason))
+        candidacy = term.candidacy
+        announce_ended(self._dispatcher, candidacy._events, candidacy, term)
         self._dispatcher.call(self._notify)
         # Queued behind the deposed receivers: they stop what on_elected
         # started before anyone else can start it.

@@ -27,7 +27,7 @@ from .validation import check_key, check_number
 
 log = logging.getLogger("consul_leader")
 
-__all__ = ["Follower", "KeyWatch", "LeaderInfo"]
+__all__ = ["Follower", "KeyWatch", "LeaderInfo", "PrefixChanges", "PrefixWatch"]
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,68 @@ class KeyWatch:
         """Return the key's entry; with *wait*, block until it changes or
         *wait* seconds pass (never a sleep loop)."""
         index, raw = self.client.get_key(self.key, index=self.index if wait else None, wait=wait)
-        # Consul's rules for blocking queries: an index that goes backwards
-        # (a snapshot restore, a new cluster) restarts from 0; 0 is never waited on.
-        self.index = index if index > 0 and index >= self.index else (0 if index < self.index else 1)
+        self.index = _next_index(index, self.index)
         self.entry = entry = KeyEntry.parse_optional(raw)
         return entry
+
+
+def _next_index(answered: int, last: int) -> int:
+    # Consul's rules for blocking queries: an index that goes backwards
+    # (a snapshot restore, a new cluster) restarts from 0; 0 is never waited on.
+    return answered if answered > 0 and answered >= last else (0 if answered < last else 1)
+
+
+@dataclass(frozen=True)
+class PrefixChanges:
+    """What one listing of a prefix changed since the last one.
+
+    :ivar index: the listing's index.
+    :ivar changed: the entries that are new or changed, by key.
+    :ivar removed: the keys that are gone.
+    :ivar reset: the index went backwards (a snapshot restore, a new
+        cluster): *changed* holds every entry, and what was known before is void.
+    """
+
+    index: int
+    changed: dict[str, KeyEntry]
+    removed: frozenset[str]
+    reset: bool
+
+
+class PrefixWatch:
+    """Blocking queries on every key under a prefix, keeping the index and
+    each key's ModifyIndex between calls, so that only what changed is
+    handed on: a change costs the same with 1 key or 1,000.
+
+    :param client: the Consul client.
+    :param prefix: the prefix.
+    :param wait: the longest a blocking query waits, in seconds.
+    """
+
+    def __init__(self, client: ConsulClient, prefix: str, wait: float) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.wait = wait
+        self.index = 0
+        self._known: dict[str, int] = {}
+
+    def changes(self) -> PrefixChanges:
+        """List the prefix (the first time at once, then as soon as it
+        changes past the last listing, or after :attr:`wait`)."""
+        new, raw = self.client.get_prefix(self.prefix, index=self.index or None,
+                                          wait=self.wait if self.index else None)
+        reset = new < self.index
+        self.index = _next_index(new, self.index)
+        known = self._known
+        if reset:
+            known.clear()
+        changed = {key: KeyEntry.parse(one) for key, one in raw.items() if known.get(key) != int(one["ModifyIndex"])}
+        removed = frozenset(known.keys() - raw.keys())
+        for key in removed:
+            del known[key]
+        for key, entry in changed.items():
+            known[key] = entry.modify_index
+        return PrefixChanges(new, changed, removed, reset)
 
 
 class Follower:

@@ -14,8 +14,15 @@ collector: nothing is added to the election's hot path, and
 transition counters are counted as they happen, by receivers of the
 ``elected`` and ``deposed`` signals.
 
-Metrics, each labelled ``key`` and ``identity``:
+Metrics, each labelled ``key`` only: a label whose value changes with
+each process (the default identity is ``hostname:pid``) would start a new
+series at every restart. One candidate per key and registry, as in a
+process of its own.
 
+- ``consul_leader_candidate_info`` (info): 1, with the candidate's
+  ``identity`` as a label: join on ``key`` to see who a series belongs to.
+- ``leader_election_master_status`` (gauge, label ``name``: the key): 1 while
+  the candidate leads, as client-go's leader election exports it.
 - ``consul_leader_is_leader`` (gauge): 1 while the candidate leads.
 - ``consul_leader_lease_remaining_seconds`` (gauge): what is left of the lease.
 - ``consul_leader_transitions_total`` (counter, label ``kind``: ``elected`` or ``deposed``).
@@ -116,7 +123,12 @@ class _Collector:
 
     def _families(self, with_samples: bool) -> Iterator[Metric]:
         core = _prometheus().metrics_core
-        labels = ["key", "identity"]
+        labels = ["key"]
+        info = core.InfoMetricFamily("consul_leader_candidate", "The candidate of the key in this process.",
+                                     labels=labels)
+        master = core.GaugeMetricFamily("leader_election_master_status",
+                                        "1 while this process leads the election named name (the key), as "
+                                        "client-go's leader election.", labels=["name"])
         is_leader = core.GaugeMetricFamily("consul_leader_is_leader", "1 while this candidate leads the key.",
                                            labels=labels)
         lease = core.GaugeMetricFamily("consul_leader_lease_remaining_seconds",
@@ -134,9 +146,11 @@ class _Collector:
             with self._lock:
                 snapshot = [(c, dict(counts)) for c, counts in self._candidates.items()]
             for candidate, counts in snapshot:
-                values = [candidate.key, candidate.identity]
+                values = [candidate.key]
                 health = candidate.health()
                 stats = candidate.heartbeat_stats
+                info.add_metric(values, {"identity": candidate.identity})
+                master.add_metric(values, 1.0 if health.is_leader else 0.0)
                 is_leader.add_metric(values, 1.0 if health.is_leader else 0.0)
                 lease.add_metric(values, health.lease_remaining)
                 healthy.add_metric(values, 1.0 if health.ok else 0.0)
@@ -144,7 +158,7 @@ class _Collector:
                     transitions.add_metric(values + [kind], counts[kind])
                 latency.add_metric(values, count_value=stats.rounds, sum_value=stats.seconds_total)
                 failures.add_metric(values, stats.failures)
-        yield from (is_leader, lease, healthy, transitions, latency, failures)
+        yield from (info, master, is_leader, lease, healthy, transitions, latency, failures)
 
 
 def register(candidate: Candidate, registry: CollectorRegistry | None = None) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from . import aio, decorators, signals
+from .decisions import KeyView
 from .events import Broadcast, LeadershipEvent
 from .session import lease_clock
 from .validation import check_timeout
@@ -37,7 +38,7 @@ class Participant:
     key: str
     identity: str
     _term: _HasFencingToken | None
-    _leader: str | None
+    _view: KeyView
     _events: Broadcast[LeadershipEvent]
 
     def is_leader(self) -> bool:
@@ -71,7 +72,7 @@ class Participant:
         participant's own while it leads), or None."""
         if self.is_leader():
             return self.identity
-        return self._leader
+        return self._view.leader
 
     @property
     def fencing_token(self) -> int | None:

@@ -44,6 +44,10 @@ _default: Leadership | None = None
 _explicit = False  # set by set_default(), not by start()
 _started: list[weakref.ReferenceType[Leadership]] = []
 _default_lock = threading.Lock()
+# Whether any candidate was ever started or set as the default here, and
+# whether the warning about asking before that was given (once a process).
+_any_default = False
+_warned = False
 
 
 def register(candidate: Leadership, after_fork_in_child: Callable[[], None]) -> None:
@@ -65,10 +69,11 @@ def set_default(candidate: Leadership | None) -> None:
     :raises ConfigurationTypeError: *candidate* is not a Candidate."""
     if candidate is not None and not isinstance(candidate, Leadership):
         raise ConfigurationTypeError(f"set_default() takes a Candidate or None, got {type(candidate).__name__}")
-    global _default, _explicit
+    global _default, _explicit, _any_default
     with _default_lock:
         _default = candidate
         _explicit = candidate is not None
+        _any_default = _any_default or candidate is not None
 
 
 def get_default() -> Leadership | None:
@@ -78,8 +83,9 @@ def get_default() -> Leadership | None:
 
 def offer_default(candidate: Leadership) -> None:
     """Make *candidate* the default if there is none yet (called by start())."""
-    global _default
+    global _default, _any_default
     with _default_lock:
+        _any_default = True
         _started.append(weakref.ref(candidate))
         if _default is None:
             _default = candidate
@@ -97,9 +103,26 @@ def withdraw_default(candidate: Leadership) -> None:
 
 
 def is_leader() -> bool:
-    """True if the default candidate leads; False when there is none."""
+    """True if the default candidate leads; False when there is none (and
+    the first time no candidate was ever started, a warning says so)."""
     candidate = _default
-    return candidate is not None and candidate.is_leader()
+    if candidate is None:
+        warn_no_default("consul_leader.is_leader()")
+        return False
+    return candidate.is_leader()
+
+
+def warn_no_default(what: str) -> None:
+    """*what* asked the default candidate, and there is none: if no
+    candidate was ever started in this process, say so, once (a silent
+    False would look like a follower's answer)."""
+    global _warned
+    if _any_default or _warned:
+        return
+    _warned = True
+    log.warning("%s asked before any candidate was started in this process, so it answers as a follower (False, "
+                "or the function is not called); start a Candidate first (or choose one with "
+                "consul_leader.set_default()). Said once.", what)
 
 
 def _after_fork() -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from .client import ConsulClient
 from .errors import ConfigurationError, ConsulLeaderError, PermissionDenied, SessionLost
 from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE, Instance, Leftovers
+from .outage import Outage
 from .validation import check_number as _number
 
 log = logging.getLogger("consul_leader")
@@ -199,6 +200,7 @@ class Session:
         #: The TTL check the session binds to (its instance's).
         self.check_id = self.instance.check_id
         self._leftovers = Leftovers(client, service, deregister_after)
+        self._outage = Outage(log, f"heartbeat of session {name!r}")
         # When to look for leftovers again (a window after the last look
         # found some); None: not needed.
         self._look_again: float | None = None
@@ -372,6 +374,7 @@ class Session:
             started = self._clock()
             try:
                 self.beat()
+                self._outage.ok()
             except SessionLost as exc:
                 self.stats.failed()
                 log.warning("session %s is gone (%s)", self.id, exc)
@@ -381,7 +384,7 @@ class Session:
                 return
             except ConsulLeaderError as exc:
                 self.stats.failed()
-                log.warning("heartbeat for session %s failed: %s", self.id, exc)
+                self._outage.failed(exc)
                 self._on_error(exc)
             except Exception:  # a bug must not silently end the heartbeat
                 log.exception("unexpected error in the heartbeat of session %s", self.id)

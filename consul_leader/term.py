@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from .events import Reason
-from .job import JobRunner
+from . import signals
+from .events import Broadcast, EventKind, LeadershipEvent, Reason
+from .job import Job, JobRunner
 from .lockdelay import LockAttempt
 from .session import Session
 
-__all__ = ["Stage", "Term", "log_elected", "log_ended"]
+__all__ = ["Stage", "Term", "announce_elected", "announce_ended", "log_elected", "log_ended", "term_runner"]
 
 log = logging.getLogger("consul_leader")
 
@@ -64,6 +66,49 @@ class Term:
         self.reason: Reason | None = None
         self.runner: JobRunner | None = None
         self.stage = Stage.LEADING
+
+
+def announce_elected(dispatcher: signals.Dispatcher, events: Broadcast[LeadershipEvent], sender: Any, term: Term,
+                     *, latest: bool) -> None:
+    """Queue a new term's ``elected`` and ``leader_changed`` signals and publish its event.
+
+    :param sender: the signals' sender (the Candidate, or the Candidacy of the key).
+    :param latest: send ``leader_changed`` as the latest state only (see
+        :meth:`Dispatcher.send_latest <consul_leader.signals.Dispatcher.send_latest>`)."""
+    dispatcher.send(signals.elected, sender, fencing_token=term.fencing_token)
+    send_leader = dispatcher.send_latest if latest else dispatcher.send
+    send_leader(signals.leader_changed, sender, leader=sender.identity)
+    events.publish(LeadershipEvent(EventKind.ELECTED, fencing_token=term.fencing_token))
+
+
+def announce_ended(dispatcher: signals.Dispatcher, events: Broadcast[LeadershipEvent], sender: Any, term: Term,
+                   **extra: Any) -> None:
+    """*term*'s job returned: tell the log, queue ``deposed`` and publish its
+    event (the term moves to :attr:`Stage.DELIVERING`). The caller waits for
+    the receivers before the release."""
+    assert term.reason is not None
+    log_ended(sender.identity, sender.key, term.reason, **extra)
+    term.stage = Stage.DELIVERING
+    dispatcher.send(signals.deposed, sender, reason=term.reason)
+    events.publish(LeadershipEvent(EventKind.DEPOSED, reason=term.reason))
+
+
+def term_runner(job: Job | None, lease_remaining: Callable[[], float], sender: Any,
+                step_down: Callable[[Reason], object], *, on_lease_end: Callable[[], None],
+                on_exit: Callable[[], None] | None = None) -> JobRunner:
+    """The :class:`JobRunner` of a term: a job that returns (or raises)
+    while the term runs ends it, as a step-down of its own.
+
+    :param sender: the participant (its identity and key name the threads).
+    :param step_down: ends the term for a reason, from any thread."""
+
+    def returned(ok: bool) -> None:
+        if not ok:
+            log.error("the job of %s raised while leading %r; resigning", sender.identity, sender.key)
+        step_down(Reason.JOB_FINISHED if ok else Reason.JOB_FAILED)
+
+    return JobRunner(job, lease_remaining, f"{sender.identity} {sender.key}", on_return=returned,
+                     on_lease_end=on_lease_end, on_exit=on_exit)
 
 
 def log_elected(identity: str, key: str, term: Term, **extra: Any) -> None:

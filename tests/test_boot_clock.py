@@ -22,7 +22,7 @@ TTL = 30.0
 
 #: How late the work may be told to stop after the clock jumped: the safety
 #: bound of a suspended machine waking up, not a speed figure.
-BOUND = 1.0
+BOUND = 0.5
 
 
 class JumpingClock:

@@ -231,3 +231,24 @@ def test_leader_only_task_in_a_real_worker_follows_the_election(consul_agent: Co
             worker.kill()
             worker.wait()
         print("--- worker ---\n" + "".join(lines)[-4000:])
+
+
+def test_a_beat_started_after_the_last_run_continues_the_schedule_at_takeover(beats: Callable[[str], Beat],
+                                                                               redis_url: str) -> None:
+    # Celery gives a new entry last_run_at = now; a beat started after the
+    # leader's last run must still take the recorded run over its own, or
+    # its first run comes its own start later than the schedule says.
+    a = beats("a")
+    wait_until(lambda: [h for h in sent(redis_url) if label(h) == "every 4 s"], 60, "the leading beat sends")
+    b = beats("b")
+    wait_until(lambda: any("beat: Starting" in line for line in b.lines), 30, "the second beat starts")
+    time.sleep(0.5)  # its entries are made, with its own start as their last run
+    last = len([h for h in sent(redis_url) if label(h) == "every 4 s"])
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(30) == 0
+    wait_until(lambda: any(sender_pid(h) == b.proc.pid and label(h) == "every 4 s" for h in sent(redis_url)), 30,
+               "the second beat sends the 4-second entry")
+    runs = [datetime.fromisoformat(h["consul_leader_run_at"]) for h in sent(redis_url) if label(h) == "every 4 s"]
+    gap = (runs[last] - runs[last - 1]).total_seconds()
+    assert any("continued 2 entries" in line for line in b.lines), b.lines[-5:]
+    assert 4.0 - 0.001 <= gap <= 4.5, f"the first run after the takeover came {gap:.2f}s after the last one"

@@ -146,7 +146,8 @@ def test_run_serves_metrics(cli: Runs, key: str) -> None:
             return ""
 
     wait_until(lambda: "consul_leader_is_leader{" in scrape(), what="the metrics endpoint")
-    assert f'consul_leader_is_leader{{identity="m",key="{key}"}} 1.0' in scrape()
+    assert f'consul_leader_is_leader{{key="{key}"}} 1.0' in scrape()
+    assert f'consul_leader_candidate_info{{identity="m",key="{key}"}} 1.0' in scrape()
 
 
 def test_no_wait_exits_when_the_lock_is_held(cli: Runs, key: str, make_candidate) -> None:

@@ -31,6 +31,16 @@ def test_waits_grow_from_the_second_quick_exit_up_to_a_minute_and_end_after_a_lo
     assert "no more waits" in said[1]
 
 
+def test_two_quick_exits_far_apart_are_no_crash_loop() -> None:
+    now = [0.0]
+    backoff = CrashBackoff("my-job", clock=lambda: now[0])
+    assert backoff.after_exit(0.5, 1) == 0.0
+    now[0] += CrashBackoff.forget  # the next quick exit, ten minutes later
+    assert backoff.after_exit(0.5, 1) == 0.0
+    now[0] += 1
+    assert backoff.after_exit(0.5, 1) == 1.0  # but one right after it is
+
+
 def starts(cli: Runs) -> List[float]:
     path = cli.tmp / "starts"
     return [float(t) for t in path.read_text().split()] if path.exists() else []

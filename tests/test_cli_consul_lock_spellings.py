@@ -46,6 +46,7 @@ def parsed(*argv: str) -> Any:
     (["-token-file=/tmp/t"], "token_file", "/tmp/t"),
     (["-datacenter=dc2"], "datacenter", "dc2"),
     (["-ca-file=/tmp/ca.pem"], "ca_file", "/tmp/ca.pem"),
+    (["-tls-server-name=consul.example"], "tls_server_name", "consul.example"),
     (["-client-cert=/tmp/c.pem", "-client-key=/tmp/k.pem"], "client_key", "/tmp/k.pem"),
     (["-once=true"], "once", True),
     (["-ttl=1s", "-grace=500ms"], "grace", 0.5),
@@ -65,7 +66,6 @@ def test_a_command_without_double_dash_starts_at_the_first_word_after_the_key() 
 @pytest.mark.parametrize("flag, says", [
     ("-n=2", "-n 2: consul-leader run elects one leader"),
     ("-ca-path=/etc/ssl/consul", "give it with -ca-file"),
-    ("-tls-server-name=consul.example", "give -http-addr https://NAME:PORT"),
     ("-shell=maybe", "-shell is true or false"),
 ])
 def test_consul_lock_flags_without_an_equivalent_are_refused_with_what_to_use(

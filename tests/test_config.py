@@ -115,3 +115,26 @@ def test_an_ipv6_agent_address_is_bracketed_in_urls():
     from consul_leader.client import ConsulClient
 
     assert ConsulClient(cfg).base_uri == "http://[::1]:8500"
+
+
+def test_consul_capath_alone_is_refused_saying_to_give_a_ca_file(tmp_path):
+    env = {"CONSUL_CAPATH": str(tmp_path)}
+    with pytest.raises(ValueError, match="CONSUL_CAPATH=.* give it as CONSUL_CACERT or verify="):
+        ConsulConfig.from_args(environ=env)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    assert ConsulConfig.from_args(environ=dict(env, CONSUL_CACERT=str(ca))).verify == str(ca)
+    assert ConsulConfig.from_args(verify=False, environ=env).verify is False
+
+
+def test_consul_namespace_is_refused_rather_than_ignored():
+    with pytest.raises(ValueError, match="CONSUL_NAMESPACE='team-a' is set.*Enterprise namespaces"):
+        ConsulConfig.from_args(environ={"CONSUL_NAMESPACE": "team-a"})
+
+
+def test_consul_tls_server_name_comes_from_the_environment_and_shows_in_repr():
+    config = ConsulConfig.from_args(environ={"CONSUL_TLS_SERVER_NAME": "server.dc1.consul"})
+    assert config.tls_server_name == "server.dc1.consul"
+    assert "tls_server_name='server.dc1.consul'" in repr(config)
+    with pytest.raises(ValueError, match="tls_server_name"):
+        ConsulConfig.from_args(environ={"CONSUL_TLS_SERVER_NAME": "a b"})

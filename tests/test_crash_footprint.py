@@ -397,3 +397,19 @@ def test_a_candidate_that_may_not_remove_0_1s_check_warns_naming_the_check_and_t
         time.sleep(1)
     assert len(warnings()) == 1, denied.records.messages
     assert 'node "' in warnings()[0] and 'policy = "write"' in warnings()[0], warnings()[0]
+
+
+def test_a_clean_stop_leaves_no_instance_check_or_session(consul_agent: ConsulAgent, key: str) -> None:
+    def mine(path: str) -> List[str]:
+        found = requests.get(f"{consul_agent.url}{path}", timeout=5).json()
+        items = found.values() if isinstance(found, dict) else found
+        return [str(item) for item in items if key in str(item)]
+
+    candidate = Candidate(key, address=consul_agent.address, ttl=1).start()
+    assert candidate.wait_for_leadership(30)
+    assert mine("/v1/agent/services") and mine("/v1/agent/checks") and mine("/v1/session/list")
+    candidate.stop()
+    assert mine("/v1/agent/services") == [] and mine("/v1/agent/checks") == []
+    assert mine("/v1/session/list") == []
+    # The agent syncs a deregistration to the catalog right after it.
+    wait_until(lambda: mine("/v1/catalog/service/consul-leader") == [], 10, "the catalog follows the agent")

@@ -130,3 +130,25 @@ def test_a_missing_client_certificate_is_a_clear_tls_error(mtls_agent, pki, cand
     assert "if it requires client certificates (verify_incoming), give cert= or CONSUL_CLIENT_CERT and " \
            "CONSUL_CLIENT_KEY" in str(errors[0])
     assert c.health().running
+
+
+def test_consul_tls_server_name_is_the_name_the_certificate_is_checked_against(
+        https_agent, pki, candidates, monkeypatch):
+    monkeypatch.setenv("CONSUL_CACERT", pki.ca)
+    # Consul's server certificates name server.<dc>.consul: the agent is
+    # reached by its IP address and checked against that name.
+    monkeypatch.setenv("CONSUL_TLS_SERVER_NAME", "server.dc1.consul")
+    c = candidates(https_agent[1]).start()
+    assert c.wait_for_leadership(30)
+
+
+def test_a_consul_tls_server_name_the_certificate_does_not_carry_fails_the_handshake(
+        https_agent, pki, candidates, monkeypatch):
+    monkeypatch.setenv("CONSUL_CACERT", pki.ca)
+    monkeypatch.setenv("CONSUL_TLS_SERVER_NAME", "elsewhere.example")
+    c = candidates(https_agent[1])
+    errors = _Errors(c)
+    c.start()
+    assert errors.seen.wait(30)
+    assert isinstance(errors[0], ConsulTLSError) and "not valid for this host name" in str(errors[0])
+    assert not c.is_leader()

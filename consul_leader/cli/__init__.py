@@ -71,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sub.error(str(exc))
     args = sub.parse_args(own)
     if command and name != "run":
-        sub.error("unexpected arguments after KEY (or after --): only run takes a command")
+        sub.error(f"{' '.join(command)!r} after KEY: only run takes a command; remove it")
     if name == "run" and not command:
         sub.error("give the command after KEY, e.g. run KEY -- my-job --flag (with -- before it when its "
                   "first word starts with -)")

@@ -5,7 +5,9 @@ loop must not take and release the lock every few seconds."""
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import math
+import time
+from typing import Callable, Optional
 
 __all__ = ["CrashBackoff"]
 
@@ -19,10 +21,13 @@ class CrashBackoff:
     status (a command that cannot start is one that exits at once); the
     second such exit in a row waits :attr:`first` seconds, each further one
     twice as long, up to :attr:`longest`. A run that lasted :attr:`quick`
-    seconds or more starts the count again. The log says so once when the
-    waits begin and once when they end (every wait at debug level).
+    seconds or more starts the count again, and so does a quick exit
+    :attr:`forget` seconds after the last one (two crashes hours apart are
+    no loop). The log says so once when the waits begin and once when they
+    end (every wait at debug level).
 
     :param what: the command, for the log.
+    :param clock: seconds, for :attr:`forget` (injectable for tests).
     """
 
     #: An exit this soon (seconds) after the start is a failure at start.
@@ -31,11 +36,15 @@ class CrashBackoff:
     first = 1.0
     #: The longest wait, seconds.
     longest = 60.0
+    #: A quick exit this long (seconds) after the last one starts the count again.
+    forget = 600.0
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
         self.in_a_row = 0
         self._said = False
+        self._clock = clock
+        self._last = -math.inf
 
     def after_exit(self, ran: float, code: Optional[int]) -> float:
         """The command ended after *ran* seconds with *code* (None: it could
@@ -45,6 +54,10 @@ class CrashBackoff:
                 log.info("consul-leader run: %s ran %.0fs; no more waits between runs", self.what, ran)
             self.in_a_row, self._said = 0, False
             return 0.0
+        now = self._clock()
+        if now - self._last >= self.forget:
+            self.in_a_row = 0
+        self._last = now
         self.in_a_row += 1
         if self.in_a_row < 2:
             return 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
@@ -28,8 +29,10 @@ def connection(args: argparse.Namespace) -> Dict[str, Any]:
         raise ConfigurationError(f"-ca-path {args.ca_path}: a directory of CA certificates is not supported; "
                                  "put them in one file and give it with -ca-file (or CONSUL_CACERT)")
     if args.tls_server_name:
-        raise ConfigurationError(f"-tls-server-name {args.tls_server_name}: not supported; give -http-addr "
-                                 "https://NAME:PORT with the host name the agent's certificate names")
+        # The library reads the name where the consul CLI does; Candidate and
+        # Follower take no argument for it. The flag overrides the variable,
+        # as the consul CLI's flags do.
+        os.environ["CONSUL_TLS_SERVER_NAME"] = args.tls_server_name
     cert: Any = None
     if args.client_cert:
         cert = (args.client_cert, args.client_key) if args.client_key else args.client_cert
@@ -44,19 +47,29 @@ def connection(args: argparse.Namespace) -> Dict[str, Any]:
 def _iso(unix: Optional[float]) -> Optional[str]:
     if unix is None:
         return None
-    try:
-        moment = datetime.fromtimestamp(unix, timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None  # flags that are no time: consul lock's own, on its .lock key
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _now() -> float:
     return datetime.now(timezone.utc).timestamp()
 
 
+def _since(info: LeaderInfo) -> Optional[float]:
+    """When the leader took the lock, or None when the key's flags hold no
+    such time: a time to come is another tool's flags (consul lock's)."""
+    if info.since is None or info.since > _now() + 86400:
+        return None
+    return info.since
+
+
+def _shown(identity: str) -> str:
+    # consul lock writes no value into its lock: say so rather than nothing.
+    return identity or "(an empty value, as consul lock writes)"
+
+
 def _info_dict(key: str, info: LeaderInfo) -> Dict[str, Any]:
-    return {"key": key, "leader": info.identity, "since": info.since, "since_iso": _iso(info.since),
+    since = _since(info)
+    return {"key": key, "leader": info.identity, "since": since, "since_iso": _iso(since),
             "fencing_token": info.modify_index, "session": info.session}
 
 
@@ -73,9 +86,9 @@ def status(args: argparse.Namespace, command: List[str]) -> int:
     elif info.identity is None:
         print(f"key:           {key}\nleader:        (none)")
     else:
-        when = _iso(info.since)
-        since = "unknown" if info.since is None or when is None else f"{when} ({_now() - info.since:.1f} s ago)"
-        print(f"key:           {key}\nleader:        {info.identity}\nsince:         {since}\n"
+        at = _since(info)
+        since = "unknown" if at is None else f"{_iso(at)} ({_now() - at:.1f} s ago)"
+        print(f"key:           {key}\nleader:        {_shown(info.identity)}\nsince:         {since}\n"
               f"fencing token: {info.modify_index}\nsession:       {info.session}")
     return EXIT_OK if info.identity is not None else EXIT_NO_LEADER
 
@@ -105,7 +118,7 @@ def watch(args: argparse.Namespace, command: List[str]) -> int:
             elif identity is None:
                 print(f"{_iso(_now())} (no leader)", flush=True)
             else:
-                print(f"{_iso(_now())} {identity} (fencing token {info.modify_index})", flush=True)
+                print(f"{_iso(_now())} {_shown(identity)} (fencing token {info.modify_index})", flush=True)
     except _Interrupted:
         pass
     finally:

@@ -11,7 +11,9 @@ use"). ``run KEY`` uses that rule:
   semaphore's), so that ``consul lock KEY`` and ``consul-leader run KEY``
   never both lead (they would lock two different keys).
 - Otherwise it writes ``KEY/.lock`` with flags 0 and a note before it runs
-  for election, so that a ``consul lock KEY`` started later refuses to run.
+  for election, so that a ``consul lock KEY`` started later refuses to run,
+  and reads it back :data:`SETTLE` later, to catch a ``consul lock`` that
+  read the key free just before and acquires it after.
 - ``run PREFIX/.lock`` shares ``consul lock PREFIX``'s own key: one key,
   one holder. It waits while ``consul lock`` holds it; once it has written
   its own flags there, ``consul lock PREFIX`` refuses to run.
@@ -20,12 +22,13 @@ use"). ``run KEY`` uses that rule:
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 from ..client import ConsulClient
 from ..errors import ConsulLeaderError, PermissionDenied
 
-__all__ = ["LOCK_FLAG_VALUE", "LOCK_KEY", "SEMAPHORE_FLAG_VALUE", "ConsulLockConflict", "guard"]
+__all__ = ["LOCK_FLAG_VALUE", "LOCK_KEY", "SEMAPHORE_FLAG_VALUE", "SETTLE", "ConsulLockConflict", "guard"]
 
 log = logging.getLogger("consul_leader")
 
@@ -35,6 +38,10 @@ LOCK_FLAG_VALUE = 0x2DDCCBC058A50C18
 SEMAPHORE_FLAG_VALUE = 0xE0F69A2BAA414DE0
 #: The key ``consul lock PREFIX`` locks, under its prefix (``api.DefaultSemaphoreKey``).
 LOCK_KEY = ".lock"
+
+#: Seconds between writing the note and reading it back (see :func:`guard`):
+#: far more than the round trip between ``consul lock``'s read and its acquire.
+SETTLE = 1.0
 
 _NOTE = ("consul-leader run elects the leader of {key}; consul lock {key} would lead beside it, so this key, "
          "with flags that are not consul lock's, makes consul lock refuse to run there. Delete it only once no "
@@ -72,9 +79,12 @@ def _refusal(key: str, prefix: str, entry: Any) -> str:
             "See 'Moving from consul lock' in the docs.")
 
 
-def guard(client: ConsulClient, key: str) -> None:
+def guard(client: ConsulClient, key: str, settle: Callable[[float], object] = time.sleep) -> None:
     """Check that ``consul lock`` does not use *key*'s prefix, and make it
     refuse to from now on (see the module's description).
+
+    :param settle: waits the given seconds (``time.sleep``, or a wait that a
+        signal cuts short) after the note was first written.
 
     :raises ConsulLockConflict: ``consul lock`` holds the key it would share
         with *key*, or a semaphore of its own is there.
@@ -109,8 +119,11 @@ def guard(client: ConsulClient, key: str) -> None:
         if written:
             log.info("consul-leader run: wrote %r, so that a consul lock %r refuses to run beside this process",
                      lock_key, key)
-            # Read again: a consul lock that acquired the key as it was being
-            # written keeps its session on it.
+            # A consul lock that read the key free just before the note was
+            # written acquires it a round trip later (Consul's acquire does
+            # not look at flags) and keeps its session on it: look again
+            # once that has had time to land.
+            settle(SETTLE)
             _, entry = client.get_key(lock_key)
             if entry is not None and _held(entry):
                 raise ConsulLockConflict(_refusal(key, key, entry))

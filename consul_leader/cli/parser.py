@@ -125,7 +125,7 @@ def build_parser() -> Parsers:
     # (see connection()), or without effect here.
     option(group, "-ca-path", "--ca-path", metavar="DIR", help="not supported: give one CA bundle with -ca-file")
     option(group, "-tls-server-name", "--tls-server-name", metavar="NAME",
-           help="not supported: give -http-addr the host name the agent's certificate names")
+           help="the name the agent's certificate must carry, and SNI (CONSUL_TLS_SERVER_NAME)")
     option(group, "-stale", "--stale", action="store_true",
            help="accepted for consul lock's sake; no effect (the lock is always read consistently)")
     option(group, "--no-stale", dest="stale", action="store_false", help=argparse.SUPPRESS)
@@ -175,8 +175,8 @@ def build_parser() -> Parsers:
            help="run CMD through $SHELL -c (default /bin/sh), its words joined by spaces, as consul lock does "
                 "by default (default: CMD is executed directly)")
     option(run, "--child-exit-code", "-child-exit-code", action="store_true",
-           help="when run exits with the command, exit 0 if it succeeded and 2 if it failed, as consul lock "
-                "-child-exit-code")
+           help="with --once, when the command exits by itself: exit 0 if it succeeded and 2 if it failed, as "
+                "consul lock -child-exit-code (default: the command's own status)")
     option(run, "--pass-stdin", "-pass-stdin", action="store_true",
            help="accepted for consul lock's sake: the command always gets run's stdin")
     option(run, "--monitor-retry", "-monitor-retry", type=int, metavar="N",

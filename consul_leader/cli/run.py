@@ -398,8 +398,8 @@ def _guard(runner: _Runner, give_up: Optional[float]) -> Optional[int]:
     said = False
     while True:
         try:
-            guard(candidate.client, candidate.key)
-            return None
+            guard(candidate.client, candidate.key, settle=runner.wake.wait)
+            return None if runner.signum is None else 128 + runner.signum
         except ConsulLockConflict as exc:
             say(f"{exc}")
             return EXIT_CONSUL_LOCK

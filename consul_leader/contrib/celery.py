@@ -176,7 +176,10 @@ class LeaderSchedulerMixin:
             if local is None:
                 continue
             last_run_at = maybe_make_aware(datetime.fromisoformat(run["last_run_at"]))
-            if local.last_run_at is None or maybe_make_aware(local.last_run_at) < last_run_at:
+            # The record wins whether it is older or newer: every run any
+            # leader sent was recorded first, so a newer local value is one
+            # nobody sent (Celery gives a new entry last_run_at = now).
+            if local.last_run_at is None or maybe_make_aware(local.last_run_at) != last_run_at:
                 # Also into a django-celery-beat model, marked for saving: its
                 # scheduler reloads entries from the database on any change,
                 # which would otherwise bring the older value back.

@@ -9,6 +9,7 @@ import pytest
 
 from consul_leader import Reason
 from consul_leader.decisions import (
+    KeyView,
     SitOut,
     after_term,
     held_by_another,
@@ -249,3 +250,32 @@ def test_an_unaccounted_lock_is_held_for_the_longest_lock_delay_seen(own: float,
 ])
 def test_when_a_sit_out_leaves_the_key_unclaimed(seen: Optional[KeyEntry], now: float, unclaimed: bool) -> None:
     assert SitOut(103.0, 7).unclaimed(seen, now) is unclaimed
+
+
+# -- what a participant has seen of a key -------------------------------------------
+
+def test_a_key_view_tells_when_the_leader_changes() -> None:
+    view = KeyView()
+    assert view.observe(entry(session=OTHER, value=b"b"), 1.0) and view.leader == "b"
+    assert not view.observe(entry(session=OTHER, value=b"b", modify_index=51), 2.0)   # the same leader again
+    assert view.observe(entry(session="restarted", value=b"b"), 3.0)                 # same identity, new session
+    assert view.observe(released(), 4.0) and view.leader is None
+    assert not view.observe(None, 5.0)                                               # still nobody
+    assert view.seen is None
+
+
+def test_a_key_view_holds_a_lock_for_the_longest_lock_delay_its_holders_wrote() -> None:
+    view = KeyView()
+    view.observe(KeyEntry(session=OTHER, value=b"run", flags=holder_flags(1, 8.0)), 1.0)
+    view.observe(KeyEntry(session="s2", value=b"lib", flags=holder_flags(2, 3.0)), 2.0)
+    assert view.longest_delay == 8.0
+    # Taken while another held it (unseen free): the longest lock-delay, not ours.
+    assert view.hold_off(taken(5), entry(session=OTHER), OURS, 10.0, DELAY)[0] == 8.0
+
+
+def test_a_key_view_counts_an_invalidated_key_from_when_it_first_saw_it_free() -> None:
+    view = KeyView()
+    free = entry(value=b"host:1", lock_index=4)
+    view.observe(free, 10.0)
+    view.observe(free, 11.5)
+    assert view.hold_off(taken(5), free, OURS, 12.0, DELAY)[0] == pytest.approx(1.0)
