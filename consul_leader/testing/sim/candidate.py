@@ -4,7 +4,8 @@ the heartbeat, the election, a job per term and its lease watchdog, as
 
 Every decision is the engine's own: :mod:`consul_leader.decisions` (the
 lock check, who holds the key, what follows a term, sit-outs, the retry
-after a lock-delay, the key as a release left it) and
+after a lock-delay, the key as a release left it, what a participant has
+seen of the key and how long it holds a lock: ``KeyView``) and
 :mod:`consul_leader.lockdelay` (whether a lock follows what was seen, how
 long to hold it, the release mark, the holder's flags). What this module
 writes itself is the driver's loop: the order of requests and waits, which
@@ -124,10 +125,9 @@ class SimCandidate(Process):
         self.deadline = -math.inf
         self.lease_started = self.lapsed = False
         self.lapse_at = -math.inf
-        self.seen: KeyEntry | None = None
         self.key_checked = False
-        self.free_since = lockdelay.FreeSince()
-        self.longest_delay = 0.0
+        #: What it has seen of the key (the engine's own record of it).
+        self.view = decisions.KeyView()
         self.sit_out: decisions.SitOut | None = None
         self.unreleased: str | None = None
         self.released_at: int | None = None
@@ -331,9 +331,7 @@ class SimCandidate(Process):
         self.kill()
 
     def _observe(self, entry: KeyEntry | None) -> None:
-        self.seen = entry
-        self.free_since.see(entry, self.now())
-        self.longest_delay = max(self.longest_delay, lockdelay.holder_lock_delay(entry) or 0.0)
+        self.view.observe(entry, self.now())
 
     def _held_by_another(self, entry: KeyEntry | None) -> bool:
         return decisions.held_by_another(entry, self.session_id if not self.lost else None)
@@ -361,7 +359,7 @@ class SimCandidate(Process):
         if not self.key_checked:
             self._observe((yield self._read())[1])
             self.key_checked = True
-        seen = self.seen
+        seen = self.view.seen
         asked_at = self.now()
         flags = lockdelay.holder_flags(EPOCH_MS + int(asked_at * 1000), self.timing.lock_delay)
         ops = [{"Verb": "lock", "Key": key, "Value": self.value, "Session": sid, "Flags": flags}]
@@ -424,8 +422,7 @@ class SimCandidate(Process):
 
     def _lead(self, sid: str, held_since: float, attempt: lockdelay.LockAttempt, seen: KeyEntry | None) -> Gen:
         assert attempt.modify_index is not None
-        hold, _why = attempt.hold_off(seen, sid, self.free_since.of(seen), self.now(),
-                                      lockdelay.lock_delay_to_hold(self.timing.lock_delay, self.longest_delay))
+        hold, _why = self.view.hold_off(attempt, seen, sid, self.now(), self.timing.lock_delay)
         if hold > 0:
             yield Sleep(hold, stoppable=True)
             if self.stopping:
@@ -532,7 +529,7 @@ class SimCandidate(Process):
                 if self.released_at is not None:
                     self.world.record("released", id=self.identity, pid=self.pid, token=term.token,
                                       reason=str(reason), voluntary=reason.voluntary)
-                    self.seen = decisions.released_entry(self.key, sid, term.lock_index, term.create_index,
+                    self.view.seen = decisions.released_entry(self.key, sid, term.lock_index, term.create_index,
                                                          self.released_at)
                 return
             except Unavailable:

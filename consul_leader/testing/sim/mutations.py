@@ -4,10 +4,12 @@ processes call, or a switch of the simulated driver), so that a run can
 show how soon the simulator catches it (``python -m
 consul_leader.testing.sim --mutation NAME``).
 
-A mutation patches module attributes for as long as it is applied. The
-simulated processes look the decisions up through their modules
-(``lockdelay.released_by_holder``, ``decisions.released_entry``...), so
-they see the patch; the threaded drivers import the names and do not.
+A mutation patches module attributes for as long as it is applied, where
+the code that uses them looks them up (``lockdelay.released_by_holder``
+for ``LockAttempt.follows``, ``decisions.lock_delay_to_hold`` for
+``KeyView.hold_off``, ``decisions.released_entry`` for the simulated
+driver), so the simulated processes see the patch; the threaded drivers
+import the names they call and do not.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ MUTATIONS: dict[str, tuple[str, Callable[[], contextlib.AbstractContextManager[N
         _patch(decisions, "released_entry", _no_own_release_seen)),
     "mixed lock-delays": (
         "a lock no lock-delay covered is held for the candidate's own lock-delay, not the longest seen",
-        _patch(lockdelay, "lock_delay_to_hold", lambda own, longest: own)),
+        _patch(decisions, "lock_delay_to_hold", lambda own, longest: own)),
 }
 
 
