@@ -9,8 +9,9 @@ seen of the key and how long it holds a lock: ``KeyView``) and
 :mod:`consul_leader.lockdelay` (whether a lock follows what was seen, how
 long to hold it, the release mark, the holder's flags). What this module
 writes itself is the driver's loop: the order of requests and waits, which
-follows ``candidate.py``, ``session.py`` and ``job.py`` but is not their
-code (see docs/simulation.rst, "What the simulation does not cover").
+follows ``candidate.py``, ``waiting.py``, ``session.py`` and ``job.py``
+but is not their code (see docs/simulation.rst, "What the simulation does
+not cover").
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ from ...entry import KeyEntry
 from ...events import Reason
 from ...job import LEASE_CLOCK_SLICE
 from ...session import Timing
+from ...waiting import IDLE_WAIT
 from .consul import SERF_HEALTH, ModelError
 from .world import Agent, Call, Flag, Process, Refused, SimError, Sleep, Task, Unavailable, WaitFlag, World
 
 __all__ = ["SimCandidate", "lease_deadline", "wait_over"]
 
-#: How long a waiter's blocking query waits at most (candidate.py's _IDLE_WAIT).
-IDLE_WAIT = 30.0
 #: How long the first heartbeat round waits after an election (session.py).
 QUIET_AFTER_ELECTION = 0.05
 #: How often the chaos job looks at is_leader() while not leading.
@@ -58,8 +58,8 @@ def lease_deadline(timing: Timing, passed_at: float, renewed_at: float, held_at:
 def wait_over(held: bool, entry: KeyEntry | None, now: float, hold_off_until: float | None,
               sit_out: decisions.SitOut | None) -> bool:
     """Whether a waiter stops waiting on the key (the rule of
-    ``Candidate._wait``, still inline there): without a hold-off, once no
-    other session holds it; during a hold-off (a lock-delay, a sit-out),
+    ``KeyWaiter.wait`` in waiting.py, still inline there): without a
+    hold-off, once no other session holds it; during a hold-off (a lock-delay, a sit-out),
     once it ran out or another session holds the key (wait for that one
     instead), or, for a sit-out, once someone else took the lock since.
 
