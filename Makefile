@@ -22,7 +22,7 @@ CONSUL_CASES := consul-python-consul consul-python-consul2 consul-py-consul \
 	consul-python-consul2-over-py-consul consul-py-consul-over-python-consul2
 MATRIX ?= $(filter-out $(VENV_ENV),py310 py311 py312 py313) lowest $(CONSUL_CASES)
 
-.PHONY: services venv consul demo test matrix test-all chaos findings lint typecheck docs bench bench-quick clean
+.PHONY: services venv consul demo test matrix test-all chaos findings simulate lint typecheck docs bench bench-quick clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	@echo "installing consul-leader with its test, docs, bench and dev extras into $(VENV) (log: $(PIPLOG))"
@@ -73,6 +73,15 @@ chaos: venv consul
 # Open findings: tests that show a problem not fixed yet; each fails until it is.
 findings: venv consul services
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m pytest -m open_finding tests/findings $(PYTEST_ARGS)
+
+# Deterministic simulation (docs/simulation.rst): SEEDS fault schedules of
+# a few simulated minutes each, from random seed SEED_START on, on two
+# processes; ends with its rate, "N schedules per minute". SIM_ARGS adds
+# options (e.g. --mutation NAME; --seed N replays one schedule).
+SEEDS ?= 1000
+SEED_START ?= 0
+simulate: venv
+	$(BIN)/python -m consul_leader.testing.sim --seeds $(SEEDS) --start $(SEED_START) --jobs 2 $(SIM_ARGS)
 
 bench: venv consul
 	CONSUL_BIN=$$(scripts/install-consul) $(BIN)/python -m benchmarks.run
