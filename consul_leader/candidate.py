@@ -650,8 +650,11 @@ class Candidate(Participant):
             return
         session.set_leading(self.key, held_since)
         try:
-            held = session.lease_valid() or session.beat()  # an idle follower's last round may be too old
-            # else set_leading() has the heartbeat thread extend the lease now.
+            # After a hold-off the lease from the acquisition may still run,
+            # but the key may have been deleted and taken by another during
+            # the hold: read it (a round while leading does) before leading.
+            # Without a hold, an idle follower's last round may be too old.
+            held = (hold == 0 and session.lease_valid()) or session.beat()
         except BaseException:
             session.set_leading(None)
             raise
