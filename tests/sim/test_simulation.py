@@ -156,24 +156,26 @@ def test_a_change_wakes_every_blocking_query_on_the_key_even_those_that_cancel_t
     assert woken == ["leader's watch", "waiter", "another waiter"]
 
 
-def test_a_lock_lost_during_a_short_hold_off_is_led_without_a_look_as_the_engine_is_and_not_with_a_reread() -> None:
+def test_a_lock_lost_during_a_short_hold_off_is_not_led_since_the_engine_reads_the_key_after_a_hold() -> None:
     # Found by the storm (overlapping faults) with mixed timings: a ttl=9
     # candidate holds its lock 5.96 s (less than its 7.5 s lease) after an
     # invalidation; meanwhile the key is deleted and a ttl=3 candidate leads
-    # it; at the hold's end the first one leads on the lease its acquisition
-    # proved, without reading the key, and its job's first step overlaps.
-    # A heartbeat round that reads the key before leading closes it.
-    assert "(a) overlap" in simulate(1917, storm=True).report.problems()
-    SimCandidate.REREAD_AFTER_HOLD = True
+    # it; at the hold's end the first one led on the lease its acquisition
+    # proved, without reading the key, and its job's first step overlapped.
+    # Candidate._lead now reads the key after any hold; played as it was,
+    # the schedule still fails.
+    assert simulate(1917, storm=True).ok
+    SimCandidate.REREAD_AFTER_HOLD = False
     try:
-        assert simulate(1917, storm=True).ok
+        assert "(a) overlap" in simulate(1917, storm=True).report.problems()
     finally:
-        SimCandidate.REREAD_AFTER_HOLD = False
+        SimCandidate.REREAD_AFTER_HOLD = True
 
 
 def test_the_storm_and_the_timings_are_options_of_the_command_and_of_its_replay_line(capsys) -> None:
     assert main(["--seeds", "2", "--seconds", "40", "--storm", "--timings", "same"]) == 0
     assert "2 schedules of 40 simulated seconds, 0 failed" in capsys.readouterr().out
-    assert main(["--seeds", "1", "--start", "1917", "--storm", "--timings", "mixed"]) == 1
-    assert "replay: python -m consul_leader.testing.sim --seed 1917 --seconds 180 --storm --timings mixed" in \
+    # 2728: a holder's lock-delay lost with its deleted key (an open finding, docs/simulation.rst).
+    assert main(["--seeds", "1", "--start", "2728", "--storm", "--timings", "mixed"]) == 1
+    assert "replay: python -m consul_leader.testing.sim --seed 2728 --seconds 180 --storm --timings mixed" in \
         capsys.readouterr().out

@@ -104,11 +104,12 @@ class SimCandidate(Process):
     #: lapse latch), and a term's end waits for its job to return.
     LAPSE_LATCH = True
     JOIN_JOB = True
-    #: A proposed change of the driver, off as the engine is: after a
-    #: hold-off, lead only after a heartbeat round that read the lock
-    #: still held (with mixed timings, a lock lost during a hold-off
-    #: shorter than the lease was led without a look; docs/simulation.rst).
-    REREAD_AFTER_HOLD = False
+    #: After a hold-off, lead only after a heartbeat round that read the
+    #: lock still held, as ``Candidate._lead`` does since the simulator
+    #: found that, with mixed timings, a lock lost during a hold-off
+    #: shorter than the lease was led without a look (docs/simulation.rst).
+    #: False plays the engine as it was.
+    REREAD_AFTER_HOLD = True
 
     def __init__(self, world: World, agent: Agent, pid: int, key: str, identity: str, timing: Timing,
                  step: float = 0.05) -> None:
@@ -429,10 +430,9 @@ class SimCandidate(Process):
                 return  # no release: stop() destroys the session, and Consul sets the lock-delay
         self._set_leading(held_since)
         try:
-            # candidate.py: session.lease_valid() or session.beat(). After a
-            # hold-off shorter than the lease, the lease from the acquisition
-            # still holds although the lock may have been lost meanwhile (see
-            # REREAD_AFTER_HOLD).
+            # candidate.py: (no hold-off and session.lease_valid()) or
+            # session.beat(): after a hold-off the lock may have been lost
+            # meanwhile, however long the lease (see REREAD_AFTER_HOLD).
             fresh = hold <= 0 or not self.REREAD_AFTER_HOLD
             held = (fresh and self.now() < self.deadline) or (yield from self._beat(sid))
         except BaseException:
