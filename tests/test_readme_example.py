@@ -49,13 +49,18 @@ def test_the_readme_example_leads_reports_at_once_and_hands_over_on_ctrl_c(consu
         first = Replica(code, env)
         replicas.append(first)
         wait_until(lambda: first.said("sending the daily report"), what="the first replica's report")
-        assert re.search(r"leading, fencing token \d+$", "".join(first.lines), re.M)
+        # on_elected runs on the candidate's signal thread: its line may
+        # come just after the report's.
+        wait_until(lambda: re.search(r"leading, fencing token \d+$", "".join(first.lines), re.M),
+                   what="the first replica's on_elected line")
         second = Replica(code, env)
         replicas.append(second)
         wait_until(lambda: second.said("is now"), what="the second replica to see the first lead")
         assert not second.said("sending the daily report")
         first.proc.send_signal(signal.SIGINT)
-        wait_until(lambda: second.said("sending the daily report"), what="the second replica's report")
+        # Within the example's own cadence: its wait_for_leadership(10),
+        # then a report every 60 s (a slow start may miss the first wait).
+        wait_until(lambda: second.said("sending the daily report"), 75, "the second replica's report")
         assert first.said("not leading any more: stopped")
     finally:
         for replica in replicas:
