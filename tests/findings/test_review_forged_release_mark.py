@@ -11,46 +11,16 @@ hold the key when the waiter looked); the first cannot, from the value."""
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import Any, List, Tuple
 
 import pytest
 import requests
+from support.jobs import Jobs
 
 from consul_leader import Candidate
 from consul_leader.testing import ConsulAgent
 
 from conftest import wait_until
-
-JOB_WINDS_DOWN = 0.2
-
-
-class Jobs:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.intervals: List[Tuple[str, float, float]] = []
-        self.running: List[str] = []
-
-    def job(self, name: str) -> Any:
-        def job(stop_event: threading.Event) -> None:
-            start = time.monotonic()
-            with self.lock:
-                self.running.append(name)
-            stop_event.wait()
-            time.sleep(JOB_WINDS_DOWN)
-            with self.lock:
-                self.running.remove(name)
-                self.intervals.append((name, start, time.monotonic()))
-        return job
-
-    def overlaps(self) -> List[Tuple[str, str, float]]:
-        found = []
-        for i, (a, a0, a1) in enumerate(self.intervals):
-            for b, b0, b1 in self.intervals[i + 1:]:
-                if a != b and a0 < b1 and b0 < a1:
-                    found.append((a, b, round(min(a1, b1) - max(a0, b0), 3)))
-        return found
 
 
 @pytest.mark.parametrize("named", ["previous-holder", "the-leader"])
