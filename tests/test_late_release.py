@@ -31,6 +31,18 @@ from consul_leader.testing import ConsulAgent
 from conftest import wait_until
 
 
+def the_late_release_lands(a: Any, b: Candidate, jobs: Jobs, proxy: Any) -> None:
+    """b runs for the key a leads again; then a's first release, held back
+    until now, lands. Guarded by its term's fencing token, it frees nothing:
+    a leads on and b's job does not start."""
+    b.run(jobs.job("b"), block=False)
+    wait_until(lambda: b.leader() == "a", what="b to see a lead")
+    time.sleep(0.5)
+    proxy.let_go()
+    time.sleep(2)
+    assert a.is_leader() and jobs.running == ["a"], (a.is_leader(), jobs.running)
+
+
 def unlock_of(key: str) -> Any:
     def pick(method: str, path: str, body: bytes) -> bool:
         if method != "PUT" or not path.startswith("/v1/txn"):
@@ -60,13 +72,7 @@ def test_a_release_that_lands_after_the_holder_took_the_key_back_does_not_start_
             wait_until(lambda: a.is_leader() and jobs.running == ["a"] and
                        requests.get(url, timeout=5).json()[0]["ModifyIndex"] != first,
                        timeout=30, what="a's next term")
-            b.run(jobs.job("b"), block=False)
-            wait_until(lambda: b.leader() == "a", what="b to see a lead")
-            time.sleep(0.5)
-            proxy.let_go()  # the first release lands now
-            # Guarded by its term's fencing token, it frees nothing: a leads on.
-            time.sleep(2)
-            assert a.is_leader() and jobs.running == ["a"], (a.is_leader(), jobs.running)
+            the_late_release_lands(a, b, jobs, proxy)
         finally:
             proxy.let_go()
             b.stop()
@@ -142,13 +148,8 @@ def test_a_release_after_a_lapsed_lease_that_lands_late_does_not_start_a_second_
             assert proxy.held.wait(20), "a's release was not sent"
             wait_until(lambda: len(jobs.intervals) == 1 and jobs.running == ["a"], timeout=30,
                        what="a's next term")
-            b.run(jobs.job("b"), block=False)  # b comes now (or was there and lost the race to a)
-            wait_until(lambda: b.leader() == "a", what="b to see a lead")
-            time.sleep(0.5)
-            proxy.let_go()  # the first release lands now
-            # Guarded by its term's fencing token, it frees nothing: a leads on.
-            time.sleep(2)
-            assert a.is_leader() and jobs.running == ["a"], (a.is_leader(), jobs.running)
+            # b comes now (or was there and lost the race to a)
+            the_late_release_lands(a, b, jobs, proxy)
         finally:
             proxy.let_go()
             b.stop()
