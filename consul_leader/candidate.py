@@ -278,6 +278,25 @@ class Candidate(Participant):
                          lease_deadline=term.session.lease_deadline if term is not None else -math.inf,
                          last_error=self._last_error)
 
+    @property
+    def session_id(self) -> str | None:
+        """The ID of the Consul session this candidate holds its lock with, as
+        ``consul`` commands and the HTTP API name it; None before it made
+        one. Read-only: for operators and :mod:`consul_leader.testing`.
+
+        .. versionadded:: 0.3"""
+        session = self._session
+        return None if session is None else session.id
+
+    @property
+    def check_id(self) -> str | None:
+        """The ID of the TTL health check this candidate's session is bound
+        to, on its agent; None before it made one.
+
+        .. versionadded:: 0.3"""
+        session = self._session
+        return None if session is None else session.check_id
+
     def resign(self) -> bool:
         """Step down if leading: :meth:`is_leader` turns False at once, the
         job's ``stop_event`` is set, and once the job has returned and the

@@ -1,161 +1,35 @@
-"""The one module that talks HTTP to Consul.
+"""The one module that talks to Consul: which HTTP request each operation
+of an election is (sessions, checks, keys, transactions).
 
-It sends requests through ``requests`` alone (no ``consul`` module: the
-three distributions that install it disagree, and pip mixes their files),
-gives every thread (and every forked process) its own ``requests.Session``,
-bounds every request by a timeout, and translates what goes wrong into the
-exceptions of :mod:`consul_leader.errors`. Everything
-else in the package speaks of sessions, checks and keys.
+It sends them through :mod:`consul_leader.transport` (``requests`` alone, no
+``consul`` module: the three distributions that install it disagree, and pip
+mixes their files), which gives every thread (and every forked process) its
+own ``requests.Session``, bounds every request by a timeout, and translates
+what goes wrong into the exceptions of :mod:`consul_leader.errors`.
+Everything else in the package speaks of sessions, checks and keys.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-import json
-import logging
-import os
-import threading
-import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import requests
-import requests.adapters
+from typing import TYPE_CHECKING, Any
 
 from .config import ConsulConfig
-from .errors import (
-    ConsulLeaderError,
-    ConsulTLSError,
-    ConsulUnavailable,
-    NoClusterLeader,
-    PermissionDenied,
-    RequestRejected,
-    SessionLost,
-)
-from .interrupt import clear_wake, interrupt, track, wake
+from .interrupt import clear_wake, interrupt, wake
 from .lockdelay import FreeSince, KeyEntry, LockAttempt, RawEntry, invalidated
+from .transport import Refused, Transport
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["ConsulClient", "ConsulConfig", "FreeSince", "KeyEntry", "LockAttempt", "RawEntry", "clear_wake",
            "interrupt", "invalidated", "wake"]
 
-log = logging.getLogger("consul_leader")
-
-T = TypeVar("T")
-
-#: What each operation needs from an ACL policy, named in PermissionDenied.
-_PERMISSION_HINTS = {
-    "register service": 'service "<key>" { policy = "write" }',
-    "deregister service": 'service "<key>" { policy = "write" }',
-    "pass check": 'service "<key>" { policy = "write" }',
-    # Only node-level checks: 0.1's, and those tools register.
-    "register check": 'node "<this agent\'s node>" { policy = "write" }',
-    "deregister check": 'node "<this agent\'s node>" { policy = "write" }',
-    "create session": 'session "<this agent\'s node>" { policy = "write" }',
-    "renew session": 'session "<this agent\'s node>" { policy = "write" }',
-    "destroy session": 'session "<this agent\'s node>" { policy = "write" }',
-    "acquire lock": 'key_prefix "<key>" { policy = "write" }',
-    "release lock": 'key_prefix "<key>" { policy = "write" }',
-    "read key": 'key_prefix "<key>" { policy = "read" }',
-    "join line": 'key_prefix "<key>" { policy = "write" }',
-    "delete key": 'key_prefix "<key>" { policy = "write" }',
-}
-
-
-#: The least a request bounded by :meth:`ConsulClient.limit_requests` is
-#: given: one that could not even connect would only fail.
-_SHORTEST_TIMEOUT = 0.01
 
 _CONSUL_DEFAULT_WAIT = 300.0
-
-
-class _Refused(Exception):
-    """Consul answered with an error status; :meth:`ConsulClient._call`
-    translates it."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"{status} {text}")
-        self.status = status
-        self.text = text
-
-
-class _ServerNameAdapter(requests.adapters.HTTPAdapter):
-    """Checks the agent's certificate against a name other than the host
-    connected to (``CONSUL_TLS_SERVER_NAME``), and sends it as SNI."""
-
-    def __init__(self, server_name: str) -> None:
-        self._server_name = server_name
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["server_hostname"] = self._server_name
-        super().init_poolmanager(*args, **kwargs)
-
-
-class _Transport:
-    """Requests to the agent through a ``requests.Session`` per thread and
-    per process: a session shared between threads, or carried across
-    ``fork()``, can mix up responses. No ``consul`` module is involved, so
-    python-consul, python-consul2 and py-consul (which install the same
-    package, and whose files pip mixes when two are installed) cannot break
-    it."""
-
-    def __init__(self, config: ConsulConfig) -> None:
-        self.config = config
-        self.base_uri = config.address
-        self._local = threading.local()
-        self._headers = {"X-Consul-Token": config.token} if config.token else {}
-
-    @property
-    def session(self) -> requests.Session:
-        local = self._local
-        pid = os.getpid()
-        if getattr(local, "pid", None) != pid:
-            session = requests.Session()
-            # Uncompressed: the agent is near, and gzip costs both sides more
-            # CPU than the bytes cost (a listing of 1,000 keys: 3.9 ms with
-            # gzip, 2.9 ms without, on the handover path of an Elector).
-            session.headers["Accept-Encoding"] = "identity"
-            session.headers.update(self._headers)
-            if self.config.tls_server_name and self.config.scheme == "https":
-                session.mount("https://", _ServerNameAdapter(self.config.tls_server_name))
-            track(session)
-            local.session = session
-            local.pid = pid
-        return local.session  # type: ignore[no-any-return]
-
-    def limit(self, left: Callable[[], float | None] | None) -> None:
-        """See :meth:`ConsulClient.limit_requests`."""
-        self._local.limit = left
-
-    def succeeded(self) -> None:
-        self._local.succeeded = time.monotonic()
-
-    def last_success(self) -> float | None:
-        return getattr(self._local, "succeeded", None)
-
-    def request(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None,
-                *, wait: float | None = None, allow: tuple[int, ...] = ()) -> requests.Response:
-        """Send one request; *wait* makes it a blocking query's (its read
-        timeout allows the wait and Consul's jitter of up to wait/16).
-
-        :raises _Refused: an error status not in *allow*.
-        :raises requests.RequestException: no answer."""
-        timeout = self.config.timeout + (wait + wait / 16 if wait else 0.0)
-        limit: Callable[[], float | None] | None = getattr(self._local, "limit", None)
-        left = None if limit is None else limit()
-        if left is not None:
-            timeout = min(timeout, max(left, _SHORTEST_TIMEOUT))
-        query = dict(params or {})
-        if self.config.datacenter:
-            query["dc"] = self.config.datacenter
-        data = None if body is None else body if isinstance(body, (bytes, str)) else json.dumps(body)
-        response = self.session.request(method, self.base_uri + path, params=query, data=data, timeout=timeout,
-                                        verify=self.config.verify, cert=self.config.cert)
-        if response.status_code >= 400 and response.status_code not in allow:
-            raise _Refused(response.status_code, response.text.strip())
-        return response
 
 
 class ConsulClient:
@@ -170,7 +44,7 @@ class ConsulClient:
 
     def __init__(self, config: ConsulConfig) -> None:
         self.config = config
-        self._http = _Transport(config)
+        self._http = Transport(config)
 
     def __repr__(self) -> str:
         return f"ConsulClient({self.config!r})"
@@ -201,53 +75,6 @@ class ConsulClient:
         thread and per process, so threads never share a connection."""
         return self._http.session
 
-    def _call(self, operation: str, fn: Callable[[], T], *, missing: str | None = None,
-              key: str | None = None) -> T:
-        """Run *fn*, translating what requests raises and what Consul refuses
-        into the project's errors (the original as ``__cause__``), once, here."""
-        where: dict[str, Any] = {"operation": operation, "key": key}
-        try:
-            result = fn()
-            self._http.succeeded()
-            return result
-        except requests.exceptions.SSLError as exc:
-            raise ConsulTLSError(f"{operation}: TLS handshake with {self.config.address} failed: "
-                                 f"{_tls_hint(exc)}", **where) from exc
-        except requests.exceptions.Timeout as exc:
-            raise ConsulUnavailable(f"{operation}: {self.config.address} did not answer within "
-                                    f"the timeout", **where) from exc
-        except requests.exceptions.RequestException as exc:
-            raise ConsulUnavailable(f"{operation}: cannot reach the Consul agent at {self.config.address} "
-                                    f"({type(exc).__name__})", **where) from exc
-        except _Refused as exc:
-            raise self._refusal(operation, exc, key, missing) from exc
-
-    def _refusal(self, operation: str, exc: _Refused, key: str | None, missing: str | None) -> ConsulLeaderError:
-        where: dict[str, Any] = {"operation": operation, "key": key, "status": exc.status}
-        text = _body(exc.text)
-        if exc.status == 403 or "ACL not found" in text or "Permission denied" in text:
-            return self._denied(operation, text, key, exc.status)
-        if exc.status == 400:
-            return RequestRejected(f"{operation}: Consul refused the request as invalid: {text}", **where)
-        if missing and (exc.status == 404 or "invalid session" in text or "not found" in text.lower()
-                        or "does not have associated TTL" in text):
-            return SessionLost(f"{operation}: {missing}", **where)
-        if exc.status == 404:
-            return ConsulLeaderError(f"{operation}: not found: {text}", **where)
-        if "No cluster leader" in text:
-            return NoClusterLeader(f"{operation}: the Consul servers have no leader right now", **where)
-        return ConsulUnavailable(f"{operation}: Consul answered {exc.status} {text}", **where)
-
-    def _denied(self, operation: str, text: str, key: str | None, status: int | None) -> PermissionDenied:
-        where: dict[str, Any] = {"operation": operation, "key": key, "status": status}
-        if "ACL not found" in text:
-            return PermissionDenied(f"{operation}: Consul does not know the ACL token (ACL not found); check "
-                                    f"token=, CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE", **where)
-        who = "the ACL token" if self.config.token else \
-            "the anonymous token (no token was given: pass token= or set CONSUL_HTTP_TOKEN)"
-        rule = _PERMISSION_HINTS.get(operation, "the matching write rule").replace("<key>", key or "<key>")
-        return PermissionDenied(f"{operation}: Consul refused {who} ({text}); its policy needs {rule}",
-                                rule=rule, **where)
 
     def register_service(self, service_id: str, name: str, check_id: str, ttl: float, *,
                          deregister_after: float, meta: dict[str, str] | None = None,
@@ -267,7 +94,7 @@ class ConsulClient:
         body: dict[str, Any] = {"ID": service_id, "Name": name, "Meta": meta or {}}
         if ttl:
             body["Check"] = check
-        self._call("register service", lambda: self._http.request("PUT", "/v1/agent/service/register", body=body),
+        self._http.call("register service", lambda: self._http.request("PUT", "/v1/agent/service/register", body=body),
                    key=name)
 
     def deregister_service(self, service_id: str, name: str | None = None) -> None:
@@ -275,26 +102,26 @@ class ConsulClient:
         *name*, the service's, goes into a refusal's ACL rule.
 
         .. versionadded:: 0.2"""
-        self._call("deregister service", lambda: self._http.request(
+        self._http.call("deregister service", lambda: self._http.request(
             "PUT", f"/v1/agent/service/deregister/{_quote(service_id)}"), key=name)
 
     def agent_checks(self) -> dict[str, dict[str, Any]]:
         """Every check registered on the agent, by check ID.
 
         .. versionadded:: 0.2"""
-        return dict(self._call("list checks", lambda: self._http.request("GET", "/v1/agent/checks").json()))
+        return dict(self._http.call("list checks", lambda: self._http.request("GET", "/v1/agent/checks").json()))
 
     def agent_services(self) -> dict[str, dict[str, Any]]:
         """Every service instance registered on the agent, by ID.
 
         .. versionadded:: 0.2"""
-        return dict(self._call("list services", lambda: self._http.request("GET", "/v1/agent/services").json()))
+        return dict(self._http.call("list services", lambda: self._http.request("GET", "/v1/agent/services").json()))
 
     def catalog_instances(self, service: str) -> list[dict[str, Any]]:
         """Every instance of *service* in the catalog, on every node.
 
         .. versionadded:: 0.2"""
-        return list(self._call("list services", lambda: self._http.request(
+        return list(self._http.call("list services", lambda: self._http.request(
             "GET", f"/v1/catalog/service/{_quote(service)}").json() or [], key=service))
 
     def register_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
@@ -304,26 +131,26 @@ class ConsulClient:
         body = {"ID": check_id, "Name": name, "TTL": _duration(ttl), "Status": "passing"}
         if notes:
             body["Notes"] = notes
-        self._call("register check", lambda: self._http.request("PUT", "/v1/agent/check/register", body=body))
+        self._http.call("register check", lambda: self._http.request("PUT", "/v1/agent/check/register", body=body))
 
     def pass_check(self, check_id: str, service: str | None = None) -> None:
         """Mark the TTL check as passing; *service*, the name of the service
         it belongs to, goes into a refusal's ACL rule.
 
         :raises SessionLost: the agent no longer knows the check (it restarted)."""
-        self._call("pass check", lambda: self._http.request("PUT", f"/v1/agent/check/pass/{_quote(check_id)}"),
+        self._http.call("pass check", lambda: self._http.request("PUT", f"/v1/agent/check/pass/{_quote(check_id)}"),
                    missing=f"the agent no longer has check {check_id!r}", key=service)
 
     def deregister_check(self, check_id: str) -> None:
         """Remove the check from the agent."""
-        self._call("deregister check", lambda: self._http.request(
+        self._http.call("deregister check", lambda: self._http.request(
             "PUT", f"/v1/agent/check/deregister/{_quote(check_id)}"))
 
     def create_session(self, name: str, checks: list[str], lock_delay: float, ttl: int) -> str:
         """Create a session bound to *checks* with ``behavior=release``."""
         body = {"Name": name, "Checks": checks, "LockDelay": _duration(lock_delay), "Behavior": "release",
                 "TTL": _duration(ttl)}
-        return str(self._call("create session", lambda: self._http.request(
+        return str(self._http.call("create session", lambda: self._http.request(
             "PUT", "/v1/session/create", body=body).json()["ID"],
             missing="a check the session binds to is missing or critical"))
 
@@ -331,12 +158,12 @@ class ConsulClient:
         """Renew the session at the servers.
 
         :raises SessionLost: the servers no longer know the session."""
-        self._call("renew session", lambda: self._http.request("PUT", f"/v1/session/renew/{_quote(session_id)}"),
+        self._http.call("renew session", lambda: self._http.request("PUT", f"/v1/session/renew/{_quote(session_id)}"),
                    missing=f"session {session_id} no longer exists")
 
     def destroy_session(self, session_id: str) -> None:
         """Destroy the session, releasing what it holds."""
-        self._call("destroy session", lambda: self._http.request(
+        self._http.call("destroy session", lambda: self._http.request(
             "PUT", f"/v1/session/destroy/{_quote(session_id)}"))
 
     def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0,
@@ -362,20 +189,20 @@ class ConsulClient:
                 if "due to lock delay" in result:
                     return LockAttempt(None, delayed=True)
                 if "invalid session" in result:
-                    raise _Refused(409, result)  # -> SessionLost
+                    raise Refused(409, result)  # -> SessionLost
                 if "Permission denied" in result or "ACL not found" in result:
-                    raise _Refused(403, result)
-                raise _Refused(409, result)
+                    raise Refused(403, result)
+                raise Refused(409, result)
             kv = result["Results"][0]["KV"]
             return LockAttempt(int(kv["ModifyIndex"]), delayed=False, lock_index=int(kv.get("LockIndex") or 0),
                                create_index=int(kv.get("CreateIndex") or 0))
 
-        return self._call("acquire lock", lock, missing=f"session {session_id} no longer exists", key=key)
+        return self._http.call("acquire lock", lock, missing=f"session {session_id} no longer exists", key=key)
 
     def release(self, key: str, session_id: str, value: bytes | None = None) -> bool:
         """Release the lock on *key* if the session holds it, writing *value*
         (None: an empty value)."""
-        return bool(self._call("release lock", lambda: self._http.request(
+        return bool(self._http.call("release lock", lambda: self._http.request(
             "PUT", _kv_path(key), {"release": session_id}, body=value).json(), key=key))
 
     def unlock(self, key: str, session_id: str, value: bytes = b"", index: int | None = None) -> int | None:
@@ -406,11 +233,11 @@ class ConsulClient:
                     return None
                 if "failed index check" in result or "failed to check index" in result:
                     return False
-                raise _Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
+                raise Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
             return int(result["Results"][-1]["KV"]["ModifyIndex"])
 
         for _ in range(3):
-            done = self._call("release lock", functools.partial(unlock, index), key=key)
+            done = self._http.call("release lock", functools.partial(unlock, index), key=key)
             if done is not False:
                 return done
             _, entry = self.get_key(key)
@@ -425,7 +252,7 @@ class ConsulClient:
         changes past *index* or after *wait* seconds. Returns ``(index, entry)``,
         entry None when the key does not exist. *operation* names the step in
         error messages (and so the ACL rule they ask for)."""
-        idx, entries = self._call(operation, lambda: self._read(key, {}, index, wait), key=key)
+        idx, entries = self._http.call(operation, lambda: self._read(key, {}, index, wait), key=key)
         return idx, entries[0] if entries else None
 
     def get_prefix(self, prefix: str, index: int | None = None,
@@ -436,7 +263,7 @@ class ConsulClient:
         no key exists under the prefix.
 
         .. versionadded:: 0.2"""
-        idx, entries = self._call("read key", lambda: self._read(prefix, {"recurse": ""}, index, wait), key=prefix)
+        idx, entries = self._http.call("read key", lambda: self._read(prefix, {"recurse": ""}, index, wait), key=prefix)
         return idx, {entry["Key"]: entry for entry in entries}
 
     def _read(self, key: str, params: dict[str, Any], index: int | None,
@@ -475,15 +302,15 @@ class ConsulClient:
             {"KV": {"Verb": "check-index", "Key": guard_key, "Index": index}},
             {"KV": {"Verb": "set", "Key": key, "Value": base64.b64encode(value).decode("ascii")}},
         ]
-        return self._call("guarded write", lambda: self._txn(operations)[0] == 200)
+        return self._http.call("guarded write", lambda: self._txn(operations)[0] == 200)
 
     def put_key(self, key: str, value: bytes) -> None:
         """Write *key* without a lock (used by tests and tools)."""
-        self._call("write key", lambda: self._http.request("PUT", _kv_path(key), body=value), key=key)
+        self._http.call("write key", lambda: self._http.request("PUT", _kv_path(key), body=value), key=key)
 
     def delete_key(self, key: str, recurse: bool = False) -> None:
         """Delete *key* (used by tests and tools)."""
-        self._call("delete key", lambda: self._http.request(
+        self._http.call("delete key", lambda: self._http.request(
             "DELETE", _kv_path(key), {"recurse": ""} if recurse else None), key=key)
 
     def put_locked(self, key: str, value: bytes, session_id: str) -> bool:
@@ -495,7 +322,7 @@ class ConsulClient:
         :raises SessionLost: the session is gone.
 
         .. versionadded:: 0.2"""
-        return bool(self._call("join line", lambda: self._http.request(
+        return bool(self._http.call("join line", lambda: self._http.request(
             "PUT", _kv_path(key), {"acquire": session_id}, body=value).json(),
             missing=f"session {session_id} no longer exists", key=key))
 
@@ -506,7 +333,7 @@ class ConsulClient:
         :returns: False if the key changed meanwhile.
 
         .. versionadded:: 0.2"""
-        return bool(self._call("delete key", lambda: self._http.request(
+        return bool(self._http.call("delete key", lambda: self._http.request(
             "DELETE", _kv_path(key), {"cas": index}).json(), key=key))
 
 
@@ -523,31 +350,3 @@ def _duration(seconds: float | None) -> str:
         return ""
     ms = int(round(seconds * 1000))
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
-
-
-def _tls_hint(exc: requests.exceptions.SSLError) -> str:
-    """Say what a failed handshake most likely means, with the SSL reason."""
-    reason = exc.args[0] if exc.args else exc
-    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the SSL error
-    text = str(reason)
-    if "CERTIFICATE_VERIFY_FAILED" in text and ("mismatch" in text or "match" in text):
-        hint = ("the agent's certificate is not valid for this host name; connect by a name or IP address "
-                "in the certificate (Consul's server certificates name localhost, server.<dc>.consul and "
-                "127.0.0.1)")
-    elif "CERTIFICATE_VERIFY_FAILED" in text:
-        hint = ("the agent's certificate is not signed by a CA this client trusts; give verify= or "
-                "CONSUL_CACERT the CA file that signed it")
-    elif "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
-        hint = "the agent does not speak TLS on this port; use http:// or the agent's HTTPS port"
-    else:
-        hint = ("the agent ended the handshake; if it requires client certificates (verify_incoming), "
-                "give cert= or CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY, signed by a CA the agent trusts")
-    return f"{hint} ({text})"
-
-
-def _body(text: str) -> str:
-    """Consul's error text, a JSON body made one line."""
-    try:
-        return json.dumps(json.loads(text)) if text.startswith("{") else text
-    except ValueError:
-        return text

@@ -123,10 +123,39 @@ def test_tests_use_no_private_attributes_of_the_library() -> None:
     assert offenders == [], "tests must use the public surface and consul_leader.testing"
 
 
+#: The modules that may import ``requests`` at run time, with why: one
+#: module sends HTTP (DESIGN.md, "one module talks HTTP").
+REQUESTS_ALLOWED = {
+    "consul_leader.transport": "sends every request to Consul, and translates its failures",
+    "consul_leader.interrupt": "closes a thread's connections to cut its blocking query short",
+    "consul_leader.testing.agent": "asks a throwaway agent whether it is up, outside the library",
+}
+
+
+def runtime_imports_of_requests(module: str) -> bool:
+    tree = ast.parse(module_path(module).read_text())
+    typing_only = {id(n) for block in ast.walk(tree)
+                   if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.dump(block.test)
+                   for n in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "requests" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "requests":
+            return True
+    return False
+
+
+def test_one_module_sends_http() -> None:
+    # client.py says which request an operation is; transport.py sends it.
+    importing = {m for m in MODULES if runtime_imports_of_requests(m)}
+    assert importing <= set(REQUESTS_ALLOWED), sorted(importing - set(REQUESTS_ALLOWED))
+    assert "consul_leader.transport" in importing
+
+
 #: Modules whose private reaches are someone else's to remove, with why.
 PRIVATE_REACH_EXEMPT = {
-    "consul_leader.cli.run": "sets Candidate._term_hook until the CLI uses Candidate.set_term_hook()",
-    "consul_leader.testing.faults": "reads a candidate's session to inject faults into it",
     "consul_leader.testing.cluster": "shares the network helper of its package",
     "consul_leader.contrib.apscheduler": "reaches into APScheduler's own internals",
     "consul_leader.contrib.django.apps": "the app's hooks live in the package's __init__",

@@ -12,8 +12,7 @@ def session_id(candidate: Any) -> Optional[str]:
     before it made one), as ``consul`` commands and the HTTP API name it.
 
     :param candidate: a :class:`~consul_leader.Candidate`."""
-    session = candidate._session
-    return None if session is None else session.id
+    return candidate.session_id  # type: ignore[no-any-return]
 
 
 def check_id(candidate: Any) -> Optional[str]:
@@ -21,8 +20,7 @@ def check_id(candidate: Any) -> Optional[str]:
     (None before it made one).
 
     :param candidate: a :class:`~consul_leader.Candidate`."""
-    session = candidate._session
-    return None if session is None else session.check_id
+    return candidate.check_id  # type: ignore[no-any-return]
 
 
 def destroy_session(candidate: Any) -> None:
