@@ -22,19 +22,18 @@ import tenacity
 from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import KeyView, SitOut, after_term, lock_check, released_entry, retry_after_lock_delay
+from .decisions import AfterTerm, lock_check, retry_after_lock_delay
 from .entry import KeyEntry
 from .errors import (
     ConfigurationTypeError,
     ConsulLeaderError,
-    ConsulUnavailable,
     LockHeld,
     NotRunning,
     PermissionDenied,
     RequestRejected,
     SessionLost,
 )
-from .events import Broadcast, EventKind, LeadershipEvent, Reason
+from .events import EventKind, LeadershipEvent, Reason
 from .follower import KeyWatch, LeaderInfo
 from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE
 from .health import Health
@@ -43,14 +42,13 @@ from .job import Job, JobRunner
 from .lockdelay import (
     LockAttempt,
     holder_flags,
-    release_mark,
 )
 from .outage import Outage
 from .participant import Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .term import Stage, Term, announce_elected, announce_ended, log_elected, term_runner
+from .term import Seat, Stage, Tenure, Term
 from .validation import (
     check_bool,
     check_identity,
@@ -150,7 +148,6 @@ class Candidate(Participant):
         if clock is not None and not callable(clock):
             raise ConfigurationTypeError(f"clock must be a function returning seconds, got {type(clock).__name__}")
         self._clock: Clock = lease_clock if clock is None else clock
-        self._job: Job | None = None
         # Called on the election thread with (fencing token, lease deadline)
         # the moment a term begins, before anything else: where
         # ``consul-leader run`` asks its watchdog process to start the
@@ -170,30 +167,26 @@ class Candidate(Participant):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._session: Session | None = None
-        self._term: Term | None = None
+        job = self._seat.job if hasattr(self, "_seat") else None
+        self._seat = Seat(self, self.key, self.identity)
+        self._seat.job = job  # a job given before a fork runs in the child too, once start()ed
         # The last term's runner, until its job has returned.
         self._runner: JobRunner | None = None
         self._ending = False  # the election thread is ending a term
         self._finish_deferred = False  # stop() was called from the job or a receiver
         self._main_done = threading.Event()  # set when the election thread has finished
         self._holding: Term | None = None  # the term whose lock _hold watches
-        # What the election thread has seen of the key; a lock taken right
-        # after it was seen free is led at once (LockAttempt.follows).
-        self._view = KeyView()
-        # After stepping down: sit out until then, or until the key's
-        # LockIndex passes the one of our term (someone else took it since).
-        self._sit_out: SitOut | None = None
-        # The key's ModifyIndex our last release left (None: nothing released
-        # since): the sit-out blocks from there, and stop() waits there for
-        # a successor before cleaning up.
-        self._released_at: int | None = None
         # A term's release failed: its session still holds the key, and
         # nobody else can take it until this one lets it go.
         self._unreleased: Term | None = None
         self._failure: ConsulLeaderError | None = None
         self._last_error: ConsulLeaderError | None = None
-        self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
+        # The election thread ends its terms itself, waiting for the job and
+        # the deposed receivers before the release.
+        self._tenure = Tenure(self.client, self._clock, self.timing.check_ttl, self._dispatcher, self._state_lock,
+                              blocking=True, notify=self._notify, stepped=self._stepped, finished=self._finished,
+                              release_attempts=2)
         self._key_checked = False
         self._waiter = KeyWaiter(self.client, self.key, self.identity, self.timing.check_ttl, self._clock,
                                  self._stopping, lambda: self._session, self._observe)
@@ -242,7 +235,7 @@ class Candidate(Participant):
         A cheap, thread-safe read: it compares a monotonic clock with the
         lease's end, so a process resumed after a pause longer than the lease
         answers False at once, before its threads have run again."""
-        term = self._term
+        term = self._seat.term
         return term is not None and self._clock() < term.session.lease_deadline
 
     @property
@@ -271,7 +264,7 @@ class Candidate(Participant):
 
         .. versionadded:: 0.1
         """
-        term = self._term
+        term = self._seat.term
         thread = self._thread
         return Health.of(running=self.running and thread is not None and thread.is_alive(),
                          stats=self.heartbeat_stats, now=self._clock(), check_ttl=self.timing.check_ttl,
@@ -362,7 +355,7 @@ class Candidate(Participant):
         with self._state_lock:
             self._state = "stopped"
             self._changed.notify_all()
-        self._events.close()
+        self._seat.events.close()
         process.withdraw_default(self)
         log.info("%s left the election for %r", self.identity, self.key, extra=self._log_fields("stopped"))
         self._dispatcher.close()
@@ -372,7 +365,7 @@ class Candidate(Participant):
         moment to take it before destroying the session and deregistering
         the check: those are writes too, and would queue beside its acquire
         (``consul lock`` destroys its session at once)."""
-        index, self._released_at = self._released_at, None
+        index, self._seat.released_at = self._seat.released_at, None
         if index is None:
             return
         clear_wake()
@@ -405,13 +398,13 @@ class Candidate(Participant):
         :param block: wait until the candidate stops; False to return at once.
         :raises LockHeld: with ``wait=False``, when the lock is held elsewhere.
         :raises PermissionDenied: when the ACL token cannot run the election."""
-        self._job = check_job(job)
+        self._seat.job = check_job(job)
         check_bool("block", block)
         self.start()
         with self._state_lock:
-            term = self._term
+            term = self._seat.term
             if term is not None and term.runner is not None and term.reason is None:
-                term.runner.start(self._job)  # already leading: this term runs the job too
+                term.runner.start(self._seat.job)  # already leading: this term runs the job too
         if not block:
             return
         try:
@@ -514,7 +507,7 @@ class Candidate(Participant):
                 self._session.close()
             with self._state_lock:
                 self._state = "stopped"
-            self._events.close()
+            self._seat.events.close()
             self._dispatcher.close()
         with self._changed:
             self._changed.notify_all()
@@ -531,7 +524,7 @@ class Candidate(Participant):
         level = logging.ERROR if isinstance(error, (PermissionDenied, RequestRejected)) else logging.WARNING
         self._outage.failed(error, level=level, extra=self._log_fields("error", error=type(error).__name__))
         self._dispatcher.send_latest(signals.election_error, self, error=error)
-        self._events.publish(LeadershipEvent(EventKind.ERROR, error=error))
+        self._seat.events.publish(LeadershipEvent(EventKind.ERROR, error=error))
         self._dispatcher.call(self._notify)
 
     def _notify(self) -> None:
@@ -548,27 +541,20 @@ class Candidate(Participant):
         if self._unreleased is not None:
             term = self._unreleased
             if term.session is session:
-                assert session.id is not None
-                # Raises: retried with backoff.
-                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id),
-                                                       index=term.fencing_token)
-                if self._released_at is not None:
-                    # Our own release, late: the next lock follows it (F3).
-                    self._view.seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
-                                                     self._released_at)
+                self._tenure.release_again(term)  # raises: retried with backoff
             self._unreleased = None
-        if self._sit_out is not None:
-            sit_out = self._sit_out
+        if self._seat.sit_out is not None:
+            sit_out = self._seat.sit_out
             log.debug("%s sits out until someone else leads %r or %.1fs pass", self.identity, self.key,
                       sit_out.until - self._clock())
             watch = KeyWatch(self.client, self.key)
-            released_at, self._released_at = self._released_at, None
+            released_at, self._seat.released_at = self._seat.released_at, None
             if released_at is not None:
                 # Block from our own release on: no read of the key while
                 # the others hand it over among themselves.
                 watch.index = released_at
             self._waiter.wait(watch, hold_off_until=sit_out.until, sit_out=sit_out)
-            self._sit_out = None
+            self._seat.sit_out = None
             if self.wait and not sit_out.unclaimed(watch.entry if watch.index else None, self._clock()):
                 # To the end of the line: those who waited go first.
                 self._waiter.wait_in_line(session, watch)
@@ -583,7 +569,7 @@ class Candidate(Participant):
         since_ms = int(time.time() * 1000)  # wall clock: shown to people as "leader since"
         waiter = self._waiter
         raced, waiter.saw_free = waiter.saw_free, False
-        seen = self._view.seen
+        seen = self._seat.view.seen
         asked_at = self._clock()
         try:
             attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id,
@@ -649,8 +635,8 @@ class Candidate(Participant):
             wake(thread)
 
     def _observe(self, entry: KeyEntry | None) -> None:
-        if self._view.observe(entry, self._clock()):
-            identity = self._view.leader
+        if self._seat.view.observe(entry, self._clock()):
+            identity = self._seat.view.leader
             log.info("leader of %r is now %r", self.key, identity,
                      extra=self._log_fields("leader_changed", leader=identity))
             self._dispatcher.send_latest(signals.leader_changed, self, leader=identity)
@@ -664,7 +650,7 @@ class Candidate(Participant):
         follows it, hold the lock one lock-delay first (see
         :meth:`LockAttempt.hold_off`)."""
         assert attempt.modify_index is not None and session.id is not None
-        hold, why = self._view.hold_off(attempt, seen, session.id, self._clock(), self.timing.lock_delay)
+        hold, why = self._seat.view.hold_off(attempt, seen, session.id, self._clock(), self.timing.lock_delay)
         if hold > 0 and not self._lock_delay_wait(hold, why):
             return
         session.set_leading(self.key, held_since)
@@ -682,14 +668,14 @@ class Candidate(Participant):
             return  # lost between the acquisition and the check: no term
         watch = KeyWatch(self.client, self.key)
         watch.index = attempt.modify_index  # block from our acquisition on
-        term = Term(session, attempt, self._clock())
+        term = Term(self._seat, session, attempt, self._clock())
         with self._state_lock:
             if self._stopping.is_set():
                 # stop() ran while we were acquiring: it found no term to end.
                 session.set_leading(None)
                 self.client.release(self.key, session.id)
                 return
-            self._term = term
+            self._seat.term = term
             self._ending = True  # from here on, _end_term runs whatever happens
         reason = Reason.ERROR  # unless _hold says otherwise
         try:
@@ -699,13 +685,9 @@ class Candidate(Participant):
                     hook(term.fencing_token, session.lease_deadline)
                 except Exception:
                     log.exception("the term hook of %s raised", self.identity)
-            self._view.leader = self.identity
-            log_elected(self.identity, self.key, term,
-                        extra=self._log_fields("elected", fencing_token=term.fencing_token))
-            announce_elected(self._dispatcher, self._events, self, term, latest=True)
-            self._notify()
-            with self._state_lock:
-                self._start_term_runner(term)
+            self._tenure.lead(term, latest=True, extra=self._log_fields("elected", fencing_token=term.fencing_token))
+            self._tenure.start_runner(term, session.lease_remaining, on_lease_end=lambda: self._stepped(term))
+            self._runner = term.runner
             reason = self._hold(session, term, watch)
         finally:
             self._end_term(term, reason)
@@ -762,96 +744,37 @@ class Candidate(Participant):
                 return lost
 
     def _end_term(self, term: Term, reason: Reason) -> None:
-        """The one way out of a term: leadership off, the job stopped and
-        waited for, ``deposed`` delivered, then the lock released."""
+        """The one way out of a term, on the election thread (see
+        :meth:`Tenure.end <consul_leader.term.Tenure.end>`)."""
         clear_wake()  # a wake that ended _hold must not fail the release below
         try:
-            with self._state_lock:
-                if self._term is term:
-                    self._term = None  # is_leader() is False from here on
-                if term.reason is None:
-                    term.reason = reason
-                reason = term.reason
-            term.stage = Stage.JOINING
-            session = term.session
-            session.set_leading(None)
-            runner = term.runner
-            if runner is not None:
-                runner.stop()
-                runner.join()  # the next term's work must not start beside this one's
-            self._runner = None
-            after = after_term(reason, term.lock_index, self._clock(), self.timing.check_ttl)
-            if after.sit_out is not None:
-                self._sit_out = after.sit_out
-            fields = self._log_fields("deposed", fencing_token=term.fencing_token, reason=str(reason))
-            announce_ended(self._dispatcher, self._events, self, term, extra=fields)
-            # The deposed receivers stop what on_elected started: let them
-            # finish before anyone else can start it.
-            self._dispatcher.flush(f"the deposed receivers of {self.identity}")
-            self._notify()
-            term.stage = Stage.RELEASING
-            if after.release:
-                self._release(term, reason)
+            self._tenure.vacate(term, reason)
+            term.session.set_leading(None)
+            self._tenure.end(term)
         finally:
             term.stage = Stage.DONE
+            self._runner = None
             self._ending = False
 
-    def _release(self, term: Term, reason: Reason) -> None:
-        session = term.session
-        assert session.id is not None
-        for attempt in (1, 2):
-            clear_wake()  # a wake meant for the term's watch must not fail its release
-            try:
-                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id),
-                                                       index=term.fencing_token)
-                if self._released_at is None and reason.voluntary:
-                    log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
-                                session.id)
-                elif self._released_at is not None:
-                    self._view.seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
-                                                self._released_at)
-                return
-            except ConsulUnavailable as exc:
-                if attempt == 2:
-                    log.warning("could not release %r after %s (%s); trying again", self.key, reason, exc)
-                    self._unreleased = term
-            except ConsulLeaderError as exc:
-                log.warning("could not release %r after %s (%s); trying again", self.key, reason, exc)
-                self._unreleased = term
-                return
+    def _finished(self, term: Term, after: AfterTerm, released: bool) -> None:
+        if not released:
+            # Its session still holds the key, and nobody else can take it
+            # until this one lets it go: the next round releases it.
+            self._unreleased = term
 
     def _step_down(self, reason: Reason) -> bool:
         """End the current term from any thread: leadership turns off now;
         the election thread does the rest (see :meth:`_end_term`)."""
-        with self._state_lock:
-            term = self._term
-            if term is None or term.reason is not None:
-                return False
-            term.reason = reason
-            self._term = None  # is_leader() is False before anything else happens
-        if term.runner is not None:
-            term.runner.stop()
+        term = self._seat.term
+        return term is not None and self._tenure.step_down(term, reason)
+
+    def _stepped(self, term: Term) -> None:
+        """*term* was stepped down, or its lease ran out: get the election
+        thread out of its blocking query on the key to end it now, even if
+        it waits on a frozen agent."""
         thread = self._thread
         if thread is not None and thread is not threading.current_thread() and self._holding is term:
-            wake(thread)  # out of its blocking query on the key, to end the term now
-        return True
-
-    # -- the job ------------------------------------------------------------
-
-    def _start_term_runner(self, term: Term) -> None:
-        """Watch *term*'s lease, and run the job if there is one (with the
-        state lock held)."""
-
-        def lease_ended() -> None:
-            thread = self._thread
-            if thread is not None and self._holding is term:
-                wake(thread)  # end the term now, even if the thread waits on a frozen agent
-
-        runner = term_runner(self._job, term.session.lease_remaining, self, self._step_down,
-                             on_lease_end=lease_ended)
-        term.runner = self._runner = runner
-        runner.watch_lease()
-        runner.start()
+            wake(thread)
 
     def _log_fields(self, event: str, **fields: Any) -> dict[str, Any]:
         """The ``extra=`` of a transition's log record, for structured logging."""

@@ -20,12 +20,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import KeyView, SitOut, after_term, lock_check, retry_after_lock_delay
+from .decisions import AfterTerm, lock_check, retry_after_lock_delay
 from .entry import KeyEntry
 from .errors import (
     ConfigurationError,
@@ -35,7 +35,7 @@ from .errors import (
     RequestRejected,
     SessionLost,
 )
-from .events import Broadcast, LeadershipEvent, Reason
+from .events import Broadcast, Reason
 from .follower import PrefixChanges, PrefixWatch
 from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE
 from .health import Health
@@ -50,7 +50,7 @@ from .outage import Outage
 from .participant import Participant
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .term import Stage, Term, announce_elected, announce_ended, log_elected, term_runner
+from .term import Seat, Tenure, Term
 from .validation import (
     check_bool,
     check_identity,
@@ -71,15 +71,14 @@ class _KeyTerm(Term):
     """A term of one of an elector's keys: its lease is the session's, and
     the last read of the prefix that showed the key this session's."""
 
-    __slots__ = ("candidacy", "deadline", "lapsed", "job_done")
+    __slots__ = ("candidacy", "deadline", "lapsed")
 
     def __init__(self, candidacy: Candidacy, session: Session, attempt: LockAttempt, started: float,
                  deadline: float) -> None:
-        super().__init__(session, attempt, started)
+        super().__init__(candidacy._seat, session, attempt, started)
         self.candidacy = candidacy
         self.deadline = deadline  # the lease from the last read that showed the key ours (at most the session's)
         self.lapsed = False  # a lapsed lease stays lapsed
-        self.job_done = False
 
     def lease_end(self) -> float:
         """When this key's lease ends: the session's, and the last read that showed the key ours."""
@@ -99,20 +98,16 @@ class Candidacy(Participant):
         self.elector = elector
         self.key = key
         self.identity = identity
-        self._term: _KeyTerm | None = None
+        self._seat = Seat(self, key, identity)
         self._state = "idle"  # idle, delay-wait, leading, withdrawn; owned by the worker thread
         self._withdrawn = False
         self._not_before = -math.inf  # a lock-delay runs until then
         self._tried_index = -1  # refused as held while the prefix was at this index
         self._modified = -1  # the ModifyIndex of the key's entry last looked at
-        self._sit_out: SitOut | None = None
         # A lock taken that must be held a while before it is led
         # (LockAttempt.hold_off): until then.
         self._delay_wait: tuple[float, LockAttempt, Session] | None = None
         self._released = -1  # the fencing token of the last term whose key was released
-        self._view = KeyView()  # what the elector has seen of this key
-        self._events: Broadcast[LeadershipEvent] = Broadcast()
-        self._job: Job | None = None
 
     def __repr__(self) -> str:
         return f"<Candidacy {self.key!r} identity={self.identity!r}{' leader' if self.is_leader() else ''}>"
@@ -126,6 +121,20 @@ class Candidacy(Participant):
     def running(self) -> bool:
         """True while the elector runs and this key was not withdrawn."""
         return self.elector.running and not self._withdrawn
+
+    @property
+    def session_id(self) -> str | None:
+        """The ID of the session this key is held with: its elector's.
+
+        .. versionadded:: 0.3"""
+        return self.elector.session_id
+
+    @property
+    def check_id(self) -> str | None:
+        """The ID of the TTL health check of its elector's session.
+
+        .. versionadded:: 0.3"""
+        return self.elector.check_id
 
     def is_leader(self) -> bool:
         """True while this key is held *and* its own lease holds (a cheap read)."""
@@ -158,7 +167,7 @@ class Candidacy(Participant):
         """Run ``job(stop_event)`` each time this key is won, as
         :meth:`Candidate.run() <consul_leader.Candidate.run>` does. Starts
         the elector if needed; with *block*, waits until it stops."""
-        self._job = check_job(job)
+        self._seat.job = check_job(job)
         check_bool("block", block)
         self.elector.start()
         self.elector._post(functools.partial(self.elector._start_job, self))
@@ -194,6 +203,10 @@ class Candidacy(Participant):
                          stats=elector.heartbeat_stats, now=elector._clock(), check_ttl=elector.timing.check_ttl,
                          lease_deadline=lease_end, last_error=elector._last_error)
 
+    @property
+    def _term(self) -> _KeyTerm | None:
+        return cast("_KeyTerm | None", self._seat.term)
+
     def _changed_condition(self) -> threading.Condition:
         return self.elector._changed
 
@@ -203,11 +216,11 @@ class Candidacy(Participant):
 
     def _forget_parent(self) -> None:
         # In a forked child, from the elector's own after-fork step.
-        self._term = None
+        self._seat.term = None
         self._delay_wait = None
         self._state = "idle"
-        self._events = Broadcast()
-        self._events.close()
+        self._seat.events = Broadcast()
+        self._seat.events.close()
 
 
 class Elector:
@@ -268,6 +281,7 @@ class Elector:
         self._dirty: set[Candidacy] = set()  # keys to look at at the next turn
         self._added = False  # a key was added since the worker last looked at every key's entry
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
+        self._tenure = self._make_tenure()
         self.heartbeat_stats = HeartbeatStats()
         # The last error talking to Consul, until a turn of the worker succeeds.
         self._last_error: ConsulLeaderError | None = None
@@ -306,6 +320,25 @@ class Elector:
     def running(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
         return self._state == "running" and not self._stopping.is_set()
+
+    @property
+    def session_id(self) -> str | None:
+        """The ID of the one Consul session all the keys are held with; None
+        before it made one. Read-only, as :attr:`Candidate.session_id
+        <consul_leader.Candidate.session_id>`.
+
+        .. versionadded:: 0.3"""
+        session = self._session
+        return None if session is None else session.id
+
+    @property
+    def check_id(self) -> str | None:
+        """The ID of the TTL health check the session is bound to; None
+        before it made one.
+
+        .. versionadded:: 0.3"""
+        session = self._session
+        return None if session is None else session.check_id
 
     def is_leader(self) -> bool:
         """True if any of its keys is led (for the process hooks)."""
@@ -364,21 +397,11 @@ class Elector:
 
     def _step_down(self, term: _KeyTerm, reason: Reason) -> bool:
         """End *term* from any thread: its flag turns off now, and its
-        ending goes on here (see :meth:`_continue_end`)."""
-        with self._lock:
-            if term.reason is not None:
-                return False
-            term.reason = reason
-            if term.candidacy._term is term:
-                term.candidacy._term = None
-            runner = term.runner  # read under the lock: _start_term_runner sets it under the lock
-        if runner is not None:
-            runner.stop()
-        # Not through the worker: a term without a job has no watchdog, and
-        # the worker may be in a request that its lease no longer bounds
-        # (the term left the leases that bound the worker's requests).
-        self._continue_end(term)
-        return True
+        ending goes on in this thread (see :meth:`Tenure.end
+        <consul_leader.term.Tenure.end>`), not through the worker: a term
+        without a job has no watchdog, and the worker may be in a request
+        that its lease no longer bounds."""
+        return self._tenure.step_down(term, reason)
 
     def _watch_loop(self) -> None:
         # Only the entries that changed go to the worker, and the listing
@@ -531,7 +554,7 @@ class Elector:
         with self._lock:
             self._state = "stopped"
             for candidacy in self._candidacies.values():
-                candidacy._events.close()
+                candidacy._seat.events.close()
         self._dispatcher.call(self._notify)
         process.withdraw_default(self)
         log.info("%s left the election for the keys under %r", self.identity, self.prefix)
@@ -611,7 +634,7 @@ class Elector:
         with self._lock:
             candidacy._state = "withdrawn"
             self._candidacies.pop(candidacy.key, None)
-        candidacy._events.close()
+        candidacy._seat.events.close()
         self._dispatcher.call(self._notify)
 
     def _release_left(self, candidacy: Candidacy) -> None:
@@ -680,8 +703,8 @@ class Elector:
             return  # unchanged since the last look
         candidacy._modified = modified
         self._dirty.add(candidacy)
-        if candidacy._view.observe(entry, self._clock()):
-            self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy._view.leader)
+        if candidacy._seat.view.observe(entry, self._clock()):
+            self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy._seat.view.leader)
         term = candidacy._term
         if term is not None and term.reason is None and index >= term.fencing_token:
             assert term.session.id is not None
@@ -736,8 +759,8 @@ class Elector:
     def _maybe_acquire(self, candidacy: Candidacy, now: float) -> float:
         """Try to take *candidacy*'s key if it looks free; the time to look again."""
         entry = self._entries.get(candidacy.key)
-        if candidacy._sit_out is not None and candidacy._sit_out.taken_since(entry):
-            candidacy._sit_out = None  # someone else took it since we stepped down
+        if candidacy._seat.sit_out is not None and candidacy._seat.sit_out.taken_since(entry):
+            candidacy._seat.sit_out = None  # someone else took it since we stepped down
         holder = entry.session if entry is not None else None
         own = self._session.id if self._session is not None and not self._session.lost.is_set() else None
         if entry is not None and holder is not None and (holder != own or entry.modify_index <= candidacy._released):
@@ -746,7 +769,7 @@ class Elector:
         # an acquisition whose answer was lost, a term's start or release
         # cut short by a failed request. Nobody else can take it: acquiring
         # it again makes it a term.
-        if holder and candidacy._sit_out is not None:
+        if holder and candidacy._seat.sit_out is not None:
             # Stepped down, and the release failed: release it again, as
             # the step-down meant, rather than lead it again after the
             # sit-out (nobody could take it meanwhile).
@@ -755,10 +778,10 @@ class Elector:
             self.client.unlock(candidacy.key, own, release_mark(own), index=entry.modify_index)
             candidacy._released = entry.modify_index
             return math.inf
-        if candidacy._sit_out is not None:
-            if not candidacy._sit_out.over(entry, now):
-                return candidacy._sit_out.until
-            candidacy._sit_out = None
+        if candidacy._seat.sit_out is not None:
+            if not candidacy._seat.sit_out.over(entry, now):
+                return candidacy._seat.sit_out.until
+            candidacy._seat.sit_out = None
         if now < candidacy._not_before:
             return candidacy._not_before
         if not self._index or candidacy._tried_index >= self._index:
@@ -787,7 +810,7 @@ class Elector:
             candidacy._tried_index = self._index
             return math.inf
         now = self._clock()
-        hold, why = candidacy._view.hold_off(attempt, entry, session.id, now, self.timing.lock_delay)
+        hold, why = candidacy._seat.view.hold_off(attempt, entry, session.id, now, self.timing.lock_delay)
         if hold > 0:
             log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", candidacy.identity,
                      candidacy.key, why, hold, self.timing.lock_delay)
@@ -847,14 +870,8 @@ class Elector:
         if self._clock() >= term.deadline or candidacy._withdrawn or self._stopping.is_set():
             self.client.release(candidacy.key, session.id)
             return math.inf
-        log_elected(candidacy.identity, candidacy.key, term)
-        with self._lock:
-            candidacy._term, candidacy._state = term, "leading"
-            candidacy._view.leader = candidacy.identity
-            # Queued under the lock: a step-down from another thread (resign,
-            # the heartbeat's proof) queues deposed, and must queue it after.
-            announce_elected(self._dispatcher, candidacy._events, candidacy, term, latest=False)
-        self._dispatcher.call(self._notify)
+        candidacy._state = "leading"
+        self._tenure.lead(term, latest=False)
         self._start_term_runner(term)
         return term.lease_end()
 
@@ -863,30 +880,10 @@ class Elector:
         lease's end the job is told to stop and, once it returned, the
         ``deposed`` receivers are, even while this worker sits in a request
         to a frozen agent."""
-        if term.candidacy._job is None or term.runner is not None:
+        if term.seat.job is None or term.runner is not None:
             return
-
-        def exited() -> None:  # also when the lease ran out before the job could start
-            with self._lock:
-                term.job_done = True
-                ended = term.reason is not None
-            if ended:  # else the step-down still to come carries the ending on, and finds the job done
-                self._continue_end(term)
-
-        runner = term_runner(term.candidacy._job, lambda: term.lease_end() - self._clock(), term.candidacy,
-                             functools.partial(self._step_down, term), on_lease_end=lambda: self._lapse(term),
-                             on_exit=exited)
-        with self._lock:
-            # A step-down from another thread (resign, the heartbeat's
-            # proof) either came before, and the job never starts, or comes
-            # after and finds the runner to stop.
-            if term.reason is not None:
-                return
-            term.runner = runner
-            # Started under the lock too: the watchdog's ending of the term
-            # reads whether the job started.
-            runner.watch_lease()
-            runner.start()
+        self._tenure.start_runner(term, lambda: term.lease_end() - self._clock(),
+                                  on_lease_end=lambda: self._lapse(term))
 
     def _lapse(self, term: _KeyTerm) -> None:
         """*term*'s lease ran out: it stays out, and its ending goes on in
@@ -896,59 +893,25 @@ class Elector:
             term.lapsed = True
         self._step_down(term, Reason.LEASE_EXPIRED)
 
-    def _continue_end(self, term: _KeyTerm) -> None:
-        """The one way out of a term, without blocking the worker: wait for
-        the job (its own thread goes on when it returned), then deliver
-        ``deposed``; the signal thread queues the release after it. From
-        whichever thread stepped down, the job's thread or the lease
-        watchdog: each step once."""
-        with self._lock:
-            assert term.reason is not None
-            first = term.stage is Stage.LEADING
-            if first:
-                term.stage = Stage.JOINING
-            if term.stage is not Stage.JOINING:
-                return
-            # Asked on every call, not only the first: the watchdog and the
-            # worker both carry an ending on, and the second must wait too.
-            if term.runner is not None and term.runner.started and not term.job_done:
-                if first and not term.runner.on_thread():  # the job that returned: it is about to exit
-                    log.info("waiting for the job of %r to return before releasing it", term.candidacy.key)
-                return
-            term.stage = Stage.DELIVERING
+    def _finished(self, term: Term, after: AfterTerm, released: bool) -> None:
+        """*term*'s release (or the failure of it) on the worker: the key
+        is looked at again, and forgotten if it was withdrawn."""
+        assert isinstance(term, _KeyTerm)
         candidacy = term.candidacy
-        announce_ended(self._dispatcher, candidacy._events, candidacy, term)
-        self._dispatcher.call(self._notify)
-        # Queued behind the deposed receivers: they stop what on_elected
-        # started before anyone else can start it.
-        self._dispatcher.call(self._post, functools.partial(self._release, term))
-
-    def _release(self, term: _KeyTerm) -> None:
-        candidacy, reason = term.candidacy, term.reason
-        assert reason is not None and term.session.id is not None
-        term.stage = Stage.RELEASING
-        released = True
-        after = after_term(reason, term.lock_index, self._clock(), self.timing.check_ttl)
-        if after.release and not term.session.lost.is_set():
-            try:
-                self.client.unlock(candidacy.key, term.session.id, release_mark(term.session.id),
-                                   index=term.fencing_token)
-            except ConsulLeaderError as exc:
-                # The session lives on for the other keys: the key is taken
-                # back and led again, or, withdrawn, released again.
-                released = False
-                log.warning("could not release %r after %s (%s); %s", candidacy.key, reason, exc,
-                            "destroying the session frees it" if self._stopping.is_set() else "trying again")
         if released:
             candidacy._released = term.fencing_token
-        if after.sit_out is not None:
-            candidacy._sit_out = after.sit_out
         candidacy._state = "idle"
         self._dirty.add(candidacy)
-        term.stage = Stage.DONE
         if candidacy._withdrawn and released:
             self._forget(candidacy)
         self._dispatcher.call(self._notify)
+
+    def _make_tenure(self) -> Tenure:
+        # The worker serves every key: a term's ending never waits there
+        # for a job, and its release is posted back to it.
+        return Tenure(self.client, self._clock, self.timing.check_ttl, self._dispatcher, self._lock, blocking=False,
+                      notify=lambda: self._dispatcher.call(self._notify), stepped=lambda t: self._tenure.end(t),
+                      post=self._post, finished=self._finished, stopping=self._stopping.is_set)
 
     def _after_fork_in_child(self) -> None:
         # Only the forking thread lives on in the child: the others may have
@@ -970,5 +933,6 @@ class Elector:
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
         self._state = "stopped"
         self.client = ConsulClient(self.client.config)
+        self._tenure = self._make_tenure()
         for candidacy in self._candidacies.values():
             candidacy._forget_parent()

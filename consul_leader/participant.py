@@ -7,23 +7,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import aio, decorators, signals
-from .decisions import KeyView
-from .events import Broadcast, LeadershipEvent
+from .events import LeadershipEvent
 from .session import lease_clock
 from .validation import check_timeout
+
+if TYPE_CHECKING:
+    from .term import Seat
 
 __all__ = ["Participant"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class _HasFencingToken(Protocol):
-    fencing_token: int
 
 
 class Participant:
@@ -37,9 +35,8 @@ class Participant:
 
     key: str
     identity: str
-    _term: _HasFencingToken | None
-    _view: KeyView
-    _events: Broadcast[LeadershipEvent]
+    # The key's seat: its term, what was seen of it, its events (see consul_leader.term).
+    _seat: Seat
 
     def is_leader(self) -> bool:
         """True while this participant holds the lock *and* its lease holds."""
@@ -72,14 +69,14 @@ class Participant:
         participant's own while it leads), or None."""
         if self.is_leader():
             return self.identity
-        return self._view.leader
+        return self._seat.view.leader
 
     @property
     def fencing_token(self) -> int | None:
         """While leading, the key's ModifyIndex at this term's acquisition: a
         Raft index that every later term exceeds. Pass it to the systems you
         write to, and have them refuse smaller ones. None when not leading."""
-        term = self._term
+        term = self._seat.term
         return term.fencing_token if term is not None and self.is_leader() else None
 
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
@@ -125,7 +122,7 @@ class Participant:
         """Yield a :class:`LeadershipEvent` for every change of this
         participant's leadership and every error (like the elected channel
         of Docker's ``leadership`` package), from the call on, until it stops."""
-        return self._events.subscribe()
+        return self._seat.events.subscribe()
 
     @overload
     def leader_only(self, func: Callable[P, Coroutine[Any, Any, R]], *,

@@ -11,7 +11,8 @@ def session_id(candidate: Any) -> Optional[str]:
     """The ID of the Consul session *candidate* holds its lock with (None
     before it made one), as ``consul`` commands and the HTTP API name it.
 
-    :param candidate: a :class:`~consul_leader.Candidate`."""
+    :param candidate: a :class:`~consul_leader.Candidate` or an
+        :class:`~consul_leader.Elector`."""
     return candidate.session_id  # type: ignore[no-any-return]
 
 
