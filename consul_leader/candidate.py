@@ -1,11 +1,13 @@
 """The Candidate: runs for election on a Consul key in a background thread.
 
-The thread keeps a :class:`~consul_leader.session.Session` alive, takes the
-lock in one transaction, waits for a free lock with blocking queries, watches
-the lock while it leads, and ends every term the same way: the job told to
-stop and waited for, ``deposed`` delivered, then the lock released. See the
-"Safety" part of the docs for why :meth:`Candidate.is_leader` is a lease and
-not a flag, and why the work of two terms never overlaps.
+This module is its public API and its state (new, running, stopped). Its
+election thread is :mod:`consul_leader.campaign` (a session, the waiting
+line, the lock taken in one transaction), which leads each term through
+:mod:`consul_leader.leadership` and ends it the one way every term ends
+(:class:`consul_leader.term.Tenure`): the job told to stop and waited for,
+``deposed`` delivered, then the lock released. See the "Safety" part of the
+docs for why :meth:`Candidate.is_leader` is a lease and not a flag, and why
+the work of two terms never overlaps.
 """
 
 from __future__ import annotations
@@ -13,42 +15,28 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-import tenacity
-
 from . import process, signals
+from .campaign import Campaign, log_fields
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import AfterTerm, lock_check, retry_after_lock_delay
-from .entry import KeyEntry
 from .errors import (
     ConfigurationTypeError,
-    ConsulLeaderError,
     LockHeld,
     NotRunning,
     PermissionDenied,
-    RequestRejected,
-    SessionLost,
 )
-from .events import EventKind, LeadershipEvent, Reason
-from .follower import KeyWatch, LeaderInfo
+from .events import LeadershipEvent, Reason
 from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE
 from .health import Health
-from .interrupt import clear_wake, interrupt, wake
-from .job import Job, JobRunner
-from .lockdelay import (
-    LockAttempt,
-    holder_flags,
-)
-from .outage import Outage
+from .job import Job
 from .participant import Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
-from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .term import Seat, Stage, Tenure, Term
+from .session import Clock, HeartbeatStats, Timing, lease_clock
+from .term import Seat
 from .validation import (
     check_bool,
     check_identity,
@@ -59,21 +47,10 @@ from .validation import (
     check_service,
     default_identity,
 )
-from .waiting import KeyWaiter
 
 __all__ = ["Candidate", "Health", "LeadershipEvent", "stop_on_signals"]
 
 log = logging.getLogger("consul_leader")
-
-#: How long a candidate leaving the election, having released the lock,
-#: waits for the next leader to take it before cleaning up (see
-#: Candidate._let_successor_in); a successor usually takes it within ms.
-_SUCCESSOR_WAIT = 0.1
-
-
-#: How many 400 answers in a row, with no round that worked between them,
-#: end an election: one may come from a proxy on the way, not from Consul.
-_REJECTIONS_THAT_ARE_FINAL = 3
 
 
 class Candidate(Participant):
@@ -154,9 +131,6 @@ class Candidate(Participant):
         # command, so that no thread switch lies on the handover path. It
         # must not block (the lease does not wait for it).
         self._term_hook: Callable[[int, float], None] | None = None
-        # One line when the election starts failing, a reminder a minute,
-        # one when it works again: not a line per retry.
-        self._outage = Outage(log, f"election for {self.key!r}")
         self._reset()
         process.register(self, self._after_fork_in_child)
 
@@ -165,32 +139,13 @@ class Candidate(Participant):
         self._state_lock = threading.RLock()
         self._changed = threading.Condition(self._state_lock)
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._session: Session | None = None
         job = self._seat.job if hasattr(self, "_seat") else None
         self._seat = Seat(self, self.key, self.identity)
         self._seat.job = job  # a job given before a fork runs in the child too, once start()ed
-        # The last term's runner, until its job has returned.
-        self._runner: JobRunner | None = None
-        self._ending = False  # the election thread is ending a term
-        self._finish_deferred = False  # stop() was called from the job or a receiver
-        self._main_done = threading.Event()  # set when the election thread has finished
-        self._holding: Term | None = None  # the term whose lock _hold watches
-        # A term's release failed: its session still holds the key, and
-        # nobody else can take it until this one lets it go.
-        self._unreleased: Term | None = None
-        self._failure: ConsulLeaderError | None = None
-        self._last_error: ConsulLeaderError | None = None
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
-        # The election thread ends its terms itself, waiting for the job and
-        # the deposed receivers before the release.
-        self._tenure = Tenure(self.client, self._clock, self.timing.check_ttl, self._dispatcher, self._state_lock,
-                              blocking=True, notify=self._notify, stepped=self._stepped, finished=self._finished,
-                              release_attempts=2)
-        self._key_checked = False
-        self._waiter = KeyWaiter(self.client, self.key, self.identity, self.timing.check_ttl, self._clock,
-                                 self._stopping, lambda: self._session, self._observe)
         self.heartbeat_stats = HeartbeatStats()
+        self._campaign = Campaign(self, self._seat, self._state_lock, self._stopping, self._clock, self._dispatcher,
+                                  lambda: self._term_hook, self._notify, self._finish_stop, self._gave_up)
 
     def __repr__(self) -> str:
         role = "leader" if self.is_leader() else self._state
@@ -220,13 +175,11 @@ class Candidate(Participant):
             if self._state == "stopped":
                 raise NotRunning(f"{self!r} was stopped; create a new Candidate to run again")
             self._state = "running"
-            self._thread = threading.Thread(target=self._main, name=f"consul-leader {self.identity} {self.key}",
-                                            daemon=True)
-            self._thread.start()
+            self._campaign.start()
         process.offer_default(self)
         log.info("%s runs for leadership of %r (ttl=%gs, lease=%gs, lock_delay=%gs)",
                  self.identity, self.key, self.timing.check_ttl, self.timing.lease, self.timing.lock_delay,
-                 extra=self._log_fields("started"))
+                 extra=log_fields(self.key, self.identity, "started"))
         return self
 
     def is_leader(self) -> bool:
@@ -265,11 +218,11 @@ class Candidate(Participant):
         .. versionadded:: 0.1
         """
         term = self._seat.term
-        thread = self._thread
+        thread = self._campaign.thread
         return Health.of(running=self.running and thread is not None and thread.is_alive(),
                          stats=self.heartbeat_stats, now=self._clock(), check_ttl=self.timing.check_ttl,
                          lease_deadline=term.session.lease_deadline if term is not None else -math.inf,
-                         last_error=self._last_error)
+                         last_error=self._campaign.last_error)
 
     @property
     def session_id(self) -> str | None:
@@ -278,7 +231,7 @@ class Candidate(Participant):
         one. Read-only: for operators and :mod:`consul_leader.testing`.
 
         .. versionadded:: 0.3"""
-        session = self._session
+        session = self._campaign.session
         return None if session is None else session.id
 
     @property
@@ -287,7 +240,7 @@ class Candidate(Participant):
         to, on its agent; None before it made one.
 
         .. versionadded:: 0.3"""
-        session = self._session
+        session = self._campaign.session
         return None if session is None else session.check_id
 
     def resign(self) -> bool:
@@ -299,7 +252,7 @@ class Candidate(Participant):
         TTL, or as soon as someone else has taken the lock.
 
         :returns: True if it was leading."""
-        return self._step_down(Reason.RESIGNED)
+        return self._campaign.step_down(Reason.RESIGNED)
 
     def stop(self) -> None:
         """Leave the election: stop leading, wait for the job to return and
@@ -316,63 +269,30 @@ class Candidate(Participant):
                 self._state = "stopped"
                 return
             self._stopping.set()
-            ending = self._ending
-        was_leading = self._step_down(Reason.STOPPED)
-        runner = self._runner
-        inside = self._dispatcher.on_thread() or (runner is not None and runner.on_thread())
-        thread = self._thread
-        if inside:
-            # The election thread waits for our caller: it finishes the stop
-            # itself once the term has ended (see _main). Cut short a long
-            # blocking query it may sit in, once: it still has requests to make.
-            self._finish_deferred = True
-            if thread is not None and not (was_leading or ending):
-                wake(thread)
-            return
-        if thread is not None and thread is not threading.current_thread() and not (was_leading or ending):
-            interrupt(thread)  # it may sit in a long blocking query
-        if thread is not None and thread is not threading.current_thread():
-            # Not Thread.join(): a signal handler that raises during a join
-            # makes CPython (before 3.13) take the thread for ended, and a
-            # later stop() would then destroy the session beside a running job.
-            # Ending a term waits for its job however long it takes (it
-            # warns); otherwise the thread is at most one request away.
-            done = self._main_done
-            done.wait(self.client.config.timeout + self.timing.heartbeat + 1)
-            while not done.is_set() and (self._ending or self._runner is not None):
-                done.wait(1.0)
-            if not done.is_set():
-                log.warning("the election thread of %s did not end in time; it holds nothing and ends by itself",
-                            self.identity)
-        self._finish_stop()
+            ending = self._campaign.leadership.ending
+        was_leading = self._campaign.step_down(Reason.STOPPED)
+        if self._campaign.stop(was_leading, ending):
+            self._finish_stop()
 
     def _finish_stop(self) -> None:
-        self._waiter.line.leave()  # before the session ends, so that the next waiter moves up once
-        session = self._session
-        if session is not None:
-            self._let_successor_in()
-            session.close()
+        self._campaign.leave()
         with self._state_lock:
             self._state = "stopped"
             self._changed.notify_all()
         self._seat.events.close()
         process.withdraw_default(self)
-        log.info("%s left the election for %r", self.identity, self.key, extra=self._log_fields("stopped"))
+        log.info("%s left the election for %r", self.identity, self.key,
+                 extra=log_fields(self.key, self.identity, "stopped"))
         self._dispatcher.close()
 
-    def _let_successor_in(self) -> None:
-        """After releasing the lock on the way out, give the next leader a
-        moment to take it before destroying the session and deregistering
-        the check: those are writes too, and would queue beside its acquire
-        (``consul lock`` destroys its session at once)."""
-        index, self._seat.released_at = self._seat.released_at, None
-        if index is None:
-            return
-        clear_wake()
-        try:
-            self.client.get_key(self.key, index=index, wait=_SUCCESSOR_WAIT)
-        except ConsulLeaderError:
-            pass  # only a courtesy
+    def _gave_up(self) -> None:
+        # The election gave up by itself (wait=False): nobody will call stop() to clean up.
+        if self._campaign.session is not None:
+            self._campaign.session.close()
+        with self._state_lock:
+            self._state = "stopped"
+        self._seat.events.close()
+        self._dispatcher.close()
 
     def run(self, job: Job, *, block: bool = True) -> None:
         """Run ``job(stop_event)`` in a worker thread each time this candidate
@@ -410,14 +330,15 @@ class Candidate(Participant):
         try:
             with self._changed:
                 while self._state == "running":
-                    if isinstance(self._failure, LockHeld) or isinstance(self._last_error, PermissionDenied):
+                    campaign = self._campaign
+                    if isinstance(campaign.failure, LockHeld) or isinstance(campaign.last_error, PermissionDenied):
                         self._raise_if_hopeless()
                     self._changed.wait(0.5)
         except BaseException:
             self.stop()  # Ctrl-C or a hopeless election: leave cleanly before raising
             raise
-        if self._failure is not None:
-            raise self._failure
+        if self._campaign.failure is not None:
+            raise self._campaign.failure
 
     def set_term_hook(self, hook: Callable[[int, float], None] | None) -> None:
         """Have ``hook(fencing_token, lease_deadline)`` called on the
@@ -433,352 +354,22 @@ class Candidate(Participant):
         .. versionadded:: 0.3"""
         self._term_hook = hook
 
-    # -- the election thread ------------------------------------------------
+    # -- what the election thread and the waits share --------------------
 
     def _changed_condition(self) -> threading.Condition:
         return self._changed
 
     def _raise_if_hopeless(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if isinstance(self._last_error, PermissionDenied):
-            raise self._last_error
+        if self._campaign.failure is not None:
+            raise self._campaign.failure
+        if isinstance(self._campaign.last_error, PermissionDenied):
+            raise self._campaign.last_error
         if self._state != "running" or self._stopping.is_set():
             raise NotRunning(f"{self!r} is not running; call start() first")
-
-    def _main(self) -> None:
-        try:
-            self._election()
-        finally:
-            self._main_done.set()
-
-    def _election(self) -> None:
-        rejected = 0
-
-        def retryable(exc: BaseException) -> bool:
-            # Consul answers 400 to a key it cannot take, and would again:
-            # that is final. So might a proxy on the way, once: only a few
-            # in a row, with nothing that worked between them, are final.
-            nonlocal rejected
-            if isinstance(exc, RequestRejected):
-                rejected += 1
-                return rejected < _REJECTIONS_THAT_ARE_FINAL
-            return isinstance(exc, ConsulLeaderError)
-
-        def round_() -> None:
-            nonlocal rejected
-            self._round()
-            rejected = 0
-            # A round that ends a term can span an outage: only a request
-            # answered after the outage began ends it.
-            succeeded = self.client.last_success()
-            if succeeded is not None:
-                self._outage.ok(succeeded)
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(retryable),
-            # Jittered, so that replicas facing a dead agent do not beat on it
-            # in step; capped at two TTLs, so that one whose agent is back
-            # (its session may still hold the lock) resumes soon.
-            wait=tenacity.wait_random_exponential(multiplier=0.1, max=min(30.0, self.timing.check_ttl * 2)),
-            stop=tenacity.stop_when_event_set(self._stopping),
-            sleep=self._pause,
-            before_sleep=lambda state: self._report(state.outcome.exception()),  # type: ignore[union-attr]
-            reraise=True)
-        while not self._stopping.is_set():
-            try:
-                retrying(round_)
-            except RequestRejected as exc:
-                self._failure = exc  # asking again would get the same answer
-                self._report(exc)
-                self._stopping.set()
-            except ConsulLeaderError:
-                pass  # stop was requested while retrying
-            except Exception:
-                # Never let the thread die silently: log, tell, and go on.
-                log.exception("unexpected error in the election for %r; retrying", self.key)
-                self._stopping.wait(self.timing.check_ttl)
-        if self._finish_deferred:
-            clear_wake()
-            self._finish_stop()  # stop() came from the job or a receiver and left this to us
-        elif self._failure is not None:
-            # Gave up by itself (wait=False): nobody will call stop() to clean up.
-            if self._session is not None:
-                self._session.close()
-            with self._state_lock:
-                self._state = "stopped"
-            self._seat.events.close()
-            self._dispatcher.close()
-        with self._changed:
-            self._changed.notify_all()
-
-    def _pause(self, seconds: float) -> None:
-        self._stopping.wait(seconds)  # a backoff that stop() cuts short
-
-    def _report(self, error: BaseException | None) -> None:
-        """Tell of a failed request. Called from the election and heartbeat
-        threads, so the receivers run on the signal thread."""
-        if not isinstance(error, ConsulLeaderError):
-            return
-        self._last_error = error
-        level = logging.ERROR if isinstance(error, (PermissionDenied, RequestRejected)) else logging.WARNING
-        self._outage.failed(error, level=level, extra=self._log_fields("error", error=type(error).__name__))
-        self._dispatcher.send_latest(signals.election_error, self, error=error)
-        self._seat.events.publish(LeadershipEvent(EventKind.ERROR, error=error))
-        self._dispatcher.call(self._notify)
 
     def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()
-
-    def _round(self) -> None:
-        """One try: make sure of a session, take the lock or wait until it is
-        free. Raises to be retried with backoff; returns to go again at once."""
-        session = self._ensure_session()
-        self._last_error = None
-        if self._stopping.is_set():
-            return
-        if self._unreleased is not None:
-            term = self._unreleased
-            if term.session is session:
-                self._tenure.release_again(term)  # raises: retried with backoff
-            self._unreleased = None
-        if self._seat.sit_out is not None:
-            sit_out = self._seat.sit_out
-            log.debug("%s sits out until someone else leads %r or %.1fs pass", self.identity, self.key,
-                      sit_out.until - self._clock())
-            watch = KeyWatch(self.client, self.key)
-            released_at, self._seat.released_at = self._seat.released_at, None
-            if released_at is not None:
-                # Block from our own release on: no read of the key while
-                # the others hand it over among themselves.
-                watch.index = released_at
-            self._waiter.wait(watch, hold_off_until=sit_out.until, sit_out=sit_out)
-            self._seat.sit_out = None
-            if self.wait and not sit_out.unclaimed(watch.entry if watch.index else None, self._clock()):
-                # To the end of the line: those who waited go first.
-                self._waiter.wait_in_line(session, watch)
-            return
-        if not self._key_checked:
-            # Consul takes keys in a transaction's body that it refuses in a
-            # URL (characters newer than its Unicode tables): find out before
-            # leading, since watching needs the URL. RequestRejected is final.
-            self._observe(KeyEntry.parse_optional(self.client.get_key(self.key, operation="acquire lock")[1]))
-            self._key_checked = True
-        assert session.id is not None
-        since_ms = int(time.time() * 1000)  # wall clock: shown to people as "leader since"
-        waiter = self._waiter
-        raced, waiter.saw_free = waiter.saw_free, False
-        seen = self._seat.view.seen
-        asked_at = self._clock()
-        try:
-            attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id,
-                                          flags=holder_flags(since_ms, self.timing.lock_delay),
-                                          delete=waiter.line.entry)
-        except SessionLost:
-            session.lost.set()
-            raise
-        took = self._clock() - asked_at
-        waiter.acquired_in(took)
-        if attempt.modify_index is not None:
-            waiter.lost_race = False
-            waiter.line.left()  # the transaction deleted our entry: the next waiter moves up
-            self._lead(session, asked_at, attempt, seen)
-            return
-        if attempt.delayed:
-            # The last holder's session was invalidated: nobody may take the
-            # lock for lock_delay from then. Try again when it has surely
-            # ended rather than spinning.
-            log.debug("%s: a lock-delay runs on %r; trying again within %gs", self.identity, self.key,
-                      self.timing.lock_delay)
-            watch = KeyWatch(self.client, self.key)
-            waiter.wait(watch, hold_off_until=retry_after_lock_delay(self._clock(), self.timing.lock_delay))
-            waiter.wait_if_held(watch)
-            return
-        watch = KeyWatch(self.client, self.key)
-        entry = watch.read()
-        self._observe(entry)
-        if entry is None or entry.free:
-            return  # held a moment ago, free now: the holder let go in between; try again at once
-        # Seen free, tried, and someone else was faster: a crowd waits on
-        # this key. Next time, let the others go first (see _wait).
-        waiter.lost_race = raced
-        if not self.wait:
-            held_by = LeaderInfo.from_entry(entry).identity
-            self._failure = LockHeld(f"{self.key!r} is held by {held_by!r} and this candidate was made with "
-                                     "wait=False")
-            log.info("%s", self._failure)
-            self._stopping.set()
-            return
-        waiter.wait_in_line(session, watch)
-
-    def _ensure_session(self) -> Session:
-        session = self._session
-        if session is not None and not session.lost.is_set():
-            return session
-        if session is not None:
-            session.close()
-        session = Session(self.client, self.timing, f"consul-leader {self.key} {self.identity}",
-                          on_error=self._report, on_lost=self._session_lost, stats=self.heartbeat_stats,
-                          clock=self._clock, meta={"identity": self.identity, "key": self.key},
-                          service=self.service, deregister_after=self.deregister_after)
-        session.open()
-        self._session = session
-        return session
-
-    def _session_lost(self, session: Session) -> None:
-        """From the heartbeat thread: a waiting candidate makes a new session
-        at once instead of when its long blocking query ends (while leading,
-        the watch of the lock sees the loss by itself)."""
-        thread = self._thread
-        if thread is not None and self._holding is None and not self._ending:
-            wake(thread)
-
-    def _observe(self, entry: KeyEntry | None) -> None:
-        if self._seat.view.observe(entry, self._clock()):
-            identity = self._seat.view.leader
-            log.info("leader of %r is now %r", self.key, identity,
-                     extra=self._log_fields("leader_changed", leader=identity))
-            self._dispatcher.send_latest(signals.leader_changed, self, leader=identity)
-
-    # -- a term ---------------------------------------------------------------
-
-    def _lead(self, session: Session, held_since: float, attempt: LockAttempt, seen: KeyEntry | None) -> None:
-        """Lead from a lock taken no earlier than *held_since* by *attempt*,
-        until the term ends; every way out goes through :meth:`_end_term`.
-        *seen*: the key as last read before the acquisition; unless the lock
-        follows it, hold the lock one lock-delay first (see
-        :meth:`LockAttempt.hold_off`)."""
-        assert attempt.modify_index is not None and session.id is not None
-        hold, why = self._seat.view.hold_off(attempt, seen, session.id, self._clock(), self.timing.lock_delay)
-        if hold > 0 and not self._lock_delay_wait(hold, why):
-            return
-        session.set_leading(self.key, held_since)
-        try:
-            # After a hold-off the lease from the acquisition may still run,
-            # but the key may have been deleted and taken by another during
-            # the hold: read it (a round while leading does) before leading.
-            # Without a hold, an idle follower's last round may be too old.
-            held = (hold == 0 and session.lease_valid()) or session.beat()
-        except BaseException:
-            session.set_leading(None)
-            raise
-        if not held:
-            session.set_leading(None)
-            return  # lost between the acquisition and the check: no term
-        watch = KeyWatch(self.client, self.key)
-        watch.index = attempt.modify_index  # block from our acquisition on
-        term = Term(self._seat, session, attempt, self._clock())
-        with self._state_lock:
-            if self._stopping.is_set():
-                # stop() ran while we were acquiring: it found no term to end.
-                session.set_leading(None)
-                self.client.release(self.key, session.id)
-                return
-            self._seat.term = term
-            self._ending = True  # from here on, _end_term runs whatever happens
-        reason = Reason.ERROR  # unless _hold says otherwise
-        try:
-            hook = self._term_hook
-            if hook is not None:
-                try:
-                    hook(term.fencing_token, session.lease_deadline)
-                except Exception:
-                    log.exception("the term hook of %s raised", self.identity)
-            self._tenure.lead(term, latest=True, extra=self._log_fields("elected", fencing_token=term.fencing_token))
-            self._tenure.start_runner(term, session.lease_remaining, on_lease_end=lambda: self._stepped(term))
-            self._runner = term.runner
-            reason = self._hold(session, term, watch)
-        finally:
-            self._end_term(term, reason)
-
-    def _lock_delay_wait(self, hold: float, why: str) -> bool:
-        """The last holder may still work, with no lock-delay to keep us out
-        (*why*): hold the lock *hold* seconds before leading, as Consul
-        would have made us wait. True to go on leading; False if stopped
-        meanwhile."""
-        log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", self.identity, self.key,
-                 why, hold, self.timing.lock_delay)
-        # Stopped meanwhile: no release, which would let the next candidate
-        # in at once; stop() destroys the session, and Consul then applies
-        # the lock-delay to whoever comes next.
-        return not self._stopping.wait(hold)
-
-    def _hold(self, session: Session, term: Term, watch: KeyWatch) -> Reason:
-        """Watch the lock while leading; return why the term ended."""
-        end = None if self.term_limit is None else term.started + self.term_limit
-        self._holding = term
-        try:
-            return self._watch_lock(session, term, watch, end)
-        finally:
-            self._holding = None
-
-    def _watch_lock(self, session: Session, term: Term, watch: KeyWatch, end: float | None) -> Reason:
-        while True:
-            clear_wake()  # before looking: a wake from now on cuts the read below short
-            if term.reason is not None:  # stepped down by resign(), stop() or the job
-                return term.reason
-            if not session.lease_valid():
-                return Reason.LEASE_EXPIRED
-            if end is not None and self._clock() >= end:
-                return Reason.TERM_LIMIT
-            wait = self.timing.heartbeat
-            if end is not None:
-                wait = max(0.01, min(wait, end - self._clock()))
-            try:
-                entry = watch.read(wait)
-            except ConsulLeaderError as exc:
-                if term.reason is not None:
-                    return term.reason  # woken
-                if not session.lease_valid():
-                    return Reason.LEASE_EXPIRED  # woken by the lease watchdog, or the agent hangs
-                # Not a lost lock by itself: the lease decides.
-                self._report(exc)
-                self._stopping.wait(min(self.timing.heartbeat / 2, max(session.lease_remaining(), 0.01)))
-                continue
-            if term.reason is not None:
-                return term.reason
-            assert session.id is not None
-            lost = lock_check(entry, session.id, self.identity)
-            if lost is not None:
-                return lost
-
-    def _end_term(self, term: Term, reason: Reason) -> None:
-        """The one way out of a term, on the election thread (see
-        :meth:`Tenure.end <consul_leader.term.Tenure.end>`)."""
-        clear_wake()  # a wake that ended _hold must not fail the release below
-        try:
-            self._tenure.vacate(term, reason)
-            term.session.set_leading(None)
-            self._tenure.end(term)
-        finally:
-            term.stage = Stage.DONE
-            self._runner = None
-            self._ending = False
-
-    def _finished(self, term: Term, after: AfterTerm, released: bool) -> None:
-        if not released:
-            # Its session still holds the key, and nobody else can take it
-            # until this one lets it go: the next round releases it.
-            self._unreleased = term
-
-    def _step_down(self, reason: Reason) -> bool:
-        """End the current term from any thread: leadership turns off now;
-        the election thread does the rest (see :meth:`_end_term`)."""
-        term = self._seat.term
-        return term is not None and self._tenure.step_down(term, reason)
-
-    def _stepped(self, term: Term) -> None:
-        """*term* was stepped down, or its lease ran out: get the election
-        thread out of its blocking query on the key to end it now, even if
-        it waits on a frozen agent."""
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread() and self._holding is term:
-            wake(thread)
-
-    def _log_fields(self, event: str, **fields: Any) -> dict[str, Any]:
-        """The ``extra=`` of a transition's log record, for structured logging."""
-        return {"consul_leader_event": event, "key": self.key, "identity": self.identity, **fields}
 
     # -- process life -------------------------------------------------------
 
@@ -786,7 +377,7 @@ class Candidate(Participant):
         # The threads did not survive fork(); the session and the lock are the
         # parent's. Forget them without a request, so the child never believes
         # it leads nor releases the parent's lock.
-        session = self._session
+        session = self._campaign.session
         if session is not None:
             session.abandon()
         was_running = self._state == "running"
