@@ -5,10 +5,13 @@ The heartbeat thread keeps the session (one TTL check) alive and, in the
 same round, reads the prefix once to prove which keys this session still
 holds: each key's lease is extended only by such a read. A watch thread
 holds one blocking query on the prefix and sees every key's holder at once.
-A worker thread takes free keys, starts terms and releases locks; the ending
-of a term waits for its job without blocking it, so one slow job never
-delays another key's handover. Receivers run on the fourth, the signal
-thread. See "Many elections in one process" in the docs.
+A worker thread takes free keys, starts terms and releases locks
+(:mod:`consul_leader.keywork`, over the keys as :mod:`consul_leader.keys`
+holds them); the ending of a term waits for its job without blocking it, so
+one slow job never delays another key's handover. Receivers run on the
+fourth, the signal thread. Each key's public API is its
+:class:`~consul_leader.Candidacy` (:mod:`consul_leader.candidacy`). See
+"Many elections in one process" in the docs.
 """
 
 from __future__ import annotations
@@ -18,209 +21,29 @@ import logging
 import math
 import queue
 import threading
-import time
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, cast
+from collections.abc import Callable
+from typing import Any
 
 from . import process, signals
+from .candidacy import Candidacy
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import AfterTerm, lock_check, retry_after_lock_delay
-from .entry import KeyEntry
-from .errors import (
-    ConfigurationError,
-    ConfigurationTypeError,
-    ConsulLeaderError,
-    NotRunning,
-    RequestRejected,
-    SessionLost,
-)
-from .events import Broadcast, Reason
-from .follower import PrefixChanges, PrefixWatch
+from .errors import ConfigurationError, ConfigurationTypeError, ConsulLeaderError, NotRunning
+from .events import Reason
+from .follower import PrefixWatch
 from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE
-from .health import Health
 from .interrupt import interrupt
-from .job import LEASE_CLOCK_SLICE, Job
-from .lockdelay import (
-    LockAttempt,
-    holder_flags,
-    release_mark,
-)
+from .job import LEASE_CLOCK_SLICE
+from .keys import KeySeat, KeyTerm
+from .keywork import KeyWork
 from .outage import Outage
-from .participant import Participant
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .term import Seat, Tenure, Term
-from .validation import (
-    check_bool,
-    check_identity,
-    check_job,
-    check_key,
-    check_number,
-    check_service,
-    default_identity,
-)
+from .validation import check_identity, check_key, check_number, check_service, default_identity
 
 __all__ = ["Candidacy", "Elector"]
 
 log = logging.getLogger("consul_leader")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _KeyTerm(Term):
-    """A term of one of an elector's keys: its lease is the session's, and
-    the last read of the prefix that showed the key this session's."""
-
-    __slots__ = ("candidacy", "deadline", "lapsed")
-
-    def __init__(self, candidacy: Candidacy, session: Session, attempt: LockAttempt, started: float,
-                 deadline: float) -> None:
-        super().__init__(candidacy._seat, session, attempt, started)
-        self.candidacy = candidacy
-        self.deadline = deadline  # the lease from the last read that showed the key ours (at most the session's)
-        self.lapsed = False  # a lapsed lease stays lapsed
-
-    def lease_end(self) -> float:
-        """When this key's lease ends: the session's, and the last read that showed the key ours."""
-        return min(self.deadline, self.session.lease_deadline)
-
-
-class Candidacy(Participant):
-    """One key of an :class:`Elector`, with the API of a
-    :class:`~consul_leader.Candidate` (made by :meth:`Elector.candidate`).
-    It is the sender of its ``elected``, ``deposed`` and ``leader_changed``
-    signals.
-
-    .. versionadded:: 0.2
-    """
-
-    def __init__(self, elector: Elector, key: str, identity: str) -> None:
-        self.elector = elector
-        self.key = key
-        self.identity = identity
-        self._seat = Seat(self, key, identity)
-        self._state = "idle"  # idle, delay-wait, leading, withdrawn; owned by the worker thread
-        self._withdrawn = False
-        self._not_before = -math.inf  # a lock-delay runs until then
-        self._tried_index = -1  # refused as held while the prefix was at this index
-        self._modified = -1  # the ModifyIndex of the key's entry last looked at
-        # A lock taken that must be held a while before it is led
-        # (LockAttempt.hold_off): until then.
-        self._delay_wait: tuple[float, LockAttempt, Session] | None = None
-        self._released = -1  # the fencing token of the last term whose key was released
-
-    def __repr__(self) -> str:
-        return f"<Candidacy {self.key!r} identity={self.identity!r}{' leader' if self.is_leader() else ''}>"
-
-    @property
-    def client(self) -> ConsulClient:
-        """The elector's Consul client."""
-        return self.elector.client
-
-    @property
-    def running(self) -> bool:
-        """True while the elector runs and this key was not withdrawn."""
-        return self.elector.running and not self._withdrawn
-
-    @property
-    def session_id(self) -> str | None:
-        """The ID of the session this key is held with: its elector's.
-
-        .. versionadded:: 0.3"""
-        return self.elector.session_id
-
-    @property
-    def check_id(self) -> str | None:
-        """The ID of the TTL health check of its elector's session.
-
-        .. versionadded:: 0.3"""
-        return self.elector.check_id
-
-    def is_leader(self) -> bool:
-        """True while this key is held *and* its own lease holds (a cheap read)."""
-        term = self._term
-        return term is not None and not term.lapsed and self.elector._clock() < term.lease_end()
-
-    def resign(self) -> bool:
-        """Step down as :meth:`Candidate.resign() <consul_leader.Candidate.resign>` does:
-        the flag off now, the lock released after the job returned and the
-        ``deposed`` receivers ran; this key runs again after sitting out.
-
-        :returns: True if it was leading."""
-        term = self._term
-        return term is not None and self.elector._step_down(term, Reason.RESIGNED)
-
-    def stop(self) -> None:
-        """Withdraw this key from the election: end its term as
-        :meth:`Candidate.stop() <consul_leader.Candidate.stop>` does and
-        release it; the elector and its other keys go on. From the job or a
-        receiver, returns without waiting."""
-        elector = self.elector
-        elector._post(functools.partial(elector._withdraw, self))
-        if elector._on_own_thread() or not elector.running:
-            return
-        with elector._changed:
-            while self._state != "withdrawn" and elector._worker_alive():
-                elector._changed.wait(0.05)
-
-    def run(self, job: Job, *, block: bool = True) -> None:
-        """Run ``job(stop_event)`` each time this key is won, as
-        :meth:`Candidate.run() <consul_leader.Candidate.run>` does. Starts
-        the elector if needed; with *block*, waits until it stops."""
-        self._seat.job = check_job(job)
-        check_bool("block", block)
-        self.elector.start()
-        self.elector._post(functools.partial(self.elector._start_job, self))
-        if block:
-            self.elector.wait_stopped()
-
-    @property
-    def state(self) -> str:
-        """``"new"`` (its elector not started), ``"running"``, ``"stopping"``
-        (its elector stops, or this key is being withdrawn: the last term is
-        ending) or ``"stopped"`` (withdrawn, or its elector stopped).
-
-        .. versionadded:: 0.3"""
-        elector = self.elector
-        if self._state == "withdrawn" or elector._state == "stopped":
-            return "stopped"
-        if elector._state == "new":
-            return "new"
-        return "stopping" if elector._stopping.is_set() or self._withdrawn else "running"
-
-    def health(self) -> Health:
-        """A watchdog's view of this key, as :meth:`Candidate.health()
-        <consul_leader.Candidate.health>` gives it: the elector's threads
-        and heartbeat (shared by all its keys), this key's lease. A cheap
-        read that makes no request.
-
-        .. versionadded:: 0.3"""
-        elector = self.elector
-        term = self._term
-        worker = elector._worker
-        lease_end = term.lease_end() if term is not None and not term.lapsed else -math.inf
-        return Health.of(running=self.running and worker is not None and worker.is_alive(),
-                         stats=elector.heartbeat_stats, now=elector._clock(), check_ttl=elector.timing.check_ttl,
-                         lease_deadline=lease_end, last_error=elector._last_error)
-
-    @property
-    def _term(self) -> _KeyTerm | None:
-        return cast("_KeyTerm | None", self._seat.term)
-
-    def _changed_condition(self) -> threading.Condition:
-        return self.elector._changed
-
-    def _raise_if_hopeless(self) -> None:
-        if not self.running:
-            raise NotRunning(f"{self!r} is not running; start() its Elector first")
-
-    def _forget_parent(self) -> None:
-        # In a forked child, from the elector's own after-fork step.
-        self._seat.term = None
-        self._delay_wait = None
-        self._state = "idle"
-        self._seat.events = Broadcast()
-        self._seat.events.close()
 
 
 class Elector:
@@ -270,25 +93,20 @@ class Elector:
         self._stopping = threading.Event()
         # The worker's messages: bound methods, run in order on the worker thread.
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._candidacies: dict[str, Candidacy] = {}
-        self._entries: dict[str, KeyEntry] = {}
-        self._index = 0
         self._session: Session | None = None
         self._worker: threading.Thread | None = None
         self._watch: threading.Thread | None = None
         self._next_timer = math.inf
-        self._full = True  # look at every key at the next turn
-        self._dirty: set[Candidacy] = set()  # keys to look at at the next turn
-        self._added = False  # a key was added since the worker last looked at every key's entry
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
-        self._tenure = self._make_tenure()
+        self._work = self._make_work()
+        self._host = _Host(self)
         self.heartbeat_stats = HeartbeatStats()
         # The last error talking to Consul, until a turn of the worker succeeds.
         self._last_error: ConsulLeaderError | None = None
         process.register(self, self._after_fork_in_child)
 
     def __repr__(self) -> str:
-        return f"<Elector {self.prefix!r} {len(self._candidacies)} keys {self._state}>"
+        return f"<Elector {self.prefix!r} {len(self._work.view.seats)} keys {self._state}>"
 
     def __enter__(self) -> Elector:
         return self.start()
@@ -304,17 +122,16 @@ class Elector:
         key = check_key(name if name.startswith(self.prefix) else self.prefix + name)
         who = self.identity if identity is None else check_identity(identity)
         with self._lock:
-            if key in self._candidacies:
+            if key in self._work.view.seats:
                 raise ConfigurationError(f"this elector already runs for {key!r}")
-            candidacy = self._candidacies[key] = Candidacy(self, key, who)
-            self._added = True
-        self._post(self._look_at_every_key)
+            candidacy = Candidacy(self, key, who, self._host)  # which adds its seat
+            self._work.view.added = True
+        self._post(self._work.view.look_at_every_key)
         return candidacy
 
     def candidacies(self) -> list[Candidacy]:
         """The keys this elector runs for."""
-        with self._lock:
-            return list(self._candidacies.values())
+        return [seat.sender for seat in self._work.view.all()]
 
     @property
     def running(self) -> bool:
@@ -374,7 +191,7 @@ class Elector:
                 self._state = "stopped"
                 return
             self._stopping.set()
-        self._post(self._stop_terms)
+        self._post(self._work.stop_terms)
         if self._on_own_thread():
             return
         self.wait_stopped()
@@ -388,20 +205,12 @@ class Elector:
     # -- threads other than the worker ------------------------------------
 
     def _on_own_thread(self) -> bool:
-        runners = [c._term.runner for c in self.candidacies() if c._term is not None and c._term.runner is not None]
+        runners = [s.term.runner for s in self._work.view.all() if s.term is not None and s.term.runner is not None]
         return self._dispatcher.on_thread() or threading.current_thread() is self._worker or \
             any(r.on_thread() for r in runners)
 
     def _worker_alive(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
-
-    def _step_down(self, term: _KeyTerm, reason: Reason) -> bool:
-        """End *term* from any thread: its flag turns off now, and its
-        ending goes on in this thread (see :meth:`Tenure.end
-        <consul_leader.term.Tenure.end>`), not through the worker: a term
-        without a job has no watchdog, and the worker may be in a request
-        that its lease no longer bounds."""
-        return self._tenure.step_down(term, reason)
 
     def _watch_loop(self) -> None:
         # Only the entries that changed go to the worker, and the listing
@@ -416,38 +225,7 @@ class Elector:
                 self._report(exc)
                 self._stopping.wait(min(1.0, self.timing.heartbeat))
                 continue
-            self._post(functools.partial(self._on_changes, changes))
-
-    def _prove(self, session: Session, t0: float) -> None:
-        """A heartbeat round of *session* (started at *t0*, the check
-        passed): one read of the prefix extends each key's lease that it
-        shows still held by this session, and ends the others."""
-        with self._lock:
-            terms = [c._term for c in self._candidacies.values()
-                     if c._term is not None and c._term.session is session]
-        if not terms:
-            return
-        index, raw = self.client.get_prefix(self.prefix)
-        entries = {key: KeyEntry.parse(one) for key, one in raw.items()}
-        now = self._clock()
-        ended: list[tuple[_KeyTerm, Reason]] = []
-        with self._lock:
-            for term in terms:
-                if term.reason is not None or term.lapsed:
-                    continue
-                if now >= term.deadline:
-                    term.lapsed = True
-                    ended.append((term, Reason.LEASE_EXPIRED))
-                    continue
-                assert session.id is not None
-                lost = lock_check(entries.get(term.candidacy.key), session.id, term.candidacy.identity)
-                if lost is not None:
-                    ended.append((term, lost))
-                else:
-                    term.deadline = min(session.lease_deadline, t0 + self.timing.lease)
-        for term, reason in ended:
-            self._step_down(term, reason)
-        self._post(functools.partial(self._on_listing, index, entries))
+            self._post(functools.partial(self._work.view.on_changes, changes))
 
     def _report(self, error: ConsulLeaderError) -> None:
         self._last_error = error
@@ -463,7 +241,7 @@ class Elector:
     def _work_loop(self) -> None:
         # A key without a job has no lease watchdog of its own: the worker
         # acts for it, so no request of the worker may outlive a lease.
-        self.client.limit_requests(self._lease_left)
+        self.client.limit_requests(self._work.lease_left)
         backoff = 0.0
         while True:
             # In slices while a timer runs: it is on the lease clock, which
@@ -483,24 +261,13 @@ class Elector:
                 pass
             try:
                 self._handle_all(items)
-                if self._stopping.is_set() and all(c._state in ("idle", "withdrawn") for c in self.candidacies()):
+                if self._stopping.is_set() and all(s.state in ("idle", "withdrawn") for s in self._work.view.all()):
                     break
                 if not self._stopping.is_set():
                     self._ensure_session()  # a waiting process keeps one too: ready to lead at once
-                # Every key when a timer is due; otherwise only those whose
-                # entry changed or that became idle: a handover costs the
-                # same with 1 key or 1,000.
-                if self._full or self._clock() >= self._next_timer:
-                    self._full = False
-                    if self._added and self._index:
-                        # Its entry may never change again: the watch would not hand it over.
-                        self._added = False
-                        self._observe_all(self._index)
-                    self._dirty.clear()
-                    self._next_timer = self._sweep(self.candidacies())
-                elif self._dirty:
-                    some, self._dirty = self._dirty, set()
-                    self._next_timer = min(self._next_timer, self._sweep(some))
+                every, seats = self._work.view.due(self._clock(), self._next_timer)
+                soon = self._work.sweep(seats)
+                self._next_timer = soon if every else min(self._next_timer, soon)
                 backoff = 0.0
                 self._last_error = None
                 self._outage.ok()
@@ -517,32 +284,9 @@ class Elector:
         """Look at every key again in *seconds*, or at the earliest lease's
         end if sooner: for a key without a job, this timer is what acts on
         it (a lease already over is ended here)."""
-        left = self._lease_left()
+        left = self._work.lease_left()
         self._next_timer = self._clock() + (seconds if left is None else min(seconds, left))
-        self._full = True
-
-    def _lease_left(self) -> float | None:
-        """End the terms whose lease is over, so that their ``deposed``
-        receivers are told before the worker waits on anything; return the
-        time until the earliest other lease of the keys led ends (None: no
-        key is). Asked by each request of the worker as it starts (its
-        bound), by the backoff, and before waiting for a heartbeat round."""
-        now = self._clock()
-        earliest = math.inf
-        over: list[_KeyTerm] = []
-        with self._lock:
-            for candidacy in self._candidacies.values():
-                term = candidacy._term
-                if term is None or term.reason is not None or term.lapsed:
-                    continue
-                end = term.lease_end()
-                if now >= end:
-                    over.append(term)
-                else:
-                    earliest = min(earliest, end)
-        for term in over:
-            self._lapse(term)
-        return None if earliest == math.inf else earliest - now
+        self._work.view.full = True
 
     def _finish(self) -> None:
         watch = self._watch
@@ -553,8 +297,8 @@ class Elector:
             self._session.close()
         with self._lock:
             self._state = "stopped"
-            for candidacy in self._candidacies.values():
-                candidacy._seat.events.close()
+            for seat in self._work.view.seats.values():
+                seat.events.close()
         self._dispatcher.call(self._notify)
         process.withdraw_default(self)
         log.info("%s left the election for the keys under %r", self.identity, self.prefix)
@@ -579,259 +323,6 @@ class Elector:
 
     # -- the worker's messages -------------------------------------------------
 
-    def _on_changes(self, changes: PrefixChanges) -> None:
-        """The watch's listing: only the entries that changed since its last one."""
-        if changes.reset:
-            self._apply_listing(changes.index, changes.changed, reset=True)
-        elif changes.index >= self._index:
-            self._apply(changes.index, changes.changed, changes.removed)
-
-    def _on_listing(self, index: int, entries: dict[str, KeyEntry]) -> None:
-        """A full listing (the heartbeat's read)."""
-        if index >= self._index:
-            self._apply_listing(index, entries, False)
-
-    def _look_at_every_key(self) -> None:
-        self._full = True
-
-    def _on_lost(self, session: Session) -> None:
-        """*session* is gone: its terms lost their locks, its lock-delay waits end."""
-        self._full = True
-        for candidacy in self.candidacies():
-            term = candidacy._term
-            if term is not None and term.session is session:
-                self._step_down(term, Reason.LOCK_LOST)
-            if candidacy._delay_wait is not None and candidacy._delay_wait[2] is session:
-                candidacy._delay_wait, candidacy._state = None, "idle"
-
-    def _start_job(self, candidacy: Candidacy) -> None:
-        """:meth:`Candidacy.run` gave a job: a term already running runs it too."""
-        term = candidacy._term
-        if term is not None:
-            self._start_term_runner(term)
-
-    def _stop_terms(self) -> None:
-        # Every term first: a release that fails must not keep the others going.
-        for candidacy in self.candidacies():
-            if candidacy._term is not None:
-                self._step_down(candidacy._term, Reason.STOPPED)
-        for candidacy in self.candidacies():
-            self._drop_delay_wait(candidacy)
-
-    def _withdraw(self, candidacy: Candidacy) -> None:
-        candidacy._withdrawn = True
-        if candidacy._term is not None:
-            self._step_down(candidacy._term, Reason.STOPPED)
-        self._drop_delay_wait(candidacy)
-        if candidacy._state == "idle":
-            entry = self._entries.get(candidacy.key)
-            if entry is not None and self._session is not None and entry.session == self._session.id:
-                self._release_left(candidacy)  # an earlier release failed: the key is still this session's
-            else:
-                self._forget(candidacy)
-
-    def _forget(self, candidacy: Candidacy) -> None:
-        with self._lock:
-            candidacy._state = "withdrawn"
-            self._candidacies.pop(candidacy.key, None)
-        candidacy._seat.events.close()
-        self._dispatcher.call(self._notify)
-
-    def _release_left(self, candidacy: Candidacy) -> None:
-        """A withdrawn key whose release failed: release it again, then forget it."""
-        session = self._session
-        if session is not None and session.id is not None and not session.lost.is_set() and \
-                not self._stopping.is_set():
-            self.client.release(candidacy.key, session.id, release_mark(session.id))
-        self._forget(candidacy)
-
-    def _drop_delay_wait(self, candidacy: Candidacy) -> None:
-        if candidacy._delay_wait is None:
-            return
-        _, attempt, session = candidacy._delay_wait
-        assert session.id is not None and attempt.modify_index is not None
-        try:
-            # Not released but deleted: released, it would be led at once by
-            # the next candidate, which saw it free, inside the lock-delay
-            # that Consul did not set for a leader it was deleted under, or
-            # whose session ended as we took it. Absent, its next holder is
-            # its first, and waits too.
-            if not self.client.delete_key_if_index(candidacy.key, attempt.modify_index):
-                self.client.release(candidacy.key, session.id)
-        except ConsulLeaderError as exc:
-            if not self._stopping.is_set():
-                # The wait stays, and the sweep releases it again: the
-                # session lives on and would hold the key for good.
-                raise
-            log.warning("could not release %r (%s); Consul frees it when the session ends", candidacy.key, exc)
-        candidacy._delay_wait, candidacy._state = None, "idle"
-
-    def _apply_listing(self, index: int, entries: dict[str, KeyEntry], reset: bool) -> None:
-        """A full listing: apply what differs from the one known."""
-        known = self._entries
-        changed = {key: entry for key, entry in entries.items()
-                   if (old := known.get(key)) is None or old.modify_index != entry.modify_index}
-        self._apply(index, changed, known.keys() - entries.keys(), reset)
-
-    def _apply(self, index: int, changed: dict[str, KeyEntry], removed: Iterable[str], reset: bool = False) -> None:
-        """The prefix at *index*: *changed* entries, *removed* keys, every
-        other key as it was; look at the keys of ours among them."""
-        if index < self._index and not reset:
-            return
-        if not self._index:
-            self._full = True  # the first listing: every key, absent ones too, can be tried now
-        self._index = index
-        for key in removed:
-            self._entries.pop(key, None)
-            candidacy = self._candidacies.get(key)
-            if candidacy is not None:
-                self._observe(candidacy, None, index)
-        for key, entry in changed.items():
-            self._entries[key] = entry
-            candidacy = self._candidacies.get(key)
-            if candidacy is not None:
-                self._observe(candidacy, entry, index)
-
-    def _observe_all(self, index: int) -> None:
-        """Every key as last listed (a key added since was never looked at)."""
-        for candidacy in self.candidacies():
-            self._observe(candidacy, self._entries.get(candidacy.key), index)
-
-    def _observe(self, candidacy: Candidacy, entry: KeyEntry | None, index: int) -> None:
-        modified = entry.modify_index if entry is not None else 0
-        if modified == candidacy._modified:
-            return  # unchanged since the last look
-        candidacy._modified = modified
-        self._dirty.add(candidacy)
-        if candidacy._seat.view.observe(entry, self._clock()):
-            self._dispatcher.send(signals.leader_changed, candidacy, leader=candidacy._seat.view.leader)
-        term = candidacy._term
-        if term is not None and term.reason is None and index >= term.fencing_token:
-            assert term.session.id is not None
-            lost = lock_check(entry, term.session.id, candidacy.identity)
-            if lost is not None:
-                self._step_down(term, lost)
-        waiting = candidacy._delay_wait
-        if waiting is not None and index >= (waiting[1].modify_index or 0) and \
-                (entry is None or entry.session != waiting[2].id):
-            candidacy._delay_wait, candidacy._state = None, "idle"
-
-    def _sweep(self, candidacies: Iterable[Candidacy]) -> float:
-        """Lapsed leases, lock-delay waits that ended, and free keys to
-        take, among *candidacies*; returns when to look again. A request
-        that fails for one key does not keep the others from being looked
-        at: the first failure is raised once every key was."""
-        now = self._clock()
-        soon = math.inf
-        failure: ConsulLeaderError | None = None
-        for candidacy in candidacies:
-            try:
-                soon = min(soon, self._look_at(candidacy, now))
-            except ConsulLeaderError as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-        return soon
-
-    def _look_at(self, candidacy: Candidacy, now: float) -> float:
-        """One key of :meth:`_sweep`; when to look at it again."""
-        term = candidacy._term
-        if term is not None:
-            if term.lapsed or now >= term.lease_end():
-                self._lapse(term)
-                return math.inf
-            return term.lease_end()
-        if candidacy._withdrawn and candidacy._state == "idle":
-            self._release_left(candidacy)
-        elif candidacy._delay_wait is not None:
-            if candidacy._withdrawn:
-                self._withdraw(candidacy)  # its release failed: again
-            elif self._stopping.is_set():
-                self._drop_delay_wait(candidacy)
-            elif now >= candidacy._delay_wait[0]:
-                return self._lead_after_wait(candidacy)
-            else:
-                return candidacy._delay_wait[0]
-        elif candidacy._state == "idle" and not candidacy._withdrawn and not self._stopping.is_set():
-            return self._maybe_acquire(candidacy, now)
-        return math.inf
-
-    def _maybe_acquire(self, candidacy: Candidacy, now: float) -> float:
-        """Try to take *candidacy*'s key if it looks free; the time to look again."""
-        entry = self._entries.get(candidacy.key)
-        if candidacy._seat.sit_out is not None and candidacy._seat.sit_out.taken_since(entry):
-            candidacy._seat.sit_out = None  # someone else took it since we stepped down
-        holder = entry.session if entry is not None else None
-        own = self._session.id if self._session is not None and not self._session.lost.is_set() else None
-        if entry is not None and holder is not None and (holder != own or entry.modify_index <= candidacy._released):
-            return math.inf  # the watch tells when it is free (ours: a listing from before the release)
-        # Held by this session while no term nor lock-delay wait has it:
-        # an acquisition whose answer was lost, a term's start or release
-        # cut short by a failed request. Nobody else can take it: acquiring
-        # it again makes it a term.
-        if holder and candidacy._seat.sit_out is not None:
-            # Stepped down, and the release failed: release it again, as
-            # the step-down meant, rather than lead it again after the
-            # sit-out (nobody could take it meanwhile).
-            assert entry is not None and own is not None
-            # A failure is retried by the worker's next turn.
-            self.client.unlock(candidacy.key, own, release_mark(own), index=entry.modify_index)
-            candidacy._released = entry.modify_index
-            return math.inf
-        if candidacy._seat.sit_out is not None:
-            if not candidacy._seat.sit_out.over(entry, now):
-                return candidacy._seat.sit_out.until
-            candidacy._seat.sit_out = None
-        if now < candidacy._not_before:
-            return candidacy._not_before
-        if not self._index or candidacy._tried_index >= self._index:
-            # Not listed yet, or refused as held at this index: wait for the
-            # watch. Only a lock taken right after a listing showed the key
-            # free is led at once (LockAttempt.follows).
-            return math.inf
-        session = self._ensure_session()
-        assert session.id is not None
-        asked_at = self._clock()
-        try:
-            attempt = self.client.acquire(candidacy.key, candidacy.identity.encode("utf-8"), session.id,
-                                          flags=holder_flags(int(time.time() * 1000), self.timing.lock_delay))
-        except SessionLost:
-            session.lost.set()
-            self._on_lost(session)
-            raise
-        except RequestRejected as exc:
-            log.error("giving up %r: %s", candidacy.key, exc)
-            self._withdraw(candidacy)
-            return math.inf
-        if attempt.modify_index is None:
-            if attempt.delayed:
-                candidacy._not_before = retry_after_lock_delay(self._clock(), self.timing.lock_delay)
-                return candidacy._not_before
-            candidacy._tried_index = self._index
-            return math.inf
-        now = self._clock()
-        hold, why = candidacy._seat.view.hold_off(attempt, entry, session.id, now, self.timing.lock_delay)
-        if hold > 0:
-            log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", candidacy.identity,
-                     candidacy.key, why, hold, self.timing.lock_delay)
-            until = now + hold
-            candidacy._delay_wait, candidacy._state = (until, attempt, session), "delay-wait"
-            return until
-        return self._lead(candidacy, session, asked_at, attempt)
-
-    def _lead_after_wait(self, candidacy: Candidacy) -> float:
-        """The lock-delay wait ended: prove the key still ours, then lead;
-        the time to look again."""
-        assert candidacy._delay_wait is not None
-        _, attempt, session = candidacy._delay_wait
-        t0 = self._clock()
-        _, raw = self.client.get_key(candidacy.key)  # if it fails, the wait stays and the sweep proves it again
-        candidacy._delay_wait, candidacy._state = None, "idle"
-        entry = KeyEntry.parse_optional(raw)
-        if entry is not None and entry.session == session.id and not session.lost.is_set():
-            return self._lead(candidacy, session, t0, attempt)
-        return math.inf
-
     def _ensure_session(self) -> Session:
         session = self._session
         if session is not None and not session.lost.is_set():
@@ -841,8 +332,8 @@ class Elector:
         made: list[Session] = []
         session = Session(self.client, self.timing, f"consul-leader {self.identity} {self.prefix}",
                           on_error=self._report, stats=self.heartbeat_stats, clock=self._clock,
-                          on_lost=lambda s: self._post(functools.partial(self._on_lost, s)),
-                          on_round=lambda t0: self._prove(made[0], t0),
+                          on_lost=lambda s: self._post(functools.partial(self._work.on_lost, s)),
+                          on_round=lambda t0: self._work.view.prove(made[0], t0),
                           meta={"identity": self.identity, "prefix": self.prefix},
                           service=self.service, deregister_after=self.deregister_after)
         made.append(session)
@@ -853,65 +344,12 @@ class Elector:
         self._session = session
         return session
 
-    def _lead(self, candidacy: Candidacy, session: Session, held_since: float, attempt: LockAttempt) -> float:
-        """Start a term on the key just taken; the time to look again: its
-        lease's end, which the worker's timer acts on for a key without a
-        job (nothing else may wake the worker before: the watch and the
-        heartbeat's proof may wait on a frozen agent)."""
-        if not session.lease_valid():
-            # This round may first wait for the heartbeat's, which can sit in
-            # a request to a hung agent for a whole timeout: every lease of
-            # the session is over, so end those terms before waiting.
-            self._lease_left()
-            session.beat()  # an idle session's last round may be too old
-        term = _KeyTerm(candidacy, session, attempt, self._clock(),
-                        min(session.lease_deadline, held_since + self.timing.lease))
-        assert session.id is not None
-        if self._clock() >= term.deadline or candidacy._withdrawn or self._stopping.is_set():
-            self.client.release(candidacy.key, session.id)
-            return math.inf
-        candidacy._state = "leading"
-        self._tenure.lead(term, latest=False)
-        self._start_term_runner(term)
-        return term.lease_end()
-
-    def _start_term_runner(self, term: _KeyTerm) -> None:
-        """Run the key's job for *term*, with a lease watchdog: at the
-        lease's end the job is told to stop and, once it returned, the
-        ``deposed`` receivers are, even while this worker sits in a request
-        to a frozen agent."""
-        if term.seat.job is None or term.runner is not None:
-            return
-        self._tenure.start_runner(term, lambda: term.lease_end() - self._clock(),
-                                  on_lease_end=lambda: self._lapse(term))
-
-    def _lapse(self, term: _KeyTerm) -> None:
-        """*term*'s lease ran out: it stays out, and its ending goes on in
-        the calling thread (the step-down's), not through the worker, which
-        may be stuck in a request to a frozen agent."""
-        with self._lock:
-            term.lapsed = True
-        self._step_down(term, Reason.LEASE_EXPIRED)
-
-    def _finished(self, term: Term, after: AfterTerm, released: bool) -> None:
-        """*term*'s release (or the failure of it) on the worker: the key
-        is looked at again, and forgotten if it was withdrawn."""
-        assert isinstance(term, _KeyTerm)
-        candidacy = term.candidacy
-        if released:
-            candidacy._released = term.fencing_token
-        candidacy._state = "idle"
-        self._dirty.add(candidacy)
-        if candidacy._withdrawn and released:
-            self._forget(candidacy)
-        self._dispatcher.call(self._notify)
-
-    def _make_tenure(self) -> Tenure:
-        # The worker serves every key: a term's ending never waits there
-        # for a job, and its release is posted back to it.
-        return Tenure(self.client, self._clock, self.timing.check_ttl, self._dispatcher, self._lock, blocking=False,
-                      notify=lambda: self._dispatcher.call(self._notify), stepped=lambda t: self._tenure.end(t),
-                      post=self._post, finished=self._finished, stopping=self._stopping.is_set)
+    def _make_work(self, seats: dict[str, KeySeat] | None = None) -> KeyWork:
+        work = KeyWork(self.client, self.prefix, self.timing, self._clock, self._lock, self._stopping,
+                       self._dispatcher, self._post, lambda: self._session, self._ensure_session, self._notify)
+        if seats is not None:
+            work.view.seats = seats
+        return work
 
     def _after_fork_in_child(self) -> None:
         # Only the forking thread lives on in the child: the others may have
@@ -933,6 +371,48 @@ class Elector:
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.prefix}")
         self._state = "stopped"
         self.client = ConsulClient(self.client.config)
-        self._tenure = self._make_tenure()
-        for candidacy in self._candidacies.values():
-            candidacy._forget_parent()
+        seats = self._work.view.seats
+        for seat in seats.values():
+            seat.forget_parent()
+        self._work = self._make_work(seats)
+
+
+class _Host:
+    """What a :class:`Candidacy` asks of its elector (see
+    :class:`~consul_leader.candidacy.KeyHost`)."""
+
+    def __init__(self, elector: Elector) -> None:
+        self._elector = elector
+
+    def add(self, seat: KeySeat) -> None:
+        self._elector._work.view.seats[seat.key] = seat
+
+    def clock(self) -> float:
+        return self._elector._clock()
+
+    def changed(self) -> threading.Condition:
+        return self._elector._changed
+
+    def phase(self) -> str:
+        elector = self._elector
+        if elector._state != "running":
+            return elector._state
+        return "stopping" if elector._stopping.is_set() else "running"
+
+    def last_error(self) -> ConsulLeaderError | None:
+        return self._elector._last_error
+
+    def step_down(self, term: KeyTerm, reason: Reason) -> bool:
+        return self._elector._work.step_down(term, reason)
+
+    def withdraw(self, seat: KeySeat) -> None:
+        self._elector._post(lambda: self._elector._work.withdraw(seat))
+
+    def start_job(self, seat: KeySeat) -> None:
+        self._elector._post(lambda: self._elector._work.start_job(seat))
+
+    def on_own_thread(self) -> bool:
+        return self._elector._on_own_thread()
+
+    def worker_alive(self) -> bool:
+        return self._elector._worker_alive()

@@ -42,6 +42,13 @@ def module_path(module: str) -> Path:
     return path if path.exists() else PACKAGE.parent / module.replace(".", os.sep) / "__init__.py"
 
 
+def typing_only_nodes(tree: ast.AST) -> Set[int]:
+    """The ids of the nodes under ``if TYPE_CHECKING:``: they never run."""
+    return {id(n) for block in ast.walk(tree)
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.dump(block.test)
+            for n in ast.walk(block)}
+
+
 def internal_imports(module: str) -> Set[str]:
     """The consul_leader modules *module* imports, at import time or inside
     a function (a function-level import is a cycle postponed), but not
@@ -50,9 +57,7 @@ def internal_imports(module: str) -> Set[str]:
     tree = ast.parse(path.read_text())
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: Set[str] = set()
-    typing_only = {id(n) for block in ast.walk(tree)
-                   if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.dump(block.test)
-                   for n in ast.walk(block)}
+    typing_only = typing_only_nodes(tree)
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
@@ -134,9 +139,7 @@ REQUESTS_ALLOWED = {
 
 def runtime_imports_of_requests(module: str) -> bool:
     tree = ast.parse(module_path(module).read_text())
-    typing_only = {id(n) for block in ast.walk(tree)
-                   if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.dump(block.test)
-                   for n in ast.walk(block)}
+    typing_only = typing_only_nodes(tree)
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
