@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import tenacity
 
@@ -26,17 +26,17 @@ from .errors import ConsulLeaderError, LockHeld, PermissionDenied, RequestReject
 from .events import EventKind, LeadershipEvent, Reason
 from .follower import KeyWatch, LeaderInfo
 from .interrupt import clear_wake, interrupt, wake
-from .leadership import Leadership
+from .leadership import Leadership, Part
 from .lockdelay import holder_flags
 from .outage import Outage
-from .session import Clock, Session
+from .session import Clock, Session, live_session
 from .term import Seat
 from .waiting import KeyWaiter
 
 if TYPE_CHECKING:
     from .candidate import Candidate
 
-__all__ = ["Campaign", "log_fields"]
+__all__ = ["Campaign"]
 
 log = logging.getLogger("consul_leader")
 
@@ -50,23 +50,11 @@ _SUCCESSOR_WAIT = 0.1
 _REJECTIONS_THAT_ARE_FINAL = 3
 
 
-def log_fields(key: str, identity: str, event: str, **fields: Any) -> dict[str, Any]:
-    """The ``extra=`` of a transition's log record, for structured logging."""
-    return {"consul_leader_event": event, "key": key, "identity": identity, **fields}
-
-
-class Campaign:
+class Campaign(Part):
     """The election thread of one :class:`~consul_leader.Candidate`, and
-    what it knows: its session, the term it watches, a release that failed.
+    what it knows: its session, the term it watches, a release that failed
+    (see :class:`~consul_leader.leadership.Part` for what it is made with).
 
-    :param candidate: the candidate (its settings, and the sender of its signals).
-    :param seat: the candidate's seat in the key's election.
-    :param lock: the candidate's state lock.
-    :param stopping: set when the candidate leaves (or gives up).
-    :param clock: the candidate's clock.
-    :param dispatcher: the candidate's signal thread.
-    :param term_hook: returns the hook to call as a term begins, if any.
-    :param notify: wakes whoever waits for a change of leadership or state.
     :param finish_stop: the end of :meth:`Candidate.stop`, when it falls to this thread.
     :param gave_up: called when the election gave up by itself (``wait=False``).
     """
@@ -75,18 +63,7 @@ class Campaign:
                  clock: Clock, dispatcher: signals.Dispatcher,
                  term_hook: Callable[[], Callable[[int, float], None] | None], notify: Callable[[], None],
                  finish_stop: Callable[[], None], gave_up: Callable[[], None]) -> None:
-        self.candidate = candidate
-        self.seat = seat
-        self.key = candidate.key
-        self.identity = candidate.identity
-        self.timing = candidate.timing
-        self.client = candidate.client
-        self._lock = lock
-        self._stopping = stopping
-        self._clock = clock
-        self._dispatcher = dispatcher
-        self._term_hook = term_hook
-        self._notify = notify
+        super().__init__(candidate, seat, lock, stopping, clock, dispatcher, term_hook, notify)
         self._finish_stop = finish_stop
         self._gave_up = gave_up
         self.thread: threading.Thread | None = None
@@ -102,7 +79,7 @@ class Campaign:
         self.waiter = KeyWaiter(self.client, self.key, self.identity, self.timing.check_ttl, clock, stopping,
                                 lambda: self.session, self._observe)
         self.leadership = Leadership(candidate, seat, lock, stopping, clock, dispatcher, term_hook, notify,
-                                     self._report, self._fields)
+                                     self._report)
 
     def start(self) -> None:
         """Start the election thread (with the candidate's state lock held)."""
@@ -169,9 +146,6 @@ class Campaign:
             self.client.get_key(self.key, index=index, wait=_SUCCESSOR_WAIT)
         except ConsulLeaderError:
             pass  # only a courtesy
-
-    def _fields(self, event: str, **fields: Any) -> dict[str, Any]:
-        return log_fields(self.key, self.identity, event, **fields)
 
     # -- the thread ---------------------------------------------------------
 
@@ -332,18 +306,12 @@ class Campaign:
         waiter.wait_in_line(session, watch)
 
     def _ensure_session(self) -> Session:
-        session = self.session
-        if session is not None and not session.lost.is_set():
-            return session
-        if session is not None:
-            session.close()
-        session = Session(self.client, self.timing, f"consul-leader {self.key} {self.identity}",
-                          on_error=self._report, on_lost=self._session_lost, stats=self.candidate.heartbeat_stats,
-                          clock=self._clock, meta={"identity": self.identity, "key": self.key},
-                          service=self.candidate.service, deregister_after=self.candidate.deregister_after)
-        session.open()
-        self.session = session
-        return session
+        self.session = live_session(self.session, lambda: Session(
+            self.client, self.timing, f"consul-leader {self.key} {self.identity}", on_error=self._report,
+            on_lost=self._session_lost, stats=self.candidate.heartbeat_stats, clock=self._clock,
+            meta={"identity": self.identity, "key": self.key}, service=self.candidate.service,
+            deregister_after=self.candidate.deregister_after))
+        return self.session
 
     def _session_lost(self, session: Session) -> None:
         """From the heartbeat thread: a waiting candidate makes a new session

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import process, signals
-from .campaign import Campaign, log_fields
+from .campaign import Campaign
 from .client import ConsulClient
 from .config import ConsulConfig
 from .errors import (
@@ -35,8 +35,8 @@ from .job import Job
 from .participant import Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
-from .session import Clock, HeartbeatStats, Timing, lease_clock
-from .term import Seat
+from .session import Clock, HeartbeatStats, HoldsSession, Session, Timing, lease_clock
+from .term import Seat, log_fields
 from .validation import (
     check_bool,
     check_identity,
@@ -53,7 +53,7 @@ __all__ = ["Candidate", "Health", "LeadershipEvent", "stop_on_signals"]
 log = logging.getLogger("consul_leader")
 
 
-class Candidate(Participant):
+class Candidate(Participant, HoldsSession):
     """Runs for leadership of *key* in a background thread.
 
     :param key: the Consul KV key that is the lock, e.g. ``"service/beat/leader"``.
@@ -224,24 +224,8 @@ class Candidate(Participant):
                          lease_deadline=term.session.lease_deadline if term is not None else -math.inf,
                          last_error=self._campaign.last_error)
 
-    @property
-    def session_id(self) -> str | None:
-        """The ID of the Consul session this candidate holds its lock with, as
-        ``consul`` commands and the HTTP API name it; None before it made
-        one. Read-only: for operators and :mod:`consul_leader.testing`.
-
-        .. versionadded:: 0.3"""
-        session = self._campaign.session
-        return None if session is None else session.id
-
-    @property
-    def check_id(self) -> str | None:
-        """The ID of the TTL health check this candidate's session is bound
-        to, on its agent; None before it made one.
-
-        .. versionadded:: 0.3"""
-        session = self._campaign.session
-        return None if session is None else session.check_id
+    def _held_session(self) -> Session | None:
+        return self._campaign.session
 
     def resign(self) -> bool:
         """Step down if leading: :meth:`is_leader` turns False at once, the

@@ -38,7 +38,7 @@ from .keys import KeySeat, KeyTerm
 from .keywork import KeyWork
 from .outage import Outage
 from .runtime import check_threads_usable
-from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
+from .session import Clock, HeartbeatStats, HoldsSession, Session, Timing, lease_clock, live_session
 from .validation import check_identity, check_key, check_number, check_service, default_identity
 
 __all__ = ["Candidacy", "Elector"]
@@ -46,7 +46,7 @@ __all__ = ["Candidacy", "Elector"]
 log = logging.getLogger("consul_leader")
 
 
-class Elector:
+class Elector(HoldsSession):
     """Runs for many keys under *prefix* in one process, on one Consul
     session, one health check, and four threads (heartbeat, watch, worker,
     signals), that is at most three connections to the agent whatever the
@@ -138,24 +138,8 @@ class Elector:
         """True between :meth:`start` and :meth:`stop`."""
         return self._state == "running" and not self._stopping.is_set()
 
-    @property
-    def session_id(self) -> str | None:
-        """The ID of the one Consul session all the keys are held with; None
-        before it made one. Read-only, as :attr:`Candidate.session_id
-        <consul_leader.Candidate.session_id>`.
-
-        .. versionadded:: 0.3"""
-        session = self._session
-        return None if session is None else session.id
-
-    @property
-    def check_id(self) -> str | None:
-        """The ID of the TTL health check the session is bound to; None
-        before it made one.
-
-        .. versionadded:: 0.3"""
-        session = self._session
-        return None if session is None else session.check_id
+    def _held_session(self) -> Session | None:
+        return self._session  # the one session all the keys are held with
 
     def is_leader(self) -> bool:
         """True if any of its keys is led (for the process hooks)."""
@@ -324,11 +308,15 @@ class Elector:
     # -- the worker's messages -------------------------------------------------
 
     def _ensure_session(self) -> Session:
-        session = self._session
-        if session is not None and not session.lost.is_set():
-            return session
-        if session is not None:
-            session.close()
+        session = live_session(self._session, self._new_session)
+        if session is not self._session:
+            # Always at the leader's rate (about one request a second): a key
+            # won is led at once, without a round of its own on the handover path.
+            session.set_busy(True)
+            self._session = session
+        return session
+
+    def _new_session(self) -> Session:
         made: list[Session] = []
         session = Session(self.client, self.timing, f"consul-leader {self.identity} {self.prefix}",
                           on_error=self._report, stats=self.heartbeat_stats, clock=self._clock,
@@ -337,11 +325,6 @@ class Elector:
                           meta={"identity": self.identity, "prefix": self.prefix},
                           service=self.service, deregister_after=self.deregister_after)
         made.append(session)
-        session.open()
-        # Always at the leader's rate (about one request a second): a key
-        # won is led at once, without a round of its own on the handover path.
-        session.set_busy(True)
-        self._session = session
         return session
 
     def _make_work(self, seats: dict[str, KeySeat] | None = None) -> KeyWork:
@@ -406,10 +389,10 @@ class _Host:
         return self._elector._work.step_down(term, reason)
 
     def withdraw(self, seat: KeySeat) -> None:
-        self._elector._post(lambda: self._elector._work.withdraw(seat))
+        self._elector._post(functools.partial(self._elector._work.withdraw, seat))
 
     def start_job(self, seat: KeySeat) -> None:
-        self._elector._post(lambda: self._elector._work.start_job(seat))
+        self._elector._post(functools.partial(self._elector._work.start_job, seat))
 
     def on_own_thread(self) -> bool:
         return self._elector._on_own_thread()

@@ -23,36 +23,35 @@ from .interrupt import clear_wake, wake
 from .job import JobRunner
 from .lockdelay import LockAttempt
 from .session import Clock, Session
-from .term import Seat, Stage, Tenure, Term
+from .term import Seat, Stage, Tenure, Term, log_fields
 
 if TYPE_CHECKING:
     from .candidate import Candidate
 
-__all__ = ["Leadership"]
+__all__ = ["Leadership", "Part"]
 
 log = logging.getLogger("consul_leader")
 
 
-class Leadership:
-    """The terms of one candidate, one at a time, on its election thread.
+class Part:
+    """What the two parts of a Candidate's election (its thread,
+    :class:`~consul_leader.campaign.Campaign`, and its terms,
+    :class:`Leadership`) share: the candidate's settings, its seat, and how
+    its threads coordinate.
 
     :param candidate: the candidate (its settings, and the sender of its signals).
     :param seat: the candidate's seat in the key's election.
     :param lock: the candidate's state lock.
-    :param stopping: set when the candidate leaves.
+    :param stopping: set when the candidate leaves (or gives up).
     :param clock: the candidate's clock.
     :param dispatcher: the candidate's signal thread.
     :param term_hook: returns the hook to call as a term begins, if any.
-    :param notify: wakes whoever waits for a change of leadership.
-    :param report: tells of a failed request.
-    :param fields: the ``extra=`` of a transition's log record.
+    :param notify: wakes whoever waits for a change of leadership or state.
     """
 
     def __init__(self, candidate: Candidate, seat: Seat, lock: threading.RLock, stopping: threading.Event,
                  clock: Clock, dispatcher: signals.Dispatcher,
-                 term_hook: Callable[[], Callable[[int, float], None] | None], notify: Callable[[], None],
-                 report: Callable[[BaseException | None], None],
-                 fields: Callable[..., dict[str, Any]]) -> None:
+                 term_hook: Callable[[], Callable[[int, float], None] | None], notify: Callable[[], None]) -> None:
         self.candidate = candidate
         self.seat = seat
         self.key = candidate.key
@@ -62,9 +61,28 @@ class Leadership:
         self._lock = lock
         self._stopping = stopping
         self._clock = clock
+        self._dispatcher = dispatcher
         self._term_hook = term_hook
+        self._notify = notify
+
+    def _fields(self, event: str, **fields: Any) -> dict[str, Any]:
+        """The ``extra=`` of a transition's log record, for structured logging."""
+        return log_fields(self.key, self.identity, event, **fields)
+
+
+class Leadership(Part):
+    """The terms of one candidate, one at a time, on its election thread
+    (see :class:`Part` for what it is made with).
+
+    :param report: tells of a failed request.
+    """
+
+    def __init__(self, candidate: Candidate, seat: Seat, lock: threading.RLock, stopping: threading.Event,
+                 clock: Clock, dispatcher: signals.Dispatcher,
+                 term_hook: Callable[[], Callable[[int, float], None] | None], notify: Callable[[], None],
+                 report: Callable[[BaseException | None], None]) -> None:
+        super().__init__(candidate, seat, lock, stopping, clock, dispatcher, term_hook, notify)
         self._report = report
-        self._fields = fields
         #: The last term's runner, until its job has returned.
         self.runner: JobRunner | None = None
         self.ending = False  # the election thread is ending a term

@@ -434,3 +434,46 @@ class Session:
                         "%gs later.", instance.id, exc, instance.deregister_after)
         except ConsulLeaderError as exc:
             log.debug("could not deregister service instance %s: %s", instance.id, exc)
+
+
+def live_session(current: Session | None, make: Callable[[], Session]) -> Session:
+    """*current* while Consul still knows it; else a new session from
+    *make*, opened (and *current* closed): what both drivers keep, leading
+    or waiting, so that a key won is led without a session to make first.
+
+    :raises ConsulLeaderError: the new session could not be opened."""
+    if current is not None and not current.lost.is_set():
+        return current
+    if current is not None:
+        current.close()
+    session = make()
+    session.open()
+    return session
+
+
+class HoldsSession:
+    """The read-only ids of the Consul session a participant holds its
+    locks with, for operators and :mod:`consul_leader.testing`: a
+    :class:`~consul_leader.Candidate` and an :class:`~consul_leader.Elector`
+    each have one session."""
+
+    def _held_session(self) -> Session | None:
+        raise NotImplementedError
+
+    @property
+    def session_id(self) -> str | None:
+        """The ID of the session, as ``consul`` commands and the HTTP API
+        name it; None before one was made.
+
+        .. versionadded:: 0.3"""
+        session = self._held_session()
+        return None if session is None else session.id
+
+    @property
+    def check_id(self) -> str | None:
+        """The ID of the TTL health check the session is bound to, on its
+        agent; None before one was made.
+
+        .. versionadded:: 0.3"""
+        session = self._held_session()
+        return None if session is None else session.check_id

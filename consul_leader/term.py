@@ -37,7 +37,7 @@ from .lockdelay import LockAttempt, release_mark
 from .session import Clock, Session
 
 __all__ = ["Seat", "Stage", "Tenure", "Term", "announce_elected", "announce_ended", "log_elected", "log_ended",
-           "term_runner"]
+           "log_fields", "term_runner"]
 
 log = logging.getLogger("consul_leader")
 
@@ -245,8 +245,8 @@ class Tenure:
             runner.join()  # the next term's work must not start beside this one's
         seat = term.seat
         announce_ended(self.dispatcher, seat.events, seat.sender, term,
-                       extra={"consul_leader_event": "deposed", "key": seat.key, "identity": seat.identity,
-                              "fencing_token": term.fencing_token, "reason": str(term.reason)})
+                       extra=log_fields(seat.key, seat.identity, "deposed", fencing_token=term.fencing_token,
+                                        reason=str(term.reason)))
         # The deposed receivers stop what on_elected started: the release
         # waits for them, before anyone else can start it.
         if self.blocking:
@@ -366,6 +366,11 @@ def term_runner(job: Job | None, lease_remaining: Callable[[], float], sender: A
 
     return JobRunner(job, lease_remaining, f"{sender.identity} {sender.key}", on_return=returned,
                      on_lease_end=on_lease_end, on_exit=on_exit)
+
+
+def log_fields(key: str, identity: str, event: str, **fields: Any) -> dict[str, Any]:
+    """The ``extra=`` of a transition's log record, for structured logging."""
+    return {"consul_leader_event": event, "key": key, "identity": identity, **fields}
 
 
 def log_elected(identity: str, key: str, term: Term, **extra: Any) -> None:
