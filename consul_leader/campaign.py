@@ -29,7 +29,8 @@ from .interrupt import clear_wake, interrupt, wake
 from .leadership import Leadership, Part
 from .lockdelay import holder_flags
 from .outage import Outage
-from .session import Clock, Session, live_session
+from .participant import live_session
+from .session import Clock, Session
 from .term import Seat
 from .waiting import KeyWaiter
 

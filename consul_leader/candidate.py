@@ -32,10 +32,10 @@ from .events import LeadershipEvent, Reason
 from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE
 from .health import Health
 from .job import Job
-from .participant import Participant
+from .participant import HoldsSession, Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
-from .session import Clock, HeartbeatStats, HoldsSession, Session, Timing, lease_clock
+from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .term import Seat, log_fields
 from .validation import (
     check_bool,

@@ -37,8 +37,9 @@ from .job import LEASE_CLOCK_SLICE
 from .keys import KeySeat, KeyTerm
 from .keywork import KeyWork
 from .outage import Outage
+from .participant import HoldsSession, live_session
 from .runtime import check_threads_usable
-from .session import Clock, HeartbeatStats, HoldsSession, Session, Timing, lease_clock, live_session
+from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .validation import check_identity, check_key, check_number, check_service, default_identity
 
 __all__ = ["Candidacy", "Elector"]

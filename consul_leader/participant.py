@@ -1,7 +1,10 @@
 """The public API of one participant in one key's election, written once:
 a :class:`~consul_leader.Candidate` (its own session and threads) and an
 :class:`~consul_leader.Elector`'s :class:`~consul_leader.Candidacy` (one key
-of many on a shared session) answer the same questions the same way."""
+of many on a shared session) answer the same questions the same way. Also
+what every holder of a session (a Candidate, an Elector) offers and keeps:
+the session's ids (:class:`HoldsSession`) and a live session
+(:func:`live_session`)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import aio, decorators, signals
 from .events import LeadershipEvent
-from .session import lease_clock
+from .session import Session, lease_clock
 from .validation import check_timeout
 
 if TYPE_CHECKING:
     from .term import Seat
 
-__all__ = ["Participant"]
+__all__ = ["HoldsSession", "Participant", "live_session"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -160,3 +163,46 @@ class Participant:
             ``deposed.disconnect(func)`` undoes it; it does not keep the
             participant alive."""
         return signals.connect_for(signals.deposed, func, self)
+
+
+def live_session(current: Session | None, make: Callable[[], Session]) -> Session:
+    """*current* while Consul still knows it; else a new session from
+    *make*, opened (and *current* closed): what both drivers keep, leading
+    or waiting, so that a key won is led without a session to make first.
+
+    :raises ConsulLeaderError: the new session could not be opened."""
+    if current is not None and not current.lost.is_set():
+        return current
+    if current is not None:
+        current.close()
+    session = make()
+    session.open()
+    return session
+
+
+class HoldsSession:
+    """The read-only ids of the Consul session a participant holds its
+    locks with, for operators and :mod:`consul_leader.testing`: a
+    :class:`~consul_leader.Candidate` and an :class:`~consul_leader.Elector`
+    each have one session."""
+
+    def _held_session(self) -> Session | None:
+        raise NotImplementedError
+
+    @property
+    def session_id(self) -> str | None:
+        """The ID of the session, as ``consul`` commands and the HTTP API
+        name it; None before one was made.
+
+        .. versionadded:: 0.3"""
+        session = self._held_session()
+        return None if session is None else session.id
+
+    @property
+    def check_id(self) -> str | None:
+        """The ID of the TTL health check the session is bound to, on its
+        agent; None before one was made.
+
+        .. versionadded:: 0.3"""
+        session = self._held_session()
+        return None if session is None else session.check_id
