@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from .entry import KeyEntry
 from .errors import ConsulLeaderError, PermissionDenied
 
-__all__ = ["ROSTER_ROOT", "Contender", "Roster", "hold_for_others", "nobody_else", "read_roster", "roster_prefix"]
+__all__ = ["ROSTER_ROOT", "Contender", "Roster", "contenders_of", "hold_for_others", "nobody_else", "read_roster",
+           "roster_prefix"]
 
 if TYPE_CHECKING:
     from .client import ConsulClient
@@ -214,9 +215,10 @@ class Roster:
     def _disable(self, exc: PermissionDenied) -> None:
         if self.enabled:
             self.enabled = False
-            log.warning("the ACL token may not write the roster under %r: the first holder of the key waits one "
-                        "lock-delay before it leads, and `consul-leader status` cannot list this candidate; allow "
-                        "key_prefix %r write: %s", self.prefix, self.prefix, exc)
+            log.warning("the ACL token may not write the roster of %r, so the first holder of the key waits one "
+                        "lock-delay before it leads, and consul-leader status cannot list this candidate; the "
+                        "token's policy needs key_prefix \"%s\" { policy = \"write\" } (%s)", self.key, self.prefix,
+                        exc)
 
 
 def read_roster(raw: Mapping[str, Any], prefix: str, holder: str | None) -> list[Contender]:
@@ -227,3 +229,15 @@ def read_roster(raw: Mapping[str, Any], prefix: str, holder: str | None) -> list
     own = (KeyEntry.parse(one) for name, one in raw.items() if "/" not in name[len(prefix):])
     return sorted((Contender.parse(entry, holder) for entry in own),
                   key=lambda c: (c.since is None, c.since or 0.0, c.entry))
+
+
+def contenders_of(client: ConsulClient, key: str) -> list[Contender]:
+    """*key*'s contenders, in the order they joined: its roster, and which of
+    them holds the key (two reads).
+
+    :raises ConsulLeaderError: Consul could not be read."""
+    _, raw = client.get_key(key)
+    holder = raw.get("Session") if raw else None
+    prefix = roster_prefix(key)
+    _, listing = client.get_prefix(prefix)
+    return read_roster(listing, prefix, holder or None)
