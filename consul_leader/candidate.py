@@ -678,11 +678,11 @@ class Candidate(Participant):
         assert attempt.modify_index is not None and session.id is not None
         hold, why = self._view.hold_off(attempt, seen, session.id, self._clock(), self.timing.lock_delay)
         contenders = None
-        if hold > 0 and not attempt.follows(seen, session.id):
+        if hold > 0 and not self._view.follows(attempt, seen, session.id):
             # No lock-delay of Consul's covered this lock: the roster tells
             # whether anyone else can still be working, and for how long.
             contenders = self._roster.read(session.id)
-            hold, why = hold_with_roster(attempt, seen, session.id, hold, why, contenders,
+            hold, why = hold_with_roster(self._view, attempt, seen, session.id, hold, why, contenders,
                                          shared=is_consul_lock_key(self.key))
         if hold > 0 and not self._lock_delay_wait(hold, why):
             return

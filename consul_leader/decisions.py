@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .entry import KeyEntry
 from .events import Reason
-from .lockdelay import FreeSince, LockAttempt, holder_lock_delay, lock_delay_to_hold, release_mark
+from .lockdelay import FreeSince, LockAttempt, holder_lock_delay, lock_delay_to_hold, release_mark, released_by_holder
 from .roster import Contender, hold_for_others, nobody_else
 
 __all__ = ["AfterTerm", "KeyView", "SitOut", "after_term", "held_by_another", "hold_with_roster",
@@ -122,8 +122,8 @@ def is_consul_lock_key(key: str) -> bool:
     return key == ".lock" or key.endswith("/.lock")
 
 
-def hold_with_roster(attempt: LockAttempt, seen: KeyEntry | None, session_id: str, hold: float, why: str,
-                     contenders: list[Contender] | None, shared: bool) -> tuple[float, str]:
+def hold_with_roster(view: KeyView, attempt: LockAttempt, seen: KeyEntry | None, session_id: str, hold: float,
+                     why: str, contenders: list[Contender] | None, shared: bool) -> tuple[float, str]:
     """Amend :meth:`KeyView.hold_off`'s *hold* (and *why*) with what the
     key's roster shows (*contenders*, read after the acquisition; None: it
     could not be read), for a lock that no Consul lock-delay covered.
@@ -134,10 +134,15 @@ def hold_with_roster(attempt: LockAttempt, seen: KeyEntry | None, session_id: st
     is held the longest lock-delay any contender that took the lock needs,
     which covers ``consul-leader run`` beside library candidates when its
     flags were lost with the key. *shared*: the key is also ``consul
-    lock``'s, whose holders are on no roster: the roster proves nothing."""
-    if hold <= 0 or attempt.follows(seen, session_id) or shared:
+    lock``'s, whose holders are on no roster: the roster proves nothing.
+
+    So is a lock taken after a release mark that names a holder *view* did
+    not see (it started while the key was free): a mark is anyone's to
+    write, but once its holder stopped, the roster shows nobody who led."""
+    if hold <= 0 or view.follows(attempt, seen, session_id) or shared:
         return hold, why
-    if attempt.lock_index == 1 and nobody_else(contenders, session_id):
+    unseen_release = seen is not None and released_by_holder(seen) and attempt.lock_index == seen.lock_index + 1
+    if (attempt.lock_index == 1 or unseen_release) and nobody_else(contenders, session_id):
         return 0.0, ""
     return hold_for_others(contenders, session_id, hold), why
 
@@ -173,10 +178,13 @@ class KeyView:
         into its flags, among the entries observed.
     """
 
-    __slots__ = ("seen", "leader", "longest_delay", "_holder", "_free_since")
+    __slots__ = ("seen", "leader", "longest_delay", "last_holder", "_holder", "_free_since")
 
     def __init__(self) -> None:
         self.seen: KeyEntry | None = None
+        #: The session last seen holding the key: a release mark counts
+        #: only if it names that one (or the participant's own).
+        self.last_holder: str | None = None
         self.leader: str | None = None
         self.longest_delay = 0.0
         self._holder: tuple[str | None, str | None] = (None, None)
@@ -189,6 +197,8 @@ class KeyView:
         self.seen = entry
         self._free_since.see(entry, now)
         self.longest_delay = max(self.longest_delay, holder_lock_delay(entry) or 0.0)
+        if entry is not None and entry.session is not None:
+            self.last_holder = entry.session
         holder = (None, None) if entry is None or entry.session is None else \
             (entry.value.decode("utf-8", "replace"), entry.session)
         if holder == self._holder:
@@ -204,4 +214,9 @@ class KeyView:
         before the acquisition was sent; the lock-delay held is the longest
         of *lock_delay* (the participant's) and the holders'."""
         return attempt.hold_off(seen, session_id, self._free_since.of(seen), now,
-                                lock_delay_to_hold(lock_delay, self.longest_delay))
+                                lock_delay_to_hold(lock_delay, self.longest_delay), self.last_holder)
+
+    def follows(self, attempt: LockAttempt, seen: KeyEntry | None, session_id: str) -> bool:
+        """Whether *attempt* follows *seen* (:meth:`LockAttempt.follows`), a
+        release mark counting only from the holder last observed."""
+        return attempt.follows(seen, session_id, self.last_holder)

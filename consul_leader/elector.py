@@ -805,10 +805,10 @@ class Elector:
             return math.inf
         now = self._clock()
         hold, why = candidacy._view.hold_off(attempt, entry, session.id, now, self.timing.lock_delay)
-        if hold > 0 and not attempt.follows(entry, session.id):
+        if hold > 0 and not candidacy._view.follows(attempt, entry, session.id):
             # No lock-delay of Consul's covered this lock: the roster tells
             # whether anyone else can still be working, and for how long.
-            hold, why = hold_with_roster(attempt, entry, session.id, hold, why,
+            hold, why = hold_with_roster(candidacy._view, attempt, entry, session.id, hold, why,
                                          candidacy._roster.read(session.id), shared=is_consul_lock_key(candidacy.key))
         if hold > 0:
             log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", candidacy.identity,

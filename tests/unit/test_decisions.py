@@ -92,12 +92,23 @@ def test_leader_info_reads_a_parsed_entry_and_a_raw_one_alike() -> None:
     (None, taken(5), False),                                         # never read
     (entry(lock_index=0), taken(1), False),                          # a key's first lock follows nothing
     (entry(lock_index=4), LockAttempt(None, delayed=True), False),   # not taken at all
+    (released(lock_index=4, by="z"), taken(5), False),               # a mark of a holder not seen last (a replay)
+    (released(lock_index=4, by=OURS), taken(5), True),               # our own mark
 ], ids=["next", "next-invalidated", "released-by-another", "skipped-one", "recreated", "held-by-other",
         "ours-lost-answer", "ours-again", "ours-skipped",
-        "unseen", "first-lock", "not-taken"])
+        "unseen", "first-lock", "not-taken", "replayed-mark", "own-mark"])
 def test_whether_a_lock_follows_the_key_as_seen(seen: Optional[KeyEntry], attempt: LockAttempt,
                                                  follows: bool) -> None:
-    assert attempt.follows(seen, OURS) is follows
+    assert attempt.follows(seen, OURS, last_holder=OTHER) is follows
+
+
+def test_a_release_mark_counts_only_from_the_holder_last_observed() -> None:
+    view = KeyView()
+    assert not view.follows(taken(5), released(lock_index=4), OURS), "no holder seen: the mark proves nothing"
+    view.observe(entry(session=OTHER, lock_index=4), 1.0)
+    view.observe(released(lock_index=4), 2.0)
+    assert view.follows(taken(5), released(lock_index=4), OURS)
+    assert not view.follows(taken(5), released(lock_index=4, by="z"), OURS)
 
 
 # -- how long to hold a lock before leading it ----------------------------------
@@ -114,7 +125,7 @@ def test_whether_a_lock_follows_the_key_as_seen(seen: Optional[KeyEntry], attemp
         "invalidated-long-ago", "invalidated-now"])
 def test_how_long_a_lock_is_held_before_it_is_led(seen: KeyEntry, attempt: LockAttempt,
                                                   seen_free_at: Optional[float], now: float, hold: float) -> None:
-    held, why = attempt.hold_off(seen, OURS, seen_free_at, now, DELAY)
+    held, why = attempt.hold_off(seen, OURS, seen_free_at, now, DELAY, last_holder=OTHER)
     assert held == pytest.approx(hold)
     assert why or held == 0, "a hold says why, for the log"
 

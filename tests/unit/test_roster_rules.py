@@ -9,6 +9,9 @@ from typing import Any, Dict, Optional
 
 import pytest
 
+from consul_leader.decisions import KeyView, hold_with_roster
+from consul_leader.entry import KeyEntry
+from consul_leader.lockdelay import LockAttempt, release_mark
 from consul_leader.roster import Contender, hold_for_others, nobody_else, read_roster, roster_prefix
 
 KEY = "svc/x"
@@ -91,3 +94,40 @@ def test_contenders_are_listed_in_the_order_they_joined() -> None:
     early["Value"], late["Value"] = json.dumps(early_value).encode(), json.dumps(late_value).encode()
     assert [c.session for c in read_roster(listing(late, early), PREFIX, None)] == ["s2", "s1"]
     assert isinstance(read_roster(listing(late), PREFIX, None)[0], Contender)
+
+
+# -- a lock no lock-delay of Consul's covered, with the roster ----------------
+
+def _seen(value: bytes = b"", lock_index: int = 4, session: Optional[str] = None) -> KeyEntry:
+    return KeyEntry(key=KEY, value=value, session=session, lock_index=lock_index, modify_index=50, create_index=10)
+
+
+def _taken(lock_index: int) -> LockAttempt:
+    return LockAttempt(99, delayed=False, lock_index=lock_index, create_index=10)
+
+
+ALONE = (raw(OURS),)
+LED_AND_ALIVE = (raw(OURS), raw("s2", lock_delay=8.0))
+LEFT_BY_A_CRASH = (raw(OURS), raw("s2", held=False, lock_delay=8.0))
+
+
+@pytest.mark.parametrize("seen, attempt, roster, shared, hold", [
+    (_seen(lock_index=0), _taken(1), ALONE, False, 0.0),                      # a new key
+    (_seen(lock_index=0), _taken(1), LED_AND_ALIVE, False, 8.0),              # deleted under a live leader
+    (_seen(lock_index=0), _taken(1), LEFT_BY_A_CRASH, False, 8.0),            # ... under one that crashed
+    (_seen(lock_index=0), _taken(1), None, False, 3.0),                       # the roster unread
+    (_seen(lock_index=0), _taken(1), ALONE, True, 3.0),                       # consul lock's key
+    (_seen(), _taken(5), ALONE, False, 3.0),                                  # released by someone else
+    (_seen(), _taken(5), LED_AND_ALIVE, False, 8.0),                          # ... beside a longer lock-delay
+    (_seen(release_mark("z")), _taken(5), ALONE, False, 0.0),                 # a mark of a holder gone
+    (_seen(release_mark("z")), _taken(5), LED_AND_ALIVE, False, 8.0),         # ... or forged while it works
+    (_seen(release_mark(OURS)), _taken(5), LED_AND_ALIVE, False, 0.0),        # our own release: it follows
+], ids=["new-key", "deleted-live", "deleted-crashed", "unread", "consul-lock-key", "released-by-another",
+        "released-by-another-longer", "unseen-mark", "unseen-mark-leader-alive", "own-mark"])
+def test_what_the_roster_makes_of_a_lock_no_lock_delay_covered(
+        seen: KeyEntry, attempt: LockAttempt, roster: Optional[tuple], shared: bool, hold: float) -> None:
+    view = KeyView()
+    before, why = view.hold_off(attempt, seen, OURS, 100.0, 3.0)
+    contenders = None if roster is None else read_roster(listing(*roster), PREFIX, None)
+    held, _ = hold_with_roster(view, attempt, seen, OURS, before, why, contenders, shared)
+    assert held == hold
