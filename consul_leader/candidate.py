@@ -53,6 +53,7 @@ from .job import Job, JobRunner
 from .lockdelay import (
     LockAttempt,
     holder_flags,
+    lock_delay_to_hold,
     release_mark,
 )
 from .outage import Outage
@@ -87,6 +88,10 @@ _SUCCESSOR_WAIT = 0.1
 #: How many 400 answers in a row, with no round that worked between them,
 #: end an election: one may come from a proxy on the way, not from Consul.
 _REJECTIONS_THAT_ARE_FINAL = 3
+# While a lock-delay keeps the key, try again at least this far apart (and
+# at most eight times in one lock-delay): Consul answers such a refusal from
+# the Raft leader's memory, without a Raft write.
+_LOCK_DELAY_POLL = 0.25
 
 
 class Candidate(Participant):
@@ -180,6 +185,7 @@ class Candidate(Participant):
         self._state_lock = threading.RLock()
         self._changed = threading.Condition(self._state_lock)
         self._stopping = threading.Event()
+        self._cut_backoff = threading.Event()  # set to end a retry's backoff early
         self._thread: threading.Thread | None = None
         self._session: Session | None = None
         self._term: Term | None = None
@@ -207,6 +213,8 @@ class Candidate(Participant):
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
         self._key_checked = False
+        # When Consul first refused an acquisition for a lock-delay, in a row.
+        self._refused_since: float | None = None
         # This candidate's entry on the key's roster (see roster.py).
         self._roster = Roster(self.client, self.key, self.identity, self.timing.lock_delay)
         self._waiter = KeyWaiter(self.client, self.key, self.identity, self.timing.check_ttl, self._clock,
@@ -318,6 +326,7 @@ class Candidate(Participant):
                 self._state = "stopped"
                 return
             self._stopping.set()
+            self._cut_backoff.set()
             ending = self._ending
         was_leading = self._step_down(Reason.STOPPED)
         runner = self._runner
@@ -496,9 +505,9 @@ class Candidate(Participant):
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(retryable),
             # Jittered, so that replicas facing a dead agent do not beat on it
-            # in step; capped at two TTLs, so that one whose agent is back
+            # in step; capped at one TTL, so that one whose agent is back
             # (its session may still hold the lock) resumes soon.
-            wait=tenacity.wait_random_exponential(multiplier=0.1, max=min(30.0, self.timing.check_ttl * 2)),
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=min(30.0, self.timing.check_ttl)),
             stop=tenacity.stop_when_event_set(self._stopping),
             sleep=self._pause,
             before_sleep=lambda state: self._report(state.outcome.exception()),  # type: ignore[union-attr]
@@ -531,7 +540,12 @@ class Candidate(Participant):
             self._changed.notify_all()
 
     def _pause(self, seconds: float) -> None:
-        self._stopping.wait(seconds)  # a backoff that stop() cuts short
+        # A backoff that stop() cuts short, and so does the heartbeat
+        # finding the session gone: the agent answers again, and a new
+        # session is due now, not when the backoff ends.
+        self._cut_backoff.wait(seconds)
+        if not self._stopping.is_set():
+            self._cut_backoff.clear()
 
     def _report(self, error: BaseException | None) -> None:
         """Tell of a failed request. Called from the election and heartbeat
@@ -607,20 +621,27 @@ class Candidate(Participant):
         took = self._clock() - asked_at
         waiter.acquired_in(took)
         if attempt.modify_index is not None:
+            self._refused_since = None
             waiter.lost_race = False
             waiter.line.left()  # the transaction deleted our entry: the next waiter moves up
             self._lead(session, asked_at, attempt, seen)
             return
         if attempt.delayed:
             # The last holder's session was invalidated: nobody may take the
-            # lock for lock_delay from then. Try again when it has surely
-            # ended rather than spinning.
-            log.debug("%s: a lock-delay runs on %r; trying again within %gs", self.identity, self.key,
-                      self.timing.lock_delay)
+            # lock for its lock-delay from then. Try again a few times until
+            # it has surely ended, rather than spinning or overshooting.
+            now = self._clock()
+            if self._refused_since is None:
+                self._refused_since = now
+            lock_delay = lock_delay_to_hold(self.timing.lock_delay, self._view.longest_delay)
+            retry_at = retry_after_lock_delay(now, lock_delay, self._refused_since,
+                                              poll=max(_LOCK_DELAY_POLL, lock_delay / 8))
+            log.debug("%s: a lock-delay runs on %r; trying again in %.2fs", self.identity, self.key, retry_at - now)
             watch = KeyWatch(self.client, self.key)
-            waiter.wait(watch, hold_off_until=retry_after_lock_delay(self._clock(), self.timing.lock_delay))
+            waiter.wait(watch, hold_off_until=retry_at)
             waiter.wait_if_held(watch)
             return
+        self._refused_since = None
         watch = KeyWatch(self.client, self.key)
         entry = watch.read()
         self._observe(entry)
@@ -656,6 +677,7 @@ class Candidate(Participant):
         """From the heartbeat thread: a waiting candidate makes a new session
         at once instead of when its long blocking query ends (while leading,
         the watch of the lock sees the loss by itself)."""
+        self._cut_backoff.set()
         thread = self._thread
         if thread is not None and self._holding is None and not self._ending:
             wake(thread)
@@ -694,7 +716,10 @@ class Candidate(Participant):
             # but the key may have been deleted and taken by another during
             # the hold: read it (a round while leading does) before leading.
             # Without a hold, an idle follower's last round may be too old.
-            held = (hold == 0 and session.lease_valid()) or session.beat()
+            # A lease that would run out before the round set_leading()
+            # kicks could renew it (a slow agent) is renewed first.
+            round_time = self.heartbeat_stats.last_duration or 0.0
+            held = (hold == 0 and session.lease_remaining() > 2 * round_time) or session.beat()
         except BaseException:
             session.set_leading(None)
             raise
@@ -801,6 +826,7 @@ class Candidate(Participant):
                 runner.stop()
                 runner.join()  # the next term's work must not start beside this one's
             self._runner = None
+            self._view.own_lock = (term.create_index, term.lock_index)
             after = after_term(reason, term.lock_index, self._clock(), self.timing.check_ttl)
             if after.sit_out is not None:
                 self._sit_out = after.sit_out

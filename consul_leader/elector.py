@@ -52,6 +52,7 @@ from .job import LEASE_CLOCK_SLICE, Job
 from .lockdelay import (
     LockAttempt,
     holder_flags,
+    lock_delay_to_hold,
     release_mark,
 )
 from .outage import Outage
@@ -112,6 +113,7 @@ class Candidacy(Participant):
         self._state = "idle"  # idle, delay-wait, leading, withdrawn; owned by the worker thread
         self._withdrawn = False
         self._not_before = -math.inf  # a lock-delay runs until then
+        self._refused_since: float | None = None  # first refused for a lock-delay, in a row
         self._tried_index = -1  # refused as held while the prefix was at this index
         self._modified = -1  # the ModifyIndex of the key's entry last looked at
         self._sit_out: SitOut | None = None
@@ -799,10 +801,18 @@ class Elector:
             return math.inf
         if attempt.modify_index is None:
             if attempt.delayed:
-                candidacy._not_before = retry_after_lock_delay(self._clock(), self.timing.lock_delay)
+                # One lock-delay from the first refusal in a row, not from each.
+                now = self._clock()
+                if candidacy._refused_since is None:
+                    candidacy._refused_since = now
+                candidacy._not_before = retry_after_lock_delay(
+                    now, lock_delay_to_hold(self.timing.lock_delay, candidacy._view.longest_delay),
+                    candidacy._refused_since)
                 return candidacy._not_before
+            candidacy._refused_since = None
             candidacy._tried_index = self._index
             return math.inf
+        candidacy._refused_since = None
         now = self._clock()
         hold, why = candidacy._view.hold_off(attempt, entry, session.id, now, self.timing.lock_delay)
         if hold > 0 and not candidacy._view.follows(attempt, entry, session.id):

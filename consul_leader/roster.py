@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from .entry import KeyEntry
 from .errors import ConsulLeaderError, PermissionDenied
 
-__all__ = ["ROSTER_ROOT", "Contender", "Roster", "contenders_of", "hold_for_others", "nobody_else", "read_roster",
-           "roster_prefix"]
+__all__ = ["ROSTER_ROOT", "Contender", "Roster", "contenders_of", "hold_for_others", "nobody_else", "on_roster",
+           "read_roster", "roster_prefix"]
 
 if TYPE_CHECKING:
     from .client import ConsulClient
@@ -119,6 +119,12 @@ def nobody_else(contenders: Iterable[Contender] | None, own_session: str) -> boo
     listed = list(contenders)
     return any(c.session == own_session for c in listed) and \
         not any(c.has_led for c in listed if c.session != own_session)
+
+
+def on_roster(contenders: Iterable[Contender] | None, session: str | None) -> bool:
+    """Whether *session* has an entry on the roster, live or left behind
+    (the entry's name is its session ID)."""
+    return session is not None and any(c.entry.rsplit("/", 1)[-1] == session for c in contenders or ())
 
 
 def hold_for_others(contenders: Iterable[Contender] | None, own_session: str, own: float) -> float:

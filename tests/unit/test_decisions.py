@@ -205,8 +205,17 @@ def test_when_a_sit_out_is_over(seen: Optional[KeyEntry], now: float, over: bool
     assert SitOut(103.0, 7).over(seen, now) is over
 
 
-def test_a_refusal_for_a_lock_delay_is_retried_one_lock_delay_later() -> None:
-    assert retry_after_lock_delay(100.0, DELAY) == 103.0
+@pytest.mark.parametrize("now, refused_since, poll, retry", [
+    (100.0, None, None, 103.0),      # the first refusal: one lock-delay later
+    (101.0, 100.0, None, 103.0),     # refused again: still one lock-delay from the first, not from this one
+    (100.0, None, 0.5, 100.5),       # polling: the lock-delay may have started long before the refusal
+    (102.8, 100.0, 0.5, 103.0),      # ... never past its surest end
+    (103.5, 100.0, 0.5, 104.0),      # refused past it (a longer lock-delay than known): keep polling
+    (103.5, 100.0, None, 106.5),     # ... or wait another lock-delay
+])
+def test_a_refusal_for_a_lock_delay_is_retried_by_the_lock_delays_end_counted_from_the_first(
+        now: float, refused_since: Optional[float], poll: Optional[float], retry: float) -> None:
+    assert retry_after_lock_delay(now, DELAY, refused_since, poll) == pytest.approx(retry)
 
 
 @pytest.mark.parametrize("attempt, follows", [
@@ -290,3 +299,16 @@ def test_a_key_view_counts_an_invalidated_key_from_when_it_first_saw_it_free() -
     view.observe(free, 10.0)
     view.observe(free, 11.5)
     assert view.hold_off(taken(5), free, OURS, 12.0, DELAY)[0] == pytest.approx(1.0)
+
+
+def test_a_lock_right_after_our_own_last_term_waits_for_nobody_however_that_term_ended() -> None:
+    view = KeyView()
+    invalidated_ours = entry(lock_index=4, value=b"me")  # our session invalidated in an outage
+    assert view.hold_off(taken(5), invalidated_ours, OURS, 100.0, DELAY)[0] == DELAY
+    view.own_lock = (10, 4)  # set once that term's work returned
+    assert view.hold_off(taken(5), invalidated_ours, OURS, 100.0, DELAY) == (0.0, "")
+    # Last read while our old session still held it: the same lock, over.
+    assert view.hold_off(taken(5), entry(session="old", lock_index=4, value=b"me"), OURS, 100.0, DELAY) == (0.0, "")
+    # Someone else locked it in between (LockIndex 5), or it was re-created: wait as before.
+    assert view.hold_off(taken(6), entry(lock_index=5, value=b"x"), OURS, 100.0, DELAY)[0] == DELAY
+    assert view.hold_off(taken(5, create_index=11), invalidated_ours, OURS, 100.0, DELAY)[0] == DELAY

@@ -131,3 +131,14 @@ def test_what_the_roster_makes_of_a_lock_no_lock_delay_covered(
     contenders = None if roster is None else read_roster(listing(*roster), PREFIX, None)
     held, _ = hold_with_roster(view, attempt, seen, OURS, before, why, contenders, shared)
     assert held == hold
+
+
+def test_a_holder_seen_that_is_not_on_the_roster_makes_a_first_lock_wait() -> None:
+    view = KeyView()
+    view.observe(_seen(b"old", session="foreign"), 1.0)  # another tool's session, or 0.1's
+    roster = read_roster(listing(raw(OURS)), PREFIX, None)
+    hold, why = view.hold_off(_taken(1), _seen(lock_index=0), OURS, 100.0, 3.0)
+    assert hold_with_roster(view, _taken(1), _seen(lock_index=0), OURS, hold, why, roster, False)[0] == 3.0
+    # One on the roster (a crash left its entry free) is known: its lock-delay is held.
+    roster = read_roster(listing(raw(OURS), raw("foreign", held=False, lock_delay=5.0)), PREFIX, None)
+    assert hold_with_roster(view, _taken(1), _seen(lock_index=0), OURS, hold, why, roster, False)[0] == 5.0
