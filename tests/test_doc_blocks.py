@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 import requests
-from support.docblocks import Block, all_blocks
+from support.docblocks import Block, all_blocks, documentation
 
 from consul_leader import Candidate, Follower
 from consul_leader.testing import ConsulAgent, free_ports
@@ -70,6 +70,19 @@ def test_every_python_and_shell_block_is_run_or_says_why_not() -> None:
             unaccounted.append(block.where)
     assert unaccounted == [], "shell blocks neither run nor marked '.. test: not run, <why>'"
     assert len(fragments) <= MAX_PYTHON_FRAGMENTS, f"Python blocks not run: {fragments}"
+
+
+def test_every_included_example_is_run_by_a_test() -> None:
+    """The files shown with ``literalinclude``: the project's own test
+    project (under tests/) or an example a test module names."""
+    tests_text = "\n".join(p.read_text(encoding="utf-8") for p in Path(ROOT, "tests").rglob("test_*.py"))
+    unrun = []
+    for page in documentation(Path(ROOT)):
+        for target in re.findall(r"^\s*\.\. literalinclude:: (\S+)", page.read_text(encoding="utf-8"), re.M):
+            shown = (page.parent / target).resolve().relative_to(ROOT)
+            if shown.parts[0] != "tests" and shown.name not in tests_text and shown.parent.name not in tests_text:
+                unrun.append(f"{page.relative_to(ROOT)}: {shown}")
+    assert unrun == []
 
 
 # -- Python blocks ---------------------------------------------------------------------------------------------

@@ -35,8 +35,8 @@ def test_docs_build_with_warnings_as_errors_from_the_docs_requirements_alone(tmp
     bin_dir = env_dir / "bin"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     install = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                              ROOT, "-r", os.path.join(ROOT, "requirements", "docs.txt")], capture_output=True, text=True, timeout=600, env=env,
-                             cwd=tmp_path, stdin=subprocess.DEVNULL)
+                              ROOT, "-r", os.path.join(ROOT, "requirements", "docs.txt")], capture_output=True,
+                             text=True, timeout=600, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
     assert install.returncode == 0, install.stdout + install.stderr
     frameworks = subprocess.run([str(bin_dir / "python"), "-c", "import django"], capture_output=True, env=env)
     assert frameworks.returncode != 0, "the docs requirements alone: Django must not be installed"
@@ -46,6 +46,8 @@ def test_docs_build_with_warnings_as_errors_from_the_docs_requirements_alone(tmp
         stdin=subprocess.DEVNULL)
     assert result.returncode == 0, f"sphinx-build -W failed:\n{result.stderr}"
     assert (tmp_path / "html" / "index.html").exists()
+    # The notes for tests/test_doc_blocks.py are rst comments: never shown.
+    assert "class Database" not in (tmp_path / "html" / "concepts.html").read_text(encoding="utf-8")
     assert "LeaderElection" in (tmp_path / "html" / "integrations" / "flask.html").read_text(encoding="utf-8")
 
 
