@@ -20,7 +20,7 @@ MATRIX_PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $$PATH))
 VENV_ENV := $(shell $(PYTHON) -c 'import sys; print("py%d%d" % sys.version_info[:2])' 2>/dev/null)
 CONSUL_CASES := consul-python-consul consul-python-consul2 consul-py-consul \
 	consul-python-consul2-over-py-consul consul-py-consul-over-python-consul2
-MATRIX ?= $(filter-out $(VENV_ENV),py310 py311 py312 py313) lowest $(CONSUL_CASES)
+MATRIX ?= $(filter-out $(VENV_ENV),py310 py311 py312 py313) lowest django-newest $(CONSUL_CASES)
 
 .PHONY: services venv consul demo test matrix test-all chaos findings simulate lint typecheck docs bench bench-quick clean
 

@@ -33,7 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Optional, ParamSpec, TypeVar
 
 from . import signals
-from .errors import ConfigurationTypeError
+from .errors import ConfigurationTypeError, ConsulUnavailable
 from .events import EventKind, LeadershipEvent
 from .validation import check_bool, check_timeout
 
@@ -126,10 +126,18 @@ async def wait_for_leader_async(follower: "Follower", timeout: Optional[float] =
     :raises ConsulUnavailable: Consul did not answer within *timeout*.
     :raises PermissionDenied: the ACL token may not read the key."""
     timeout = check_timeout("timeout", timeout)
+
+    def answered(seconds: float) -> bool:
+        try:
+            follower.wait_for_leader(seconds)
+        except ConsulUnavailable:
+            return False  # not within this slice: the wait goes on until *timeout*
+        return True
+
     # Raises NotRunning before start(), answers at once otherwise.
     if not follower.wait_for_first_read(0) and timeout != 0:
-        await _wait_in_thread(follower._wait_settled, timeout, f"follow {follower.key}")
-    return follower._leader_or_raise(timeout)
+        await _wait_in_thread(answered, timeout, f"follow {follower.key}")
+    return follower.wait_for_leader(0)  # the answer, or why there is none
 
 
 async def events_async(candidate: "Participant") -> AsyncIterator[LeadershipEvent]:

@@ -250,15 +250,7 @@ class Follower:
            for "nobody leads"."""
         if self._thread is None:
             raise NotRunning("Follower.wait_for_leader() needs start() first")
-        self._wait_settled(timeout)
-        return self._leader_or_raise(timeout)
-
-    def _wait_settled(self, timeout: float | None) -> bool:
-        """Wait until the key was read, or waiting is pointless; False if *timeout* passed first."""
-        return self._settled.wait(timeout)
-
-    def _leader_or_raise(self, timeout: float | None) -> str | None:
-        """The answer of :meth:`wait_for_leader` once its wait is over."""
+        self._settled.wait(timeout)
         with self._lock:
             seen, info, failure = self._seen.is_set(), self._info, self._failure
         if seen:
@@ -268,12 +260,11 @@ class Follower:
         if self._stop.is_set():
             raise NotRunning(f"the follower of {self.key!r} was stopped before it could read the key")
         where = f"Consul at {self.client.config.address}"
-        within = "" if timeout is None else f" within {timeout:g} s"
         if failure is None:
-            raise ConsulUnavailable(f"the follower of {self.key!r} had no answer from {where}{within}",
+            raise ConsulUnavailable(f"the follower of {self.key!r} had no answer yet from {where}",
                                     operation="read key", key=self.key)
-        raise ConsulUnavailable(f"the follower of {self.key!r} could not read the key from {where}{within}: "
-                                f"{failure}", operation="read key", key=self.key,
+        raise ConsulUnavailable(f"the follower of {self.key!r} could not read the key from {where}: {failure}",
+                                operation="read key", key=self.key,
                                 status=getattr(failure, "status", None)) from failure
 
     def wait_for_first_read(self, timeout: float | None = None) -> bool:
