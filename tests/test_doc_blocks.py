@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 import requests
-from support.docblocks import Block, all_blocks, documentation
+from support.docblocks import Block, all_blocks, blocks_of, documentation
 
 from consul_leader import Candidate, Follower
 from consul_leader.testing import ConsulAgent, free_ports
@@ -49,6 +49,21 @@ def test_a_literal_block_that_is_python_says_so() -> None:
     """Sphinx highlights a ``::`` literal that parses as Python as Python;
     a ``.. code-block:: python`` says it, and carries its notes next to it."""
     assert [b.where for b in BLOCKS if b.language == "python-literal"] == []
+
+
+def test_notes_belong_to_the_next_block_and_a_stray_note_is_an_error(tmp_path: Path) -> None:
+    page = tmp_path / "page.rst"
+    page.write_text("Title\n=====\n\n.. test: setup\n\n   x = 1\n\n.. test: check\n\n   assert y == 2\n\n"
+                    ".. code-block:: python\n\n    y = x + 1\n\n.. test: not run, a reason\n   on two lines\n\n"
+                    "Then::\n\n    $ consul-leader status a/key\n")
+    first, second = blocks_of(page, tmp_path)
+    assert (first.language, first.code, first.note("setup").body, first.note("check").body) == \
+        ("python", "y = x + 1", "x = 1", "assert y == 2")
+    assert second.language == "shell" and second.note("not run").argument == "a reason on two lines"
+    assert second.commands() == ["consul-leader status a/key"]
+    page.write_text("Title\n=====\n\n.. test: not run, nothing follows\n")
+    with pytest.raises(ValueError, match="no block after it"):
+        list(blocks_of(page, tmp_path))
 
 
 def test_every_python_and_shell_block_is_run_or_says_why_not() -> None:
@@ -203,7 +218,7 @@ def test_status_prints_what_cli_rst_shows(doc_env: Dict[str, str], consul_agent:
     block = block_after("docs/cli.rst", "``status``")
     (command,) = block.commands()
     sample = output_lines(block)
-    identity = re.search(r"^leader: +(\S+)$", "\n".join(sample), re.M).group(1)  # type: ignore[union-attr]
+    identity = re.search(r"^leader: +(\S+)$", "\n".join(sample), re.M).group(1)
     with Candidate(page_key, address=consul_agent.address, identity=identity) as leader:
         assert leader.wait_for_leadership(30)
         shown = subprocess.run(shlex.split(command), env=doc_env, capture_output=True, text=True, timeout=30)
