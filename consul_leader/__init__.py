@@ -33,6 +33,7 @@ from .errors import (
 )
 from .events import EventKind, Reason
 from .follower import Follower, LeaderInfo
+from .roster import Contender
 from .session import Timing
 from .signals import deposed, elected, election_error, leader_changed
 
@@ -53,6 +54,7 @@ __all__ = [
     "ConsulLeaderError",
     "ConsulTLSError",
     "ConsulUnavailable",
+    "Contender",
     "Elector",
     "EventKind",
     "Follower",

@@ -22,9 +22,19 @@ import tenacity
 from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import KeyView, SitOut, after_term, lock_check, released_entry, retry_after_lock_delay
+from .decisions import (
+    KeyView,
+    SitOut,
+    after_term,
+    hold_with_roster,
+    is_consul_lock_key,
+    lock_check,
+    released_entry,
+    retry_after_lock_delay,
+)
 from .entry import KeyEntry
 from .errors import (
+    ConfigurationError,
     ConfigurationTypeError,
     ConsulLeaderError,
     ConsulUnavailable,
@@ -48,6 +58,7 @@ from .lockdelay import (
 from .outage import Outage
 from .participant import Participant
 from .process import stop_on_signals
+from .roster import Roster
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .term import Stage, Term, announce_elected, announce_ended, log_elected, term_runner
@@ -157,6 +168,7 @@ class Candidate(Participant):
         # command, so that no thread switch lies on the handover path. It
         # must not block (the lease does not wait for it).
         self._term_hook: Callable[[int, float], None] | None = None
+        self._also_lock: list[tuple[str, bytes]] = []
         # One line when the election starts failing, a reminder a minute,
         # one when it works again: not a line per retry.
         self._outage = Outage(log, f"election for {self.key!r}")
@@ -195,6 +207,8 @@ class Candidate(Participant):
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
         self._key_checked = False
+        # This candidate's entry on the key's roster (see roster.py).
+        self._roster = Roster(self.client, self.key, self.identity, self.timing.lock_delay)
         self._waiter = KeyWaiter(self.client, self.key, self.identity, self.timing.check_ttl, self._clock,
                                  self._stopping, lambda: self._session, self._observe)
         self.heartbeat_stats = HeartbeatStats()
@@ -336,6 +350,7 @@ class Candidate(Participant):
 
     def _finish_stop(self) -> None:
         self._waiter.line.leave()  # before the session ends, so that the next waiter moves up once
+        self._roster.leave()  # every term is over: nothing of ours can still be working
         session = self._session
         if session is not None:
             self._let_successor_in()
@@ -420,6 +435,21 @@ class Candidate(Participant):
 
         .. versionadded:: 0.3"""
         self._term_hook = hook
+
+    def lock_with(self, key: str, value: bytes = b"") -> None:
+        """Take the lock on *key* (writing *value*) in the same transaction
+        as each lock on this candidate's key, and release it when the term
+        ends: a lock that another tool takes too. ``consul-leader run
+        PREFIX`` locks ``consul lock PREFIX``'s ``PREFIX/.lock`` so, and
+        ``consul lock`` cannot lead beside it, even with an acquisition that
+        was on its way before. If another session holds *key*, the
+        candidate stops and :meth:`wait_for_leadership` raises
+        :class:`~consul_leader.errors.AlsoLockHeld`. Call before :meth:`start`.
+
+        .. versionadded:: 0.2"""
+        if self._state != "new":
+            raise ConfigurationError(f"lock_with({key!r}): call it before start()")
+        self._also_lock.append((check_key(key), value))
 
     # -- the election thread ------------------------------------------------
 
@@ -531,8 +561,7 @@ class Candidate(Participant):
             if term.session is session:
                 assert session.id is not None
                 # Raises: retried with backoff.
-                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id),
-                                                       index=term.fencing_token)
+                self._released_at = self._unlock(session.id, term)
                 if self._released_at is not None:
                     # Our own release, late: the next lock follows it (F3).
                     self._view.seen = released_entry(self.key, session.id, term.lock_index, term.create_index,
@@ -567,9 +596,11 @@ class Candidate(Participant):
         seen = self._view.seen
         asked_at = self._clock()
         try:
+            self._roster.join(session.id)  # once per session; again only if that failed
             attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id,
                                           flags=holder_flags(since_ms, self.timing.lock_delay),
-                                          delete=waiter.line.entry)
+                                          delete=waiter.line.entry,
+                                          also_lock=self._roster.with_lock() + self._also_lock)
         except SessionLost:
             session.lost.set()
             raise
@@ -646,8 +677,17 @@ class Candidate(Participant):
         :meth:`LockAttempt.hold_off`)."""
         assert attempt.modify_index is not None and session.id is not None
         hold, why = self._view.hold_off(attempt, seen, session.id, self._clock(), self.timing.lock_delay)
+        contenders = None
+        if hold > 0 and not attempt.follows(seen, session.id):
+            # No lock-delay of Consul's covered this lock: the roster tells
+            # whether anyone else can still be working, and for how long.
+            contenders = self._roster.read(session.id)
+            hold, why = hold_with_roster(attempt, seen, session.id, hold, why, contenders,
+                                         shared=is_consul_lock_key(self.key))
         if hold > 0 and not self._lock_delay_wait(hold, why):
             return
+        if contenders:
+            self._roster.forget(contenders)  # what crashed candidates left: their work is over by now
         session.set_leading(self.key, held_since)
         try:
             # After a hold-off the lease from the acquisition may still run,
@@ -783,8 +823,7 @@ class Candidate(Participant):
         for attempt in (1, 2):
             clear_wake()  # a wake meant for the term's watch must not fail its release
             try:
-                self._released_at = self.client.unlock(self.key, session.id, release_mark(session.id),
-                                                       index=term.fencing_token)
+                self._released_at = self._unlock(session.id, term)
                 if self._released_at is None and reason.voluntary:
                     log.warning("releasing %r after %s: Consul says session %s did not hold it", self.key, reason,
                                 session.id)
@@ -800,6 +839,16 @@ class Candidate(Participant):
                 log.warning("could not release %r after %s (%s); trying again", self.key, reason, exc)
                 self._unreleased = term
                 return
+
+    def _unlock(self, session_id: str, term: Term) -> int | None:
+        """Release the term's lock, guarded by its fencing token, then what
+        was locked with it; the key's ModifyIndex after the release, or None
+        if the session did not hold it."""
+        # Those first: once the key is free, the next leader's acquisition
+        # needs them free too. Our work is over either way.
+        for key, _ in self._also_lock:
+            self.client.release(key, session_id)
+        return self.client.unlock(self.key, session_id, release_mark(session_id), index=term.fencing_token)
 
     def _step_down(self, reason: Reason) -> bool:
         """End the current term from any thread: leadership turns off now;

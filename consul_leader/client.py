@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import requests
@@ -26,6 +26,7 @@ import requests.adapters
 
 from .config import ConsulConfig
 from .errors import (
+    AlsoLockHeld,
     ConsulLeaderError,
     ConsulTLSError,
     ConsulUnavailable,
@@ -340,17 +341,22 @@ class ConsulClient:
             "PUT", f"/v1/session/destroy/{_quote(session_id)}"))
 
     def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0,
-                delete: str | None = None) -> LockAttempt:
+                delete: str | None = None, also_lock: Sequence[tuple[str, bytes]] = ()) -> LockAttempt:
         """Try to take the lock on *key* for the session, in one transaction
         that also answers the key's ModifyIndex (the fencing token) and why a
         refusal happened.
 
         :param delete: a key to delete in the same transaction if, and only
             if, the lock is taken (the candidate's place in the waiting line).
-        :raises SessionLost: the session is gone (Consul says invalid session)."""
+        :param also_lock: ``(key, value)`` pairs to lock for the same session
+            in the same transaction: the lock is taken only with all of them.
+        :raises SessionLost: the session is gone (Consul says invalid session).
+        :raises AlsoLockHeld: another session holds one of *also_lock*."""
         operations: list[Any] = [{"KV": {"Verb": "lock", "Key": key,
                                          "Value": base64.b64encode(value).decode("ascii"),
                                          "Session": session_id, "Flags": flags}}]
+        operations.extend({"KV": {"Verb": "lock", "Key": other, "Value": base64.b64encode(body).decode("ascii"),
+                                  "Session": session_id}} for other, body in also_lock)
         if delete is not None:
             operations.append({"KV": {"Verb": "delete", "Key": delete}})
 
@@ -358,6 +364,10 @@ class ConsulClient:
             status, result = self._txn(operations)
             if status == 409:
                 if "lock is already held" in result:
+                    failed = _failed_op(result)
+                    if 1 <= failed <= len(also_lock):
+                        raise AlsoLockHeld(f"acquire lock: {also_lock[failed - 1][0]!r}, which this lock is taken "
+                                           "with, is held by another session", key=also_lock[failed - 1][0])
                     return LockAttempt(None, delayed=False)
                 if "due to lock delay" in result:
                     return LockAttempt(None, delayed=True)
@@ -508,6 +518,15 @@ class ConsulClient:
         .. versionadded:: 0.2"""
         return bool(self._call("delete key", lambda: self._http.request(
             "DELETE", _kv_path(key), {"cas": index}).json(), key=key))
+
+
+def _failed_op(result: str) -> int:
+    """The index of the operation a refused transaction failed on (0 if not told)."""
+    try:
+        errors = json.loads(result).get("Errors") or []
+        return int(errors[0].get("OpIndex") or 0)
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return 0
 
 
 def _quote(segment: str) -> str:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from .entry import KeyEntry
 from .events import Reason
 from .lockdelay import FreeSince, LockAttempt, holder_lock_delay, lock_delay_to_hold, release_mark
+from .roster import Contender, hold_for_others, nobody_else
 
-__all__ = ["AfterTerm", "KeyView", "SitOut", "after_term", "held_by_another", "lock_check", "released_entry",
-           "retry_after_lock_delay"]
+__all__ = ["AfterTerm", "KeyView", "SitOut", "after_term", "held_by_another", "hold_with_roster",
+           "is_consul_lock_key", "lock_check", "released_entry", "retry_after_lock_delay"]
 
 
 def lock_check(entry: KeyEntry | None, session_id: str, identity: str) -> Reason | None:
@@ -113,6 +114,32 @@ def retry_after_lock_delay(now: float, lock_delay: float) -> float:
     lock-delay runs: it started no earlier than now's refusal minus the
     lock-delay, so it is surely over one lock-delay from *now*."""
     return now + lock_delay
+
+
+def is_consul_lock_key(key: str) -> bool:
+    """Whether *key* is the one ``consul lock PREFIX`` locks (``PREFIX/.lock``),
+    which ``consul-leader run`` can share with it."""
+    return key == ".lock" or key.endswith("/.lock")
+
+
+def hold_with_roster(attempt: LockAttempt, seen: KeyEntry | None, session_id: str, hold: float, why: str,
+                     contenders: list[Contender] | None, shared: bool) -> tuple[float, str]:
+    """Amend :meth:`KeyView.hold_off`'s *hold* (and *why*) with what the
+    key's roster shows (*contenders*, read after the acquisition; None: it
+    could not be read), for a lock that no Consul lock-delay covered.
+
+    The key's first lock is led at once when the roster proves that nobody
+    else can still be doing its work (:func:`~.roster.nobody_else`): a new
+    key, or one deleted after its last holder stopped. Any other such lock
+    is held the longest lock-delay any contender that took the lock needs,
+    which covers ``consul-leader run`` beside library candidates when its
+    flags were lost with the key. *shared*: the key is also ``consul
+    lock``'s, whose holders are on no roster: the roster proves nothing."""
+    if hold <= 0 or attempt.follows(seen, session_id) or shared:
+        return hold, why
+    if attempt.lock_index == 1 and nobody_else(contenders, session_id):
+        return 0.0, ""
+    return hold_for_others(contenders, session_id, hold), why
 
 
 def released_entry(key: str, session_id: str, lock_index: int, create_index: int, modify_index: int) -> KeyEntry:

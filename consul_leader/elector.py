@@ -25,7 +25,15 @@ from typing import Any, TypeVar
 from . import process, signals
 from .client import ConsulClient
 from .config import ConsulConfig
-from .decisions import KeyView, SitOut, after_term, lock_check, retry_after_lock_delay
+from .decisions import (
+    KeyView,
+    SitOut,
+    after_term,
+    hold_with_roster,
+    is_consul_lock_key,
+    lock_check,
+    retry_after_lock_delay,
+)
 from .entry import KeyEntry
 from .errors import (
     ConfigurationError,
@@ -48,6 +56,7 @@ from .lockdelay import (
 )
 from .outage import Outage
 from .participant import Participant
+from .roster import Roster
 from .runtime import check_threads_usable
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
 from .term import Stage, Term, announce_elected, announce_ended, log_elected, term_runner
@@ -111,6 +120,8 @@ class Candidacy(Participant):
         self._delay_wait: tuple[float, LockAttempt, Session] | None = None
         self._released = -1  # the fencing token of the last term whose key was released
         self._view = KeyView()  # what the elector has seen of this key
+        # This key's entry on its roster (see roster.py).
+        self._roster = Roster(elector.client, key, identity, elector.timing.lock_delay)
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._job: Job | None = None
 
@@ -206,6 +217,8 @@ class Candidacy(Participant):
         self._term = None
         self._delay_wait = None
         self._state = "idle"
+        # The entry is the parent's: the child must never take it off the roster.
+        self._roster = Roster(self.elector.client, self.key, self.identity, self.elector.timing.lock_delay)
         self._events = Broadcast()
         self._events.close()
 
@@ -526,6 +539,8 @@ class Elector:
         if watch is not None:
             interrupt(watch)  # it sits in a long blocking query
             watch.join(self.client.config.timeout + 1)
+        for candidacy in self.candidacies():
+            candidacy._roster.leave()  # every term is over: nothing of ours can still be working
         if self._session is not None:
             self._session.close()
         with self._lock:
@@ -770,8 +785,10 @@ class Elector:
         assert session.id is not None
         asked_at = self._clock()
         try:
+            candidacy._roster.join(session.id)  # once per session; again only if that failed
             attempt = self.client.acquire(candidacy.key, candidacy.identity.encode("utf-8"), session.id,
-                                          flags=holder_flags(int(time.time() * 1000), self.timing.lock_delay))
+                                          flags=holder_flags(int(time.time() * 1000), self.timing.lock_delay),
+                                          also_lock=candidacy._roster.with_lock())
         except SessionLost:
             session.lost.set()
             self._on_lost(session)
@@ -788,6 +805,11 @@ class Elector:
             return math.inf
         now = self._clock()
         hold, why = candidacy._view.hold_off(attempt, entry, session.id, now, self.timing.lock_delay)
+        if hold > 0 and not attempt.follows(entry, session.id):
+            # No lock-delay of Consul's covered this lock: the roster tells
+            # whether anyone else can still be working, and for how long.
+            hold, why = hold_with_roster(attempt, entry, session.id, hold, why,
+                                         candidacy._roster.read(session.id), shared=is_consul_lock_key(candidacy.key))
         if hold > 0:
             log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", candidacy.identity,
                      candidacy.key, why, hold, self.timing.lock_delay)

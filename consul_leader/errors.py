@@ -10,6 +10,7 @@ what is retryable.
 from __future__ import annotations
 
 __all__ = [
+    "AlsoLockHeld",
     "ConfigurationError",
     "ConfigurationTypeError",
     "ConsulLeaderError",
@@ -115,6 +116,12 @@ class NotLeader(ConsulLeaderError):
 class LockHeld(ConsulLeaderError):
     """The lock is held by another candidate and this one was told not to wait
     (``wait=False``). Final for that candidate."""
+
+
+class AlsoLockHeld(LockHeld):
+    """A key that a lock is taken together with (``consul-leader run``'s
+    ``PREFIX/.lock``, which ``consul lock PREFIX`` locks) is held by another
+    session; :attr:`key` names it."""
 
 
 class NotRunning(ConsulLeaderError, RuntimeError):

@@ -23,6 +23,7 @@ from .errors import ConsulLeaderError, ConsulUnavailable, NotRunning, Permission
 from .events import Broadcast
 from .interrupt import interrupt
 from .lockdelay import since_of
+from .roster import Contender, contenders_of
 from .validation import check_key, check_number
 
 log = logging.getLogger("consul_leader")
@@ -227,6 +228,16 @@ class Follower:
     def info(self) -> LeaderInfo:
         """Everything the key says about the leader, as last observed."""
         return self._info
+
+    def contenders(self) -> list[Contender]:
+        """Every candidate of the key, in the order they joined (see
+        :meth:`Candidate.contenders <consul_leader.Candidate.contenders>`).
+        Reads Consul (two requests); needs no :meth:`start`.
+
+        :raises ConsulLeaderError: Consul could not be read.
+
+        .. versionadded:: 0.2"""
+        return contenders_of(self.client, self.key)
 
     def wait_for_leader(self, timeout: float | None = None) -> str | None:
         """Block until the key has been read once and return the leader's

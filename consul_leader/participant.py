@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from . import aio, decorators, signals
+from .client import ConsulClient
 from .decisions import KeyView
 from .events import Broadcast, LeadershipEvent
+from .roster import Contender, contenders_of
 from .session import lease_clock
 from .validation import check_timeout
 
@@ -66,6 +68,20 @@ class Participant:
     def _raise_if_hopeless(self) -> None:
         """Raise what makes waiting for leadership pointless (not running, a final error)."""
         raise NotImplementedError
+
+    def contenders(self) -> list[Contender]:
+        """Every candidate of this key, as kazoo's ``Election.contenders()``
+        and Curator's ``getParticipants()`` list them, in the order they
+        joined: identity, host, pid, since when, whether it leads, and
+        whether its process still heart-beats (a crashed one stays listed,
+        not alive, until a later leader has waited out its lock-delay).
+        Reads Consul (two requests).
+
+        :raises ConsulLeaderError: Consul could not be read.
+
+        .. versionadded:: 0.2"""
+        client: ConsulClient = getattr(self, "client")  # noqa: B009 - Candidate's attribute, Candidacy's property
+        return contenders_of(client, self.key)
 
     def leader(self) -> str | None:
         """The identity of the current leader as last observed (this

@@ -88,7 +88,8 @@ MISSING = {
 
 def _policy_without(rule: str, prefix: str, node: str) -> str:
     blocks = documented_policy(prefix, node).strip().split("\n}\n")
-    kept = [b for b in blocks if not b.lstrip().startswith(("key_prefix" if rule == "key" else rule) + " ")]
+    start = {"key": f'key_prefix "{prefix}/"', "roster": 'key_prefix "consul-leader/'}.get(rule, rule + " ")
+    kept = [b for b in blocks if not b.lstrip().startswith(start)]
     assert len(kept) == len(blocks) - 1, blocks
     return "\n}\n".join(kept) + ("" if kept[-1].endswith("}") else "\n}")
 
@@ -110,6 +111,20 @@ def test_a_policy_without_one_rule_is_refused_naming_the_operation_and_the_rule(
     assert info.value.rule == rule.replace("<key>", key) and info.value.operation == operation
     assert errors and all(isinstance(e, PermissionDenied) for e in errors)
     assert not c.is_leader()
+
+
+def test_without_the_roster_rule_a_candidate_warns_once_naming_it_and_still_leads(
+        agent, node, prefix, candidates, caplog):
+    token, _ = make_token(agent, _policy_without("roster", prefix, node))
+    key = f"{prefix}/leader"
+    with caplog.at_level(logging.WARNING, logger="consul_leader"):
+        first = candidates(key, token=token, identity="first", ttl=1).start()
+        assert first.wait_for_leadership(30)
+        first.resign()
+        assert first.wait_for_leadership(30)
+    warnings = [r.getMessage() for r in caplog.records if "roster" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f'key_prefix "consul-leader/participants/{key}/" {{ policy = "write" }}' in warnings[0]
 
 
 def test_a_refused_candidate_backs_off_stays_alive_and_recovers_when_the_policy_is_fixed(
