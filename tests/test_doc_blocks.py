@@ -162,11 +162,11 @@ def block_after(page: str, text: str) -> Block:
 
 #: A value that changes from run to run in a block's sample output, and what
 #: it must look like here.
-VOLATILE = re.compile(r"(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)"
+VOLATILE = re.compile(r"(?P<host>(?<=host=)\S+)|(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)"
                       r"|(?P<uuid>[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})"
                       r"|(?P<number>\d+(?:\.\d+)?)")
-LIKE = {"iso": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z", "uuid": r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}",
-        "number": r"\d+(?:\.\d+)?"}
+LIKE = {"host": r"\S+", "iso": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z",
+        "uuid": r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}", "number": r"\d+(?:\.\d+)?"}
 
 
 def shape(sample: str, fixed: List[str]) -> "re.Pattern[str]":
@@ -215,18 +215,27 @@ def page_key(consul_agent: ConsulAgent) -> Iterator[str]:
 
 
 def test_status_prints_what_cli_rst_shows(doc_env: Dict[str, str], consul_agent: ConsulAgent, page_key: str) -> None:
+    """Its leader, and its contenders in the order they joined: the leader
+    and one waiting."""
     block = block_after("docs/cli.rst", "``status``")
     (command,) = block.commands()
     sample = output_lines(block)
     identity = re.search(r"^leader: +(\S+)$", "\n".join(sample), re.M).group(1)
+    waiting = [line.split()[0] for line in sample if line.endswith(" waiting alive")]
     with Candidate(page_key, address=consul_agent.address, identity=identity) as leader:
         assert leader.wait_for_leadership(30)
-        shown = subprocess.run(shlex.split(command), env=doc_env, capture_output=True, text=True, timeout=30)
+        others = [Candidate(page_key, address=consul_agent.address, identity=name).start() for name in waiting]
+        try:
+            wait_until(lambda: len(leader.contenders()) == 1 + len(others), 30, "every contender on the roster")
+            shown = subprocess.run(shlex.split(command), env=doc_env, capture_output=True, text=True, timeout=30)
+        finally:
+            for other in others:
+                other.stop()
     assert shown.returncode == 0, shown.stdout + shown.stderr
     printed = shown.stdout.splitlines()
     assert len(printed) == len(sample), shown.stdout
     for line, expected in zip(printed, sample):
-        assert shape(expected, [page_key, identity]).match(line), f"{line!r} is not like {expected!r}"
+        assert shape(expected, [page_key, identity, *waiting]).match(line), f"{line!r} is not like {expected!r}"
 
 
 def test_watch_prints_what_cli_rst_shows(doc_env: Dict[str, str], consul_agent: ConsulAgent, page_key: str) -> None:
