@@ -345,7 +345,6 @@ class Follower:
             if first or not info.same_leader(self._info):
                 with self._lock:
                     self._info = info
-                    self._failure = None
                     self._seen.set()
                     self._settled.set()
                     self._changes.publish(info)
