@@ -61,7 +61,9 @@ class ConsulUnavailable(ConsulLeaderError, ConnectionError):
     """The Consul agent could not be reached or answered with a server error.
 
     Retryable: the candidate retries with backoff, within its lease while it
-    leads."""
+    leads. :meth:`Follower.wait_for_leader` raises it when the key could not
+    be read during its whole timeout (None means Consul answered that nobody
+    leads)."""
 
 
 class ConsulTLSError(ConsulUnavailable):
@@ -79,8 +81,9 @@ class NoClusterLeader(ConsulUnavailable):
 class PermissionDenied(ConsulLeaderError, PermissionError):
     """The ACL token lacks a permission; the message names the operation and
     the rule it needs. The candidate keeps retrying with backoff (a policy can
-    be fixed while it runs), but :meth:`Candidate.wait_for_leadership` and
-    :meth:`Candidate.run` raise it at once instead of waiting in vain.
+    be fixed while it runs), but :meth:`Candidate.wait_for_leadership`,
+    :meth:`Candidate.run` and :meth:`Follower.wait_for_leader` raise it at
+    once instead of waiting in vain.
 
     :ivar rule: the ACL policy rule the operation needs (HCL), or None when
         the token itself is unknown to Consul.

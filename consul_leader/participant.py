@@ -34,7 +34,7 @@ class Participant:
     Subclasses provide :meth:`is_leader`, :attr:`state`, the condition that
     :meth:`wait_for_leadership` waits on, and why waiting is hopeless.
 
-    .. versionadded:: 0.3
+    .. versionadded:: 0.2
     """
 
     key: str

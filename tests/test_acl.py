@@ -153,6 +153,14 @@ def test_an_unknown_token_is_reported_as_unknown(agent, prefix, candidates):
         c.wait_for_leadership(30)
 
 
+def test_a_follower_whose_token_may_not_read_the_key_raises_permission_denied_at_once(agent, prefix):
+    with Follower(f"{prefix}/leader", address=agent.address, token=str(uuid.uuid4())) as follower:
+        started = time.monotonic()
+        with pytest.raises(PermissionDenied, match=r"ACL not found"):
+            follower.wait_for_leader(30)
+        assert time.monotonic() - started < 10, "not after the whole timeout: waiting would not help"
+
+
 def test_without_a_token_the_error_says_the_anonymous_token_was_refused(prefix, candidates):
     c = candidates(f"{prefix}/leader").start()
     with pytest.raises(PermissionDenied, match="anonymous token .no token was given: pass token= or set "
