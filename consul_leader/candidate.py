@@ -442,7 +442,7 @@ class Candidate(Participant):
 
         :param hook: the hook, or None to remove it.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         self._term_hook = hook
 
     def lock_with(self, key: str, value: bytes = b"") -> None:

@@ -184,7 +184,7 @@ class Candidacy(Participant):
         (its elector stops, or this key is being withdrawn: the last term is
         ending) or ``"stopped"`` (withdrawn, or its elector stopped).
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         elector = self.elector
         if self._state == "withdrawn" or elector._state == "stopped":
             return "stopped"
@@ -198,7 +198,7 @@ class Candidacy(Participant):
         and heartbeat (shared by all its keys), this key's lease. A cheap
         read that makes no request.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         elector = self.elector
         term = self._term
         worker = elector._worker

@@ -230,3 +230,18 @@ def test_the_django_classifiers_are_the_versions_the_suite_runs_on(dists: Tuple[
     lowest, newest, here = _minor(pins["django"]), _minor(found.group(1)), _minor(importlib.metadata.version("django"))
     assert claimed == {lowest, newest}, f"claimed {sorted(claimed)}; tested: {lowest} and {newest}"
     assert lowest <= here <= newest, f"this run's Django {here} is outside the tested {lowest} to {newest}"
+
+
+VERSION_MARK = re.compile(r"\.\. version(?:added|changed):: (\d+)\.(\d+)")
+
+
+def test_no_versionadded_or_versionchanged_names_a_version_after_the_package_version() -> None:
+    major, minor = (int(part) for part in consul_leader.__version__.split(".")[:2])
+    ahead: List[str] = []
+    files = sorted(Path(ROOT, "consul_leader").rglob("*.py")) + sorted(Path(ROOT, "docs").rglob("*.rst"))
+    for path in files:
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for found in VERSION_MARK.finditer(line):
+                if (int(found.group(1)), int(found.group(2))) > (major, minor):
+                    ahead.append(f"{path.relative_to(ROOT)}:{lineno}: {found.group(0)}")
+    assert ahead == [], f"ahead of {consul_leader.__version__}:\n" + "\n".join(ahead)
