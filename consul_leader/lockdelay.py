@@ -127,11 +127,17 @@ class LockAttempt(NamedTuple):
         *last_holder*: the session the caller last saw hold the key (None:
         none seen); a release mark counts only if it names that session or
         the caller's own."""
-        if self.modify_index is None or seen is None or (self.lock_index or 0) < 2 or \
-                seen.create_index != self.create_index:
+        if self.modify_index is None or seen is None or seen.create_index != self.create_index:
             return False
         before = seen.lock_index
         holder = seen.session
+        if (self.lock_index or 0) < 2:
+            # A key's first lock follows nothing, but one case: a plain
+            # write of the locked key (``consul kv put``) keeps its session
+            # and sets its LockIndex to 0, and its holder, deposed, released
+            # it with its own mark: its work is over.
+            return self.lock_index == 1 and before == 0 and holder is None and \
+                released_by_holder(seen, (last_holder, session_id))
         if holder is None:
             # Free, and its freeing accounted for: the holder's own release,
             # or an invalidation (Consul's lock-delay covered the next lock).

@@ -92,11 +92,15 @@ def test_leader_info_reads_a_parsed_entry_and_a_raw_one_alike() -> None:
     (None, taken(5), False),                                         # never read
     (entry(lock_index=0), taken(1), False),                          # a key's first lock follows nothing
     (entry(lock_index=4), LockAttempt(None, delayed=True), False),   # not taken at all
+    (released(lock_index=0), taken(1), True),                        # overwritten under its holder, then released
+    (released(lock_index=0, by="z"), taken(1), False),               # ... by a holder not seen last
+    (entry(lock_index=0, value=b"h"), taken(1), False),              # a first lock after a plain write: nothing
     (released(lock_index=4, by="z"), taken(5), False),               # a mark of a holder not seen last (a replay)
     (released(lock_index=4, by=OURS), taken(5), True),               # our own mark
 ], ids=["next", "next-invalidated", "released-by-another", "skipped-one", "recreated", "held-by-other",
         "ours-lost-answer", "ours-again", "ours-skipped",
-        "unseen", "first-lock", "not-taken", "replayed-mark", "own-mark"])
+        "unseen", "first-lock", "not-taken", "overwritten-released", "overwritten-unseen-mark",
+        "first-after-plain-write", "replayed-mark", "own-mark"])
 def test_whether_a_lock_follows_the_key_as_seen(seen: Optional[KeyEntry], attempt: LockAttempt,
                                                  follows: bool) -> None:
     assert attempt.follows(seen, OURS, last_holder=OTHER) is follows
