@@ -867,14 +867,13 @@ class Candidate(Participant):
                 return
 
     def _unlock(self, session_id: str, term: Term) -> int | None:
-        """Release the term's lock, guarded by its fencing token, then what
+        """Release the term's lock, guarded by its fencing token, and what
         was locked with it; the key's ModifyIndex after the release, or None
         if the session did not hold it."""
-        # Those first: once the key is free, the next leader's acquisition
-        # needs them free too. Our work is over either way.
-        for key, _ in self._also_lock:
-            self.client.release(key, session_id)
-        return self.client.unlock(self.key, session_id, release_mark(session_id), index=term.fencing_token)
+        # In the same transaction: once the key is free, the next leader's
+        # acquisition needs them free too.
+        return self.client.unlock(self.key, session_id, release_mark(session_id), index=term.fencing_token,
+                                  also_unlock=[key for key, _ in self._also_lock])
 
     def _step_down(self, reason: Reason) -> bool:
         """End the current term from any thread: leadership turns off now;

@@ -388,7 +388,8 @@ class ConsulClient:
         return bool(self._call("release lock", lambda: self._http.request(
             "PUT", _kv_path(key), {"release": session_id}, body=value).json(), key=key))
 
-    def unlock(self, key: str, session_id: str, value: bytes = b"", index: int | None = None) -> int | None:
+    def unlock(self, key: str, session_id: str, value: bytes = b"", index: int | None = None,
+               also_unlock: Sequence[str] = ()) -> int | None:
         """Release the lock on *key* if the session holds it, writing
         *value*, in a transaction that answers the key's ModifyIndex after
         the release (so the releaser can block on the key from there without
@@ -401,28 +402,42 @@ class ConsulClient:
             it cannot free that later term. If the key changed otherwise
             (someone wrote it; the session may still hold it), it is read
             and released as it is now, guarded by the index just read.
+        :param also_unlock: keys locked with *key* (:meth:`acquire`'s
+            *also_lock*), released in the same transaction; one the session
+            no longer holds (deleted meanwhile) is released on its own.
 
         .. versionadded:: 0.2"""
         unlock_op = {"KV": {"Verb": "unlock", "Key": key, "Session": session_id,
                             "Value": base64.b64encode(value).decode("ascii")}}
+        others = list(also_unlock)
 
         def unlock(guard: int | None) -> int | None | bool:
-            operations: list[Any] = [unlock_op]
+            operations: list[Any] = [{"KV": {"Verb": "unlock", "Key": other, "Session": session_id}}
+                                     for other in others] + [unlock_op]
             if guard is not None:
                 operations.insert(0, {"KV": {"Verb": "check-index", "Key": key, "Index": guard}})
             status, result = self._txn(operations)
             if status == 409:
                 if "lock isn't held" in result:
+                    failed = _failed_op(result) - (guard is not None)
+                    if 0 <= failed < len(others):
+                        # Not ours any more (deleted): free it the lenient
+                        # way, and release the key without it.
+                        self.release(others.pop(failed), session_id)
+                        return False
                     return None
                 if "failed index check" in result or "failed to check index" in result:
                     return False
                 raise _Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
             return int(result["Results"][-1]["KV"]["ModifyIndex"])
 
-        for _ in range(3):
+        for _ in range(3 + len(others)):
+            count = len(others)
             done = self._call("release lock", functools.partial(unlock, index), key=key)
             if done is not False:
                 return done
+            if len(others) < count:
+                continue  # one of those dropped: the same guard again
             _, entry = self.get_key(key)
             if entry is None or entry.get("Session") != session_id:
                 return None

@@ -133,3 +133,16 @@ def test_a_lock_taken_with_the_key_keeps_a_late_consul_lock_acquisition_out_and_
         entry = requests.get(f"{url}/v1/kv/{prefix}", timeout=5).json()
         assert entry is None or entry[0].get("Session") is None, "run's key was taken without PREFIX/.lock"
     requests.put(f"{url}/v1/session/destroy/{sid}", timeout=5)
+
+
+def test_a_lock_taken_with_the_key_and_deleted_during_the_term_does_not_keep_the_key_at_its_end(
+        consul_agent: ConsulAgent, prefix: str) -> None:
+    url = consul_agent.url
+    candidate = Candidate(prefix, identity="run", address=consul_agent.address, ttl=2)
+    candidate.lock_with(f"{prefix}/.lock", b"note")
+    with candidate:
+        assert candidate.wait_for_leadership(30)
+        requests.delete(f"{url}/v1/kv/{prefix}/.lock", timeout=5).raise_for_status()  # an operator's clean-up
+        assert candidate.resign()
+        wait_until(lambda: not requests.get(f"{url}/v1/kv/{prefix}", timeout=5).json()[0].get("Session"),
+                   what="the key released at the term's end")
