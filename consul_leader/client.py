@@ -524,6 +524,22 @@ class ConsulClient:
             "PUT", _kv_path(key), {"acquire": session_id}, body=value).json(),
             missing=f"session {session_id} no longer exists", key=key))
 
+    def delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete *keys*, in transactions of at most 64 (Consul's limit)
+        rather than a request each.
+
+        .. versionadded:: 0.2"""
+        keys = list(keys)
+        for start in range(0, len(keys), _TXN_MAX_OPS):
+            operations = [{"KV": {"Verb": "delete", "Key": key}} for key in keys[start:start + _TXN_MAX_OPS]]
+
+            def delete(operations: list[Any] = operations) -> None:
+                status, result = self._txn(operations)
+                if status != 200:
+                    raise _Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
+
+            self._call("delete key", delete, key=keys[start])
+
     def delete_key_if_index(self, key: str, index: int) -> bool:
         """Delete *key* only if its ModifyIndex is still *index* (a
         check-and-set delete).
@@ -533,6 +549,10 @@ class ConsulClient:
         .. versionadded:: 0.2"""
         return bool(self._call("delete key", lambda: self._http.request(
             "DELETE", _kv_path(key), {"cas": index}).json(), key=key))
+
+
+#: The most operations Consul takes in one transaction.
+_TXN_MAX_OPS = 64
 
 
 def _failed_op(result: str) -> int:

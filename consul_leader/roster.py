@@ -196,6 +196,12 @@ class Roster:
         except ConsulLeaderError as exc:
             log.debug("could not leave the roster at %r: %s", entry, exc)
 
+    def take_entry(self) -> str | None:
+        """This candidate's entry, forgotten here, for its owner to delete
+        with others in one transaction (an Elector's keys, as it stops)."""
+        entry, self.entry = self.entry, None
+        return entry
+
     def read(self, holder: str | None = None) -> list[Contender] | None:
         """The key's contenders, *holder* being the session that holds the
         key; None if the roster cannot be read (then it proves nothing)."""

@@ -15,7 +15,7 @@ import pytest
 import requests
 from cli_runs import Runs
 
-from consul_leader import Candidate, Follower
+from consul_leader import Candidate, Elector, Follower
 from consul_leader.testing import ConsulAgent
 
 from conftest import PYTHON, python_env, wait_until
@@ -93,3 +93,16 @@ def test_a_stopped_candidate_leaves_the_roster_and_the_cli_lists_those_left(
     first.stop()
     assert second.wait_for_leadership(30)
     assert [c.identity for c in second.contenders()] == ["second"]
+
+
+def test_an_elector_is_on_each_keys_roster_and_leaves_them_all_as_it_stops(
+        key: str, consul_agent: ConsulAgent) -> None:
+    prefix = key.rsplit("/", 1)[0] + "/shards"
+    names = [f"s{i}" for i in range(70)]  # more than one transaction's 64 operations
+    elector = Elector(prefix, identity="e", address=consul_agent.address)
+    candidacies = [elector.candidate(name) for name in names]
+    with elector:
+        wait_until(lambda: all(c.is_leader() for c in candidacies), what="the elector to lead every key")
+        assert [(c.identity, c.leading) for c in candidacies[-1].contenders()] == [("e", True)]
+    left = requests.get(f"{consul_agent.url}/v1/kv/consul-leader/participants/{prefix}/?recurse", timeout=5)
+    assert left.status_code == 404, [e["Key"] for e in left.json()]
