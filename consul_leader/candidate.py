@@ -213,6 +213,8 @@ class Candidate(Participant):
         self._events: Broadcast[LeadershipEvent] = Broadcast()
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
         self._key_checked = False
+        # A lock held before leading it (its session and acquisition), while held.
+        self._held_off: tuple[Session, LockAttempt] | None = None
         # When Consul first refused an acquisition for a lock-delay, in a row.
         self._refused_since: float | None = None
         # This candidate's entry on the key's roster (see roster.py).
@@ -358,6 +360,9 @@ class Candidate(Participant):
         self._finish_stop()
 
     def _finish_stop(self) -> None:
+        held_off, self._held_off = self._held_off, None
+        if held_off is not None:
+            self._drop_held_lock(*held_off)
         self._waiter.line.leave()  # before the session ends, so that the next waiter moves up once
         self._roster.leave()  # every term is over: nothing of ours can still be working
         session = self._session
@@ -614,7 +619,7 @@ class Candidate(Participant):
             attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id,
                                           flags=holder_flags(since_ms, self.timing.lock_delay),
                                           delete=waiter.line.entry,
-                                          also_lock=self._roster.with_lock() + self._also_lock)
+                                          also_lock=self._roster.with_lock(session.id) + self._also_lock)
         except SessionLost:
             session.lost.set()
             raise
@@ -706,8 +711,23 @@ class Candidate(Participant):
             contenders = self._roster.read(session.id)
             hold, why = hold_with_roster(self._view, attempt, seen, session.id, hold, why, contenders,
                                          shared=is_consul_lock_key(self.key))
-        if hold > 0 and not self._lock_delay_wait(hold, why):
-            return
+        if hold > self.timing.lock_delay:
+            # Held for another holder's longer lock-delay: write it into the
+            # key's flags, so that whoever takes the key after this session
+            # ends (a crash during the hold) holds it as long.
+            rewritten = self.client.set_flags_if_index(self.key, self.identity.encode("utf-8"),
+                                                       holder_flags(int(time.time() * 1000), hold),
+                                                       attempt.modify_index)
+            if rewritten is None:
+                return  # the key changed under us: look again
+            attempt = attempt._replace(modify_index=rewritten)  # the term's fencing token from here on
+        if hold > 0:
+            # Stopped during the hold, stop() gives the key up (its thread
+            # may still make requests; this one's are cut short).
+            self._held_off = (session, attempt)
+            if not self._lock_delay_wait(hold, why):
+                return
+            self._held_off = None
         if contenders:
             self._roster.forget(contenders)  # what crashed candidates left: their work is over by now
         session.set_leading(self.key, held_since)
@@ -727,6 +747,7 @@ class Candidate(Participant):
             session.set_leading(None)
             return  # lost between the acquisition and the check: no term
         watch = KeyWatch(self.client, self.key)
+        assert attempt.modify_index is not None
         watch.index = attempt.modify_index  # block from our acquisition on
         term = Term(session, attempt, self._clock())
         with self._state_lock:
@@ -763,10 +784,24 @@ class Candidate(Participant):
         meanwhile."""
         log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", self.identity, self.key,
                  why, hold, self.timing.lock_delay)
-        # Stopped meanwhile: no release, which would let the next candidate
-        # in at once; stop() destroys the session, and Consul then applies
-        # the lock-delay to whoever comes next.
+        # Stopped meanwhile: the caller gives the key up without a release
+        # (see _drop_held_lock).
         return not self._stopping.wait(hold)
+
+    def _drop_held_lock(self, session: Session, attempt: LockAttempt) -> None:
+        """Stopped while holding a lock before leading it: delete the key
+        (only as this acquisition left it) rather than release it or let
+        the session's end free it. Either would let the next candidate
+        follow at once or after this one's own lock-delay, not the longer
+        one this hold was for (another holder's, from the roster); a
+        deleted key's next lock is a first lock, which reads the roster."""
+        assert session.id is not None and attempt.modify_index is not None
+        try:
+            if not self.client.delete_key_if_index(self.key, attempt.modify_index):
+                self.client.release(self.key, session.id)
+        except ConsulLeaderError as exc:
+            log.warning("could not give up %r as it stopped (%s); Consul frees it when the session ends",
+                        self.key, exc)
 
     def _hold(self, session: Session, term: Term, watch: KeyWatch) -> Reason:
         """Watch the lock while leading; return why the term ended."""
@@ -872,7 +907,8 @@ class Candidate(Participant):
         if the session did not hold it."""
         # In the same transaction: once the key is free, the next leader's
         # acquisition needs them free too.
-        return self.client.unlock(self.key, session_id, release_mark(session_id), index=term.fencing_token,
+        return self.client.unlock(self.key, session_id, release_mark(session_id, term.lock_index),
+                                  index=term.fencing_token,
                                   also_unlock=[key for key, _ in self._also_lock])
 
     def _step_down(self, reason: Reason) -> bool:

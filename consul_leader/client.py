@@ -363,8 +363,12 @@ class ConsulClient:
         def lock() -> LockAttempt:
             status, result = self._txn(operations)
             if status == 409:
+                failed = _failed_op(result)
+                if 1 <= failed <= len(also_lock) and ("Permission denied" in result or "ACL not found" in result):
+                    # The rule to name is for the other key's folder, not the lock's.
+                    raise self._denied("acquire lock", _body(result), also_lock[failed - 1][0].rsplit("/", 1)[0] + "/",
+                                       403)
                 if "lock is already held" in result:
-                    failed = _failed_op(result)
                     if 1 <= failed <= len(also_lock):
                         raise AlsoLockHeld(f"acquire lock: {also_lock[failed - 1][0]!r}, which this lock is taken "
                                            "with, is held by another session", key=also_lock[failed - 1][0])
@@ -523,6 +527,25 @@ class ConsulClient:
         return bool(self._call("join line", lambda: self._http.request(
             "PUT", _kv_path(key), {"acquire": session_id}, body=value).json(),
             missing=f"session {session_id} no longer exists", key=key))
+
+    def set_flags_if_index(self, key: str, value: bytes, flags: int, index: int) -> int | None:
+        """Rewrite *key*'s value and flags only if its ModifyIndex is still
+        *index* (its lock's holder keeps it); the new ModifyIndex, or None if
+        the key changed meanwhile.
+
+        .. versionadded:: 0.2"""
+        operations = [{"KV": {"Verb": "cas", "Key": key, "Value": base64.b64encode(value).decode("ascii"),
+                              "Flags": flags, "Index": index}}]
+
+        def cas() -> int | None:
+            status, result = self._txn(operations)
+            if status == 409:
+                if "failed to set key" in result or "index" in result.lower():
+                    return None
+                raise _Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
+            return int(result["Results"][0]["KV"]["ModifyIndex"])
+
+        return self._call("write key", cas, key=key)
 
     def delete_keys(self, keys: Sequence[str]) -> None:
         """Delete *keys*, in transactions of at most 64 (Consul's limit)

@@ -173,7 +173,8 @@ def released_entry(key: str, session_id: str, lock_index: int, create_index: int
     :param lock_index: the released term's LockIndex.
     :param create_index: the key's CreateIndex in that term.
     :param modify_index: the key's ModifyIndex the release answered."""
-    return KeyEntry(key=key, value=release_mark(session_id), lock_index=lock_index, create_index=create_index,
+    return KeyEntry(key=key, value=release_mark(session_id, lock_index), lock_index=lock_index,
+                    create_index=create_index,
                     modify_index=modify_index)
 
 

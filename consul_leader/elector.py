@@ -774,7 +774,7 @@ class Elector:
             # sit-out (nobody could take it meanwhile).
             assert entry is not None and own is not None
             # A failure is retried by the worker's next turn.
-            self.client.unlock(candidacy.key, own, release_mark(own), index=entry.modify_index)
+            self.client.unlock(candidacy.key, own, release_mark(own, entry.lock_index), index=entry.modify_index)
             candidacy._released = entry.modify_index
             return math.inf
         if candidacy._sit_out is not None:
@@ -795,7 +795,7 @@ class Elector:
             candidacy._roster.join(session.id)  # once per session; again only if that failed
             attempt = self.client.acquire(candidacy.key, candidacy.identity.encode("utf-8"), session.id,
                                           flags=holder_flags(int(time.time() * 1000), self.timing.lock_delay),
-                                          also_lock=candidacy._roster.with_lock())
+                                          also_lock=candidacy._roster.with_lock(session.id))
         except SessionLost:
             session.lost.set()
             self._on_lost(session)
@@ -968,7 +968,7 @@ class Elector:
         after = after_term(reason, term.lock_index, self._clock(), self.timing.check_ttl)
         if after.release and not term.session.lost.is_set():
             try:
-                self.client.unlock(candidacy.key, term.session.id, release_mark(term.session.id),
+                self.client.unlock(candidacy.key, term.session.id, release_mark(term.session.id, term.lock_index),
                                    index=term.fencing_token)
             except ConsulLeaderError as exc:
                 # The session lives on for the other keys: the key is taken

@@ -61,15 +61,21 @@ def lock_delay_to_hold(own: float, longest_seen: float) -> float:
 RELEASE_MARK = b"consul-leader:released:"
 
 
-def release_mark(session_id: str) -> bytes:
+def release_mark(session_id: str, lock_index: int | None = None) -> bytes:
     """The value a holder's own release writes into the key: it names the
-    released session. Consul lets anyone who may write the key release it
-    for the holder's session (``?release=<session>``, ``consul kv put
-    -release``), sets no lock-delay for that, and the holder learns of it
-    only from its watch, up to a lease later. Such a release leaves some
-    other value (an empty one, by default), so the next holder can tell it
-    from the holder's own, and waits."""
-    return RELEASE_MARK + session_id.encode("utf-8")
+    released session and the lock's LockIndex. Consul lets anyone who may
+    write the key release it for the holder's session (``?release=<session>``,
+    ``consul kv put -release``), sets no lock-delay for that, and the holder
+    learns of it only from its watch, up to a lease later. Such a release
+    leaves some other value (an empty one, by default), so the next holder
+    can tell it from the holder's own, and waits; one that writes back an
+    earlier holder's mark names another lock.
+
+    :param lock_index: the released lock's LockIndex (None: not named, as
+        releases before 0.2 wrote it; then the mark counts only from the
+        holder a waiter saw)."""
+    mark = RELEASE_MARK + session_id.encode("utf-8")
+    return mark if lock_index is None else mark + b":" + str(lock_index).encode("ascii")
 
 
 def released_by_holder(entry: KeyEntry | None, holders: tuple[str | None, ...] | None = None) -> bool:
@@ -77,19 +83,33 @@ def released_by_holder(entry: KeyEntry | None, holders: tuple[str | None, ...] |
     work over (the value is a :func:`release_mark`).
 
     :param holders: the sessions that may have released it (the holder the
-        caller last saw, and its own); None: any. A mark that names another
-        session is someone else's write of an old value (a script that puts
-        back what it read), not this holder's release."""
+        caller last saw, and its own); None: any. A mark that names the
+        lock's LockIndex counts when that is *entry*'s own (a waiter that
+        never saw a short term's holder still knows its release); any mark
+        counts if it names one of *holders*. Any other is
+        someone else's write of an old value (a script that puts back what
+        it read), not this holder's release."""
     if entry is None or not entry.free or not entry.value.startswith(RELEASE_MARK):
         return False
-    return holders is None or marked_session(entry) in holders
+    if holders is None:
+        return True
+    session, lock_index = _parse_mark(entry.value)
+    # A plain write of the key (consul kv put) sets its LockIndex to 0 under
+    # the holder, whose mark then names the index it took: it still counts
+    # from a holder the caller saw.
+    return lock_index == entry.lock_index or session in holders
 
 
 def marked_session(entry: KeyEntry) -> str | None:
     """The session a :func:`release_mark` in *entry* names (None: no mark)."""
     if not entry.value.startswith(RELEASE_MARK):
         return None
-    return entry.value[len(RELEASE_MARK):].decode("utf-8", "replace")
+    return _parse_mark(entry.value)[0]
+
+
+def _parse_mark(value: bytes) -> tuple[str, int | None]:
+    session, _, index = value[len(RELEASE_MARK):].decode("utf-8", "replace").partition(":")
+    return session, int(index) if index.isdigit() else None
 
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .entry import KeyEntry
-from .errors import ConsulLeaderError, PermissionDenied
+from .errors import ConsulLeaderError
 
 __all__ = ["ROSTER_ROOT", "Contender", "Roster", "contenders_of", "hold_for_others", "nobody_else", "on_roster",
            "read_roster", "roster_prefix"]
@@ -106,6 +106,9 @@ class Contender:
 #: The lock-delay assumed for an entry that does not say its own: Consul's
 #: largest.
 _UNKNOWN_DELAY = 60.0
+#: Reads of the roster before it counts as unreadable, and the pause between.
+_READ_TRIES = 3
+_READ_RETRY = 0.2
 
 
 def nobody_else(contenders: Iterable[Contender] | None, own_session: str) -> bool:
@@ -131,8 +134,11 @@ def hold_for_others(contenders: Iterable[Contender] | None, own_session: str, ow
     """The lock-delay to hold a lock that Consul's lock-delay did not cover:
     the longest that this candidate and every other candidate on the roster
     need (a ``consul-leader run`` command may run for its grace after its
-    lease). *contenders* None (the roster could not be read): *own*."""
-    return max([own] + [c.lock_delay for c in contenders or () if c.session != own_session and c.has_led])
+    lease). *contenders* None (the roster could not be read): the longest
+    Consul allows, since the roster was the only place that told."""
+    if contenders is None:
+        return max(own, _UNKNOWN_DELAY)
+    return max([own] + [c.lock_delay for c in contenders if c.session != own_session and c.has_led])
 
 
 class Roster:
@@ -154,8 +160,6 @@ class Roster:
         self._led_value = json.dumps(dict(fields, led=True), sort_keys=True).encode("utf-8")
         #: This candidate's entry while it is on the roster.
         self.entry: str | None = None
-        #: False once the token proved unable to write the roster.
-        self.enabled = True
 
     def join(self, session_id: str) -> bool:
         """Put this candidate on the roster, its entry locked by *session_id*
@@ -165,24 +169,24 @@ class Roster:
             return True
         if self.entry is not None:
             self.leave()  # a session that is gone
-        if not self.enabled:
-            return False
         try:
             joined = self.client.put_locked(entry, self.value, session_id)
-        except PermissionDenied as exc:
-            self._disable(exc)
-            return False
         except ConsulLeaderError as exc:
+            # The acquisition puts the entry there anyway, or says why not.
             log.debug("could not join the roster at %r: %s", entry, exc)
             return False
         if joined:
             self.entry = entry
         return joined
 
-    def with_lock(self) -> list[tuple[str, bytes]]:
-        """What to lock beside the key in its acquisition: this candidate's
-        entry, now saying it took the lock (none when not on the roster)."""
-        return [] if self.entry is None else [(self.entry, self._led_value)]
+    def with_lock(self, session_id: str) -> list[tuple[str, bytes]]:
+        """What to lock beside the key in each acquisition: this candidate's
+        entry, saying it took the lock. Always, whatever :meth:`join`
+        answered: a lock is never taken without its holder on the roster,
+        or a later first holder could not see it (a token that may not
+        write the roster cannot lead; the error names the rule)."""
+        self.entry = self.prefix + session_id
+        return [(self.entry, self._led_value)]
 
     def leave(self) -> None:
         """Take this candidate off the roster (a clean stop: its work is
@@ -202,15 +206,19 @@ class Roster:
         entry, self.entry = self.entry, None
         return entry
 
-    def read(self, holder: str | None = None) -> list[Contender] | None:
+    def read(self, holder: str | None = None, tries: int = _READ_TRIES) -> list[Contender] | None:
         """The key's contenders, *holder* being the session that holds the
-        key; None if the roster cannot be read (then it proves nothing)."""
-        try:
-            _, raw = self.client.get_prefix(self.prefix)
-        except ConsulLeaderError as exc:
-            log.debug("could not read the roster of %r: %s", self.key, exc)
-            return None
-        return read_roster(raw, self.prefix, holder)
+        key; None if the roster could not be read in *tries* (then it
+        proves nothing, and says nothing of the lock-delays it holds)."""
+        for attempt in range(tries):
+            try:
+                _, raw = self.client.get_prefix(self.prefix)
+                return read_roster(raw, self.prefix, holder)
+            except ConsulLeaderError as exc:
+                log.debug("could not read the roster of %r: %s", self.key, exc)
+                if attempt + 1 < tries:
+                    time.sleep(_READ_RETRY)
+        return None
 
     def forget(self, contenders: Iterable[Contender]) -> None:
         """Remove the entries that crashed candidates left, once a hold as
@@ -224,13 +232,13 @@ class Roster:
             except ConsulLeaderError as exc:
                 log.debug("could not remove the roster entry %r: %s", contender.entry, exc)
 
-    def _disable(self, exc: PermissionDenied) -> None:
-        if self.enabled:
-            self.enabled = False
-            log.warning("the ACL token may not write the roster of %r, so the first holder of the key waits one "
-                        "lock-delay before it leads, and consul-leader status cannot list this candidate; the "
-                        "token's policy needs key_prefix \"%s\" { policy = \"write\" } (%s)", self.key, self.prefix,
-                        exc)
+
+
+def _is_json_object(value: bytes) -> bool:
+    try:
+        return isinstance(json.loads(value.decode("utf-8")), dict)
+    except ValueError:
+        return False
 
 
 def read_roster(raw: Mapping[str, Any], prefix: str, holder: str | None) -> list[Contender]:
@@ -238,8 +246,12 @@ def read_roster(raw: Mapping[str, Any], prefix: str, holder: str | None) -> list
     *holder* being the session that holds the key. The rosters of the keys
     below this one (``svc/x/y`` below ``svc/x``) share the folder: only the
     entries directly in it count."""
-    own = (KeyEntry.parse(one) for name, one in raw.items() if "/" not in name[len(prefix):])
-    return sorted((Contender.parse(entry, holder) for entry in own),
+    own = [KeyEntry.parse(one) for name, one in raw.items() if name[len(prefix):] and "/" not in name[len(prefix):]]
+    # The folder's own key (the UI's "create folder") is not an entry; nor is
+    # a note nobody locked: a candidate's entry is locked by its session
+    # until that ends, and then keeps its JSON.
+    kept = [entry for entry in own if entry.session is not None or _is_json_object(entry.value)]
+    return sorted((Contender.parse(entry, holder) for entry in kept),
                   key=lambda c: (c.since is None, c.since or 0.0, c.entry))
 
 

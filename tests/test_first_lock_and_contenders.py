@@ -34,6 +34,7 @@ def test_candidates_started_together_for_a_new_key_lead_it_without_a_lock_delay(
         wait_until(lambda: any(c.is_leader() for c in candidates), timeout=15, what="a leader")
     assert holds(caplog) == []
     leader = next(c for c in candidates if c.is_leader())
+    wait_until(lambda: len(leader.contenders()) == 3, what="every candidate on the roster")
     contenders = leader.contenders()
     assert sorted(c.identity for c in contenders) == ["c0", "c1", "c2"]
     assert [c.identity for c in contenders if c.leading] == [leader.identity]

@@ -316,3 +316,13 @@ def test_a_lock_right_after_our_own_last_term_waits_for_nobody_however_that_term
     # Someone else locked it in between (LockIndex 5), or it was re-created: wait as before.
     assert view.hold_off(taken(6), entry(lock_index=5, value=b"x"), OURS, 100.0, DELAY)[0] == DELAY
     assert view.hold_off(taken(5, create_index=11), invalidated_ours, OURS, 100.0, DELAY)[0] == DELAY
+
+
+def test_a_release_mark_that_names_the_locks_index_counts_without_its_holder_seen() -> None:
+    # A waiter second in line never saw a short term's holder; the mark names the lock it released.
+    view = KeyView()
+    view.observe(entry(session="earlier", lock_index=3), 1.0)
+    marked = entry(lock_index=4, value=release_mark("b", 4))
+    assert view.follows(taken(5), marked, OURS)
+    # A mark of another lock (written back by a script) does not.
+    assert not view.follows(taken(5), entry(lock_index=4, value=release_mark("z", 2)), OURS)

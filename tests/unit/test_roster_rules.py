@@ -52,7 +52,7 @@ def test_the_rosters_of_keys_below_share_the_folder_but_do_not_count() -> None:
 
 
 @pytest.mark.parametrize("value", [b"not json", b"[1, 2]", b"", base64.b64encode(b"x")])
-def test_an_entry_not_written_by_a_candidate_is_taken_to_need_consuls_longest_lock_delay(value: bytes) -> None:
+def test_a_locked_entry_not_written_by_a_candidate_is_taken_to_need_consuls_longest_lock_delay(value: bytes) -> None:
     (one,) = read_roster(listing(raw("s2", value=value)), PREFIX, None)
     assert one.lock_delay == 60.0 and one.identity == ""
     assert hold_for_others([one], OURS, own=3.0) == 60.0
@@ -72,9 +72,10 @@ def test_only_a_roster_with_our_own_entry_and_no_other_proves_nobody_else_works(
     assert nobody_else(read_roster(listing(*entries), PREFIX, None), OURS) is proves
 
 
-def test_an_unread_roster_proves_nothing() -> None:
+def test_an_unread_roster_proves_nothing_and_holds_the_longest_lock_delay_consul_allows() -> None:
+    # The roster was the only place that told another candidate's lock-delay.
     assert not nobody_else(None, OURS)
-    assert hold_for_others(None, OURS, own=3.0) == 3.0
+    assert hold_for_others(None, OURS, own=3.0) == 60.0
 
 
 def test_the_hold_is_the_longest_lock_delay_of_every_other_candidate_live_or_left() -> None:
@@ -115,7 +116,7 @@ LEFT_BY_A_CRASH = (raw(OURS), raw("s2", held=False, lock_delay=8.0))
     (_seen(lock_index=0), _taken(1), ALONE, False, 0.0),                      # a new key
     (_seen(lock_index=0), _taken(1), LED_AND_ALIVE, False, 8.0),              # deleted under a live leader
     (_seen(lock_index=0), _taken(1), LEFT_BY_A_CRASH, False, 8.0),            # ... under one that crashed
-    (_seen(lock_index=0), _taken(1), None, False, 3.0),                       # the roster unread
+    (_seen(lock_index=0), _taken(1), None, False, 60.0),                      # the roster unread
     (_seen(lock_index=0), _taken(1), ALONE, True, 3.0),                       # consul lock's key
     (_seen(), _taken(5), ALONE, False, 3.0),                                  # released by someone else
     (_seen(), _taken(5), LED_AND_ALIVE, False, 8.0),                          # ... beside a longer lock-delay
@@ -142,3 +143,11 @@ def test_a_holder_seen_that_is_not_on_the_roster_makes_a_first_lock_wait() -> No
     # One on the roster (a crash left its entry free) is known: its lock-delay is held.
     roster = read_roster(listing(raw(OURS), raw("foreign", held=False, lock_delay=5.0)), PREFIX, None)
     assert hold_with_roster(view, _taken(1), _seen(lock_index=0), OURS, hold, why, roster, False)[0] == 5.0
+
+
+def test_the_folders_own_key_and_notes_nobody_locked_are_not_contenders() -> None:
+    folder = {"Key": PREFIX, "Value": None, "Session": None, "ModifyIndex": 3}  # the UI's "create folder"
+    note = raw("README", held=False, value=b"these entries are consul-leader's")
+    listed = read_roster(listing(folder, note, raw(OURS)), PREFIX, None)
+    assert [c.session for c in listed] == [OURS]
+    assert nobody_else(listed, OURS)
