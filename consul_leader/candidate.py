@@ -720,7 +720,8 @@ class Candidate(Participant):
                                                        attempt.modify_index)
             if rewritten is None:
                 return  # the key changed under us: look again
-            attempt = attempt._replace(modify_index=rewritten)  # the term's fencing token from here on
+            # The term's fencing token from here on.
+            attempt = LockAttempt(rewritten, attempt.delayed, attempt.lock_index, attempt.create_index)
         if hold > 0:
             # Stopped during the hold, stop() gives the key up (its thread
             # may still make requests; this one's are cut short).
