@@ -30,12 +30,11 @@ the longest ``LockDelay`` among the live sessions named for the key.
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import Callable, List, Tuple
 
 import requests
 from garbling_proxy import FailingProxy
+from support.jobs import Jobs
 
 from consul_leader import Candidate
 from consul_leader.testing import ConsulAgent
@@ -43,36 +42,10 @@ from consul_leader.testing import ConsulAgent
 from conftest import wait_until
 
 
-class Intervals:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.spans: List[Tuple[str, float, float]] = []
-        self.started: dict = {}
-
-    def job(self, name: str, wind_down: float) -> Callable[[threading.Event], None]:
-        def job(stop_event: threading.Event) -> None:
-            start = time.monotonic()
-            with self.lock:
-                self.started.setdefault(name, start)
-            stop_event.wait()
-            time.sleep(wind_down)
-            with self.lock:
-                self.spans.append((name, start, time.monotonic()))
-        return job
-
-    def overlaps(self) -> List[Tuple[str, str, float]]:
-        found = []
-        for i, (a, a0, a1) in enumerate(self.spans):
-            for b, b0, b1 in self.spans[i + 1:]:
-                if a != b and a0 < b1 and b0 < a1:
-                    found.append((a, b, round(min(a1, b1) - max(a0, b0), 3)))
-        return found
-
-
 def test_a_roster_read_that_fails_once_holds_only_the_readers_own_lock_delay(
         consul_agent: ConsulAgent, key: str) -> None:
     url = f"{consul_agent.url}/v1/kv/{key}"
-    jobs = Intervals()
+    jobs = Jobs()
     with FailingProxy(consul_agent.url) as proxy:
         old = Candidate(key, identity="old", address=consul_agent.address, ttl=3, lock_delay=10)
         new = Candidate(key, identity="new", address=proxy.address, ttl=3)
@@ -87,8 +60,8 @@ def test_a_roster_read_that_fails_once_holds_only_the_readers_own_lock_delay(
             new.run(jobs.job("new", 0.0), block=False)
             wait_until(lambda: "new" in jobs.started, timeout=30, what="new's job")
             new_after = round(jobs.started["new"] - deleted_at, 2)
-            wait_until(lambda: any(name == "old" for name, _, _ in jobs.spans), timeout=30, what="old's job to end")
-            old_end = round(next(b for name, _, b in jobs.spans if name == "old") - deleted_at, 2)
+            wait_until(lambda: jobs.ended("old") is not None, timeout=30, what="old's job to end")
+            old_end = round(jobs.ended("old") - deleted_at, 2)
         finally:
             new.stop()
             old.stop()

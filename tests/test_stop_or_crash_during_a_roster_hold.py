@@ -58,11 +58,10 @@ import os
 import signal
 import subprocess
 import textwrap
-import threading
 import time
-from typing import Callable, List, Tuple
 
 import requests
+from support.jobs import Jobs
 
 from consul_leader import Candidate
 from consul_leader.testing import ConsulAgent
@@ -74,32 +73,6 @@ from conftest import PYTHON, python_env, wait_until
 WIND_DOWN = 5.0
 
 
-class Intervals:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.spans: List[Tuple[str, float, float]] = []
-        self.started: dict = {}
-
-    def job(self, name: str, wind_down: float) -> Callable[[threading.Event], None]:
-        def job(stop_event: threading.Event) -> None:
-            start = time.monotonic()
-            with self.lock:
-                self.started.setdefault(name, start)
-            stop_event.wait()
-            time.sleep(wind_down)
-            with self.lock:
-                self.spans.append((name, start, time.monotonic()))
-        return job
-
-    def overlaps(self) -> List[Tuple[str, str, float]]:
-        found = []
-        for i, (a, a0, a1) in enumerate(self.spans):
-            for b, b0, b1 in self.spans[i + 1:]:
-                if a != b and a0 < b1 and b0 < a1:
-                    found.append((a, b, round(min(a1, b1) - max(a0, b0), 3)))
-        return found
-
-
 def holder(url: str) -> object:
     r = requests.get(url, timeout=5)
     return r.json()[0].get("Session") if r.status_code == 200 else None
@@ -108,7 +81,7 @@ def holder(url: str) -> object:
 def test_stop_during_a_roster_hold_lets_the_next_candidate_lead_beside_the_job_it_held_for(
         consul_agent: ConsulAgent, key: str) -> None:
     url = f"{consul_agent.url}/v1/kv/{key}"
-    jobs = Intervals()
+    jobs = Jobs()
     old = Candidate(key, identity="old", address=consul_agent.address, ttl=3, lock_delay=10)
     n = Candidate(key, identity="n", address=consul_agent.address, ttl=3)
     w = Candidate(key, identity="w", address=consul_agent.address, ttl=3)
@@ -127,8 +100,8 @@ def test_stop_during_a_roster_hold_lets_the_next_candidate_lead_beside_the_job_i
         n.stop()
         wait_until(lambda: "w" in jobs.started, timeout=30, what="w's job")
         w_after = round(jobs.started["w"] - deleted_at, 2)
-        wait_until(lambda: any(name == "old" for name, _, _ in jobs.spans), timeout=30, what="old's job to end")
-        old_end = round(next(b for name, _, b in jobs.spans if name == "old") - deleted_at, 2)
+        wait_until(lambda: jobs.ended("old") is not None, timeout=30, what="old's job to end")
+        old_end = round(jobs.ended("old") - deleted_at, 2)
     finally:
         w.stop()
         n.stop()
@@ -157,7 +130,7 @@ def test_a_crash_during_a_roster_hold_lets_the_next_candidate_lead_beside_the_jo
     Measured: w's job 6.27 s after the deletion, old's end 10.0 s after it,
     overlap 3.73 s."""
     url = f"{consul_agent.url}/v1/kv/{key}"
-    jobs = Intervals()
+    jobs = Jobs()
     old = Candidate(key, identity="old", address=consul_agent.address, ttl=3, lock_delay=15)
     w = Candidate(key, identity="w", address=consul_agent.address, ttl=3)
     proc = None
@@ -175,8 +148,8 @@ def test_a_crash_during_a_roster_hold_lets_the_next_candidate_lead_beside_the_jo
         os.kill(proc.pid, signal.SIGKILL)
         wait_until(lambda: "w" in jobs.started, timeout=40, what="w's job")
         w_after = round(jobs.started["w"] - deleted_at, 2)
-        wait_until(lambda: any(name == "old" for name, _, _ in jobs.spans), timeout=30, what="old's job to end")
-        old_end = round(next(b for name, _, b in jobs.spans if name == "old") - deleted_at, 2)
+        wait_until(lambda: jobs.ended("old") is not None, timeout=30, what="old's job to end")
+        old_end = round(jobs.ended("old") - deleted_at, 2)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
