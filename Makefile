@@ -20,18 +20,20 @@ MATRIX_PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $$PATH))
 VENV_ENV := $(shell $(PYTHON) -c 'import sys; print("py%d%d" % sys.version_info[:2])' 2>/dev/null)
 CONSUL_CASES := consul-python-consul consul-python-consul2 consul-py-consul \
 	consul-python-consul2-over-py-consul consul-py-consul-over-python-consul2
-MATRIX ?= $(filter-out $(VENV_ENV),py310 py311 py312 py313) lowest $(CONSUL_CASES)
+MATRIX ?= $(filter-out $(VENV_ENV),py310 py311 py312 py313) lowest django-newest $(CONSUL_CASES)
 
 .PHONY: services venv consul demo test matrix test-all chaos findings simulate lint typecheck docs bench bench-quick clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml
-	@echo "installing consul-leader with its test, docs, bench and dev extras into $(VENV) (log: $(PIPLOG))"
+# The contributors' tools are in requirements/ (dev.txt: test, docs, bench
+# and tox), not among the package's extras.
+$(STAMP): setup.cfg setup.py pyproject.toml $(wildcard requirements/*.txt)
+	@echo "installing consul-leader and requirements/dev.txt (tests, docs, benchmarks, tox) into $(VENV) (log: $(PIPLOG))"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,docs,bench,dev]' >$(PIPLOG) 2>&1 \
+	@$(BIN)/python -m pip install --disable-pip-version-check -e . -r requirements/dev.txt >$(PIPLOG) 2>&1 \
 		|| { cat $(PIPLOG); exit 1; }
 	@touch $(STAMP) $(DEMO_STAMP)
 
-# The demo needs the package alone (no extras): one line of setup output.
+# The demo needs the package alone (no requirements file): one line of setup output.
 $(DEMO_STAMP): setup.cfg setup.py pyproject.toml
 	@echo "installing consul-leader into $(VENV) (log: $(PIPLOG))"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

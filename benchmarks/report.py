@@ -85,6 +85,12 @@ def assemble(meta: Dict[str, Any], samples: Dict[str, Any], stats: Dict[str, Any
         figures.append(figure_row(f"{n} waiting: all requests per leadership change", "req",
                                mean(ours["all_requests"]), mean(theirs["all_requests"]), None,
                                "counted at the agent; includes heartbeats in the window"))
+    cold = samples.get("cold_start_s")
+    if cold is not None:
+        ours, theirs = percentiles(cold[CLI]), percentiles(cold[LOCK])
+        figures.append(figure_row(f"new key: {CLI} --once KEY -- true, whole process, p50", "s", ours["p50"],
+                                  theirs["p50"], theirs["p50"] + 1.0,
+                                  f"n={ours['n']} / {theirs['n']}; target: within 1 s of consul lock's"))
     figures += partition_figures(samples.get("partition"))
     figures += elector.figures(stats.get("elector"), handover.get(f"{LOCK} resign"))
     return {"meta": meta, "figures": figures, "samples": samples, "stats": stats,

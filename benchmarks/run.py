@@ -282,6 +282,26 @@ class Bench:
             set_default(None)
             candidate.stop()
 
+    def cold_start(self) -> None:
+        """A brand-new key, one process that runs a command once as its
+        first leader: ``consul-leader run --once KEY -- true`` against
+        ``consul lock KEY true``, interleaved, the whole process timed
+        (interpreter start included)."""
+        env = dict(os.environ, CONSUL_HTTP_ADDR=self.agent.address)
+        runs = max(5, self.mode.handovers // 2)
+        times: Dict[str, List[float]] = {CLI: [], LOCK: []}
+        commands = {CLI: lambda key: [sys.executable, "-m", "consul_leader", "run", "--once", key, "--", "true"],
+                    LOCK: lambda key: [self.agent.binary, "lock", "-shell=false", key, "true"]}
+        for _ in range(runs):
+            for kind, argv in commands.items():
+                key = self.key(f"cold-{kind.replace(' ', '-')}")
+                t0 = time.perf_counter()
+                subprocess.run(argv(key), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               check=True, timeout=60)
+                times[kind].append(time.perf_counter() - t0)
+        self.samples["cold_start_s"] = times
+        say("cold start: " + ", ".join(f"{k} p50={percentiles(v)['p50']:.2f}s" for k, v in times.items()))
+
     def request_latency(self) -> None:
         """The floor under a handover: how long one request of the Python
         client takes here and now (a handover needs three in a row: the
@@ -496,6 +516,7 @@ def run(mode: Mode, out: str = RESULTS, docs: Optional[str] = os.path.join(ROOT,
             bench.handovers()
             bench.call_overhead()
             bench.request_latency()
+            bench.cold_start()
             if mode.crash_in_background:
                 crash_thread.join()
             else:

@@ -33,13 +33,17 @@ from .errors import (
 )
 from .events import EventKind, Reason
 from .follower import Follower, LeaderInfo
+from .roster import Contender
 from .session import Timing
 from .signals import deposed, elected, election_error, leader_changed
 
 # A library logs; the application decides where it goes.
 _logging.getLogger("consul_leader").addHandler(_logging.NullHandler())
 
-__version__ = "0.1.0"
+# The one place the version is written: setup.cfg reads it (attr:), the
+# docs and `consul-leader --version` import it, and tests/test_packaging.py
+# holds it to the top heading of CHANGES.rst.
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "Candidacy",
@@ -50,6 +54,7 @@ __all__ = [
     "ConsulLeaderError",
     "ConsulTLSError",
     "ConsulUnavailable",
+    "Contender",
     "Elector",
     "EventKind",
     "Follower",

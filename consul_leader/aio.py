@@ -33,7 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Optional, ParamSpec, TypeVar
 
 from . import signals
-from .errors import ConfigurationTypeError
+from .errors import ConfigurationTypeError, ConsulUnavailable
 from .events import EventKind, LeadershipEvent
 from .validation import check_bool, check_timeout
 
@@ -117,17 +117,27 @@ async def wait_for_leadership_async(candidate: "Participant", timeout: Optional[
 
 async def wait_for_leader_async(follower: "Follower", timeout: Optional[float] = None) -> Optional[str]:
     """Await :meth:`Follower.wait_for_leader() <consul_leader.Follower.wait_for_leader>`
-    without blocking the loop: until the key has been read once, or *timeout*
-    passed, then the leader's identity (None if nobody leads).
+    without blocking the loop: until the key has been read once, then the
+    leader's identity (None if nobody leads).
 
     :param follower: a started :class:`~consul_leader.Follower`.
     :param timeout: seconds to wait for the first read; None for no limit.
-    :raises NotRunning: the follower was not started."""
+    :raises NotRunning: the follower was not started.
+    :raises ConsulUnavailable: Consul did not answer within *timeout*.
+    :raises PermissionDenied: the ACL token may not read the key."""
     timeout = check_timeout("timeout", timeout)
+
+    def answered(seconds: float) -> bool:
+        try:
+            follower.wait_for_leader(seconds)
+        except ConsulUnavailable:
+            return False  # not within this slice: the wait goes on until *timeout*
+        return True
+
     # Raises NotRunning before start(), answers at once otherwise.
     if not follower.wait_for_first_read(0) and timeout != 0:
-        await _wait_in_thread(follower.wait_for_first_read, timeout, f"follow {follower.key}")
-    return follower.leader()
+        await _wait_in_thread(answered, timeout, f"follow {follower.key}")
+    return follower.wait_for_leader(0)  # the answer, or why there is none
 
 
 async def events_async(candidate: "Participant") -> AsyncIterator[LeadershipEvent]:

@@ -27,11 +27,11 @@ from .events import EventKind, LeadershipEvent, Reason
 from .follower import KeyWatch, LeaderInfo
 from .interrupt import clear_wake, interrupt, wake
 from .leadership import Leadership, Part
-from .lockdelay import holder_flags
+from .lockdelay import holder_flags, lock_delay_to_hold
 from .outage import Outage
 from .participant import live_session
+from .seat import Seat
 from .session import Clock, Session
-from .term import Seat
 from .waiting import KeyWaiter
 
 if TYPE_CHECKING:
@@ -49,6 +49,11 @@ _SUCCESSOR_WAIT = 0.1
 #: How many 400 answers in a row, with no round that worked between them,
 #: end an election: one may come from a proxy on the way, not from Consul.
 _REJECTIONS_THAT_ARE_FINAL = 3
+
+#: While a lock-delay keeps the key, try again at least this far apart (and
+#: at most eight times in one lock-delay): Consul answers such a refusal from
+#: the Raft leader's memory, without a Raft write.
+_LOCK_DELAY_POLL = 0.25
 
 
 class Campaign(Part):
@@ -74,6 +79,9 @@ class Campaign(Part):
         self.failure: ConsulLeaderError | None = None
         self.last_error: ConsulLeaderError | None = None
         self._key_checked = False
+        self._cut_backoff = threading.Event()  # set to end a retry's backoff early
+        # When Consul first refused an acquisition for a lock-delay, in a row.
+        self._refused_since: float | None = None
         # One line when the election starts failing, a reminder a minute,
         # one when it works again: not a line per retry.
         self._outage = Outage(log, f"election for {self.key!r}")
@@ -97,6 +105,7 @@ class Campaign(Part):
         """The candidate is stopping (its stop() stepped down). From the job
         or a receiver, leave the rest to this thread (False); else wait for
         it to end (True), and the caller finishes the stop."""
+        self._cut_backoff.set()
         runner = self.leadership.runner
         inside = self._dispatcher.on_thread() or (runner is not None and runner.on_thread())
         thread = self.thread
@@ -127,8 +136,17 @@ class Campaign(Part):
         return True
 
     def leave(self) -> None:
-        """Leave the line, let a successor in, and end the session."""
+        """Give up a lock held before leading it, leave the line and the
+        roster, let a successor in, and end the session."""
+        held_off, self.leadership.held_off = self.leadership.held_off, None
+        if held_off is not None:
+            try:
+                self.seat.drop_held_lock(*held_off)
+            except ConsulLeaderError as exc:
+                log.warning("could not give up %r as it stopped (%s); Consul frees it when the session ends",
+                            self.key, exc)
         self.waiter.line.leave()  # before the session ends, so that the next waiter moves up once
+        self.seat.roster.leave()  # every term is over: nothing of ours can still be working
         session = self.session
         if session is not None:
             self._let_successor_in()
@@ -183,9 +201,9 @@ class Campaign(Part):
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(retryable),
             # Jittered, so that replicas facing a dead agent do not beat on it
-            # in step; capped at two TTLs, so that one whose agent is back
+            # in step; capped at one TTL, so that one whose agent is back
             # (its session may still hold the lock) resumes soon.
-            wait=tenacity.wait_random_exponential(multiplier=0.1, max=min(30.0, self.timing.check_ttl * 2)),
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=min(30.0, self.timing.check_ttl)),
             stop=tenacity.stop_when_event_set(self._stopping),
             sleep=self._pause,
             before_sleep=lambda state: self._report(state.outcome.exception()),  # type: ignore[union-attr]
@@ -211,7 +229,12 @@ class Campaign(Part):
         self._notify()
 
     def _pause(self, seconds: float) -> None:
-        self._stopping.wait(seconds)  # a backoff that stop() cuts short
+        # A backoff that stop() cuts short, and so does the heartbeat
+        # finding the session gone: the agent answers again, and a new
+        # session is due now, not when the backoff ends.
+        self._cut_backoff.wait(seconds)
+        if not self._stopping.is_set():
+            self._cut_backoff.clear()
 
     def _report(self, error: BaseException | None) -> None:
         """Tell of a failed request. Called from the election and heartbeat
@@ -266,29 +289,37 @@ class Campaign(Part):
         seen = self.seat.view.seen
         asked_at = self._clock()
         try:
+            self.seat.roster.join(session.id)  # once per session; again only if that failed
             attempt = self.client.acquire(self.key, self.identity.encode("utf-8"), session.id,
                                           flags=holder_flags(since_ms, self.timing.lock_delay),
-                                          delete=waiter.line.entry)
+                                          delete=waiter.line.entry, also_lock=self.seat.lock_also(session.id))
         except SessionLost:
             session.lost.set()
             raise
         took = self._clock() - asked_at
         waiter.acquired_in(took)
         if attempt.modify_index is not None:
+            self._refused_since = None
             waiter.lost_race = False
             waiter.line.left()  # the transaction deleted our entry: the next waiter moves up
             self.leadership.lead(session, asked_at, attempt, seen)
             return
         if attempt.delayed:
             # The last holder's session was invalidated: nobody may take the
-            # lock for lock_delay from then. Try again when it has surely
-            # ended rather than spinning.
-            log.debug("%s: a lock-delay runs on %r; trying again within %gs", self.identity, self.key,
-                      self.timing.lock_delay)
+            # lock for its lock-delay from then. Try again a few times until
+            # it has surely ended, rather than spinning or overshooting.
+            now = self._clock()
+            if self._refused_since is None:
+                self._refused_since = now
+            lock_delay = lock_delay_to_hold(self.timing.lock_delay, self.seat.view.longest_delay)
+            retry_at = retry_after_lock_delay(now, lock_delay, self._refused_since,
+                                              poll=max(_LOCK_DELAY_POLL, lock_delay / 8))
+            log.debug("%s: a lock-delay runs on %r; trying again in %.2fs", self.identity, self.key, retry_at - now)
             watch = KeyWatch(self.client, self.key)
-            waiter.wait(watch, hold_off_until=retry_after_lock_delay(self._clock(), self.timing.lock_delay))
+            waiter.wait(watch, hold_off_until=retry_at)
             waiter.wait_if_held(watch)
             return
+        self._refused_since = None
         watch = KeyWatch(self.client, self.key)
         entry = watch.read()
         self._observe(entry)
@@ -318,6 +349,7 @@ class Campaign(Part):
         """From the heartbeat thread: a waiting candidate makes a new session
         at once instead of when its long blocking query ends (while leading,
         the watch of the lock sees the loss by itself)."""
+        self._cut_backoff.set()
         thread = self.thread
         if thread is not None and self.leadership.holding is None and not self.leadership.ending:
             wake(thread)

@@ -76,7 +76,7 @@ class Candidacy(Participant):
         self.key = key
         self.identity = identity
         self._host = host
-        self._seat = KeySeat(self, key, identity)
+        self._seat = KeySeat(self, key, identity, elector.client, elector.timing.lock_delay)
         host.add(self._seat)
 
     def __repr__(self) -> str:
@@ -96,14 +96,14 @@ class Candidacy(Participant):
     def session_id(self) -> str | None:
         """The ID of the session this key is held with: its elector's.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         return self.elector.session_id
 
     @property
     def check_id(self) -> str | None:
         """The ID of the TTL health check of its elector's session.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         return self.elector.check_id
 
     def is_leader(self) -> bool:
@@ -151,7 +151,7 @@ class Candidacy(Participant):
         (its elector stops, or this key is being withdrawn: the last term is
         ending) or ``"stopped"`` (withdrawn, or its elector stopped).
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         phase = self._host.phase()
         if self._seat.state == "withdrawn" or phase == "stopped":
             return "stopped"
@@ -165,7 +165,7 @@ class Candidacy(Participant):
         and heartbeat (shared by all its keys), this key's lease. A cheap
         read that makes no request.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         elector, host = self.elector, self._host
         term = self._term
         lease_end = term.lease_end() if term is not None and not term.lapsed else -math.inf

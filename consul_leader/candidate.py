@@ -23,6 +23,7 @@ from .campaign import Campaign
 from .client import ConsulClient
 from .config import ConsulConfig
 from .errors import (
+    ConfigurationError,
     ConfigurationTypeError,
     LockHeld,
     NotRunning,
@@ -35,8 +36,9 @@ from .job import Job
 from .participant import HoldsSession, Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
+from .seat import Seat
 from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
-from .term import Seat, log_fields
+from .term import log_fields
 from .validation import (
     check_bool,
     check_identity,
@@ -139,9 +141,14 @@ class Candidate(Participant, HoldsSession):
         self._state_lock = threading.RLock()
         self._changed = threading.Condition(self._state_lock)
         self._stopping = threading.Event()
-        job = self._seat.job if hasattr(self, "_seat") else None
-        self._seat = Seat(self, self.key, self.identity)
-        self._seat.job = job  # a job given before a fork runs in the child too, once start()ed
+        old = getattr(self, "_seat", None)
+        self._seat = Seat(self, self.key, self.identity, self.client, self.timing.lock_delay)
+        if old is not None:
+            # A job given before a fork runs in the child too, once
+            # start()ed, with the locks it is taken with (not the roster
+            # entry: the child is a candidate of its own).
+            self._seat.job = old.job
+            self._seat.also_lock = old.also_lock
         self._dispatcher = signals.Dispatcher(f"consul-leader-signals {self.identity} {self.key}")
         self.heartbeat_stats = HeartbeatStats()
         self._campaign = Campaign(self, self._seat, self._state_lock, self._stopping, self._clock, self._dispatcher,
@@ -271,6 +278,7 @@ class Candidate(Participant, HoldsSession):
 
     def _gave_up(self) -> None:
         # The election gave up by itself (wait=False): nobody will call stop() to clean up.
+        self._seat.roster.leave()  # its terms are over
         if self._campaign.session is not None:
             self._campaign.session.close()
         with self._state_lock:
@@ -335,8 +343,27 @@ class Candidate(Participant, HoldsSession):
 
         :param hook: the hook, or None to remove it.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         self._term_hook = hook
+
+    def lock_with(self, key: str, value: bytes = b"") -> None:
+        """Take the lock on *key* (writing *value*) in the same transaction
+        as each lock on this candidate's key, and release it when the term
+        ends: a lock that another tool takes too. ``consul-leader run
+        PREFIX`` locks ``consul lock PREFIX``'s ``PREFIX/.lock`` so, and
+        ``consul lock`` cannot lead beside it, even with an acquisition that
+        was on its way before. If another session holds *key*, the
+        election reports :class:`~consul_leader.errors.AlsoLockHeld` (see
+        :meth:`health`) and tries again. Call before :meth:`start`.
+
+        :param key: the other key.
+        :param value: what to write into it.
+        :raises ConfigurationError: the candidate was started already.
+
+        .. versionadded:: 0.2"""
+        if self._state != "new":
+            raise ConfigurationError(f"lock_with({key!r}): call it before start()")
+        self._seat.also_lock.append((check_key(key), value))
 
     # -- what the election thread and the waits share --------------------
 

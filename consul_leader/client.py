@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .config import ConsulConfig
+from .errors import AlsoLockHeld
 from .interrupt import clear_wake, interrupt, wake
 from .lockdelay import FreeSince, KeyEntry, LockAttempt, RawEntry, invalidated
-from .transport import Refused, Transport
+from .transport import Refused, Transport, one_line
 
 if TYPE_CHECKING:
     import requests
@@ -167,24 +169,37 @@ class ConsulClient:
             "PUT", f"/v1/session/destroy/{_quote(session_id)}"))
 
     def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0,
-                delete: str | None = None) -> LockAttempt:
+                delete: str | None = None, also_lock: Sequence[tuple[str, bytes]] = ()) -> LockAttempt:
         """Try to take the lock on *key* for the session, in one transaction
         that also answers the key's ModifyIndex (the fencing token) and why a
         refusal happened.
 
         :param delete: a key to delete in the same transaction if, and only
             if, the lock is taken (the candidate's place in the waiting line).
-        :raises SessionLost: the session is gone (Consul says invalid session)."""
+        :param also_lock: ``(key, value)`` pairs to lock for the same session
+            in the same transaction: the lock is taken only with all of them.
+        :raises SessionLost: the session is gone (Consul says invalid session).
+        :raises AlsoLockHeld: another session holds one of *also_lock*."""
         operations: list[Any] = [{"KV": {"Verb": "lock", "Key": key,
                                          "Value": base64.b64encode(value).decode("ascii"),
                                          "Session": session_id, "Flags": flags}}]
+        operations.extend({"KV": {"Verb": "lock", "Key": other, "Value": base64.b64encode(body).decode("ascii"),
+                                  "Session": session_id}} for other, body in also_lock)
         if delete is not None:
             operations.append({"KV": {"Verb": "delete", "Key": delete}})
 
         def lock() -> LockAttempt:
             status, result = self._txn(operations)
             if status == 409:
+                failed = _failed_op(result)
+                if 1 <= failed <= len(also_lock) and ("Permission denied" in result or "ACL not found" in result):
+                    # The rule to name is for the other key's folder, not the lock's.
+                    raise self._http.denied("acquire lock", one_line(result),
+                                            also_lock[failed - 1][0].rsplit("/", 1)[0] + "/", 403)
                 if "lock is already held" in result:
+                    if 1 <= failed <= len(also_lock):
+                        raise AlsoLockHeld(f"acquire lock: {also_lock[failed - 1][0]!r}, which this lock is taken "
+                                           "with, is held by another session", key=also_lock[failed - 1][0])
                     return LockAttempt(None, delayed=False)
                 if "due to lock delay" in result:
                     return LockAttempt(None, delayed=True)
@@ -205,7 +220,8 @@ class ConsulClient:
         return bool(self._http.call("release lock", lambda: self._http.request(
             "PUT", _kv_path(key), {"release": session_id}, body=value).json(), key=key))
 
-    def unlock(self, key: str, session_id: str, value: bytes = b"", index: int | None = None) -> int | None:
+    def unlock(self, key: str, session_id: str, value: bytes = b"", index: int | None = None,
+               also_unlock: Sequence[str] = ()) -> int | None:
         """Release the lock on *key* if the session holds it, writing
         *value*, in a transaction that answers the key's ModifyIndex after
         the release (so the releaser can block on the key from there without
@@ -218,28 +234,42 @@ class ConsulClient:
             it cannot free that later term. If the key changed otherwise
             (someone wrote it; the session may still hold it), it is read
             and released as it is now, guarded by the index just read.
+        :param also_unlock: keys locked with *key* (:meth:`acquire`'s
+            *also_lock*), released in the same transaction; one the session
+            no longer holds (deleted meanwhile) is released on its own.
 
         .. versionadded:: 0.2"""
         unlock_op = {"KV": {"Verb": "unlock", "Key": key, "Session": session_id,
                             "Value": base64.b64encode(value).decode("ascii")}}
+        others = list(also_unlock)
 
         def unlock(guard: int | None) -> int | None | bool:
-            operations: list[Any] = [unlock_op]
+            operations: list[Any] = [{"KV": {"Verb": "unlock", "Key": other, "Session": session_id}}
+                                     for other in others] + [unlock_op]
             if guard is not None:
                 operations.insert(0, {"KV": {"Verb": "check-index", "Key": key, "Index": guard}})
             status, result = self._txn(operations)
             if status == 409:
                 if "lock isn't held" in result:
+                    failed = _failed_op(result) - (guard is not None)
+                    if 0 <= failed < len(others):
+                        # Not ours any more (deleted): free it the lenient
+                        # way, and release the key without it.
+                        self.release(others.pop(failed), session_id)
+                        return False
                     return None
                 if "failed index check" in result or "failed to check index" in result:
                     return False
                 raise Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
             return int(result["Results"][-1]["KV"]["ModifyIndex"])
 
-        for _ in range(3):
+        for _ in range(3 + len(others)):
+            count = len(others)
             done = self._http.call("release lock", functools.partial(unlock, index), key=key)
             if done is not False:
                 return done
+            if len(others) < count:
+                continue  # one of those dropped: the same guard again
             _, entry = self.get_key(key)
             if entry is None or entry.get("Session") != session_id:
                 return None
@@ -326,6 +356,41 @@ class ConsulClient:
             "PUT", _kv_path(key), {"acquire": session_id}, body=value).json(),
             missing=f"session {session_id} no longer exists", key=key))
 
+    def set_flags_if_index(self, key: str, value: bytes, flags: int, index: int) -> int | None:
+        """Rewrite *key*'s value and flags only if its ModifyIndex is still
+        *index* (its lock's holder keeps it); the new ModifyIndex, or None if
+        the key changed meanwhile.
+
+        .. versionadded:: 0.2"""
+        operations = [{"KV": {"Verb": "cas", "Key": key, "Value": base64.b64encode(value).decode("ascii"),
+                              "Flags": flags, "Index": index}}]
+
+        def cas() -> int | None:
+            status, result = self._txn(operations)
+            if status == 409:
+                if "failed to set key" in result or "index" in result.lower():
+                    return None
+                raise Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
+            return int(result["Results"][0]["KV"]["ModifyIndex"])
+
+        return self._http.call("write key", cas, key=key)
+
+    def delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete *keys*, in transactions of at most 64 (Consul's limit)
+        rather than a request each.
+
+        .. versionadded:: 0.2"""
+        keys = list(keys)
+        for start in range(0, len(keys), _TXN_MAX_OPS):
+            operations = [{"KV": {"Verb": "delete", "Key": key}} for key in keys[start:start + _TXN_MAX_OPS]]
+
+            def delete(operations: list[Any] = operations) -> None:
+                status, result = self._txn(operations)
+                if status != 200:
+                    raise Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
+
+            self._http.call("delete key", delete, key=keys[start])
+
     def delete_key_if_index(self, key: str, index: int) -> bool:
         """Delete *key* only if its ModifyIndex is still *index* (a
         check-and-set delete).
@@ -335,6 +400,19 @@ class ConsulClient:
         .. versionadded:: 0.2"""
         return bool(self._http.call("delete key", lambda: self._http.request(
             "DELETE", _kv_path(key), {"cas": index}).json(), key=key))
+
+
+#: The most operations Consul takes in one transaction.
+_TXN_MAX_OPS = 64
+
+
+def _failed_op(result: str) -> int:
+    """The index of the operation a refused transaction failed on (0 if not told)."""
+    try:
+        errors = json.loads(result).get("Errors") or []
+        return int(errors[0].get("OpIndex") or 0)
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return 0
 
 
 def _quote(segment: str) -> str:

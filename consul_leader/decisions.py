@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 from .entry import KeyEntry
 from .events import Reason
-from .lockdelay import FreeSince, LockAttempt, holder_lock_delay, lock_delay_to_hold, release_mark
+from .lockdelay import FreeSince, LockAttempt, holder_lock_delay, lock_delay_to_hold, release_mark, released_by_holder
+from .roster import Contender, hold_for_others, nobody_else, on_roster
 
-__all__ = ["AfterTerm", "KeyView", "SitOut", "after_term", "held_by_another", "lock_check", "released_entry",
-           "retry_after_lock_delay"]
+__all__ = ["AfterTerm", "KeyView", "SitOut", "after_term", "held_by_another", "hold_with_roster",
+           "is_consul_lock_key", "lock_check", "released_entry", "retry_after_lock_delay"]
 
 
 def lock_check(entry: KeyEntry | None, session_id: str, identity: str) -> Reason | None:
@@ -108,11 +109,54 @@ def after_term(reason: Reason, lock_index: int, now: float, check_ttl: float) ->
     return AfterTerm(release=reason.must_release, sit_out=sit_out)
 
 
-def retry_after_lock_delay(now: float, lock_delay: float) -> float:
+def retry_after_lock_delay(now: float, lock_delay: float, refused_since: float | None = None,
+                           poll: float | None = None) -> float:
     """When to try again after Consul refused an acquisition because a
-    lock-delay runs: it started no earlier than now's refusal minus the
-    lock-delay, so it is surely over one lock-delay from *now*."""
-    return now + lock_delay
+    lock-delay runs. It started no earlier than the first refusal in a row
+    (*refused_since*; None: *now*'s), so it is over one *lock_delay* (the
+    longest a holder of the key needs) after that, not after each refusal.
+    Consul does not say when it ends: with *poll*, try every *poll* seconds
+    until then. Refused past that end (a longer lock-delay than known), try
+    every *poll* (or *lock_delay*) seconds from now on."""
+    end = (now if refused_since is None else refused_since) + lock_delay
+    step = lock_delay if poll is None else poll
+    if end <= now:
+        return now + step
+    return min(end, now + step)
+
+
+def is_consul_lock_key(key: str) -> bool:
+    """Whether *key* is the one ``consul lock PREFIX`` locks (``PREFIX/.lock``),
+    which ``consul-leader run`` can share with it."""
+    return key == ".lock" or key.endswith("/.lock")
+
+
+def hold_with_roster(view: KeyView, attempt: LockAttempt, seen: KeyEntry | None, session_id: str, hold: float,
+                     why: str, contenders: list[Contender] | None, shared: bool) -> tuple[float, str]:
+    """Amend :meth:`KeyView.hold_off`'s *hold* (and *why*) with what the
+    key's roster shows (*contenders*, read after the acquisition; None: it
+    could not be read), for a lock that no Consul lock-delay covered.
+
+    The key's first lock is led at once when the roster proves that nobody
+    else can still be doing its work (:func:`~.roster.nobody_else`): a new
+    key, or one deleted after its last holder stopped. Any other such lock
+    is held the longest lock-delay any contender that took the lock needs,
+    which covers ``consul-leader run`` beside library candidates when its
+    flags were lost with the key. *shared*: the key is also ``consul
+    lock``'s, whose holders are on no roster: the roster proves nothing.
+
+    So is a lock taken after a release mark that names a holder *view* did
+    not see (it started while the key was free): a mark is anyone's to
+    write, but once its holder stopped, the roster shows nobody who led."""
+    if hold <= 0 or view.follows(attempt, seen, session_id) or shared:
+        return hold, why
+    unseen_release = seen is not None and released_by_holder(seen) and attempt.lock_index == seen.lock_index + 1
+    # A holder seen that is not on the roster (another tool's, or an older
+    # version's) makes the roster prove nothing about it.
+    known = view.last_holder in (None, session_id) or on_roster(contenders, view.last_holder)
+    if (attempt.lock_index == 1 or unseen_release) and known and nobody_else(contenders, session_id):
+        return 0.0, ""
+    return hold_for_others(contenders, session_id, hold), why
 
 
 def released_entry(key: str, session_id: str, lock_index: int, create_index: int, modify_index: int) -> KeyEntry:
@@ -129,7 +173,8 @@ def released_entry(key: str, session_id: str, lock_index: int, create_index: int
     :param lock_index: the released term's LockIndex.
     :param create_index: the key's CreateIndex in that term.
     :param modify_index: the key's ModifyIndex the release answered."""
-    return KeyEntry(key=key, value=release_mark(session_id), lock_index=lock_index, create_index=create_index,
+    return KeyEntry(key=key, value=release_mark(session_id, lock_index), lock_index=lock_index,
+                    create_index=create_index,
                     modify_index=modify_index)
 
 
@@ -146,10 +191,16 @@ class KeyView:
         into its flags, among the entries observed.
     """
 
-    __slots__ = ("seen", "leader", "longest_delay", "_holder", "_free_since")
+    __slots__ = ("seen", "leader", "longest_delay", "last_holder", "own_lock", "_holder", "_free_since")
 
     def __init__(self) -> None:
         self.seen: KeyEntry | None = None
+        #: The session last seen holding the key: a release mark counts
+        #: only if it names that one (or the participant's own).
+        self.last_holder: str | None = None
+        #: ``(CreateIndex, LockIndex)`` of the participant's own last term,
+        #: set by the engine once that term's work has returned.
+        self.own_lock: tuple[int, int] | None = None
         self.leader: str | None = None
         self.longest_delay = 0.0
         self._holder: tuple[str | None, str | None] = (None, None)
@@ -162,6 +213,8 @@ class KeyView:
         self.seen = entry
         self._free_since.see(entry, now)
         self.longest_delay = max(self.longest_delay, holder_lock_delay(entry) or 0.0)
+        if entry is not None and entry.session is not None:
+            self.last_holder = entry.session
         holder = (None, None) if entry is None or entry.session is None else \
             (entry.value.decode("utf-8", "replace"), entry.session)
         if holder == self._holder:
@@ -176,5 +229,17 @@ class KeyView:
         why (see :meth:`LockAttempt.hold_off`): *seen* is the key as read
         before the acquisition was sent; the lock-delay held is the longest
         of *lock_delay* (the participant's) and the holders'."""
+        if seen is not None and (seen.create_index, seen.lock_index) == self.own_lock and \
+                attempt.lock_index == seen.lock_index + 1 and attempt.create_index == seen.create_index:
+            # The last lock before ours was our own, and its work is over:
+            # however it ended (our session invalidated in an outage, the
+            # key last read while that session still held it), there is
+            # nobody else's work to wait for.
+            return 0.0, ""
         return attempt.hold_off(seen, session_id, self._free_since.of(seen), now,
-                                lock_delay_to_hold(lock_delay, self.longest_delay))
+                                lock_delay_to_hold(lock_delay, self.longest_delay), self.last_holder)
+
+    def follows(self, attempt: LockAttempt, seen: KeyEntry | None, session_id: str) -> bool:
+        """Whether *attempt* follows *seen* (:meth:`LockAttempt.follows`), a
+        release mark counting only from the holder last observed."""
+        return attempt.follows(seen, session_id, self.last_holder)

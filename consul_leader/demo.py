@@ -145,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, float] = {}
     try:
         demo.say(f"agent ready at {agent.address}; starting 3 candidates for key {key!r} (ttl={args.ttl:g}s); "
-                 f"the key is new, so its first holder waits one lock-delay before leading")
+                 f"the key is new and its roster shows nobody who led it, so its first holder leads at once")
         for name in ("alpha", "bravo", "charlie"):
             demo.spawn(agent.address, key, name)
         first = demo.wait_for("elected", demo.t0)

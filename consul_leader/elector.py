@@ -278,6 +278,13 @@ class Elector(HoldsSession):
         if watch is not None:
             interrupt(watch)  # it sits in a long blocking query
             watch.join(self.client.config.timeout + 1)
+        # Every term is over, nothing of ours can still be working: off
+        # every key's roster, in a few requests rather than one a key.
+        entries = [entry for seat in self._work.view.all() if (entry := seat.roster.take_entry())]
+        try:
+            self.client.delete_keys(entries)
+        except ConsulLeaderError as exc:
+            log.debug("could not leave the rosters of %d keys: %s", len(entries), exc)
         if self._session is not None:
             self._session.close()
         with self._lock:

@@ -30,7 +30,7 @@ class KeyEntry:
     :ivar flags: the entry's flags (the election writes the acquisition's
         time there, in Unix milliseconds).
 
-    .. versionadded:: 0.3
+    .. versionadded:: 0.2
     """
 
     key: str = ""

@@ -10,6 +10,7 @@ what is retryable.
 from __future__ import annotations
 
 __all__ = [
+    "AlsoLockHeld",
     "ConfigurationError",
     "ConfigurationTypeError",
     "ConsulLeaderError",
@@ -60,7 +61,9 @@ class ConsulUnavailable(ConsulLeaderError, ConnectionError):
     """The Consul agent could not be reached or answered with a server error.
 
     Retryable: the candidate retries with backoff, within its lease while it
-    leads."""
+    leads. :meth:`Follower.wait_for_leader` raises it when the key could not
+    be read during its whole timeout (None means Consul answered that nobody
+    leads)."""
 
 
 class ConsulTLSError(ConsulUnavailable):
@@ -78,8 +81,9 @@ class NoClusterLeader(ConsulUnavailable):
 class PermissionDenied(ConsulLeaderError, PermissionError):
     """The ACL token lacks a permission; the message names the operation and
     the rule it needs. The candidate keeps retrying with backoff (a policy can
-    be fixed while it runs), but :meth:`Candidate.wait_for_leadership` and
-    :meth:`Candidate.run` raise it at once instead of waiting in vain.
+    be fixed while it runs), but :meth:`Candidate.wait_for_leadership`,
+    :meth:`Candidate.run` and :meth:`Follower.wait_for_leader` raise it at
+    once instead of waiting in vain.
 
     :ivar rule: the ACL policy rule the operation needs (HCL), or None when
         the token itself is unknown to Consul.
@@ -112,6 +116,12 @@ class NotLeader(ConsulLeaderError):
 class LockHeld(ConsulLeaderError):
     """The lock is held by another candidate and this one was told not to wait
     (``wait=False``). Final for that candidate."""
+
+
+class AlsoLockHeld(LockHeld):
+    """A key that a lock is taken together with (``consul-leader run``'s
+    ``PREFIX/.lock``, which ``consul lock PREFIX`` locks) is held by another
+    session; :attr:`key` names it."""
 
 
 class NotRunning(ConsulLeaderError, RuntimeError):

@@ -19,10 +19,11 @@ from . import aio, signals
 from .client import ConsulClient
 from .config import ConsulConfig
 from .entry import KeyEntry
-from .errors import ConsulLeaderError, NotRunning
+from .errors import ConsulLeaderError, ConsulUnavailable, NotRunning, PermissionDenied
 from .events import Broadcast
 from .interrupt import interrupt
 from .lockdelay import since_of
+from .roster import Contender, contenders_of
 from .validation import check_key, check_number
 
 log = logging.getLogger("consul_leader")
@@ -175,6 +176,11 @@ class Follower:
         self._wait = check_number("wait", wait, 0.01, 600)
         self._info = LeaderInfo()
         self._seen = threading.Event()
+        # Why the key has not been read yet: the last failure since the
+        # last read that worked (None once one did). _settled is set by a
+        # read, or by a failure that waiting would not cure (an ACL denial).
+        self._failure: BaseException | None = None
+        self._settled = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._changes: Broadcast[LeaderInfo] = Broadcast()
@@ -201,6 +207,7 @@ class Follower:
     def stop(self) -> None:
         """Stop watching; :meth:`changes` iterators end."""
         self._stop.set()
+        self._settled.set()  # a wait for the first read ends (NotRunning if there was none)
         self._changes.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             interrupt(self._thread)
@@ -222,23 +229,64 @@ class Follower:
         """Everything the key says about the leader, as last observed."""
         return self._info
 
+    def contenders(self) -> list[Contender]:
+        """Every candidate of the key, in the order they joined (see
+        :meth:`Candidate.contenders <consul_leader.Candidate.contenders>`).
+        Reads Consul (two requests); needs no :meth:`start`.
+
+        :raises ConsulLeaderError: Consul could not be read.
+
+        .. versionadded:: 0.2"""
+        return contenders_of(self.client, self.key)
+
     def wait_for_leader(self, timeout: float | None = None) -> str | None:
-        """Block until the key has been read once, or *timeout* passed, and
-        return the leader's identity then: None if nobody leads (it does not
-        wait for a leader to appear; :meth:`changes` does).
+        """Block until the key has been read once and return the leader's
+        identity then: None means Consul answered that nobody leads (it does
+        not wait for a leader to appear; :meth:`changes` does). Once read,
+        it answers at once with the leader as last observed.
 
         :param timeout: seconds to wait for the first read; None for no limit.
-        :raises NotRunning: :meth:`start` was not called."""
-        self.wait_for_first_read(timeout)
-        return self._info.identity
+        :raises NotRunning: :meth:`start` was not called, or :meth:`stop`
+            was before the first read.
+        :raises ConsulUnavailable: Consul did not answer during the whole
+            *timeout* (unreachable, failing, or slower than *timeout*); the
+            last error, if any, is its ``__cause__``. The follower keeps
+            trying in the background.
+        :raises PermissionDenied: the ACL token may not read the key; raised
+            at once, not after *timeout*.
+
+        .. versionchanged:: 0.2
+           Raises :class:`~consul_leader.ConsulUnavailable` when the key
+           could not be read within *timeout*, where it returned None as
+           for "nobody leads"."""
+        if self._thread is None:
+            raise NotRunning("Follower.wait_for_leader() needs start() first")
+        self._settled.wait(timeout)
+        with self._lock:
+            seen, info, failure = self._seen.is_set(), self._info, self._failure
+        if seen:
+            return info.identity
+        if isinstance(failure, PermissionDenied):
+            raise failure
+        if self._stop.is_set():
+            raise NotRunning(f"the follower of {self.key!r} was stopped before it could read the key")
+        where = f"Consul at {self.client.config.address}"
+        if failure is None:
+            raise ConsulUnavailable(f"the follower of {self.key!r} had no answer yet from {where}",
+                                    operation="read key", key=self.key)
+        raise ConsulUnavailable(f"the follower of {self.key!r} could not read the key from {where}: {failure}",
+                                operation="read key", key=self.key,
+                                status=getattr(failure, "status", None)) from failure
 
     def wait_for_first_read(self, timeout: float | None = None) -> bool:
-        """Block until the key has been read once; False if *timeout* passed first.
+        """Block until the key has been read once; False if *timeout* passed
+        first (never raises for an unreachable Consul: :meth:`wait_for_leader`
+        does).
 
         :param timeout: seconds to wait; None for no limit.
         :raises NotRunning: :meth:`start` was not called.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         if self._thread is None:
             raise NotRunning("Follower.wait_for_leader() needs start() first")
         return self._seen.wait(timeout)
@@ -248,6 +296,8 @@ class Follower:
 
         :param timeout: seconds to wait for the first read; None for no limit.
         :raises NotRunning: :meth:`start` was not called.
+        :raises ConsulUnavailable: as :meth:`wait_for_leader`.
+        :raises PermissionDenied: as :meth:`wait_for_leader`.
 
         .. versionadded:: 0.2"""
         return await aio.wait_for_leader_async(self, timeout)
@@ -274,6 +324,12 @@ class Follower:
                 if self._stop.is_set():
                     break
                 failures += 1
+                with self._lock:
+                    self._failure = exc
+                if isinstance(exc, PermissionDenied):
+                    self._settled.set()
+                elif not self._seen.is_set() and not self._stop.is_set():
+                    self._settled.clear()  # a policy fixed meanwhile: the waits wait again
                 if isinstance(exc, ConsulLeaderError):
                     log.warning("follower of %r cannot read the key: %s", self.key, exc)
                     signals.send(signals.election_error, self, error=exc)
@@ -282,6 +338,7 @@ class Follower:
                 self._stop.wait(backoff(cast(tenacity.RetryCallState, _Attempt(failures))))
                 continue
             failures = 0
+            self._failure = None
             wait = self._wait
             info = LeaderInfo.from_entry(entry)
             first = not self._seen.is_set()
@@ -289,6 +346,7 @@ class Follower:
                 with self._lock:
                     self._info = info
                     self._seen.set()
+                    self._settled.set()
                     self._changes.publish(info)
                 log.info("leader of %r is now %r", self.key, info.identity)
                 signals.send(signals.leader_changed, self, leader=info.identity)

@@ -36,6 +36,8 @@ DEFAULT_DEREGISTER_AFTER = 60.0
 ID_PREFIX = "consul-leader-"
 #: How soon to look again after a removal, for what it left in the catalog.
 _RELOOK = 5.0
+#: Looks made that often at first, until the catalog shows the instance.
+_EARLY_LOOKS = 6
 #: Consul's limit on a ``Meta`` value.
 _META_VALUE_MAX = 512
 
@@ -87,7 +89,6 @@ class Instance:
 class _Seen:
     check_id: str
     service_id: str
-    output: str
     # In the catalog only: the agent no longer has it.
     orphan: bool = False
 
@@ -113,6 +114,7 @@ class Leftovers:
         self.service = service
         self.window = window
         self._seen: dict[_Seen, float] = {}
+        self._looks = 0
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -125,10 +127,12 @@ class Leftovers:
 
         :returns: seconds until the next look is due, or None when nothing
             waits."""
+        self._looks += 1
         try:
             checks = self.client.agent_checks()
             critical = {self._key(check) for check_id, check in checks.items()
                         if check_id != own and self._is_left(check)}
+            siblings = any(check_id != own and check_id.startswith(ID_PREFIX) for check_id in checks)
             orphans = self._orphans(own)
         except ConsulLeaderError as exc:
             log.debug("could not list the agent's checks for leftovers: %s", exc)
@@ -150,7 +154,20 @@ class Leftovers:
             # A removal made with the agent's copy of a deleted token leaves
             # the catalog's: look again soon for that orphan.
             return _RELOOK
-        return self.window if waiting or orphans is None else None
+        log.debug("looked for leftovers: %d waiting for the reap window, %s", len(self._seen),
+                  "this instance not in the catalog (yet)" if orphans is None else f"{len(orphans)} catalog orphans")
+        if orphans is None and self._looks <= _EARLY_LOOKS:
+            # The catalog does not show this instance yet (the agent syncs
+            # it in the background; a token without node:read never sees
+            # it): look again soon, a few times.
+            return _RELOOK
+        if waiting:
+            # When the agent's reaper removes a leftover with its deleted
+            # token, the catalog keeps an orphan: see it soon after.
+            return self.window / 4
+        # Another candidate on this agent may crash yet, and what it leaves
+        # Consul does not always remove: look once a window while there is one.
+        return self.window if siblings else None
 
     def _is_left(self, check: dict[str, object]) -> bool:
         if check.get("Status") != "critical" or not str(check.get("CheckID", "")).startswith(ID_PREFIX):
@@ -168,13 +185,15 @@ class Leftovers:
         if node is None:
             return None
         local = self.client.agent_services()
-        return {_Seen(str(entry["ServiceID"]), str(entry["ServiceID"]), "", orphan=True) for entry in catalog
+        return {_Seen(str(entry["ServiceID"]), str(entry["ServiceID"]), orphan=True) for entry in catalog
                 if entry.get("Node") == node and str(entry.get("ServiceID", "")).startswith(ID_PREFIX)
                 and entry["ServiceID"] != own and entry["ServiceID"] not in local}
 
     @staticmethod
     def _key(check: dict[str, object]) -> _Seen:
-        return _Seen(str(check["CheckID"]), str(check.get("ServiceID") or ""), str(check.get("Output") or ""))
+        # Not its output: a new TTL check's goes from "" to "TTL expired"
+        # without anyone behind it; a live one's check turns passing.
+        return _Seen(str(check["CheckID"]), str(check.get("ServiceID") or ""))
 
     def _remove(self, seen: _Seen) -> bool:
         try:

@@ -22,8 +22,10 @@ from .entry import KeyEntry
 from .events import Reason
 from .follower import PrefixChanges
 from .lockdelay import LockAttempt
+from .roster import Contender
+from .seat import Seat
 from .session import Clock, Session, Timing
-from .term import Seat, Term
+from .term import Term
 
 __all__ = ["KeySeat", "KeyTerm", "PrefixView"]
 
@@ -32,18 +34,23 @@ class KeySeat(Seat):
     """One key of an elector: its seat, and where the worker is with it
     (owned by the worker thread)."""
 
-    __slots__ = ("state", "withdrawn", "not_before", "tried_index", "modified", "delay_wait", "released")
+    __slots__ = ("state", "withdrawn", "not_before", "refused_since", "tried_index", "modified", "delay_wait",
+                 "contenders", "released")
 
-    def __init__(self, sender: Any, key: str, identity: str) -> None:
-        super().__init__(sender, key, identity)
+    def __init__(self, sender: Any, key: str, identity: str, client: ConsulClient, lock_delay: float) -> None:
+        super().__init__(sender, key, identity, client, lock_delay)
         self.state = "idle"  # idle, delay-wait, leading, withdrawn
         self.withdrawn = False
         self.not_before = -math.inf  # a lock-delay runs until then
+        self.refused_since: float | None = None  # first refused for a lock-delay, in a row
         self.tried_index = -1  # refused as held while the prefix was at this index
         self.modified = -1  # the ModifyIndex of the key's entry last looked at
         #: A lock taken that must be held a while before it is led
         #: (LockAttempt.hold_off): until then, the attempt, its session.
         self.delay_wait: tuple[float, LockAttempt, Session] | None = None
+        #: The roster as read for that wait: what crashed candidates left
+        #: is removed once it is over.
+        self.contenders: list[Contender] | None = None
         self.released = -1  # the fencing token of the last term whose key was released
 
     @property
@@ -56,6 +63,7 @@ class KeySeat(Seat):
         self.term = None
         self.delay_wait = None
         self.state = "idle"
+        self.roster.take_entry()  # the parent's entry: the child must never take it off the roster
         self.events = type(self.events)()
         self.events.close()
 

@@ -22,7 +22,7 @@ from .entry import KeyEntry
 from .errors import ConsulLeaderError, RequestRejected, SessionLost
 from .events import Reason
 from .keys import KeySeat, KeyTerm, PrefixView
-from .lockdelay import LockAttempt, holder_flags, release_mark
+from .lockdelay import LockAttempt, holder_flags, lock_delay_to_hold, release_mark
 from .session import Clock, Session, Timing
 from .term import Tenure, Term
 
@@ -141,6 +141,7 @@ class KeyWork:
         with self._lock:
             seat.state = "withdrawn"
             self.view.seats.pop(seat.key, None)
+        seat.roster.leave()  # its terms are over: nothing of ours can still be working on it
         seat.events.close()
         self._dispatcher.call(self._notify)
 
@@ -156,22 +157,15 @@ class KeyWork:
         if seat.delay_wait is None:
             return
         _, attempt, session = seat.delay_wait
-        assert session.id is not None and attempt.modify_index is not None
         try:
-            # Not released but deleted: released, it would be led at once by
-            # the next candidate, which saw it free, inside the lock-delay
-            # that Consul did not set for a leader it was deleted under, or
-            # whose session ended as we took it. Absent, its next holder is
-            # its first, and waits too.
-            if not self.client.delete_key_if_index(seat.key, attempt.modify_index):
-                self.client.release(seat.key, session.id)
+            seat.drop_held_lock(session, attempt)
         except ConsulLeaderError as exc:
             if not self._stopping.is_set():
                 # The wait stays, and the sweep releases it again: the
                 # session lives on and would hold the key for good.
                 raise
             log.warning("could not release %r (%s); Consul frees it when the session ends", seat.key, exc)
-        seat.delay_wait, seat.state = None, "idle"
+        seat.delay_wait, seat.state, seat.contenders = None, "idle", None
 
     def sweep(self, seats: Iterable[KeySeat]) -> float:
         """Lapsed leases, lock-delay waits that ended, and free keys to
@@ -233,7 +227,7 @@ class KeyWork:
             # sit-out (nobody could take it meanwhile).
             assert entry is not None and own is not None
             # A failure is retried by the worker's next turn.
-            self.client.unlock(seat.key, own, release_mark(own), index=entry.modify_index)
+            self.client.unlock(seat.key, own, release_mark(own, entry.lock_index), index=entry.modify_index)
             seat.released = entry.modify_index
             return math.inf
         if seat.sit_out is not None:
@@ -251,8 +245,10 @@ class KeyWork:
         assert session.id is not None
         asked_at = self._clock()
         try:
+            seat.roster.join(session.id)  # once per session; again only if that failed
             attempt = self.client.acquire(seat.key, seat.identity.encode("utf-8"), session.id,
-                                          flags=holder_flags(int(time.time() * 1000), self.timing.lock_delay))
+                                          flags=holder_flags(int(time.time() * 1000), self.timing.lock_delay),
+                                          also_lock=seat.lock_also(session.id))
         except SessionLost:
             session.lost.set()
             self.on_lost(session)
@@ -263,18 +259,30 @@ class KeyWork:
             return math.inf
         if attempt.modify_index is None:
             if attempt.delayed:
-                seat.not_before = retry_after_lock_delay(self._clock(), self.timing.lock_delay)
+                # One lock-delay from the first refusal in a row, not from each.
+                now = self._clock()
+                if seat.refused_since is None:
+                    seat.refused_since = now
+                seat.not_before = retry_after_lock_delay(
+                    now, lock_delay_to_hold(self.timing.lock_delay, seat.view.longest_delay), seat.refused_since)
                 return seat.not_before
+            seat.refused_since = None
             seat.tried_index = self.view.index
             return math.inf
-        now = self._clock()
-        hold, why = seat.view.hold_off(attempt, entry, session.id, now, self.timing.lock_delay)
+        seat.refused_since = None
+        hold, why, contenders = seat.hold_off(attempt, entry, session.id, self._clock())
+        noted = seat.note_hold(attempt, hold)
+        if noted is None:
+            return math.inf  # the key changed under us: the watch tells
+        attempt = noted
         if hold > 0:
             log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", seat.identity,
                      seat.key, why, hold, self.timing.lock_delay)
-            until = now + hold
-            seat.delay_wait, seat.state = (until, attempt, session), "delay-wait"
+            until = self._clock() + hold
+            seat.delay_wait, seat.state, seat.contenders = (until, attempt, session), "delay-wait", contenders
             return until
+        if contenders:
+            seat.roster.forget(contenders)
         return self._lead(seat, session, asked_at, attempt)
 
     def _lead_after_wait(self, seat: KeySeat) -> float:
@@ -284,9 +292,11 @@ class KeyWork:
         _, attempt, session = seat.delay_wait
         t0 = self._clock()
         _, raw = self.client.get_key(seat.key)  # if it fails, the wait stays and the sweep proves it again
-        seat.delay_wait, seat.state = None, "idle"
+        contenders, seat.delay_wait, seat.state, seat.contenders = seat.contenders, None, "idle", None
         entry = KeyEntry.parse_optional(raw)
         if entry is not None and entry.session == session.id and not session.lost.is_set():
+            if contenders:
+                seat.roster.forget(contenders)  # what crashed candidates left: their work is over by now
             return self._lead(seat, session, t0, attempt)
         return math.inf
 

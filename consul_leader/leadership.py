@@ -22,8 +22,9 @@ from .follower import KeyWatch
 from .interrupt import clear_wake, wake
 from .job import JobRunner
 from .lockdelay import LockAttempt
+from .seat import Seat
 from .session import Clock, Session
-from .term import Seat, Stage, Tenure, Term, log_fields
+from .term import Stage, Tenure, Term, log_fields
 
 if TYPE_CHECKING:
     from .candidate import Candidate
@@ -91,6 +92,9 @@ class Leadership(Part):
         # A term's release failed: its session still holds the key, and
         # nobody else can take it until this one lets it go.
         self.unreleased: Term | None = None
+        # A lock held before leading it (its session and acquisition), while
+        # held: stopped meanwhile, the candidate gives it up (Campaign.leave).
+        self.held_off: tuple[Session, LockAttempt] | None = None
         # The election thread ends its terms itself, waiting for the job and
         # the deposed receivers before the release.
         self.tenure = Tenure(self.client, clock, self.timing.check_ttl, dispatcher, lock, blocking=True,
@@ -109,16 +113,30 @@ class Leadership(Part):
         follows it, hold the lock one lock-delay first (see
         :meth:`LockAttempt.hold_off`)."""
         assert attempt.modify_index is not None and session.id is not None
-        hold, why = self.seat.view.hold_off(attempt, seen, session.id, self._clock(), self.timing.lock_delay)
-        if hold > 0 and not self._lock_delay_wait(hold, why):
-            return
+        hold, why, contenders = self.seat.hold_off(attempt, seen, session.id, self._clock())
+        noted = self.seat.note_hold(attempt, hold)
+        if noted is None:
+            return  # the key changed under us: look again
+        attempt = noted
+        if hold > 0:
+            # Stopped during the hold, stop() gives the key up (this
+            # thread may still make requests; its waits are cut short).
+            self.held_off = (session, attempt)
+            if not self._lock_delay_wait(hold, why):
+                return
+            self.held_off = None
+        if contenders:
+            self.seat.roster.forget(contenders)  # what crashed candidates left: their work is over by now
         session.set_leading(self.key, held_since)
         try:
             # After a hold-off the lease from the acquisition may still run,
             # but the key may have been deleted and taken by another during
             # the hold: read it (a round while leading does) before leading.
             # Without a hold, an idle follower's last round may be too old.
-            held = (hold == 0 and session.lease_valid()) or session.beat()
+            # A lease that would run out before the round set_leading()
+            # kicks could renew it (a slow agent) is renewed first.
+            round_time = self.candidate.heartbeat_stats.last_duration or 0.0
+            held = (hold == 0 and session.lease_remaining() > 2 * round_time) or session.beat()
         except BaseException:
             session.set_leading(None)
             raise
@@ -126,6 +144,7 @@ class Leadership(Part):
             session.set_leading(None)
             return  # lost between the acquisition and the check: no term
         watch = KeyWatch(self.client, self.key)
+        assert attempt.modify_index is not None
         watch.index = attempt.modify_index  # block from our acquisition on
         term = Term(self.seat, session, attempt, self._clock())
         with self._lock:
@@ -158,9 +177,8 @@ class Leadership(Part):
         meanwhile."""
         log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", self.identity, self.key,
                  why, hold, self.timing.lock_delay)
-        # Stopped meanwhile: no release, which would let the next candidate
-        # in at once; stop() destroys the session, and Consul then applies
-        # the lock-delay to whoever comes next.
+        # Stopped meanwhile: the key is given up without a release (see
+        # Seat.drop_held_lock).
         return not self._stopping.wait(hold)
 
     def _hold(self, session: Session, term: Term, watch: KeyWatch) -> Reason:

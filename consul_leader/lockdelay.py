@@ -16,7 +16,7 @@ from typing import NamedTuple
 from .entry import KeyEntry, RawEntry
 
 __all__ = ["RELEASE_MARK", "FreeSince", "KeyEntry", "LockAttempt", "RawEntry", "holder_flags", "holder_lock_delay",
-           "invalidated", "lock_delay_to_hold", "release_mark", "released_by_holder", "since_of"]
+           "invalidated", "lock_delay_to_hold", "marked_session", "release_mark", "released_by_holder", "since_of"]
 
 # The flags a holder writes: the acquisition's wall-clock time in Unix
 # milliseconds in the low 48 bits (shown to people as "leader since"), its
@@ -61,21 +61,55 @@ def lock_delay_to_hold(own: float, longest_seen: float) -> float:
 RELEASE_MARK = b"consul-leader:released:"
 
 
-def release_mark(session_id: str) -> bytes:
+def release_mark(session_id: str, lock_index: int | None = None) -> bytes:
     """The value a holder's own release writes into the key: it names the
-    released session. Consul lets anyone who may write the key release it
-    for the holder's session (``?release=<session>``, ``consul kv put
-    -release``), sets no lock-delay for that, and the holder learns of it
-    only from its watch, up to a lease later. Such a release leaves some
-    other value (an empty one, by default), so the next holder can tell it
-    from the holder's own, and waits."""
-    return RELEASE_MARK + session_id.encode("utf-8")
+    released session and the lock's LockIndex. Consul lets anyone who may
+    write the key release it for the holder's session (``?release=<session>``,
+    ``consul kv put -release``), sets no lock-delay for that, and the holder
+    learns of it only from its watch, up to a lease later. Such a release
+    leaves some other value (an empty one, by default), so the next holder
+    can tell it from the holder's own, and waits; one that writes back an
+    earlier holder's mark names another lock.
+
+    :param lock_index: the released lock's LockIndex (None: not named, as
+        releases before 0.2 wrote it; then the mark counts only from the
+        holder a waiter saw)."""
+    mark = RELEASE_MARK + session_id.encode("utf-8")
+    return mark if lock_index is None else mark + b":" + str(lock_index).encode("ascii")
 
 
-def released_by_holder(entry: KeyEntry | None) -> bool:
+def released_by_holder(entry: KeyEntry | None, holders: tuple[str | None, ...] | None = None) -> bool:
     """Whether *entry* is free because its holder released it itself, its
-    work over (the value is a :func:`release_mark`)."""
-    return entry is not None and entry.free and entry.value.startswith(RELEASE_MARK)
+    work over (the value is a :func:`release_mark`).
+
+    :param holders: the sessions that may have released it (the holder the
+        caller last saw, and its own); None: any. A mark that names the
+        lock's LockIndex counts when that is *entry*'s own (a waiter that
+        never saw a short term's holder still knows its release); any mark
+        counts if it names one of *holders*. Any other is
+        someone else's write of an old value (a script that puts back what
+        it read), not this holder's release."""
+    if entry is None or not entry.free or not entry.value.startswith(RELEASE_MARK):
+        return False
+    if holders is None:
+        return True
+    session, lock_index = _parse_mark(entry.value)
+    # A plain write of the key (consul kv put) sets its LockIndex to 0 under
+    # the holder, whose mark then names the index it took: it still counts
+    # from a holder the caller saw.
+    return lock_index == entry.lock_index or session in holders
+
+
+def marked_session(entry: KeyEntry) -> str | None:
+    """The session a :func:`release_mark` in *entry* names (None: no mark)."""
+    if not entry.value.startswith(RELEASE_MARK):
+        return None
+    return _parse_mark(entry.value)[0]
+
+
+def _parse_mark(value: bytes) -> tuple[str, int | None]:
+    session, _, index = value[len(RELEASE_MARK):].decode("utf-8", "replace").partition(":")
+    return session, int(index) if index.isdigit() else None
 
 
 
@@ -94,7 +128,7 @@ class LockAttempt(NamedTuple):
     lock_index: int | None = None
     create_index: int | None = None
 
-    def follows(self, seen: KeyEntry | None, session_id: str) -> bool:
+    def follows(self, seen: KeyEntry | None, session_id: str, last_holder: str | None = None) -> bool:
         """Whether this lock is the next one taken after *seen*, the key as
         read before the acquisition was sent, while free or this session's.
 
@@ -108,21 +142,32 @@ class LockAttempt(NamedTuple):
         leaves no lock-delay either. *seen* must come from the Raft leader
         (Consul's default consistency, which every read here uses): a
         ``?stale`` read could show the key free before the leader applied
-        the invalidation that set the lock-delay."""
-        if self.modify_index is None or seen is None or (self.lock_index or 0) < 2 or \
-                seen.create_index != self.create_index:
+        the invalidation that set the lock-delay.
+
+        *last_holder*: the session the caller last saw hold the key (None:
+        none seen); a release mark counts only if it names that session or
+        the caller's own."""
+        if self.modify_index is None or seen is None or seen.create_index != self.create_index:
             return False
         before = seen.lock_index
         holder = seen.session
+        if (self.lock_index or 0) < 2:
+            # A key's first lock follows nothing, but one case: a plain
+            # write of the locked key (``consul kv put``) keeps its session
+            # and sets its LockIndex to 0, and its holder, deposed, released
+            # it with its own mark: its work is over.
+            return self.lock_index == 1 and before == 0 and holder is None and \
+                released_by_holder(seen, (last_holder, session_id))
         if holder is None:
             # Free, and its freeing accounted for: the holder's own release,
             # or an invalidation (Consul's lock-delay covered the next lock).
-            return self.lock_index == before + 1 and (released_by_holder(seen) or invalidated(seen))
+            return self.lock_index == before + 1 and (released_by_holder(seen, (last_holder, session_id))
+                                                      or invalidated(seen))
         # Ours all along (an answer lost), or released by us and taken again.
         return holder == session_id and self.lock_index in (before, before + 1)
 
     def hold_off(self, seen: KeyEntry | None, session_id: str, seen_free_at: float | None, now: float,
-                 lock_delay: float) -> tuple[float, str]:
+                 lock_delay: float, last_holder: str | None = None) -> tuple[float, str]:
         """How long to hold this lock before leading it (0: lead now), and
         why, for the log.
 
@@ -136,7 +181,7 @@ class LockAttempt(NamedTuple):
         leader elected before it applied it, or restored from a snapshot,
         enforces none. Normally Consul's own lock-delay already kept the
         acquisition out that long, and this costs nothing."""
-        if not self.follows(seen, session_id):
+        if not self.follows(seen, session_id, last_holder):
             if self.lock_index == 1:
                 why = "as its first holder: if it was deleted under another leader, Consul set no lock-delay"
             elif seen is not None and seen.free and self.lock_index == seen.lock_index + 1 and \

@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import aio, decorators, signals
+from .client import ConsulClient
 from .events import LeadershipEvent
+from .roster import Contender, contenders_of
 from .session import Session, lease_clock
 from .validation import check_timeout
 
 if TYPE_CHECKING:
-    from .term import Seat
+    from .seat import Seat
 
 __all__ = ["HoldsSession", "Participant", "live_session"]
 
@@ -33,7 +35,7 @@ class Participant:
     Subclasses provide :meth:`is_leader`, :attr:`state`, the condition that
     :meth:`wait_for_leadership` waits on, and why waiting is hopeless.
 
-    .. versionadded:: 0.3
+    .. versionadded:: 0.2
     """
 
     key: str
@@ -66,6 +68,20 @@ class Participant:
     def _raise_if_hopeless(self) -> None:
         """Raise what makes waiting for leadership pointless (not running, a final error)."""
         raise NotImplementedError
+
+    def contenders(self) -> list[Contender]:
+        """Every candidate of this key, as kazoo's ``Election.contenders()``
+        and Curator's ``getParticipants()`` list them, in the order they
+        joined: identity, host, pid, since when, whether it leads, and
+        whether its process still heart-beats (a crashed one stays listed,
+        not alive, until a later leader has waited out its lock-delay).
+        Reads Consul (two requests).
+
+        :raises ConsulLeaderError: Consul could not be read.
+
+        .. versionadded:: 0.2"""
+        client: ConsulClient = getattr(self, "client")  # noqa: B009 - Candidate's attribute, Candidacy's property
+        return contenders_of(client, self.key)
 
     def leader(self) -> str | None:
         """The identity of the current leader as last observed (this
@@ -194,7 +210,7 @@ class HoldsSession:
         """The ID of the session, as ``consul`` commands and the HTTP API
         name it; None before one was made.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         session = self._held_session()
         return None if session is None else session.id
 
@@ -203,6 +219,6 @@ class HoldsSession:
         """The ID of the TTL health check the session is bound to, on its
         agent; None before one was made.
 
-        .. versionadded:: 0.3"""
+        .. versionadded:: 0.2"""
         session = self._held_session()
         return None if session is None else session.check_id

@@ -389,13 +389,22 @@ class Session:
             except Exception:  # a bug must not silently end the heartbeat
                 log.exception("unexpected error in the heartbeat of session %s", self.id)
             if self._look_again is not None and self._clock() >= self._look_again:
-                now = self._clock()
-                try:
-                    delay = self._leftovers.look(now, self.instance.id)
-                except Exception:  # clean-up must never end the heartbeat
-                    log.exception("unexpected error looking for what crashed candidates left")
-                    delay = None
-                self._look_again = None if delay is None else now + delay
+                # On a thread of its own: its three requests must not push
+                # the next round back (behind a slow agent the lease would
+                # run out between rounds).
+                self._look_again = None
+                threading.Thread(target=self._look_for_leftovers, daemon=True,
+                                 name=f"consul-leader-leftovers {self.name}").start()
+
+    def _look_for_leftovers(self) -> None:
+        now = self._clock()
+        try:
+            delay = self._leftovers.look(now, self.instance.id)
+        except Exception:  # clean-up must never end quietly: say so, and look again later
+            log.exception("unexpected error looking for what crashed candidates left")
+            delay = self._leftovers.window
+        if delay is not None and not self._closed.is_set():
+            self._look_again = now + delay
 
     def close(self, *, destroy: bool = True) -> None:
         """Stop heart-beating, destroy the session (releasing what it holds)

@@ -28,15 +28,16 @@ from typing import Any
 
 from . import signals
 from .client import ConsulClient
-from .decisions import AfterTerm, KeyView, SitOut, after_term, released_entry
+from .decisions import AfterTerm, after_term, released_entry
 from .errors import ConsulLeaderError, ConsulUnavailable
 from .events import Broadcast, EventKind, LeadershipEvent, Reason
 from .interrupt import clear_wake
 from .job import Job, JobRunner
 from .lockdelay import LockAttempt, release_mark
+from .seat import Seat
 from .session import Clock, Session
 
-__all__ = ["Seat", "Stage", "Tenure", "Term", "announce_elected", "announce_ended", "log_elected", "log_ended",
+__all__ = ["Stage", "Tenure", "Term", "announce_elected", "announce_ended", "log_elected", "log_ended",
            "log_fields", "term_runner"]
 
 log = logging.getLogger("consul_leader")
@@ -89,33 +90,6 @@ class Term:
     def lease_remaining(self) -> float:
         """Seconds left of this term's lease (<= 0: over): the session's."""
         return self.session.lease_remaining()
-
-
-class Seat:
-    """One participant's place in one key's election: what the term engine
-    and the public per-key API (:class:`~consul_leader.participant.Participant`)
-    share. A Candidate has one; an Elector one per key.
-
-    :param sender: the participant, the sender of its signals.
-    :param key: the key.
-    :param identity: what the participant writes into the key."""
-
-    __slots__ = ("sender", "key", "identity", "term", "view", "events", "job", "sit_out", "released_at")
-
-    def __init__(self, sender: Any, key: str, identity: str) -> None:
-        self.sender = sender
-        self.key = key
-        self.identity = identity
-        #: The term being led, until a step-down: ``is_leader()`` reads it.
-        self.term: Term | None = None
-        #: What this participant has seen of the key.
-        self.view = KeyView()
-        self.events: Broadcast[LeadershipEvent] = Broadcast()
-        self.job: Job | None = None
-        #: After stepping down: stay out until then, or until someone else took the key.
-        self.sit_out: SitOut | None = None
-        #: The key's ModifyIndex the last release of ours left (None: none since it was last used).
-        self.released_at: int | None = None
 
 
 class Tenure:
@@ -275,6 +249,8 @@ class Tenure:
         reason = term.reason
         assert reason is not None
         term.stage = Stage.RELEASING
+        # Its work is over: a lock right after this one has nothing of ours to wait for.
+        term.seat.view.own_lock = (term.create_index, term.lock_index)
         released = True
         try:
             after = after_term(reason, term.lock_index, self.clock(), self.check_ttl)
@@ -293,8 +269,17 @@ class Tenure:
         :raises ConsulLeaderError: it failed again (the driver retries)."""
         session = term.session
         assert session.id is not None
-        self._released(term, self.client.unlock(term.seat.key, session.id, release_mark(session.id),
-                                                index=term.fencing_token))
+        self._released(term, self._send_unlock(term))
+
+    def _send_unlock(self, term: Term) -> int | None:
+        """Release *term*'s lock, guarded by its fencing token, with what was
+        locked with it (in the same transaction: once the key is free, the
+        next leader's acquisition needs them free too); the key's
+        ModifyIndex after the release, or None if the session did not hold it."""
+        seat, session = term.seat, term.session
+        assert session.id is not None
+        return self.client.unlock(seat.key, session.id, release_mark(session.id, term.lock_index),
+                                  index=term.fencing_token, also_unlock=[key for key, _ in seat.also_lock])
 
     def _released(self, term: Term, at: int | None) -> None:
         seat = term.seat
@@ -310,7 +295,7 @@ class Tenure:
         for attempt in range(1, self._attempts + 1):
             clear_wake()  # a wake meant for the term's watch must not fail its release
             try:
-                at = self.client.unlock(seat.key, session.id, release_mark(session.id), index=term.fencing_token)
+                at = self._send_unlock(term)
             except ConsulLeaderError as exc:
                 if isinstance(exc, ConsulUnavailable) and attempt < self._attempts:
                     continue

@@ -168,9 +168,9 @@ class Transport:
 
     def _refusal(self, operation: str, exc: Refused, key: str | None, missing: str | None) -> ConsulLeaderError:
         where: dict[str, Any] = {"operation": operation, "key": key, "status": exc.status}
-        text = _body(exc.text)
+        text = one_line(exc.text)
         if exc.status == 403 or "ACL not found" in text or "Permission denied" in text:
-            return self._denied(operation, text, key, exc.status)
+            return self.denied(operation, text, key, exc.status)
         if exc.status == 400:
             return RequestRejected(f"{operation}: Consul refused the request as invalid: {text}", **where)
         if missing and (exc.status == 404 or "invalid session" in text or "not found" in text.lower()
@@ -182,7 +182,9 @@ class Transport:
             return NoClusterLeader(f"{operation}: the Consul servers have no leader right now", **where)
         return ConsulUnavailable(f"{operation}: Consul answered {exc.status} {text}", **where)
 
-    def _denied(self, operation: str, text: str, key: str | None, status: int | None) -> PermissionDenied:
+    def denied(self, operation: str, text: str, key: str | None, status: int | None) -> PermissionDenied:
+        """The :class:`PermissionDenied` for *operation* on *key*, naming the
+        rule the token's policy lacks."""
         where: dict[str, Any] = {"operation": operation, "key": key, "status": status}
         if "ACL not found" in text:
             return PermissionDenied(f"{operation}: Consul does not know the ACL token (ACL not found); check "
@@ -214,7 +216,7 @@ def _tls_hint(exc: requests.exceptions.SSLError) -> str:
     return f"{hint} ({text})"
 
 
-def _body(text: str) -> str:
+def one_line(text: str) -> str:
     """Consul's error text, a JSON body made one line."""
     try:
         return json.dumps(json.loads(text)) if text.startswith("{") else text

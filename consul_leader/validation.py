@@ -64,7 +64,7 @@ def check_service(service: Any) -> str:
 def default_identity() -> str:
     """The identity of a candidate not given one: ``"<hostname>:<pid>"``.
 
-    .. versionadded:: 0.3"""
+    .. versionadded:: 0.2"""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

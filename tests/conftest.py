@@ -53,7 +53,7 @@ def prime_key(url: str, key: str) -> None:
     sid = requests.put(f"{url}/v1/session/create", json={"LockDelay": "0s"}, timeout=5).json()["ID"]
     try:
         assert requests.put(f"{url}/v1/kv/{key}?acquire={sid}", data=b"", timeout=5).json() is True
-        requests.put(f"{url}/v1/kv/{key}?release={sid}", data=release_mark(sid), timeout=5).raise_for_status()
+        requests.put(f"{url}/v1/kv/{key}?release={sid}", data=release_mark(sid, 1), timeout=5).raise_for_status()
     finally:
         requests.put(f"{url}/v1/session/destroy/{sid}", timeout=5)
 

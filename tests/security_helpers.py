@@ -81,7 +81,8 @@ def documented_policy(prefix: str, node: str) -> str:
     assert block is not None, "docs/security.rst has no beat-leader.hcl block"
     rules = "\n".join(line[4:] for line in block.group(1).splitlines())
     assert '"service/beat/"' in rules and '"my-node"' in rules, rules
-    return rules.replace('"service/beat/"', f'"{prefix}/"').replace('"my-node"', f'"{node}"')
+    return rules.replace('"service/beat/"', f'"{prefix}/"') \
+        .replace('/participants/service/beat/"', f'/participants/{prefix}/"').replace('"my-node"', f'"{node}"')
 
 
 @dataclass(frozen=True)

@@ -83,12 +83,16 @@ MISSING = {
     "key": ("acquire lock", 'key_prefix "<key>" { policy = "write" }'),
     "session": ("create session", 'session "<this agent\'s node>" { policy = "write" }'),
     "service": ("register service", 'service "consul-leader" { policy = "write" }'),
+    # Without its entry on the roster a leader would be invisible to the
+    # next first holder of its key: no lock without it.
+    "roster": ("acquire lock", 'key_prefix "consul-leader/participants/<key>/" { policy = "write" }'),
 }
 
 
 def _policy_without(rule: str, prefix: str, node: str) -> str:
     blocks = documented_policy(prefix, node).strip().split("\n}\n")
-    kept = [b for b in blocks if not b.lstrip().startswith(("key_prefix" if rule == "key" else rule) + " ")]
+    start = {"key": f'key_prefix "{prefix}/"', "roster": 'key_prefix "consul-leader/'}.get(rule, rule + " ")
+    kept = [b for b in blocks if not b.lstrip().startswith(start)]
     assert len(kept) == len(blocks) - 1, blocks
     return "\n}\n".join(kept) + ("" if kept[-1].endswith("}") else "\n}")
 
@@ -136,6 +140,14 @@ def test_an_unknown_token_is_reported_as_unknown(agent, prefix, candidates):
     c = candidates(f"{prefix}/leader", token=str(uuid.uuid4())).start()
     with pytest.raises(PermissionDenied, match=r"does not know the ACL token \(ACL not found\); check token="):
         c.wait_for_leadership(30)
+
+
+def test_a_follower_whose_token_may_not_read_the_key_raises_permission_denied_at_once(agent, prefix):
+    with Follower(f"{prefix}/leader", address=agent.address, token=str(uuid.uuid4())) as follower:
+        started = time.monotonic()
+        with pytest.raises(PermissionDenied, match=r"ACL not found"):
+            follower.wait_for_leader(30)
+        assert time.monotonic() - started < 10, "not after the whole timeout: waiting would not help"
 
 
 def test_without_a_token_the_error_says_the_anonymous_token_was_refused(prefix, candidates):

@@ -10,8 +10,10 @@ from consul_leader import Candidacy, Candidate, Elector, EventKind
 from consul_leader.testing import ConsulAgent
 
 #: What only a Candidate has: it runs its own session and thread, a
-#: Candidacy shares its elector's.
-CANDIDATE_ONLY = {"start", "set_term_hook", "client", "timing", "term_limit", "wait", "heartbeat_stats"}
+#: Candidacy shares its elector's; and ``lock_with``, for ``consul-leader
+#: run`` beside ``consul lock``, which runs no Elector.
+CANDIDATE_ONLY = {"start", "set_term_hook", "client", "timing", "term_limit", "wait", "heartbeat_stats",
+                  "lock_with"}
 
 
 def public(cls: type) -> set:

@@ -1,4 +1,4 @@
-"""Celery beat as a singleton: real ``celery beat`` processes with
+"""Celery beat as a singleton (docs/integrations/celery.rst): real ``celery beat`` processes with
 LeaderScheduler and a real Redis broker (Debian's redis-server, found or
 installed by scripts/install-redis). Every message that reaches the broker is
 read back: across a clean handover (SIGTERM) and a crash (SIGKILL) of the

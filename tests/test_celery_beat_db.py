@@ -1,7 +1,8 @@
 """django-celery-beat's DatabaseScheduler with the leader mixin, on a real
 PostgreSQL (a throwaway cluster of Debian's package) and a real Redis
 broker: two ``celery beat`` processes of the documented project
-(docs/examples/beatproject) send periodic tasks stored in the database, an
+(docs/examples/beatproject, started as docs/integrations/django-celery-beat.rst
+says) send periodic tasks stored in the database, an
 entry every second and one every 4 s. The leading beat is killed again and
 again, with SIGTERM and SIGKILL, at random moments (some right after a
 send), and restarted as the standby; after some takeovers the schedule is

@@ -12,12 +12,12 @@ import signal
 import subprocess
 from typing import List, Tuple
 
-import pytest
 import requests
 from cli_runs import Runs
 
+from consul_leader import Candidate
 from consul_leader.cli import EXIT_CONSUL_LOCK
-from consul_leader.cli.consul_lock import LOCK_FLAG_VALUE, ConsulLockConflict, guard
+from consul_leader.cli.consul_lock import LOCK_FLAG_VALUE, guard
 from consul_leader.client import ConsulClient, ConsulConfig
 from consul_leader.testing import ConsulAgent, find_consul
 
@@ -102,18 +102,47 @@ def test_run_on_consul_locks_own_key_takes_turns_with_it_and_then_keeps_it(cli: 
     assert lives[0][1] < lives[1][0], f"consul lock's command and run's overlapped: {lives}"
 
 
-def test_a_consul_lock_that_acquires_the_key_as_run_writes_its_note_is_seen(consul_agent: ConsulAgent,
-                                                                            prefix: str) -> None:
-    # consul lock reads PREFIX/.lock (missing), run writes its note, then
-    # consul lock's acquire lands (Consul's acquire ignores flags): run must
-    # find consul lock's session there when it reads the key back.
+def test_a_lock_taken_with_the_key_keeps_a_late_consul_lock_acquisition_out_and_is_let_go_at_the_terms_end(
+        consul_agent: ConsulAgent, prefix: str) -> None:
+    # consul lock read PREFIX/.lock missing before run wrote its note; its
+    # acquire lands later, while run's candidate leads and after.
     url = consul_agent.url
     client = ConsulClient(ConsulConfig.from_args(address=consul_agent.address, environ={}))
+    also = guard(client, prefix)
+    assert also is not None and also[0] == f"{prefix}/.lock"
+    sid = requests.put(f"{url}/v1/session/create", json={"Name": "consul lock", "LockDelay": "0s"},
+                       timeout=5).json()["ID"]
 
-    def consul_lock_acquires(seconds: float) -> None:
-        sid = requests.put(f"{url}/v1/session/create", json={"Name": "consul lock"}, timeout=5).json()["ID"]
-        acquired = requests.put(f"{url}/v1/kv/{prefix}/.lock?acquire={sid}&flags={LOCK_FLAG_VALUE}", timeout=5)
-        assert acquired.json() is True
+    def consul_lock_acquires() -> bool:
+        answer = requests.put(f"{url}/v1/kv/{prefix}/.lock?acquire={sid}&flags={LOCK_FLAG_VALUE}", timeout=5)
+        return bool(answer.json())
 
-    with pytest.raises(ConsulLockConflict, match="is in use by consul lock"):
-        guard(client, prefix, settle=consul_lock_acquires)
+    candidate = Candidate(prefix, identity="run", address=consul_agent.address, ttl=2)
+    candidate.lock_with(*also)
+    with candidate:
+        assert candidate.wait_for_leadership(30)
+        assert not consul_lock_acquires(), "consul lock took PREFIX/.lock while run led"
+        assert candidate.resign()
+        # Run's term is over (its work with it): the key is free again.
+        wait_until(consul_lock_acquires, what="consul lock to take PREFIX/.lock once run's term ended")
+        assert not candidate.is_leader()
+        # Now consul lock leads: run's candidate cannot take its lock, and says why.
+        wait_until(lambda: "is held by another session" in (candidate.health().last_error or ""),
+                   timeout=30, what="the candidate to report the lock taken with its own")
+        assert not candidate.is_leader()
+        entry = requests.get(f"{url}/v1/kv/{prefix}", timeout=5).json()
+        assert entry is None or entry[0].get("Session") is None, "run's key was taken without PREFIX/.lock"
+    requests.put(f"{url}/v1/session/destroy/{sid}", timeout=5)
+
+
+def test_a_lock_taken_with_the_key_and_deleted_during_the_term_does_not_keep_the_key_at_its_end(
+        consul_agent: ConsulAgent, prefix: str) -> None:
+    url = consul_agent.url
+    candidate = Candidate(prefix, identity="run", address=consul_agent.address, ttl=2)
+    candidate.lock_with(f"{prefix}/.lock", b"note")
+    with candidate:
+        assert candidate.wait_for_leadership(30)
+        requests.delete(f"{url}/v1/kv/{prefix}/.lock", timeout=5).raise_for_status()  # an operator's clean-up
+        assert candidate.resign()
+        wait_until(lambda: not requests.get(f"{url}/v1/kv/{prefix}", timeout=5).json()[0].get("Session"),
+                   what="the key released at the term's end")

@@ -1,4 +1,5 @@
-"""``make demo`` (README's first command): a real election on a throwaway
+"""``make demo`` (README.rst's first command, and docs/quickstart.rst's;
+``consul-leader demo`` once installed): a real election on a throwaway
 agent, told line by line."""
 
 from __future__ import annotations

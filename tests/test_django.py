@@ -5,7 +5,8 @@ commands, and ``manage.py leader_status``.
 
 In-process with Django's test client, and in real processes: ``manage.py
 runserver`` with its autoreloader, ``leader_status``, ``send_report``, and
-(slow) a gunicorn --preload fleet. The project is tests/djangoproject."""
+(slow) a gunicorn --preload fleet. The project is tests/djangoproject, the
+one docs/integrations/django.rst shows."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 import requests
 from garbling_proxy import Fail, FailingProxy
+from support.roster import left_by_a_crash
 
 from consul_leader import Candidacy, Elector
 from consul_leader.testing import ConsulAgent
@@ -97,6 +98,7 @@ def test_stop_ends_every_term_when_a_first_holders_release_fails(
     # the first failed release, so the job was never told to stop, the key
     # stayed led and stop() never returned.
     prime_key(consul_agent.url, f"{prefix}/old")
+    left_by_a_crash(consul_agent.url, f"{prefix}/new", 6.0)  # so the new key's first holder waits
     e = via(proxy, prefix, electors, ttl=6.0)
     new, old = e.candidate("new"), e.candidate("old")  # the new key comes first
     told: List[float] = []
@@ -126,6 +128,7 @@ def test_a_withdrawn_first_holder_whose_release_failed_is_released_later(
     # fails once. The key must still be released while the elector runs, and
     # stop() return: the candidacy was left neither waiting nor forgotten,
     # its key held by the live session for as long as the elector ran.
+    left_by_a_crash(consul_agent.url, f"{prefix}/new", 6.0)  # so the new key's first holder waits
     e = via(proxy, prefix, electors, ttl=6.0)
     new = e.candidate("new")
     e.start()
@@ -147,6 +150,7 @@ def test_a_first_holder_whose_check_of_the_key_failed_still_leads(
     # the elector's own session, and nobody led it, for as long as the
     # elector ran.
     key = f"{prefix}/new"
+    left_by_a_crash(consul_agent.url, key, 2.0)  # so the new key's first holder waits
     e = via(proxy, prefix, electors, ttl=2.0)
     new = e.candidate("new")
     proxy.fail = lambda method, path, body: None if proxy.failed or not (
@@ -256,6 +260,9 @@ def test_a_deleted_key_whose_first_holder_withdrew_is_led_only_after_the_lock_de
     # LockIndex 2 and led without waiting.
     key = f"{prefix}/k"
     prime_key(consul_agent.url, key)
+    # A third leader of the key, paused (its roster entry, led): whoever
+    # takes the deleted key first must wait for it.
+    left_by_a_crash(consul_agent.url, key, 3.0)
     a = Elector(prefix, identity="a", address=consul_agent.address, ttl=3.0)
     b = Elector(prefix, identity="b", address=consul_agent.address, ttl=3.0)
     electors.extend([a, b])
@@ -358,7 +365,7 @@ def test_a_key_won_just_before_the_agent_froze_is_deposed_at_its_lease_end(
     thawed = threading.Event()
 
     def freeze_after_the_acquisition(method: str, path: str, body: bytes) -> Optional[str]:
-        listing = method == "GET" and "recurse" in path
+        listing = method == "GET" and "recurse" in path and path.startswith(f"/v1/kv/{prefix}")
         if frozen or (listing and listed):  # the listings after the first (which shows the key free): frozen
             thawed.wait(60)
             return "before"

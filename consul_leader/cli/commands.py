@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Optional
 
 from ..client import ConsulClient
 from ..config import ConsulConfig
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ConsulLeaderError
 from ..follower import Follower, LeaderInfo
+from ..roster import Contender, contenders_of
 from ..validation import check_key
 from .codes import EXIT_NO_LEADER, EXIT_OK
 
@@ -75,21 +76,48 @@ def _info_dict(key: str, info: LeaderInfo) -> Dict[str, Any]:
 
 # -- status -----------------------------------------------------------------
 
+def _contender_dict(contender: Contender) -> Dict[str, Any]:
+    return {"identity": contender.identity, "host": contender.host, "pid": contender.pid,
+            "since": contender.since, "since_iso": _iso(contender.since), "leading": contender.leading,
+            "alive": contender.alive, "lock_delay": contender.lock_delay}
+
+
+def _contender_line(contender: Contender) -> str:
+    """One contender, as docs/cli.rst documents the line."""
+    return (f"  {_shown(contender.identity)}  host={contender.host or '?'} pid={contender.pid or '?'} "
+            f"since={_iso(contender.since) or '?'} {'leading' if contender.leading else 'waiting'} "
+            f"{'alive' if contender.alive else 'gone'}")
+
+
 def status(args: argparse.Namespace, command: List[str]) -> int:
-    """``consul-leader status``: print who leads; 0 if someone does, 3 if nobody."""
+    """``consul-leader status``: print who leads and who takes part; 0 if
+    someone leads, 3 if nobody."""
     key = check_key(args.key)
     client = ConsulClient(ConsulConfig.from_args(**connection(args)))
     _, entry = client.get_key(key)
     info = LeaderInfo.from_entry(entry)
+    try:
+        contenders: Optional[List[Contender]] = contenders_of(client, key)
+        unread = ""
+    except ConsulLeaderError as exc:  # the roster's own ACL rule may be missing: the leader is still news
+        contenders, unread = None, str(exc)
     if args.json:
-        print(json.dumps(_info_dict(key, info)))
-    elif info.identity is None:
+        print(json.dumps(dict(_info_dict(key, info), contenders=None if contenders is None else
+                              [_contender_dict(c) for c in contenders])))
+        return EXIT_OK if info.identity is not None else EXIT_NO_LEADER
+    if info.identity is None:
         print(f"key:           {key}\nleader:        (none)")
     else:
         at = _since(info)
         since = "unknown" if at is None else f"{_iso(at)} ({_now() - at:.1f} s ago)"
         print(f"key:           {key}\nleader:        {_shown(info.identity)}\nsince:         {since}\n"
               f"fencing token: {info.modify_index}\nsession:       {info.session}")
+    if contenders is None:
+        print(f"contenders:    (cannot be read: {unread})")
+    else:
+        print(f"contenders:    {len(contenders)}")
+        for contender in contenders:
+            print(_contender_line(contender))
     return EXIT_OK if info.identity is not None else EXIT_NO_LEADER
 
 

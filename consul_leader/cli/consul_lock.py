@@ -12,8 +12,13 @@ use"). ``run KEY`` uses that rule:
   never both lead (they would lock two different keys).
 - Otherwise it writes ``KEY/.lock`` with flags 0 and a note before it runs
   for election, so that a ``consul lock KEY`` started later refuses to run,
-  and reads it back :data:`SETTLE` later, to catch a ``consul lock`` that
-  read the key free just before and acquires it after.
+  and locks ``KEY/.lock`` in the same transaction as each lock on ``KEY``
+  (:meth:`Candidate.lock_with <consul_leader.Candidate.lock_with>`): a
+  ``consul lock`` that read the key free before the note was written, and
+  whose acquisition is still on its way (a slow link, a paused VM), can
+  then never lead beside a term of ``run``: while ``run`` leads, its
+  session holds ``KEY/.lock``; once ``consul lock`` holds it, ``run``
+  cannot take its lock.
 - ``run PREFIX/.lock`` shares ``consul lock PREFIX``'s own key: one key,
   one holder. It waits while ``consul lock`` holds it; once it has written
   its own flags there, ``consul lock PREFIX`` refuses to run.
@@ -22,13 +27,12 @@ use"). ``run KEY`` uses that rule:
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ..client import ConsulClient
 from ..errors import ConsulLeaderError, PermissionDenied
 
-__all__ = ["LOCK_FLAG_VALUE", "LOCK_KEY", "SEMAPHORE_FLAG_VALUE", "SETTLE", "ConsulLockConflict", "guard"]
+__all__ = ["LOCK_FLAG_VALUE", "LOCK_KEY", "SEMAPHORE_FLAG_VALUE", "ConsulLockConflict", "guard", "taken_by_consul_lock"]
 
 log = logging.getLogger("consul_leader")
 
@@ -38,10 +42,6 @@ LOCK_FLAG_VALUE = 0x2DDCCBC058A50C18
 SEMAPHORE_FLAG_VALUE = 0xE0F69A2BAA414DE0
 #: The key ``consul lock PREFIX`` locks, under its prefix (``api.DefaultSemaphoreKey``).
 LOCK_KEY = ".lock"
-
-#: Seconds between writing the note and reading it back (see :func:`guard`):
-#: far more than the round trip between ``consul lock``'s read and its acquire.
-SETTLE = 1.0
 
 _NOTE = ("consul-leader run elects the leader of {key}; consul lock {key} would lead beside it, so this key, "
          "with flags that are not consul lock's, makes consul lock refuse to run there. Delete it only once no "
@@ -79,19 +79,19 @@ def _refusal(key: str, prefix: str, entry: Any) -> str:
             "See 'Moving from consul lock' in the docs.")
 
 
-def guard(client: ConsulClient, key: str, settle: Callable[[float], object] = time.sleep) -> None:
+def guard(client: ConsulClient, key: str) -> Optional[tuple[str, bytes]]:
     """Check that ``consul lock`` does not use *key*'s prefix, and make it
     refuse to from now on (see the module's description).
 
-    :param settle: waits the given seconds (``time.sleep``, or a wait that a
-        signal cuts short) after the note was first written.
-
+    :returns: the key to lock with each lock on *key*, and the value to
+        write there; None when there is none (*key* is ``consul lock``'s
+        own, or the token may not write the other).
     :raises ConsulLockConflict: ``consul lock`` holds the key it would share
         with *key*, or a semaphore of its own is there.
     :raises ConsulLeaderError: Consul could not be read."""
     if key.endswith("/" + LOCK_KEY):
         # consul lock's own key: one key, so Consul lets one holder at a time.
-        return
+        return None
     lock_key = f"{key}/{LOCK_KEY}"
     for _ in range(3):
         _, entry = client.get_key(lock_key)
@@ -102,7 +102,8 @@ def guard(client: ConsulClient, key: str, settle: Callable[[float], object] = ti
             # its waiters (if any) refuse to go on.
             index = _modify_index(entry)
         elif entry is not None:
-            return  # our note, or something consul lock refuses as well
+            # Our note, or something consul lock refuses as well.
+            return lock_key, entry.get("Value") or _NOTE.format(key=key).encode("utf-8")
         else:
             index = 0
         note = _NOTE.format(key=key).encode("utf-8")
@@ -115,19 +116,21 @@ def guard(client: ConsulClient, key: str, settle: Callable[[float], object] = ti
         except PermissionDenied as exc:
             log.warning("consul-leader run: cannot write %r (%s): a consul lock %r started later would not see "
                         "this process and could lead beside it", lock_key, exc, key)
-            return
+            return None
         if written:
             log.info("consul-leader run: wrote %r, so that a consul lock %r refuses to run beside this process",
                      lock_key, key)
-            # A consul lock that read the key free just before the note was
-            # written acquires it a round trip later (Consul's acquire does
-            # not look at flags) and keeps its session on it: look again
-            # once that has had time to land.
-            settle(SETTLE)
-            _, entry = client.get_key(lock_key)
-            if entry is not None and _held(entry):
-                raise ConsulLockConflict(_refusal(key, key, entry))
-            return
+            return lock_key, note
     raise ConsulLockConflict(f"KEY {key!r}: {lock_key} changed each of the three times this process read it, as "
                              f"if a consul lock on {key!r} were starting: check with consul kv get -detailed "
                              f"{lock_key}, then start again")
+
+
+def taken_by_consul_lock(client: ConsulClient, key: str) -> Optional[str]:
+    """Why ``run`` must leave, if ``consul lock`` took the key that *key*'s
+    locks are taken with (see :func:`guard`) after ``run`` started: its
+    acquisition was on its way as the note was written. None otherwise."""
+    _, entry = client.get_key(f"{key}/{LOCK_KEY}")
+    if _is_consul_lock(entry) and _held(entry):
+        return _refusal(key, key, entry)
+    return None

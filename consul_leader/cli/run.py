@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from .. import signals
 from ..candidate import Candidate
-from ..errors import ConfigurationError, ConsulUnavailable, LockHeld
+from ..errors import ConfigurationError, ConsulLeaderError, ConsulUnavailable, LockHeld
 from ..session import Timing, lease_clock
 from .backoff import CrashBackoff
 from .codes import (
@@ -32,7 +32,7 @@ from .codes import (
     EXIT_USAGE,
 )
 from .commands import connection
-from .consul_lock import ConsulLockConflict, guard
+from .consul_lock import LOCK_KEY, ConsulLockConflict, guard, taken_by_consul_lock
 from .watchdog import Spawned, SpawnFailed, Watchdog
 
 __all__ = ["DEFAULT_GRACE", "SAFETY_SLACK", "run_command", "run_timing"]
@@ -373,6 +373,7 @@ def run_command(args: argparse.Namespace, command: List[str]) -> int:
                 except LockHeld as exc:
                     say(f"{exc}")
                     code = EXIT_LOCK_HELD
+                code = _consul_lock_took_over(candidate) if code is None else code
     finally:
         runner.release.set()
         if runner.child is not None:  # leaving on an error: never leave the command running
@@ -398,7 +399,9 @@ def _guard(runner: _Runner, give_up: Optional[float]) -> Optional[int]:
     said = False
     while True:
         try:
-            guard(candidate.client, candidate.key, settle=runner.wake.wait)
+            also = guard(candidate.client, candidate.key)
+            if also is not None:
+                candidate.lock_with(*also)
             return None if runner.signum is None else 128 + runner.signum
         except ConsulLockConflict as exc:
             say(f"{exc}")
@@ -414,6 +417,22 @@ def _guard(runner: _Runner, give_up: Optional[float]) -> Optional[int]:
         runner.wake.clear()
         if runner.signum is not None:
             return 128 + runner.signum
+
+
+def _consul_lock_took_over(candidate: Candidate) -> Optional[int]:
+    """EXIT_CONSUL_LOCK if the election cannot take its lock because
+    ``consul lock`` holds the key it is taken with; else None."""
+    error = candidate.health().last_error
+    if error is None or f"{candidate.key}/{LOCK_KEY}" not in error:
+        return None  # not refused for that key (AlsoLockHeld names it)
+    try:
+        why = taken_by_consul_lock(candidate.client, candidate.key)
+    except ConsulLeaderError:
+        return None  # the election's own retries say what fails
+    if why is None:
+        return None
+    say(why)
+    return EXIT_CONSUL_LOCK
 
 
 def _not_elected(candidate: Candidate, timeout: float) -> int:

@@ -385,6 +385,9 @@ class Chaos:
         if retire:
             old = self.rng.choice(retire)
             agent = self.agent_of[old.identity]
+            # The retired one answers a final probe like those stopped at
+            # the end, so its agent gets the same time to recover first.
+            self.wait_for_agents("a fault, before a candidate is retired")
             self.stopped[old.identity] = old.stop()
         fresh = self._spawn(agent, {"kind": "candidate", "receivers": "none"}, hold=True)
         wait_until(lambda: fresh.seen("ready") or not fresh.alive, 30, "the fresh candidate is ready")

@@ -92,12 +92,27 @@ def test_leader_info_reads_a_parsed_entry_and_a_raw_one_alike() -> None:
     (None, taken(5), False),                                         # never read
     (entry(lock_index=0), taken(1), False),                          # a key's first lock follows nothing
     (entry(lock_index=4), LockAttempt(None, delayed=True), False),   # not taken at all
+    (released(lock_index=0), taken(1), True),                        # overwritten under its holder, then released
+    (released(lock_index=0, by="z"), taken(1), False),               # ... by a holder not seen last
+    (entry(lock_index=0, value=b"h"), taken(1), False),              # a first lock after a plain write: nothing
+    (released(lock_index=4, by="z"), taken(5), False),               # a mark of a holder not seen last (a replay)
+    (released(lock_index=4, by=OURS), taken(5), True),               # our own mark
 ], ids=["next", "next-invalidated", "released-by-another", "skipped-one", "recreated", "held-by-other",
         "ours-lost-answer", "ours-again", "ours-skipped",
-        "unseen", "first-lock", "not-taken"])
+        "unseen", "first-lock", "not-taken", "overwritten-released", "overwritten-unseen-mark",
+        "first-after-plain-write", "replayed-mark", "own-mark"])
 def test_whether_a_lock_follows_the_key_as_seen(seen: Optional[KeyEntry], attempt: LockAttempt,
                                                  follows: bool) -> None:
-    assert attempt.follows(seen, OURS) is follows
+    assert attempt.follows(seen, OURS, last_holder=OTHER) is follows
+
+
+def test_a_release_mark_counts_only_from_the_holder_last_observed() -> None:
+    view = KeyView()
+    assert not view.follows(taken(5), released(lock_index=4), OURS), "no holder seen: the mark proves nothing"
+    view.observe(entry(session=OTHER, lock_index=4), 1.0)
+    view.observe(released(lock_index=4), 2.0)
+    assert view.follows(taken(5), released(lock_index=4), OURS)
+    assert not view.follows(taken(5), released(lock_index=4, by="z"), OURS)
 
 
 # -- how long to hold a lock before leading it ----------------------------------
@@ -114,7 +129,7 @@ def test_whether_a_lock_follows_the_key_as_seen(seen: Optional[KeyEntry], attemp
         "invalidated-long-ago", "invalidated-now"])
 def test_how_long_a_lock_is_held_before_it_is_led(seen: KeyEntry, attempt: LockAttempt,
                                                   seen_free_at: Optional[float], now: float, hold: float) -> None:
-    held, why = attempt.hold_off(seen, OURS, seen_free_at, now, DELAY)
+    held, why = attempt.hold_off(seen, OURS, seen_free_at, now, DELAY, last_holder=OTHER)
     assert held == pytest.approx(hold)
     assert why or held == 0, "a hold says why, for the log"
 
@@ -194,8 +209,17 @@ def test_when_a_sit_out_is_over(seen: Optional[KeyEntry], now: float, over: bool
     assert SitOut(103.0, 7).over(seen, now) is over
 
 
-def test_a_refusal_for_a_lock_delay_is_retried_one_lock_delay_later() -> None:
-    assert retry_after_lock_delay(100.0, DELAY) == 103.0
+@pytest.mark.parametrize("now, refused_since, poll, retry", [
+    (100.0, None, None, 103.0),      # the first refusal: one lock-delay later
+    (101.0, 100.0, None, 103.0),     # refused again: still one lock-delay from the first, not from this one
+    (100.0, None, 0.5, 100.5),       # polling: the lock-delay may have started long before the refusal
+    (102.8, 100.0, 0.5, 103.0),      # ... never past its surest end
+    (103.5, 100.0, 0.5, 104.0),      # refused past it (a longer lock-delay than known): keep polling
+    (103.5, 100.0, None, 106.5),     # ... or wait another lock-delay
+])
+def test_a_refusal_for_a_lock_delay_is_retried_by_the_lock_delays_end_counted_from_the_first(
+        now: float, refused_since: Optional[float], poll: Optional[float], retry: float) -> None:
+    assert retry_after_lock_delay(now, DELAY, refused_since, poll) == pytest.approx(retry)
 
 
 @pytest.mark.parametrize("attempt, follows", [
@@ -279,3 +303,26 @@ def test_a_key_view_counts_an_invalidated_key_from_when_it_first_saw_it_free() -
     view.observe(free, 10.0)
     view.observe(free, 11.5)
     assert view.hold_off(taken(5), free, OURS, 12.0, DELAY)[0] == pytest.approx(1.0)
+
+
+def test_a_lock_right_after_our_own_last_term_waits_for_nobody_however_that_term_ended() -> None:
+    view = KeyView()
+    invalidated_ours = entry(lock_index=4, value=b"me")  # our session invalidated in an outage
+    assert view.hold_off(taken(5), invalidated_ours, OURS, 100.0, DELAY)[0] == DELAY
+    view.own_lock = (10, 4)  # set once that term's work returned
+    assert view.hold_off(taken(5), invalidated_ours, OURS, 100.0, DELAY) == (0.0, "")
+    # Last read while our old session still held it: the same lock, over.
+    assert view.hold_off(taken(5), entry(session="old", lock_index=4, value=b"me"), OURS, 100.0, DELAY) == (0.0, "")
+    # Someone else locked it in between (LockIndex 5), or it was re-created: wait as before.
+    assert view.hold_off(taken(6), entry(lock_index=5, value=b"x"), OURS, 100.0, DELAY)[0] == DELAY
+    assert view.hold_off(taken(5, create_index=11), invalidated_ours, OURS, 100.0, DELAY)[0] == DELAY
+
+
+def test_a_release_mark_that_names_the_locks_index_counts_without_its_holder_seen() -> None:
+    # A waiter second in line never saw a short term's holder; the mark names the lock it released.
+    view = KeyView()
+    view.observe(entry(session="earlier", lock_index=3), 1.0)
+    marked = entry(lock_index=4, value=release_mark("b", 4))
+    assert view.follows(taken(5), marked, OURS)
+    # A mark of another lock (written back by a script) does not.
+    assert not view.follows(taken(5), entry(lock_index=4, value=release_mark("z", 2)), OURS)

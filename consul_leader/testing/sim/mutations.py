@@ -42,18 +42,20 @@ _hold_off = lockdelay.LockAttempt.hold_off
 
 
 def _lead_first_lock_at_once(self: lockdelay.LockAttempt, seen: KeyEntry | None, session_id: str,
-                             seen_free_at: float | None, now: float, lock_delay: float) -> tuple[float, str]:
+                             seen_free_at: float | None, now: float, lock_delay: float,
+                             last_holder: str | None = None) -> tuple[float, str]:
     if self.lock_index == 1:
         return 0.0, ""
-    return _hold_off(self, seen, session_id, seen_free_at, now, lock_delay)
+    return _hold_off(self, seen, session_id, seen_free_at, now, lock_delay, last_holder)
 
 
 def _lead_at_once(self: lockdelay.LockAttempt, seen: KeyEntry | None, session_id: str,
-                  seen_free_at: float | None, now: float, lock_delay: float) -> tuple[float, str]:
+                  seen_free_at: float | None, now: float, lock_delay: float,
+                  last_holder: str | None = None) -> tuple[float, str]:
     return 0.0, ""
 
 
-def _any_release_is_the_holders(entry: KeyEntry | None) -> bool:
+def _any_release_is_the_holders(entry: KeyEntry | None, holders: tuple[str | None, ...] | None = None) -> bool:
     return entry is not None and entry.free
 
 

@@ -1,22 +1,18 @@
-"""Review: mixed timings on one key when the next holder never saw the
-long-lease holder's flags.
-
-The mixed-timings fix carries a holder's lock-delay in the key's flags, and
-a lock that no Consul lock-delay covered is held for the longest lock-delay
-*seen among the key's holders*. A candidate that starts after the flags
-are gone (the key deleted under its holder, or released by someone else,
-whose write leaves flags 0) has seen no holder: it holds only its own
-lock-delay. Beside ``consul-leader run`` (lock-delay 8 s at its defaults,
-its command allowed 5 s of grace after SIGTERM), a library candidate with
-its defaults (lock-delay 3 s) then starts its job while run's command still
-runs. No pause is needed: run's supervisor notices at once and does exactly
-what its grace allows.
+"""Mixed timings on one key when the next holder never saw the long-lease
+holder's flags: the key deleted under ``consul-leader run``'s holder, or
+released by someone else (whose write leaves flags 0). A holder's flags
+carry its lock-delay, but a candidate that starts after they are gone has
+seen no holder; the key's roster still shows run's lock-delay (8 s at its
+defaults, its command allowed 5 s of grace after SIGTERM), and the fresh
+candidate holds that long. No pause is needed: run's supervisor notices at
+once and does exactly what its grace allows.
 
 Real agent, real processes; times on CLOCK_BOOTTIME, shared by every process.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -85,13 +81,17 @@ def test_a_fresh_run_with_a_shorter_grace_does_not_start_its_command_while_an_ol
     # Two consul-leader run of one key, as during a rollout that shortens
     # the grace: a at the defaults (grace 5s, lock-delay 8s), b with
     # --ttl 1s --grace 1s. The key is deleted under a; b starts afterwards.
-    life(cli, "a", key=key)
+    a = life(cli, "a", key=key)
     _, a_pid = cli.started("a")
     url = f"http://{consul_agent.address}/v1/kv/{key}"
     deleted = boot()
     requests.delete(url, timeout=5).raise_for_status()
     life(cli, "b", "--ttl", "1s", "--grace", "1s", key=key)
-    b_start, _ = cli.started("b")
     a_end = cli.last_alive("a", a_pid)
+    # a may lead again once its command ended (the roster shows that b never
+    # led): stop it, and b's turn comes.
+    a.send_signal(signal.SIGTERM)
+    a.wait(60)
+    b_start, _ = cli.started("b")
     print(f"a's command ended {a_end - deleted:.2f}s after the delete; b's started {b_start - deleted:.2f}s after it")
     assert a_end < b_start, f"the two commands overlapped for {a_end - b_start:.3f}s"

@@ -1,15 +1,11 @@
-"""Review: ``consul-leader run PREFIX`` beside a ``consul lock PREFIX``
-that is starting at the same moment.
-
-``run``'s guard reads ``PREFIX/.lock``, writes its note there (flags 0)
-when the key is absent, reads it again and leads. ``consul lock`` (Consul's
-``api.Lock``) reads the key, checks its flags, then acquires it with
-``?acquire=`` and *its* flags: an acquisition on its way while ``run``'s
-guard ran is not refused (the key is free), overwrites the note's flags,
-and ``consul lock`` runs its command; ``run`` never looks at ``.lock``
-again. Here the acquisition is held back by a proxy between ``consul
-lock`` and the agent (a slow link, a paused VM) for as long as ``run``
-takes to lead. Real agent, real ``consul`` binary, real processes."""
+"""``consul-leader run PREFIX`` beside a ``consul lock PREFIX`` that is
+starting at the same moment: ``consul lock`` read ``PREFIX/.lock`` free and
+its acquisition is held back (a slow link, a paused VM; here a proxy
+between ``consul lock`` and the agent) for as long as ``run`` takes to
+lead. ``run`` locks ``PREFIX/.lock`` with each term, so the late
+acquisition is refused while ``run`` leads, and ``consul lock``'s command
+never runs beside ``run``'s. Real agent, real ``consul`` binary, real
+processes."""
 
 from __future__ import annotations
 

@@ -1,15 +1,13 @@
-"""Review: after a refusal for a lock-delay, a candidate waits a whole
-lock-delay from the refusal (``decisions.retry_after_lock_delay``), not to
-the lock-delay's end.
-
-A lone candidate whose agent answers only ``500`` for 4 s (longer than its
-3 s check TTL: an overloaded agent, a broken proxy) loses its session: the
-agent lets the check go critical, Consul invalidates the session and holds
-the key for the 3 s lock-delay, which ends about 6 s after the last pass.
-The candidate comes back as the outage ends; its acquisitions are refused
-for the lock-delay (first with its dead session: Consul checks the
-lock-delay before the session), and each refusal makes it wait 3 s more.
-It leads about 9 s after the last pass, 3 s after anyone could have."""
+"""A lone candidate whose agent answers only ``500`` for 4 s (longer than
+its 3 s check TTL: an overloaded agent, a broken proxy) loses its session:
+the agent lets the check go critical, Consul invalidates the session and
+keeps the key for the 3 s lock-delay, which ends about 6 s after the last
+pass. The candidate comes back as the outage ends and leads again soon
+after the lock-delay ends: a refusal for a lock-delay is retried a few
+times within it (not a whole lock-delay after each refusal), a retry's
+backoff ends as soon as the heartbeat finds the session gone, and the last
+lock before its new one being its own, it holds nothing back. Before, it
+led about 9 s after the last pass (10 s at worst)."""
 
 from __future__ import annotations
 

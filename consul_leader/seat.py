@@ -1,0 +1,114 @@
+"""One participant's place in one key's election (:class:`Seat`): what
+the term engine (:mod:`consul_leader.term`) and the public per-key API
+share, and the decisions about a lock just taken that need the key's
+roster and its flags: how long to hold it before leading, noting a longer
+hold in the key, and giving up a lock held but not yet led.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .client import ConsulClient
+from .decisions import KeyView, SitOut, hold_with_roster, is_consul_lock_key
+from .entry import KeyEntry
+from .events import Broadcast, LeadershipEvent
+from .lockdelay import LockAttempt, holder_flags
+from .roster import Contender, Roster
+from .session import Session
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .term import Term
+
+__all__ = ["Seat"]
+
+
+class Seat:
+    """One participant's place in one key's election: what the term engine
+    and the public per-key API (:class:`~consul_leader.participant.Participant`)
+    share. A Candidate has one; an Elector one per key.
+
+    :param sender: the participant, the sender of its signals.
+    :param key: the key.
+    :param identity: what the participant writes into the key.
+    :param client: the participant's Consul client.
+    :param lock_delay: the lock-delay the participant's work needs."""
+
+    __slots__ = ("sender", "key", "identity", "client", "lock_delay", "term", "view", "events", "job", "sit_out",
+                 "released_at", "roster", "also_lock")
+
+    def __init__(self, sender: Any, key: str, identity: str, client: ConsulClient, lock_delay: float) -> None:
+        self.sender = sender
+        self.key = key
+        self.identity = identity
+        self.client = client
+        self.lock_delay = lock_delay
+        #: The participant's entry on the key's roster (see :mod:`~consul_leader.roster`).
+        self.roster = Roster(client, key, identity, lock_delay)
+        #: ``(key, value)`` pairs locked with each lock on the key, and released with it.
+        self.also_lock: list[tuple[str, bytes]] = []
+        #: The term being led, until a step-down: ``is_leader()`` reads it.
+        self.term: Term | None = None
+        #: What this participant has seen of the key.
+        self.view = KeyView()
+        self.events: Broadcast[LeadershipEvent] = Broadcast()
+        self.job: Job | None = None
+        #: After stepping down: stay out until then, or until someone else took the key.
+        self.sit_out: SitOut | None = None
+        #: The key's ModifyIndex the last release of ours left (None: none since it was last used).
+        self.released_at: int | None = None
+
+    def lock_also(self, session_id: str) -> list[tuple[str, bytes]]:
+        """What each acquisition locks beside the key: the roster entry
+        (saying it took the lock), then :attr:`also_lock`."""
+        return self.roster.with_lock(session_id) + self.also_lock
+
+    def hold_off(self, attempt: LockAttempt, seen: KeyEntry | None, session_id: str,
+                 now: float) -> tuple[float, str, list[Contender] | None]:
+        """How long to hold the lock *attempt* took before leading it, and
+        why (:meth:`KeyView.hold_off <consul_leader.decisions.KeyView.hold_off>`),
+        amended by what the roster shows when no lock-delay of Consul's
+        covered the lock (:func:`~consul_leader.decisions.hold_with_roster`);
+        and the contenders read then (None: not read)."""
+        hold, why = self.view.hold_off(attempt, seen, session_id, now, self.lock_delay)
+        if hold <= 0 or self.view.follows(attempt, seen, session_id):
+            return hold, why, None
+        contenders = self.roster.read(session_id)
+        hold, why = hold_with_roster(self.view, attempt, seen, session_id, hold, why, contenders,
+                                     shared=is_consul_lock_key(self.key))
+        return hold, why, contenders
+
+    def note_hold(self, attempt: LockAttempt, hold: float) -> LockAttempt | None:
+        """Before holding a lock for another holder's lock-delay longer than
+        this participant's: write it into the key's flags, so that whoever
+        takes the key after this session ends (a crash during the hold)
+        holds it as long. The acquisition with its new ModifyIndex (the
+        term's fencing token from here on), *attempt* itself if no longer
+        hold is due, or None if the key changed meanwhile (look again).
+
+        :raises ConsulLeaderError: the write failed."""
+        if hold <= self.lock_delay:
+            return attempt
+        assert attempt.modify_index is not None
+        rewritten = self.client.set_flags_if_index(self.key, self.identity.encode("utf-8"),
+                                                   holder_flags(int(time.time() * 1000), hold),
+                                                   attempt.modify_index)
+        if rewritten is None:
+            return None
+        return LockAttempt(rewritten, attempt.delayed, attempt.lock_index, attempt.create_index)
+
+    def drop_held_lock(self, session: Session, attempt: LockAttempt) -> None:
+        """Give up a lock held before leading it (stopped or withdrawn
+        during the hold): delete the key, only as this acquisition left it,
+        rather than release it or let the session's end free it. Released,
+        the next candidate, which saw it free, would lead at once; freed by
+        the session's end, after this one's own lock-delay, not the longer
+        one the hold may be for (another holder's, from the roster). A
+        deleted key's next lock is a first lock, which reads the roster.
+
+        :raises ConsulLeaderError: Consul could not be told."""
+        assert session.id is not None and attempt.modify_index is not None
+        if not self.client.delete_key_if_index(self.key, attempt.modify_index):
+            self.client.release(self.key, session.id)
