@@ -31,13 +31,13 @@ from .errors import (
 )
 from .events import LeadershipEvent, Reason
 from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE
-from .health import Health
+from .health import Health, HeartbeatStats
 from .job import Job
 from .participant import HoldsSession, Participant
 from .process import stop_on_signals
 from .runtime import check_threads_usable
 from .seat import Seat
-from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
+from .session import Clock, Session, Timing, lease_clock
 from .term import log_fields
 from .validation import (
     check_bool,

@@ -343,6 +343,29 @@ class ConsulClient:
         self._http.call("delete key", lambda: self._http.request(
             "DELETE", _kv_path(key), {"recurse": ""} if recurse else None), key=key)
 
+    def locked_by(self, keys: Sequence[str], session_id: str) -> list[bool]:
+        """Whether each of *keys* is locked by the session, in one read-only
+        transaction (``check-session``): a key that is absent, free or held
+        by another session is not.
+
+        .. versionadded:: 0.2"""
+        operations = [{"KV": {"Verb": "check-session", "Key": key, "Session": session_id}} for key in keys]
+
+        def check() -> list[bool]:
+            status, result = self._txn(operations)
+            if status == 200:
+                return [True] * len(operations)
+            if "Permission denied" in result or "ACL not found" in result:
+                raise Refused(403, result)
+            try:
+                errors = json.loads(result).get("Errors") or []
+                failed = {int(error.get("OpIndex") or 0) for error in errors}
+            except (ValueError, AttributeError, TypeError):
+                raise Refused(409, result) from None
+            return [index not in failed for index in range(len(operations))]
+
+        return self._http.call("read key", check, key=keys[0])
+
     def put_locked(self, key: str, value: bytes, session_id: str) -> bool:
         """Write *key* locked by the session (a place in the waiting line):
         a plain ``?acquire=`` write, told apart from the election's

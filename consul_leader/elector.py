@@ -32,6 +32,7 @@ from .errors import ConfigurationError, ConfigurationTypeError, ConsulLeaderErro
 from .events import Reason
 from .follower import PrefixWatch
 from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE
+from .health import HeartbeatStats
 from .interrupt import interrupt
 from .job import LEASE_CLOCK_SLICE
 from .keys import KeySeat, KeyTerm
@@ -39,7 +40,7 @@ from .keywork import KeyWork
 from .outage import Outage
 from .participant import HoldsSession, live_session
 from .runtime import check_threads_usable
-from .session import Clock, HeartbeatStats, Session, Timing, lease_clock
+from .session import Clock, Session, Timing, lease_clock
 from .validation import check_identity, check_key, check_number, check_service, default_identity
 
 __all__ = ["Candidacy", "Elector"]

@@ -1,16 +1,53 @@
 """A candidate's health as a probe sees it: :class:`Health`, from
 :meth:`Candidate.health() <consul_leader.Candidate.health>`; the Prometheus
-metrics of :mod:`consul_leader.metrics` read it too."""
+metrics of :mod:`consul_leader.metrics` read it too; and the heartbeat's
+counters it is made from (:class:`HeartbeatStats`)."""
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 from .errors import ConsulLeaderError
-from .session import HeartbeatStats
 
-__all__ = ["Health"]
+__all__ = ["HeartbeatStats", "Health"]
+
+
+class HeartbeatStats:
+    """Counters of heartbeat rounds, shared by the successive sessions of one
+    candidate so that they survive a session being replaced. Read by
+    :meth:`Candidate.health() <consul_leader.Candidate.health>` and
+    :mod:`consul_leader.metrics`; written by the heartbeat.
+
+    :ivar rounds: heartbeat rounds that succeeded.
+    :ivar failures: heartbeat rounds that failed.
+    :ivar seconds_total: time spent in the successful rounds, in seconds.
+    :ivar last_duration: how long the last successful round took, or None.
+    :ivar last_ok: monotonic time at which the last successful round (or the
+        session's creation) started: the agent had a passing check then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rounds = 0
+        self.failures = 0
+        self.seconds_total = 0.0
+        self.last_duration: float | None = None
+        self.last_ok = -math.inf
+
+    def ok(self, started: float, ended: float) -> None:
+        """Record a successful round that ran from *started* to *ended*."""
+        with self._lock:
+            self.rounds += 1
+            self.seconds_total += ended - started
+            self.last_duration = ended - started
+            self.last_ok = max(self.last_ok, started)
+
+    def failed(self) -> None:
+        """Record a failed round."""
+        with self._lock:
+            self.failures += 1
 
 
 @dataclass(frozen=True)

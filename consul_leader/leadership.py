@@ -127,7 +127,7 @@ class Leadership(Part):
             self.held_off = None
         if contenders:
             self.seat.roster.forget(contenders)  # what crashed candidates left: their work is over by now
-        session.set_leading(self.key, held_since)
+        session.set_leading(self.key, held_since, roster=self.seat.roster.led_entry(session.id))
         try:
             # After a hold-off the lease from the acquisition may still run,
             # but the key may have been deleted and taken by another during

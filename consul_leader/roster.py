@@ -185,8 +185,14 @@ class Roster:
         answered: a lock is never taken without its holder on the roster,
         or a later first holder could not see it (a token that may not
         write the roster cannot lead; the error names the rule)."""
+        return [self.led_entry(session_id)]
+
+    def led_entry(self, session_id: str) -> tuple[str, bytes]:
+        """This candidate's entry for *session_id* and its value once it
+        took the lock: what a leader's heartbeat puts back if someone
+        deleted it (see :class:`~consul_leader.session.Session`)."""
         self.entry = self.prefix + session_id
-        return [(self.entry, self._led_value)]
+        return self.entry, self._led_value
 
     def leave(self) -> None:
         """Take this candidate off the roster (a clean stop: its work is

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from .client import ConsulClient
 from .errors import ConfigurationError, ConsulLeaderError, PermissionDenied, SessionLost
 from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE, Instance, Leftovers
+from .health import HeartbeatStats
 from .outage import Outage
 from .validation import check_number as _number
 
@@ -115,42 +116,6 @@ class Timing:
         return max(self.heartbeat, self.check_ttl * 0.6)
 
 
-class HeartbeatStats:
-    """Counters of heartbeat rounds, shared by the successive sessions of one
-    candidate so that they survive a session being replaced. Read by
-    :meth:`Candidate.health() <consul_leader.Candidate.health>` and
-    :mod:`consul_leader.metrics`; written by the heartbeat.
-
-    :ivar rounds: heartbeat rounds that succeeded.
-    :ivar failures: heartbeat rounds that failed.
-    :ivar seconds_total: time spent in the successful rounds, in seconds.
-    :ivar last_duration: how long the last successful round took, or None.
-    :ivar last_ok: monotonic time at which the last successful round (or the
-        session's creation) started: the agent had a passing check then.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.rounds = 0
-        self.failures = 0
-        self.seconds_total = 0.0
-        self.last_duration: float | None = None
-        self.last_ok = -math.inf
-
-    def ok(self, started: float, ended: float) -> None:
-        """Record a successful round that ran from *started* to *ended*."""
-        with self._lock:
-            self.rounds += 1
-            self.seconds_total += ended - started
-            self.last_duration = ended - started
-            self.last_ok = max(self.last_ok, started)
-
-    def failed(self) -> None:
-        """Record a failed round."""
-        with self._lock:
-            self.failures += 1
-
-
 #: How long a new leader's first heartbeat round waits (at most half the
 #: lease left), so that it does not compete with the start of the term.
 _QUIET_AFTER_ELECTION = 0.05
@@ -212,6 +177,7 @@ class Session:
         self._passed_at = -math.inf
         self._renewed_at = -math.inf
         self._lock_key: str | None = None
+        self._roster_entry: tuple[str, bytes] | None = None  # see set_leading
         self._held_at = -math.inf
         #: Monotonic time until which this session's lease holds.
         self.lease_deadline = -math.inf
@@ -258,7 +224,8 @@ class Session:
         log.debug("session %s created (check %s)", self.id, self.check_id)
         return self.id
 
-    def set_leading(self, key: str | None, held_since: float = -math.inf) -> None:
+    def set_leading(self, key: str | None, held_since: float = -math.inf,
+                    roster: tuple[str, bytes] | None = None) -> None:
         """Switch to the leader's heartbeat for the lock on *key*, taken no
         earlier than *held_since* (monotonic), or back to the idle rate (None).
 
@@ -266,16 +233,24 @@ class Session:
         even after an operator deleted the key, so only a round that saw the
         lock still held by this session may extend the lease.
 
+        :param roster: the leader's roster entry and its value: the same
+            read sees whether the entry is still this session's, and a round
+            puts it back if it is gone (an operator deleted
+            ``consul-leader/``), so that the key's next first holder sees
+            that someone led it.
+
         Going back to idle does not wait for a round in progress: that round
         may hang on a frozen agent for a whole request timeout, and the end
         of a term must not (the term's end no longer reads the lease)."""
         if key is None:
             self._lock_key = None
+            self._roster_entry = None
             self._leading = False
             self._lease_started = self._lapsed = False
             return
         with self._beat_lock:
             self._lock_key = key
+            self._roster_entry = roster
             self._held_at = held_since
             self._leading = True
             self._lease_started = self._lapsed = False
@@ -318,15 +293,25 @@ class Session:
                 self._renewed_at = t0
             held = True
             if self._lock_key is not None:
-                _, entry = self.client.get_key(self._lock_key)
-                held = entry is not None and entry.get("Session") == self.id
+                roster = self._roster_entry
+                found = self.client.locked_by([self._lock_key] + ([roster[0]] if roster else []), self.id)
+                held = found[0]
                 if held:
                     self._held_at = t0
+                    if roster is not None and not found[1]:
+                        self._rejoin_roster(*roster)
             self._update_deadline()
             if self._on_round is not None:
                 self._on_round(t0)
             self.stats.ok(t0, self._clock())
             return held
+
+    def _rejoin_roster(self, entry: str, value: bytes) -> None:
+        log.warning("the roster entry %r of session %s was deleted while it leads; putting it back", entry, self.id)
+        try:
+            self.client.put_locked(entry, value, str(self.id))
+        except ConsulLeaderError as exc:
+            log.warning("could not put the roster entry %r back (%s); trying again next round", entry, exc)
 
     def lease_valid(self) -> bool:
         """True while the lease holds (a cheap read)."""
