@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING
 import tenacity
 
 from . import signals
-from .decisions import retry_after_lock_delay
 from .entry import KeyEntry
 from .errors import ConsulLeaderError, LockHeld, PermissionDenied, RequestRejected, SessionLost
 from .events import EventKind, LeadershipEvent, Reason
 from .follower import KeyWatch, LeaderInfo
 from .interrupt import clear_wake, interrupt, wake
 from .leadership import Leadership, Part
-from .lockdelay import holder_flags, lock_delay_to_hold
+from .lockdelay import holder_flags
 from .outage import Outage
 from .participant import live_session
 from .seat import Seat
@@ -49,11 +48,6 @@ _SUCCESSOR_WAIT = 0.1
 #: How many 400 answers in a row, with no round that worked between them,
 #: end an election: one may come from a proxy on the way, not from Consul.
 _REJECTIONS_THAT_ARE_FINAL = 3
-
-#: While a lock-delay keeps the key, try again at least this far apart (and
-#: at most eight times in one lock-delay): Consul answers such a refusal from
-#: the Raft leader's memory, without a Raft write.
-_LOCK_DELAY_POLL = 0.25
 
 
 class Campaign(Part):
@@ -80,8 +74,6 @@ class Campaign(Part):
         self.last_error: ConsulLeaderError | None = None
         self._key_checked = False
         self._cut_backoff = threading.Event()  # set to end a retry's backoff early
-        # When Consul first refused an acquisition for a lock-delay, in a row.
-        self._refused_since: float | None = None
         # One line when the election starts failing, a reminder a minute,
         # one when it works again: not a line per retry.
         self._outage = Outage(log, f"election for {self.key!r}")
@@ -299,7 +291,7 @@ class Campaign(Part):
         took = self._clock() - asked_at
         waiter.acquired_in(took)
         if attempt.modify_index is not None:
-            self._refused_since = None
+            self.seat.refused_since = None
             waiter.lost_race = False
             waiter.line.left()  # the transaction deleted our entry: the next waiter moves up
             self.leadership.lead(session, asked_at, attempt, seen)
@@ -309,17 +301,13 @@ class Campaign(Part):
             # lock for its lock-delay from then. Try again a few times until
             # it has surely ended, rather than spinning or overshooting.
             now = self._clock()
-            if self._refused_since is None:
-                self._refused_since = now
-            lock_delay = lock_delay_to_hold(self.timing.lock_delay, self.seat.view.longest_delay)
-            retry_at = retry_after_lock_delay(now, lock_delay, self._refused_since,
-                                              poll=max(_LOCK_DELAY_POLL, lock_delay / 8))
+            retry_at = self.seat.refused_for_lock_delay(now, poll=True)
             log.debug("%s: a lock-delay runs on %r; trying again in %.2fs", self.identity, self.key, retry_at - now)
             watch = KeyWatch(self.client, self.key)
             waiter.wait(watch, hold_off_until=retry_at)
             waiter.wait_if_held(watch)
             return
-        self._refused_since = None
+        self.seat.refused_since = None
         watch = KeyWatch(self.client, self.key)
         entry = watch.read()
         self._observe(entry)

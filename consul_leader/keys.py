@@ -34,15 +34,14 @@ class KeySeat(Seat):
     """One key of an elector: its seat, and where the worker is with it
     (owned by the worker thread)."""
 
-    __slots__ = ("state", "withdrawn", "not_before", "refused_since", "tried_index", "modified", "delay_wait",
-                 "contenders", "released")
+    __slots__ = ("state", "withdrawn", "not_before", "tried_index", "modified", "delay_wait", "contenders",
+                 "released")
 
     def __init__(self, sender: Any, key: str, identity: str, client: ConsulClient, lock_delay: float) -> None:
         super().__init__(sender, key, identity, client, lock_delay)
         self.state = "idle"  # idle, delay-wait, leading, withdrawn
         self.withdrawn = False
         self.not_before = -math.inf  # a lock-delay runs until then
-        self.refused_since: float | None = None  # first refused for a lock-delay, in a row
         self.tried_index = -1  # refused as held while the prefix was at this index
         self.modified = -1  # the ModifyIndex of the key's entry last looked at
         #: A lock taken that must be held a while before it is led

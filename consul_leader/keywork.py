@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable
 
 from . import signals
 from .client import ConsulClient
-from .decisions import AfterTerm, retry_after_lock_delay
+from .decisions import AfterTerm
 from .entry import KeyEntry
 from .errors import ConsulLeaderError, RequestRejected, SessionLost
 from .events import Reason
 from .keys import KeySeat, KeyTerm, PrefixView
-from .lockdelay import LockAttempt, holder_flags, lock_delay_to_hold, release_mark
+from .lockdelay import LockAttempt, holder_flags, release_mark
 from .session import Clock, Session, Timing
 from .term import Tenure, Term
 
@@ -259,12 +259,7 @@ class KeyWork:
             return math.inf
         if attempt.modify_index is None:
             if attempt.delayed:
-                # One lock-delay from the first refusal in a row, not from each.
-                now = self._clock()
-                if seat.refused_since is None:
-                    seat.refused_since = now
-                seat.not_before = retry_after_lock_delay(
-                    now, lock_delay_to_hold(self.timing.lock_delay, seat.view.longest_delay), seat.refused_since)
+                seat.not_before = seat.refused_for_lock_delay(self._clock(), poll=False)
                 return seat.not_before
             seat.refused_since = None
             seat.tried_index = self.view.index

@@ -11,10 +11,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .client import ConsulClient
-from .decisions import KeyView, SitOut, hold_with_roster, is_consul_lock_key
+from .decisions import KeyView, SitOut, hold_with_roster, is_consul_lock_key, retry_after_lock_delay
 from .entry import KeyEntry
 from .events import Broadcast, LeadershipEvent
-from .lockdelay import LockAttempt, holder_flags
+from .lockdelay import LockAttempt, holder_flags, lock_delay_to_hold
 from .roster import Contender, Roster
 from .session import Session
 
@@ -22,7 +22,12 @@ if TYPE_CHECKING:
     from .job import Job
     from .term import Term
 
-__all__ = ["Seat"]
+__all__ = ["LOCK_DELAY_POLL", "Seat"]
+
+#: While a lock-delay keeps the key, try again at least this far apart:
+#: Consul answers such a refusal from the Raft leader's memory, without a
+#: Raft write.
+LOCK_DELAY_POLL = 0.25
 
 
 class Seat:
@@ -37,7 +42,7 @@ class Seat:
     :param lock_delay: the lock-delay the participant's work needs."""
 
     __slots__ = ("sender", "key", "identity", "client", "lock_delay", "term", "view", "events", "job", "sit_out",
-                 "released_at", "roster", "also_lock")
+                 "released_at", "roster", "also_lock", "refused_since")
 
     def __init__(self, sender: Any, key: str, identity: str, client: ConsulClient, lock_delay: float) -> None:
         self.sender = sender
@@ -49,6 +54,8 @@ class Seat:
         self.roster = Roster(client, key, identity, lock_delay)
         #: ``(key, value)`` pairs locked with each lock on the key, and released with it.
         self.also_lock: list[tuple[str, bytes]] = []
+        #: When Consul first refused an acquisition for a lock-delay, in a row (None: the last one was not).
+        self.refused_since: float | None = None
         #: The term being led, until a step-down: ``is_leader()`` reads it.
         self.term: Term | None = None
         #: What this participant has seen of the key.
@@ -59,6 +66,20 @@ class Seat:
         self.sit_out: SitOut | None = None
         #: The key's ModifyIndex the last release of ours left (None: none since it was last used).
         self.released_at: int | None = None
+
+    def refused_for_lock_delay(self, now: float, *, poll: bool) -> float:
+        """Consul refused an acquisition because a lock-delay runs: when to
+        try again (:func:`~consul_leader.decisions.retry_after_lock_delay`),
+        one lock-delay (the longest a holder of the key needs) from the
+        first refusal in a row, not from each.
+
+        :param poll: try a few times within it (at most eight, at least
+            :data:`LOCK_DELAY_POLL` apart) rather than once at its end."""
+        if self.refused_since is None:
+            self.refused_since = now
+        lock_delay = lock_delay_to_hold(self.lock_delay, self.view.longest_delay)
+        return retry_after_lock_delay(now, lock_delay, self.refused_since,
+                                      poll=max(LOCK_DELAY_POLL, lock_delay / 8) if poll else None)
 
     def lock_also(self, session_id: str) -> list[tuple[str, bytes]]:
         """What each acquisition locks beside the key: the roster entry
