@@ -29,8 +29,10 @@ the release; old's job ended 5.006 s after it: the jobs overlapped 4.754 s.
 The same scene with no failure (the control): e's job started 10.212 s
 after the release, no overlap.
 
-The same hole without the port: an acquisition whose answer was lost
-(forwarded, then a 500) is taken again and followed the same way.
+The same hole without the port (second test): an acquisition whose answer
+was lost (passed on, then a 500) is taken again and followed the same way.
+Measured: e's job started 0.65 s after the release, old's ended 5.007 s
+after it: the jobs overlapped 4.357 s.
 
 Proposed fix: a lock held by our own session while no term and no wait
 has it must not count as seen before an acquisition: either record the
@@ -100,6 +102,50 @@ def test_an_elector_whose_flags_rewrite_fails_still_holds_the_lock_for_the_last_
     print(f"failed: {proxy.failed}; e's job {e_after}s after the release; old's ended {old_end}s after it; "
           f"overlap {overlap}s")
     assert proxy.failed, "the flags rewrite was never sent: the scene did not happen"
+    assert overlap == 0.0, (f"the jobs overlapped {overlap}s: e's job started {e_after}s after the release, "
+                            f"old's ended {old_end}s after it")
+    assert e_after >= 9.0, e_after
+
+
+def test_an_elector_whose_acquisition_answer_was_lost_still_holds_the_lock_for_the_last_leaders_lock_delay(
+        consul_agent: ConsulAgent, prefix: str, key: str) -> None:
+    """The same hole one step earlier: Consul took the lock, the answer
+    was lost (a 500 after the request was passed on)."""
+    def acquisition(method: str, path: str, body: bytes) -> Optional[str]:
+        if method != "PUT" or not path.startswith("/v1/txn"):
+            return None
+        ops = json.loads(body or b"[]")
+        return "after" if any(op.get("KV", {}).get("Verb") == "lock" and op["KV"].get("Key") == key
+                              for op in ops) else None
+
+    jobs = Jobs()
+    with FailingProxy(consul_agent.url) as proxy:
+        old = Candidate(key, identity="old", address=consul_agent.address, ttl=3, lock_delay=10)
+        elector = Elector(prefix, identity="e", address=proxy.address, ttl=3)
+        try:
+            old.run(jobs.job("old", WIND_DOWN), block=False)
+            assert old.wait_for_leadership(30)
+            wait_until(lambda: "old" in jobs.started, what="old's job")
+            elector.start()
+            candidacy = elector.candidate(key)
+            candidacy.run(jobs.job("e", 0.0), block=False)
+            wait_until(lambda: candidacy.leader() == "old", what="the elector to see old lead")
+            time.sleep(0.5)
+            proxy.fail_once(acquisition)
+            released_at = time.monotonic()
+            requests.put(f"{consul_agent.url}/v1/kv/{key}?release={old.session_id}",
+                         timeout=5).raise_for_status()
+            wait_until(lambda: "e" in jobs.started, timeout=40, what="the elector's job")
+            e_after = round(jobs.started["e"] - released_at, 3)
+            wait_until(lambda: jobs.ended("old") is not None, timeout=30, what="old's job to return")
+            old_end = round(jobs.ended("old") - released_at, 3)
+        finally:
+            elector.stop()
+            old.stop()
+    overlap = jobs.worst("old", "e")
+    print(f"failed: {proxy.failed}; e's job {e_after}s after the release; old's ended {old_end}s after it; "
+          f"overlap {overlap}s")
+    assert proxy.failed, "the acquisition's answer was never lost: the scene did not happen"
     assert overlap == 0.0, (f"the jobs overlapped {overlap}s: e's job started {e_after}s after the release, "
                             f"old's ended {old_end}s after it")
     assert e_after >= 9.0, e_after
