@@ -52,11 +52,6 @@ from conftest import wait_until
 WIND_DOWN = 5.0
 
 
-def holder(url: str) -> object:
-    r = requests.get(url, timeout=5)
-    return r.json()[0].get("Session") if r.status_code == 200 else None
-
-
 def test_stop_while_the_flags_rewrite_is_on_its_way_still_gives_the_key_up(
         consul_agent: ConsulAgent, key: str) -> None:
     url = f"{consul_agent.url}/v1/kv/{key}"
