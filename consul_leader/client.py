@@ -379,22 +379,25 @@ class ConsulClient:
             "PUT", _kv_path(key), {"acquire": session_id}, body=value).json(),
             missing=f"session {session_id} no longer exists", key=key))
 
-    def set_flags_if_index(self, key: str, value: bytes, flags: int, index: int) -> int | None:
-        """Rewrite *key*'s value and flags only if its ModifyIndex is still
-        *index* (its lock's holder keeps it); the new ModifyIndex, or None if
-        the key changed meanwhile.
+    def set_flags_if_index(self, key: str, value: bytes, flags: int, index: int, session_id: str) -> int | None:
+        """Rewrite *key*'s value and flags, which the session holds, only if
+        its ModifyIndex is still *index*: the holder locks it again, which
+        keeps its LockIndex (a ``cas`` write would reset it to 0, and the
+        holder's release mark would name a LockIndex the key no longer has).
+        The new ModifyIndex, or None if the key changed meanwhile.
 
         .. versionadded:: 0.2"""
-        operations = [{"KV": {"Verb": "cas", "Key": key, "Value": base64.b64encode(value).decode("ascii"),
-                              "Flags": flags, "Index": index}}]
+        operations = [{"KV": {"Verb": "check-index", "Key": key, "Index": index}},
+                      {"KV": {"Verb": "lock", "Key": key, "Value": base64.b64encode(value).decode("ascii"),
+                              "Flags": flags, "Session": session_id}}]
 
         def cas() -> int | None:
             status, result = self._txn(operations)
             if status == 409:
-                if "failed to set key" in result or "index" in result.lower():
+                if "index" in result.lower() or "lock is already held" in result or "invalid session" in result:
                     return None
                 raise Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
-            return int(result["Results"][0]["KV"]["ModifyIndex"])
+            return int(result["Results"][-1]["KV"]["ModifyIndex"])
 
         return self._http.call("write key", cas, key=key)
 

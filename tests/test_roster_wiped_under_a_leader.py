@@ -8,9 +8,10 @@ from __future__ import annotations
 import requests
 from support.roster import fresh_candidate_after_the_key_is_deleted
 
-from conftest import wait_until
 from consul_leader.roster import roster_prefix
 from consul_leader.testing import ConsulAgent
+
+from conftest import wait_until
 
 
 def test_a_leader_puts_its_wiped_roster_entry_back_and_a_fresh_candidate_waits_for_its_work(

@@ -1,31 +1,12 @@
-"""Review: an Elector that leads does not put its wiped roster entry back.
+"""An Elector that leads puts its keys' roster entries back when someone
+deleted them (``consul kv delete -recurse consul-leader/``): its heartbeat's
+proof checks them (``check-session``, a transaction per 64 keys led), so a
+fresh candidate that takes a key after it was deleted too still sees that
+someone led it, and waits for the Elector's work.
 
-The port gave the Candidate's heartbeat the re-put of a deleted roster
-entry (``Session.set_leading(roster=...)``, ``locked_by`` and
-``_rejoin_roster``): after ``consul kv delete -recurse consul-leader/``
-under a leader, a fresh candidate that takes the key after it was deleted
-too still sees that someone led it (tests/test_roster_wiped_under_a_leader.py).
-An Elector's keys got nothing of the kind: its heartbeat proves its keys
-with one read of its prefix (``PrefixView.prove``) and never looks at the
-roster, and ``Roster.join`` runs once per session. So the same scene with
-an Elector as the old leader ends as the finding before 3c7755a did: the
-fresh candidate takes LockIndex 1, reads a roster that shows only itself
-(``nobody_else``) and leads at once, while the Elector's job (told to stop
-when its watch saw the key go) still winds down.
-
-Measured (Consul 1.8.7, 2 shared cores): the roster was still empty 2.0 s
-after the wipe (a Candidate puts its entry back within a heartbeat, 1 s);
-the new job started 0.02 s after the key's deletion, the Elector's job
-ended 2.005 s after it: the jobs overlapped 1.985 s. The Elector's
-lock-delay was 10 s: the new job should have started 10 s after the
-deletion at the earliest.
-
-Proposed fix: give the Elector's proof the same check: ``PrefixView.prove``
-sends one read-only transaction of ``check-session`` for each led key's
-roster entry beside its prefix read (or ``locked_by`` on the entries of
-the led keys), and puts back with ``put_locked`` (the led value,
-``Roster.led_entry``) those that are gone, as ``Session._rejoin_roster``
-does for a Candidate.
+Before the fix only a Candidate did: the roster stayed empty, the new job
+started 0.02 s after the key's deletion and the jobs overlapped 1.985 s
+(the Elector's lock-delay was 10 s). Found in review.
 """
 
 from __future__ import annotations
