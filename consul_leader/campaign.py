@@ -182,6 +182,10 @@ class Campaign(Part):
 
         def round_() -> None:
             nonlocal rejected
+            if not self._stopping.is_set():
+                # A session lost before this round is replaced in it: only
+                # a loss from now on cuts the next backoff short.
+                self._cut_backoff.clear()
             self._round()
             rejected = 0
             # A round that ends a term can span an outage: only a request

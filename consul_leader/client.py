@@ -18,11 +18,12 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .agent_calls import AgentCalls
 from .config import ConsulConfig
 from .errors import AlsoLockHeld
 from .interrupt import clear_wake, interrupt, wake
 from .lockdelay import FreeSince, KeyEntry, LockAttempt, RawEntry, invalidated
-from .transport import Refused, Transport, one_line
+from .transport import Refused, Transport, duration, one_line, quote
 
 if TYPE_CHECKING:
     import requests
@@ -34,7 +35,7 @@ __all__ = ["ConsulClient", "ConsulConfig", "FreeSince", "KeyEntry", "LockAttempt
 _CONSUL_DEFAULT_WAIT = 300.0
 
 
-class ConsulClient:
+class ConsulClient(AgentCalls):
     """The handful of Consul operations an election needs.
 
     Thread-safe: each thread gets its own connection. Every request is bounded
@@ -77,81 +78,10 @@ class ConsulClient:
         thread and per process, so threads never share a connection."""
         return self._http.session
 
-
-    def register_service(self, service_id: str, name: str, check_id: str, ttl: float, *,
-                         deregister_after: float, meta: dict[str, str] | None = None,
-                         notes: str = "", check_name: str | None = None) -> None:
-        """Register a service instance on the agent with one TTL check,
-        already passing (a new check starts critical, and a session cannot
-        bind to a critical check). The check belongs to the instance, never
-        to the node: a critical node-level check fails every service of the
-        node, and this one goes critical for good when its process dies,
-        until Consul reaps the instance *deregister_after* seconds later.
-
-        .. versionadded:: 0.2"""
-        check = {"CheckID": check_id, "Name": check_name or f"{name} heartbeat", "TTL": _duration(ttl),
-                 "Status": "passing", "DeregisterCriticalServiceAfter": _duration(deregister_after)}
-        if notes:
-            check["Notes"] = notes
-        body: dict[str, Any] = {"ID": service_id, "Name": name, "Meta": meta or {}}
-        if ttl:
-            body["Check"] = check
-        self._http.call("register service", lambda: self._http.request("PUT", "/v1/agent/service/register", body=body),
-                   key=name)
-
-    def deregister_service(self, service_id: str, name: str | None = None) -> None:
-        """Remove the service instance (and its check) from the agent;
-        *name*, the service's, goes into a refusal's ACL rule.
-
-        .. versionadded:: 0.2"""
-        self._http.call("deregister service", lambda: self._http.request(
-            "PUT", f"/v1/agent/service/deregister/{_quote(service_id)}"), key=name)
-
-    def agent_checks(self) -> dict[str, dict[str, Any]]:
-        """Every check registered on the agent, by check ID.
-
-        .. versionadded:: 0.2"""
-        return dict(self._http.call("list checks", lambda: self._http.request("GET", "/v1/agent/checks").json()))
-
-    def agent_services(self) -> dict[str, dict[str, Any]]:
-        """Every service instance registered on the agent, by ID.
-
-        .. versionadded:: 0.2"""
-        return dict(self._http.call("list services", lambda: self._http.request("GET", "/v1/agent/services").json()))
-
-    def catalog_instances(self, service: str) -> list[dict[str, Any]]:
-        """Every instance of *service* in the catalog, on every node.
-
-        .. versionadded:: 0.2"""
-        return list(self._http.call("list services", lambda: self._http.request(
-            "GET", f"/v1/catalog/service/{_quote(service)}").json() or [], key=service))
-
-    def register_check(self, check_id: str, name: str, ttl: float, notes: str = "") -> None:
-        """Register a node-level TTL check on the agent, already passing.
-        Only for tools and tests: a candidate's check belongs to a service
-        instance (:meth:`register_service`)."""
-        body = {"ID": check_id, "Name": name, "TTL": _duration(ttl), "Status": "passing"}
-        if notes:
-            body["Notes"] = notes
-        self._http.call("register check", lambda: self._http.request("PUT", "/v1/agent/check/register", body=body))
-
-    def pass_check(self, check_id: str, service: str | None = None) -> None:
-        """Mark the TTL check as passing; *service*, the name of the service
-        it belongs to, goes into a refusal's ACL rule.
-
-        :raises SessionLost: the agent no longer knows the check (it restarted)."""
-        self._http.call("pass check", lambda: self._http.request("PUT", f"/v1/agent/check/pass/{_quote(check_id)}"),
-                   missing=f"the agent no longer has check {check_id!r}", key=service)
-
-    def deregister_check(self, check_id: str) -> None:
-        """Remove the check from the agent."""
-        self._http.call("deregister check", lambda: self._http.request(
-            "PUT", f"/v1/agent/check/deregister/{_quote(check_id)}"))
-
     def create_session(self, name: str, checks: list[str], lock_delay: float, ttl: int) -> str:
         """Create a session bound to *checks* with ``behavior=release``."""
-        body = {"Name": name, "Checks": checks, "LockDelay": _duration(lock_delay), "Behavior": "release",
-                "TTL": _duration(ttl)}
+        body = {"Name": name, "Checks": checks, "LockDelay": duration(lock_delay), "Behavior": "release",
+                "TTL": duration(ttl)}
         return str(self._http.call("create session", lambda: self._http.request(
             "PUT", "/v1/session/create", body=body).json()["ID"],
             missing="a check the session binds to is missing or critical"))
@@ -160,13 +90,13 @@ class ConsulClient:
         """Renew the session at the servers.
 
         :raises SessionLost: the servers no longer know the session."""
-        self._http.call("renew session", lambda: self._http.request("PUT", f"/v1/session/renew/{_quote(session_id)}"),
+        self._http.call("renew session", lambda: self._http.request("PUT", f"/v1/session/renew/{quote(session_id)}"),
                    missing=f"session {session_id} no longer exists")
 
     def destroy_session(self, session_id: str) -> None:
         """Destroy the session, releasing what it holds."""
         self._http.call("destroy session", lambda: self._http.request(
-            "PUT", f"/v1/session/destroy/{_quote(session_id)}"))
+            "PUT", f"/v1/session/destroy/{quote(session_id)}"))
 
     def acquire(self, key: str, value: bytes, session_id: str, flags: int = 0,
                 delete: str | None = None, also_lock: Sequence[tuple[str, bytes]] = ()) -> LockAttempt:
@@ -301,7 +231,7 @@ class ConsulClient:
         if index:
             params["index"] = index
             if wait:
-                params["wait"] = _duration(wait)
+                params["wait"] = duration(wait)
         # Without a wait, Consul holds a blocking query for five minutes.
         held = (wait or _CONSUL_DEFAULT_WAIT) if index else None
         response = self._http.request("GET", _kv_path(key), params, wait=held, allow=(404,))
@@ -379,22 +309,25 @@ class ConsulClient:
             "PUT", _kv_path(key), {"acquire": session_id}, body=value).json(),
             missing=f"session {session_id} no longer exists", key=key))
 
-    def set_flags_if_index(self, key: str, value: bytes, flags: int, index: int) -> int | None:
-        """Rewrite *key*'s value and flags only if its ModifyIndex is still
-        *index* (its lock's holder keeps it); the new ModifyIndex, or None if
-        the key changed meanwhile.
+    def set_flags_if_index(self, key: str, value: bytes, flags: int, index: int, session_id: str) -> int | None:
+        """Rewrite *key*'s value and flags, which the session holds, only if
+        its ModifyIndex is still *index*: the holder locks it again, which
+        keeps its LockIndex (a ``cas`` write would reset it to 0, and the
+        holder's release mark would name a LockIndex the key no longer has).
+        The new ModifyIndex, or None if the key changed meanwhile.
 
         .. versionadded:: 0.2"""
-        operations = [{"KV": {"Verb": "cas", "Key": key, "Value": base64.b64encode(value).decode("ascii"),
-                              "Flags": flags, "Index": index}}]
+        operations = [{"KV": {"Verb": "check-index", "Key": key, "Index": index}},
+                      {"KV": {"Verb": "lock", "Key": key, "Value": base64.b64encode(value).decode("ascii"),
+                              "Flags": flags, "Session": session_id}}]
 
         def cas() -> int | None:
             status, result = self._txn(operations)
             if status == 409:
-                if "failed to set key" in result or "index" in result.lower():
+                if "index" in result.lower() or "lock is already held" in result or "invalid session" in result:
                     return None
                 raise Refused(403 if "Permission denied" in result or "ACL not found" in result else 409, result)
-            return int(result["Results"][0]["KV"]["ModifyIndex"])
+            return int(result["Results"][-1]["KV"]["ModifyIndex"])
 
         return self._http.call("write key", cas, key=key)
 
@@ -438,16 +371,5 @@ def _failed_op(result: str) -> int:
         return 0
 
 
-def _quote(segment: str) -> str:
-    return urllib.parse.quote(segment, safe="")
-
-
 def _kv_path(key: str) -> str:
     return "/v1/kv/" + urllib.parse.quote(key, safe="/")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    ms = int(round(seconds * 1000))
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"

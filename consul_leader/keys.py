@@ -29,13 +29,16 @@ from .term import Term
 
 __all__ = ["KeySeat", "KeyTerm", "PrefixView"]
 
+#: The most operations Consul takes in one transaction.
+_TXN_MAX_OPS = 64
+
 
 class KeySeat(Seat):
     """One key of an elector: its seat, and where the worker is with it
     (owned by the worker thread)."""
 
     __slots__ = ("state", "withdrawn", "not_before", "tried_index", "modified", "delay_wait", "contenders",
-                 "released")
+                 "asked_with", "released")
 
     def __init__(self, sender: Any, key: str, identity: str, client: ConsulClient, lock_delay: float) -> None:
         super().__init__(sender, key, identity, client, lock_delay)
@@ -50,6 +53,10 @@ class KeySeat(Seat):
         #: The roster as read for that wait: what crashed candidates left
         #: is removed once it is over.
         self.contenders: list[Contender] | None = None
+        #: The key as seen before the last acquisition, until its term
+        #: began or it was let go: what a re-take of our own lock (its
+        #: answer lost) is judged against.
+        self.asked_with: KeyEntry | None = None
         self.released = -1  # the fencing token of the last term whose key was released
 
     @property
@@ -235,3 +242,17 @@ class PrefixView:
         for term, reason in ended:
             self._step_down(term, reason)
         self._post(functools.partial(self.on_listing, index, entries))
+        self._keep_on_roster(session, [term for term in terms if term.reason is None and not term.lapsed
+                                       and all(term is not other for other, _ in ended)])
+
+    def _keep_on_roster(self, session: Session, terms: list[KeyTerm]) -> None:
+        """Put back the roster entries of the keys still led that someone
+        deleted (see :meth:`Roster.put_back <consul_leader.roster.Roster.put_back>`),
+        one transaction per 64 keys."""
+        assert session.id is not None
+        for start in range(0, len(terms), _TXN_MAX_OPS):
+            batch = [term.key_seat.roster for term in terms[start:start + _TXN_MAX_OPS]]
+            found = self.client.locked_by([roster.led_entry(session.id)[0] for roster in batch], session.id)
+            for roster, listed in zip(batch, found):
+                if not listed:
+                    roster.put_back(session.id)

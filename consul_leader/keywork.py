@@ -150,7 +150,9 @@ class KeyWork:
         session = self._session()
         if session is not None and session.id is not None and not session.lost.is_set() and \
                 not self._stopping.is_set():
-            self.client.release(seat.key, session.id, release_mark(session.id))
+            entry = self.view.entries.get(seat.key)
+            self.client.release(seat.key, session.id,
+                                release_mark(session.id, entry.lock_index if entry is not None else None))
         self._forget(seat)
 
     def _drop_delay_wait(self, seat: KeySeat) -> None:
@@ -165,7 +167,7 @@ class KeyWork:
                 # session lives on and would hold the key for good.
                 raise
             log.warning("could not release %r (%s); Consul frees it when the session ends", seat.key, exc)
-        seat.delay_wait, seat.state, seat.contenders = None, "idle", None
+        seat.delay_wait, seat.state, seat.contenders, seat.asked_with = None, "idle", None, None
 
     def sweep(self, seats: Iterable[KeySeat]) -> float:
         """Lapsed leases, lock-delay waits that ended, and free keys to
@@ -243,6 +245,14 @@ class KeyWork:
             return math.inf
         session = self._ensure_session()
         assert session.id is not None
+        seen = entry
+        if holder is not None and holder == session.id and seat.asked_with is not None:
+            # Our own lock with neither a term nor a wait: an acquisition
+            # whose answer was lost, or whose hold or term could not begin.
+            # Judge it by what that acquisition saw, not by our own lock
+            # (which would be led at once, beside the last holder's work).
+            seen = seat.asked_with
+        seat.asked_with = seen
         asked_at = self._clock()
         try:
             seat.roster.join(session.id)  # once per session; again only if that failed
@@ -265,16 +275,19 @@ class KeyWork:
             seat.tried_index = self.view.index
             return math.inf
         seat.refused_since = None
-        hold, why, contenders = seat.hold_off(attempt, entry, session.id, self._clock())
-        noted = seat.note_hold(attempt, hold)
-        if noted is None:
-            return math.inf  # the key changed under us: the watch tells
-        attempt = noted
+        hold, why, contenders = seat.hold_off(attempt, seen, session.id, self._clock())
         if hold > 0:
             log.info("%s took %r %s; holding it %.2fs before leading (lock-delay %gs)", seat.identity,
                      seat.key, why, hold, self.timing.lock_delay)
             until = self._clock() + hold
+            # Recorded before the flags rewrite: if that fails, the wait
+            # stays (and a withdrawal or stop gives the key up as a held one).
             seat.delay_wait, seat.state, seat.contenders = (until, attempt, session), "delay-wait", contenders
+            noted = seat.note_hold(session.id, attempt, hold)
+            if noted is None:  # the key changed under us: the watch tells
+                seat.delay_wait, seat.state, seat.contenders, seat.asked_with = None, "idle", None, None
+                return math.inf
+            seat.delay_wait = (until, noted, session)
             return until
         if contenders:
             seat.roster.forget(contenders)
@@ -293,6 +306,7 @@ class KeyWork:
             if contenders:
                 seat.roster.forget(contenders)  # what crashed candidates left: their work is over by now
             return self._lead(seat, session, t0, attempt)
+        seat.asked_with = None
         return math.inf
 
     def _lead(self, seat: KeySeat, session: Session, held_since: float, attempt: LockAttempt) -> float:
@@ -309,8 +323,9 @@ class KeyWork:
         term = KeyTerm(seat, session, attempt, self._clock(),
                         min(session.lease_deadline, held_since + self.timing.lease))
         assert session.id is not None
+        seat.asked_with = None  # it is led, or let go, from here on
         if self._clock() >= term.deadline or seat.withdrawn or self._stopping.is_set():
-            self.client.release(seat.key, session.id)
+            seat.release_unled(session, attempt)
             return math.inf
         seat.state = "leading"
         self._tenure.lead(term, latest=False)

@@ -113,21 +113,27 @@ class Leadership(Part):
         follows it, hold the lock one lock-delay first (see
         :meth:`LockAttempt.hold_off`)."""
         assert attempt.modify_index is not None and session.id is not None
+        # Until it is known that no hold is due (or the hold is over), a
+        # stop() gives the key up without a release (Campaign.leave): the
+        # roster read and the flags rewrite below are requests that a stop
+        # cuts short.
+        self.held_off = (session, attempt)
         hold, why, contenders = self.seat.hold_off(attempt, seen, session.id, self._clock())
-        noted = self.seat.note_hold(attempt, hold)
+        noted = self.seat.note_hold(session.id, attempt, hold)
         if noted is None:
+            self.held_off = None
             return  # the key changed under us: look again
         attempt = noted
         if hold > 0:
-            # Stopped during the hold, stop() gives the key up (this
-            # thread may still make requests; its waits are cut short).
+            # Stopped during the hold: as above (this thread may still
+            # make requests; its waits are cut short).
             self.held_off = (session, attempt)
             if not self._lock_delay_wait(hold, why):
                 return
-            self.held_off = None
+        self.held_off = None
         if contenders:
             self.seat.roster.forget(contenders)  # what crashed candidates left: their work is over by now
-        session.set_leading(self.key, held_since, roster=self.seat.roster.led_entry(session.id))
+        session.set_leading(self.key, held_since, roster=self.seat.roster)
         try:
             # After a hold-off the lease from the acquisition may still run,
             # but the key may have been deleted and taken by another during
@@ -151,7 +157,7 @@ class Leadership(Part):
             if self._stopping.is_set():
                 # stop() ran while we were acquiring: it found no term to end.
                 session.set_leading(None)
-                self.client.release(self.key, session.id)
+                self.seat.release_unled(session, attempt)
                 return
             self.seat.term = term
             self.ending = True  # from here on, _end_term runs whatever happens

@@ -194,6 +194,19 @@ class Roster:
         self.entry = self.prefix + session_id
         return self.entry, self._led_value
 
+    def put_back(self, session_id: str) -> None:
+        """Put this candidate's entry back, marked ``led``, after someone
+        deleted it while it leads (``consul kv delete -recurse
+        consul-leader/``), so that the key's next first holder sees that
+        someone led it. Errors are logged: the next heartbeat round tries
+        again."""
+        entry, value = self.led_entry(session_id)
+        log.warning("the roster entry %r was deleted while its candidate leads; putting it back", entry)
+        try:
+            self.client.put_locked(entry, value, session_id)
+        except ConsulLeaderError as exc:
+            log.warning("could not put the roster entry %r back (%s); trying again next round", entry, exc)
+
     def leave(self) -> None:
         """Take this candidate off the roster (a clean stop: its work is
         over). Errors are logged: a left-over entry costs the next first

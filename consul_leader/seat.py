@@ -14,7 +14,7 @@ from .client import ConsulClient
 from .decisions import KeyView, SitOut, hold_with_roster, is_consul_lock_key, retry_after_lock_delay
 from .entry import KeyEntry
 from .events import Broadcast, LeadershipEvent
-from .lockdelay import LockAttempt, holder_flags, lock_delay_to_hold
+from .lockdelay import LockAttempt, holder_flags, lock_delay_to_hold, release_mark
 from .roster import Contender, Roster
 from .session import Session
 
@@ -101,7 +101,7 @@ class Seat:
                                      shared=is_consul_lock_key(self.key))
         return hold, why, contenders
 
-    def note_hold(self, attempt: LockAttempt, hold: float) -> LockAttempt | None:
+    def note_hold(self, session_id: str, attempt: LockAttempt, hold: float) -> LockAttempt | None:
         """Before holding a lock for another holder's lock-delay longer than
         this participant's: write it into the key's flags, so that whoever
         takes the key after this session ends (a crash during the hold)
@@ -115,7 +115,7 @@ class Seat:
         assert attempt.modify_index is not None
         rewritten = self.client.set_flags_if_index(self.key, self.identity.encode("utf-8"),
                                                    holder_flags(int(time.time() * 1000), hold),
-                                                   attempt.modify_index)
+                                                   attempt.modify_index, session_id)
         if rewritten is None:
             return None
         return LockAttempt(rewritten, attempt.delayed, attempt.lock_index, attempt.create_index)
@@ -133,3 +133,16 @@ class Seat:
         assert session.id is not None and attempt.modify_index is not None
         if not self.client.delete_key_if_index(self.key, attempt.modify_index):
             self.client.release(self.key, session.id)
+        for other, _ in self.also_lock:
+            self.client.release(other, session.id)
+
+    def release_unled(self, session: Session, attempt: LockAttempt) -> None:
+        """Release a lock taken but not led (stopped or withdrawn before its
+        term began, with no hold due), as a term's end would: the release
+        mark of this acquisition, guarded by its ModifyIndex, with what was
+        locked with it, so that the next holder follows it at once.
+
+        :raises ConsulLeaderError: Consul could not be told."""
+        assert session.id is not None and attempt.modify_index is not None
+        self.client.unlock(self.key, session.id, release_mark(session.id, attempt.lock_index),
+                           index=attempt.modify_index, also_unlock=[other for other, _ in self.also_lock])

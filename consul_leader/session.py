@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .client import ConsulClient
 from .errors import ConfigurationError, ConsulLeaderError, PermissionDenied, SessionLost
@@ -24,6 +25,9 @@ from .footprint import DEFAULT_DEREGISTER_AFTER, DEFAULT_SERVICE, Instance, Left
 from .health import HeartbeatStats
 from .outage import Outage
 from .validation import check_number as _number
+
+if TYPE_CHECKING:
+    from .roster import Roster
 
 log = logging.getLogger("consul_leader")
 
@@ -177,7 +181,7 @@ class Session:
         self._passed_at = -math.inf
         self._renewed_at = -math.inf
         self._lock_key: str | None = None
-        self._roster_entry: tuple[str, bytes] | None = None  # see set_leading
+        self._roster: Roster | None = None  # see set_leading
         self._held_at = -math.inf
         #: Monotonic time until which this session's lease holds.
         self.lease_deadline = -math.inf
@@ -225,7 +229,7 @@ class Session:
         return self.id
 
     def set_leading(self, key: str | None, held_since: float = -math.inf,
-                    roster: tuple[str, bytes] | None = None) -> None:
+                    roster: Roster | None = None) -> None:
         """Switch to the leader's heartbeat for the lock on *key*, taken no
         earlier than *held_since* (monotonic), or back to the idle rate (None).
 
@@ -233,9 +237,9 @@ class Session:
         even after an operator deleted the key, so only a round that saw the
         lock still held by this session may extend the lease.
 
-        :param roster: the leader's roster entry and its value: the same
-            read sees whether the entry is still this session's, and a round
-            puts it back if it is gone (an operator deleted
+        :param roster: the leader's roster entry: the same read sees
+            whether it is still this session's, and a round puts it back if
+            it is gone (an operator deleted
             ``consul-leader/``), so that the key's next first holder sees
             that someone led it.
 
@@ -244,13 +248,13 @@ class Session:
         of a term must not (the term's end no longer reads the lease)."""
         if key is None:
             self._lock_key = None
-            self._roster_entry = None
+            self._roster = None
             self._leading = False
             self._lease_started = self._lapsed = False
             return
         with self._beat_lock:
             self._lock_key = key
-            self._roster_entry = roster
+            self._roster = roster
             self._held_at = held_since
             self._leading = True
             self._lease_started = self._lapsed = False
@@ -293,25 +297,19 @@ class Session:
                 self._renewed_at = t0
             held = True
             if self._lock_key is not None:
-                roster = self._roster_entry
-                found = self.client.locked_by([self._lock_key] + ([roster[0]] if roster else []), self.id)
+                roster = self._roster
+                found = self.client.locked_by([self._lock_key] + ([roster.led_entry(self.id)[0]] if roster else []),
+                                              self.id)
                 held = found[0]
                 if held:
                     self._held_at = t0
                     if roster is not None and not found[1]:
-                        self._rejoin_roster(*roster)
+                        roster.put_back(self.id)
             self._update_deadline()
             if self._on_round is not None:
                 self._on_round(t0)
             self.stats.ok(t0, self._clock())
             return held
-
-    def _rejoin_roster(self, entry: str, value: bytes) -> None:
-        log.warning("the roster entry %r of session %s was deleted while it leads; putting it back", entry, self.id)
-        try:
-            self.client.put_locked(entry, value, str(self.id))
-        except ConsulLeaderError as exc:
-            log.warning("could not put the roster entry %r back (%s); trying again next round", entry, exc)
 
     def lease_valid(self) -> bool:
         """True while the lease holds (a cheap read)."""

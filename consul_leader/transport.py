@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from .errors import (
 )
 from .interrupt import track
 
-__all__ = ["Refused", "Transport"]
+__all__ = ["Refused", "Transport", "duration", "one_line", "quote"]
 
 T = TypeVar("T")
 
@@ -222,3 +223,16 @@ def one_line(text: str) -> str:
         return json.dumps(json.loads(text)) if text.startswith("{") else text
     except ValueError:
         return text
+
+
+def quote(segment: str) -> str:
+    """*segment* made safe for one segment of a URL path (a ``/`` too)."""
+    return urllib.parse.quote(segment, safe="")
+
+
+def duration(seconds: float | None) -> str:
+    """*seconds* as Consul writes a duration (``"3s"``, ``"1500ms"``; ``""`` for None)."""
+    if seconds is None:
+        return ""
+    ms = int(round(seconds * 1000))
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
