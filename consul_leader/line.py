@@ -17,6 +17,7 @@ without it, so a broken line costs time, never safety.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from .client import ConsulClient
@@ -43,6 +44,7 @@ class WaitingLine:
 
     def __init__(self, client: ConsulClient, key: str, identity: str) -> None:
         self.client = client
+        self.key = key
         self.prefix = line_prefix(key)
         self.identity = identity
         #: The key of this candidate's entry while it stands in line.
@@ -87,18 +89,23 @@ class WaitingLine:
         except ConsulLeaderError as exc:
             log.debug("could not leave the line at %r: %s", entry, exc)
 
-    def wait_turn(self, session_id: str, done: Callable[[], bool], look: Callable[[], None],
-                  wait: float) -> None:
+    def wait_turn(self, session_id: str, done: Callable[[], bool], look: Callable[[], bool],
+                  wait: float, patience: float) -> None:
         """Return once this candidate is the first live waiter, the line
         cannot be used, or *done()* says to stop waiting. Blocks on the
         waiter before it, never on the lock, at most *wait* seconds at a
         time; *look()* is called after each such wait (the candidate reads
-        the lock there, so that its ``leader()`` is at most *wait* old).
+        the lock there, so that its ``leader()`` is at most *wait* old) and
+        says whether the lock is free. Free for *patience* seconds with the
+        waiters ahead still in line (one that cannot take it: cut off from
+        the servers, or refused a key locked with it), this one returns to
+        try itself: the line orders the tries, it must not stop them.
 
         :raises ConsulLeaderError: Consul could not be asked (the caller retries)."""
         if not self.join(session_id):
             return
         ahead: KeyEntry | None = None
+        free_since: float | None = None
         while self.enabled and not done():
             if ahead is None:
                 try:
@@ -117,8 +124,16 @@ class WaitingLine:
                 ahead = _ahead_of(mine, entries)
                 if ahead is None:
                     return
-            _, now = self.client.get_key(ahead.key, index=ahead.modify_index, wait=wait)
-            look()
+            _, now = self.client.get_key(ahead.key, index=ahead.modify_index,
+                                         wait=wait if free_since is None else patience)
+            if not look():
+                free_since = None
+            elif free_since is None:
+                free_since = time.monotonic()
+            elif time.monotonic() - free_since >= patience:
+                log.info("%r has been free for %.1fs and the waiters ahead of %s did not take it: trying",
+                         self.key, time.monotonic() - free_since, self.identity)
+                return
             if now is None or KeyEntry.parse(now).modify_index != ahead.modify_index:
                 ahead = None  # it left, or its session ended: list the line again
             # else the wait ran out with the waiter before us unchanged: it

@@ -256,6 +256,8 @@ class Tenure:
             after = after_term(reason, term.lock_index, self.clock(), self.check_ttl)
             if after.release and not term.session.lost.is_set():
                 released = self._unlock(term, reason)
+            elif term.seat.also_lock and not term.session.lost.is_set():
+                self._release_also(term)
             if after.sit_out is not None:
                 term.seat.sit_out = after.sit_out
             if self._finished is not None:
@@ -280,6 +282,20 @@ class Tenure:
         assert session.id is not None
         return self.client.unlock(seat.key, session.id, release_mark(session.id, term.lock_index),
                                   index=term.fencing_token, also_unlock=[key for key, _ in seat.also_lock])
+
+    def _release_also(self, term: Term) -> None:
+        """The key is gone or another's (the lock was lost with the session
+        alive: the key deleted), but what was locked with it is still this
+        session's: release it, or ``consul lock`` and every candidate that
+        locks it too (``lock_with``) stay out for as long as the session lives."""
+        session = term.session
+        assert session.id is not None
+        for other, _ in term.seat.also_lock:
+            try:
+                self.client.release(other, session.id)
+            except ConsulLeaderError as exc:
+                log.warning("could not release %r, taken with %r (%s); the session's end frees it", other,
+                            term.seat.key, exc)
 
     def _released(self, term: Term, at: int | None) -> None:
         seat = term.seat

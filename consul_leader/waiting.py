@@ -75,8 +75,8 @@ class KeyWaiter:
             assert session.id is not None
             try:
                 line.wait_turn(session.id, lambda: self._stopping.is_set() or session.lost.is_set(),
-                               look=lambda: self._observe(KeyEntry.parse_optional(self.client.get_key(self.key)[1])),
-                               wait=min(IDLE_WAIT, max(5.0, 3 * self.check_ttl)))
+                               look=self._look_free, wait=min(IDLE_WAIT, max(5.0, 3 * self.check_ttl)),
+                               patience=self.check_ttl)
             except SessionLost:
                 session.lost.set()
                 return  # joining told us before the heartbeat did: make a new session now
@@ -88,6 +88,12 @@ class KeyWaiter:
             if self._stopping.is_set() or session.lost.is_set():
                 return
         self.wait(watch)
+
+    def _look_free(self) -> bool:
+        """Read the lock for a waiter in line: observed, and whether it is free."""
+        entry = KeyEntry.parse_optional(self.client.get_key(self.key)[1])
+        self._observe(entry)
+        return entry is None or entry.free
 
     def wait(self, watch: KeyWatch, hold_off_until: float | None = None, sit_out: SitOut | None = None) -> None:
         """Block on the key (blocking queries, never a sleep loop) until it is

@@ -48,6 +48,7 @@ def test_the_deposed_holder_retakes_its_released_key_without_a_lock_delay(consul
         candidate.stop()
     (_, first), (reason, ended), (again, started) = events[:3]
     assert (reason, again) == ("lease expired", "elected")
+    print(f"the deposed holder led again {started - ended:.3f}s after its term ended")
     assert started - ended < LOCK_DELAY / 2, f"led again {started - ended:.2f}s after its release: a lock-delay"
 
 
@@ -88,4 +89,5 @@ def test_after_a_paused_leaders_release_someone_leads_without_a_lock_delay_and_w
         b.stop()
         a.stop()
     assert overlaps == []
+    print(f"someone led {led:.3f}s after the paused leader's release")
     assert led < LOCK_DELAY / 2, f"nobody led for {led:.2f}s after the release: a lock-delay"

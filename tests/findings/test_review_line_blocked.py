@@ -7,8 +7,16 @@ anything else (their RPC port firewalled from its host, an expired
 certificate for server RPC: its reads and writes answer 500), keeps its
 line entry as long as its session lives, which is the session TTL after
 its last renew, and Consul may wait twice that. The leader leaves cleanly;
-the healthy waiter behind it does not even try, and nobody leads. The
-resign handover fix (``SitOut.unclaimed``) covers only the resigner."""
+the healthy waiter behind it did not even try, and nobody led. The
+resign handover fix (``SitOut.unclaimed``) covers only the resigner.
+
+Since then a waiter that finds the lock free for a check TTL with the
+waiters ahead still in line tries itself (``WaitingLine.wait_turn``'s
+*patience*): the second led 11.8 s after the leader left (its blocking
+query on the waiter ahead runs up to 3 TTLs before it looks at the lock).
+Still open against this test's 2 s: the waiter next in line could watch
+the lock's whole folder (the lock and the line, one blocking query), so
+that it sees the lock free at once and waits only a short patience."""
 
 from __future__ import annotations
 
