@@ -393,7 +393,10 @@ def check(records: List[Record], lease: float) -> Report:
     records (how each process ended), ``stall`` and ``note`` records, and
     its ``run`` record (``begin``, ``end``)."""
     all_terms = terms(records)
-    freezes = [(int(r["frozen_pid"]), r["t"]) for r in records if r.get("ev") == "fault" and "frozen_pid" in r]
+    # Frozen once every thread was seen stopped (lease_bound), where the
+    # fault knows it: a thread may begin a step between the signal and then.
+    freezes = [(int(r["frozen_pid"]), max(r["t"], r.get("lease_bound", r["t"]))) for r in records
+               if r.get("ev") == "fault" and "frozen_pid" in r]
     all_work = works(records, freezes)
     faults = sorted((r for r in records if r.get("ev") == "fault"), key=lambda r: r["t"])
     run = next((r for r in records if r.get("ev") == "run" and "begin" in r), None)

@@ -133,6 +133,20 @@ def test_the_step_a_frozen_job_was_in_counts_only_up_to_the_freeze() -> None:
     assert check(frozen_step + new_step + work(2, 20, 3.0, 4.0) + [fault], LEASE).work_overlaps
 
 
+def test_a_step_begun_between_the_sigstop_and_the_stop_counts_only_up_to_the_stop() -> None:
+    # The signal at 1.0, every thread seen stopped at 1.001 (lease_bound):
+    # a thread that ran on meanwhile began a step at 1.0004 (a 10-minute
+    # chaos run, seed 515151: counted in full, a 0.95 s overlap that was
+    # no work at all).
+    fault = {"ev": "fault", "kind": "candidate SIGSTOP", "t": 1.0, "lease_bound": 1.001, "target": "p1",
+             "frozen_pid": 1}
+    frozen_step = work(1, 10, 0.0, 0.9) + [
+        {"ev": "work-alive", "t": 1.0004, "step": 1.0004, "id": "p1", "pid": 1, "kind": "job", "work": "1-job-0.0"},
+        {"ev": "work-alive", "t": 3.5, "step": 1.0004, "id": "p1", "pid": 1, "kind": "job", "work": "1-job-0.0"}]
+    assert check(frozen_step + work(2, 20, 3.0, 4.0) + [fault], LEASE).ok
+    assert check(frozen_step + work(2, 20, 3.0, 4.0) + [dict(fault, lease_bound=1.0)], LEASE).work_overlaps
+
+
 def stopped(pid: int, **fields: Any) -> Dict[str, Any]:
     return {"ev": "stopped", "id": f"p{pid}", "proc": "candidate", "killed_by_fault": False, "forced": False,
             "ran_until_end": True, "code": 0, **fields}
