@@ -226,6 +226,16 @@ class ConsulClient(AgentCalls):
         idx, entries = self._http.call("read key", lambda: self._read(prefix, {"recurse": ""}, index, wait), key=prefix)
         return idx, {entry["Key"]: entry for entry in entries}
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """The names of every key under *prefix*, values left out (``?keys``).
+
+        .. versionadded:: 0.2"""
+        def keys() -> list[str]:
+            response = self._http.request("GET", _kv_path(prefix), {"keys": ""}, allow=(404,))
+            return [] if response.status_code == 404 else list(response.json() or [])
+
+        return self._http.call("read key", keys, key=prefix)
+
     def _read(self, key: str, params: dict[str, Any], index: int | None,
               wait: float | None) -> tuple[int, list[RawEntry]]:
         if index:

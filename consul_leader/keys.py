@@ -22,15 +22,16 @@ from .entry import KeyEntry
 from .events import Reason
 from .follower import PrefixChanges
 from .lockdelay import LockAttempt
-from .roster import Contender
+from .roster import Contender, roster_prefix
 from .seat import Seat
 from .session import Clock, Session, Timing
 from .term import Term
 
 __all__ = ["KeySeat", "KeyTerm", "PrefixView"]
 
-#: The most operations Consul takes in one transaction.
-_TXN_MAX_OPS = 64
+#: How often an Elector looks for roster entries of the keys it leads that
+#: someone deleted (seconds; see PrefixView._keep_on_roster).
+_ROSTER_LOOK_EVERY = 10.0
 
 
 class KeySeat(Seat):
@@ -124,6 +125,7 @@ class PrefixView:
         self.index = 0
         self.full = True  # look at every key at the next turn
         self.dirty: set[KeySeat] = set()  # keys to look at at the next turn
+        self._roster_looked = -math.inf  # when _keep_on_roster last listed the roster
         self.added = False  # a key was added since the worker last looked at every key's entry
 
     def all(self) -> list[KeySeat]:
@@ -247,12 +249,18 @@ class PrefixView:
 
     def _keep_on_roster(self, session: Session, terms: list[KeyTerm]) -> None:
         """Put back the roster entries of the keys still led that someone
-        deleted (see :meth:`Roster.put_back <consul_leader.roster.Roster.put_back>`),
-        one transaction per 64 keys."""
+        deleted (see :meth:`Roster.put_back <consul_leader.roster.Roster.put_back>`):
+        one listing of the prefix's roster, names only, at most every
+        :data:`_ROSTER_LOOK_EVERY` seconds (per round, its cost would grow
+        with the keys led; a Candidate's heartbeat checks its one entry in
+        its read of the key, for nothing)."""
+        now = self._clock()
+        if not terms or now < self._roster_looked + _ROSTER_LOOK_EVERY:
+            return
+        self._roster_looked = now
         assert session.id is not None
-        for start in range(0, len(terms), _TXN_MAX_OPS):
-            batch = [term.key_seat.roster for term in terms[start:start + _TXN_MAX_OPS]]
-            found = self.client.locked_by([roster.led_entry(session.id)[0] for roster in batch], session.id)
-            for roster, listed in zip(batch, found):
-                if not listed:
-                    roster.put_back(session.id)
+        listed = set(self.client.list_keys(roster_prefix(self.prefix).rstrip("/")))
+        for term in terms:
+            roster = term.key_seat.roster
+            if roster.led_entry(session.id)[0] not in listed:
+                roster.put_back(session.id)

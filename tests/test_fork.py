@@ -80,4 +80,5 @@ def test_children_forked_during_elections_never_hang_on_exit(consul_agent: Consu
         for thread in threads:
             thread.join(5)
         elector.stop()
+    print(f"{len(hung)} of {FORKS} children forked during elections hung in stop()")
     assert hung == [], f"children {hung} of {FORKS} hung in stop()"
