@@ -59,7 +59,7 @@ def test_an_elector_puts_its_wiped_roster_entry_back_and_a_fresh_candidate_waits
         new.stop()
         old.stop()
     overlap = jobs.worst("old", "new")
-    print(f"roster 2 s after the wipe: {back}; new job {started_after}s after the deletion; "
+    print(f"roster once back: {back}; new job {started_after}s after the deletion; "
           f"old job ended {old_end}s after it; overlap {overlap}s")
     assert overlap == 0.0, (f"the jobs overlapped {overlap}s (new job {started_after}s after the key's "
                             f"deletion, the Elector's ended {old_end}s after it; roster after the wipe: {back})")
