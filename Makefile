@@ -66,7 +66,7 @@ matrix: venv consul services
 # The long chaos run: CHAOS_DURATION seconds of faults (CHAOS_SEED replays a
 # run's faults). As root on Linux the agents run on hosts of their own and
 # network partitions are among the faults; elsewhere the run says it left
-# them out.
+# them out. CHAOS_KEEP=1 keeps the processes' logs of a run that passed.
 CHAOS_DURATION ?= 600
 chaos: venv consul
 	CHAOS_DURATION=$(CHAOS_DURATION) CONSUL_BIN=$$(scripts/install-consul) \
